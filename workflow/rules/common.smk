@@ -1,0 +1,138 @@
+# Config validation, the shard list, input functions and the run plan.
+import os
+import sys
+from pathlib import Path
+
+# The shared package lives next to the scripts; importable even without `pip install -e .`.
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from longdoc_sdg import endpoints
+from longdoc_sdg import plan as run_plan
+from longdoc_sdg.config import check_config
+from longdoc_sdg.manifest import existing_shards, sync_manifest
+
+
+check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+RESULTS = config["results_dir"]
+MANIFEST_DIR = f"{RESULTS}/manifest"
+SERVE_DIR = f"{RESULTS}/serve"
+STATUSES = run_plan.stage_statuses(config)
+
+# Only the main process lists the source; cluster jobs reuse the manifest it wrote.
+if workflow.is_main_process:
+    SHARDS = sync_manifest(
+        config["source"], MANIFEST_DIR, config["sharding"]["documents_per_shard"]
+    )
+else:
+    SHARDS = existing_shards(MANIFEST_DIR)
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+    deployment=r"[A-Za-z0-9_.-]+",
+    qa_stage="|".join(run_plan.QA_STAGES),
+
+
+def stage_output(stage):
+    return f"{RESULTS}/{stage}/{{shard}}.parquet"
+
+
+def seed_table(table):
+    return f"{RESULTS}/seed/{{shard}}/{table}.parquet"
+
+
+def stage_inputs(stage):
+    """Input paths of a model stage: seed tables and upstream stage outputs."""
+    paths = {}
+    for name in run_plan.STAGE_INPUTS[stage]:
+        paths[name] = seed_table(name) if name in run_plan.SEED_TABLES else stage_output(name)
+    return paths
+
+
+def sentinel_path(deployment):
+    return f"{SERVE_DIR}/{deployment}.sentinel.json"
+
+
+def get_stage_inputs(stage):
+    """Input function factory: a stage's data inputs plus, when its model is served, the
+    deployment's sentinel as `ancient()` so a restarted server never reruns finished jobs."""
+
+    def inputs(wildcards):
+        paths = {
+            name: pattern.format(shard=wildcards.shard)
+            for name, pattern in stage_inputs(stage).items()
+        }
+        if stage == "judge":
+            paths["qa"] = f"{RESULTS}/{wildcards.qa_stage}/{wildcards.shard}.parquet"
+        if STATUSES[stage].mode == "serve":
+            paths["sentinel"] = ancient(sentinel_path(config["stages"][stage]["deployment"]))
+        return paths
+
+    return inputs
+
+
+def get_endpoint_params(stage):
+    """What identifies a stage's model: changing it reruns the stage (never the key itself)."""
+    mode = STATUSES[stage].mode
+    settings = config["stages"][stage]
+    if mode == "manual":
+        endpoint = settings["endpoint"]
+        return {
+            "mode": mode,
+            "base_url": endpoint["base_url"],
+            "model": endpoint["model"],
+            "api_key_env": endpoint.get("api_key_env"),
+        }
+    if mode == "serve":
+        deployment = settings["deployment"]
+        return {
+            "mode": mode,
+            "runtime": f"{SERVE_DIR}/{deployment}.runtime.json",
+            **endpoints.deployment_identity(config, deployment),
+        }
+    return {"mode": mode}
+
+
+def get_stage_settings(stage):
+    return run_plan.stage_settings(config, stage, workflow.source_path("../scripts/longdoc_sdg/prompts"))
+
+
+def journal_path(stage):
+    return f"{RESULTS}/.journal/{stage}/{{shard}}.jsonl"
+
+
+def get_final_outputs(wildcards):
+    outputs = []
+    for shard in SHARDS:
+        outputs += [
+            f"{RESULTS}/seed/{shard}/{table}.parquet" for table in run_plan.SEED_TABLES
+        ]
+        for stage in run_plan.MODEL_STAGES:
+            if STATUSES[stage].active:
+                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
+        for qa_stage in run_plan.judged_stages(config):
+            outputs.append(f"{RESULTS}/judge/{qa_stage}/{shard}.parquet")
+    return outputs
+
+
+def announce_plan():
+    """Tell the user which stages run and what the others need (stderr: dry runs too)."""
+    lines = [f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['kind']}'"]
+    for status in STATUSES.values():
+        state = "run " if status.active else "skip"
+        lines.append(f"  [{state}] {status.stage:<18} {status.why}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+if workflow.is_main_process:
+    announce_plan()
+
+
+def get_deployment_settings(wildcards):
+    """The full serve settings of a deployment (config/deployments/NAME.yaml + overrides)."""
+    return endpoints.deployment_settings(config, wildcards.deployment)
+
+
+def stop_servers():
+    endpoints.stop_servers(SERVE_DIR)

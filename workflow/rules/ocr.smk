@@ -1,0 +1,24 @@
+# 02 ocr: page text with element boxes (Nemotron-Parse endpoint, or the PDF's own text layer).
+
+
+rule ocr:
+    input:
+        unpack(get_stage_inputs("ocr")),
+    output:
+        stage_output("ocr"),
+    log:
+        f"{RESULTS}/logs/ocr/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ocr/{{shard}}.tsv"
+    retries: 2
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    params:
+        stage="ocr",
+        settings=get_stage_settings("ocr"),
+        endpoint=get_endpoint_params("ocr"),
+        journal=journal_path("ocr"),
+    script:
+        "../scripts/run_stage.py"

@@ -1,0 +1,107 @@
+"""Adaptive concurrency (AIMD) and the infrastructure circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from .config import BreakerConfig, ConcurrencyConfig
+
+
+class AdaptiveLimiter:
+    """A semaphore whose size grows by a step per window of successes and shrinks on overload.
+
+    Each acquisition is stamped with the current epoch; only a failure from the current epoch
+    shrinks the limit, so a burst of failures from one overloaded moment halves it once.
+    """
+
+    def __init__(self, config: ConcurrencyConfig):
+        self.config = config
+        self.limit = config.start
+        self.in_flight = 0
+        self.epoch = 0
+        self._successes = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.increases = 0
+        self.decreases = 0
+
+    async def acquire(self) -> int:
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+            return self.epoch
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted just as we were cancelled: hand the slot on
+            else:
+                self._waiters.remove(future)
+            raise
+        return self.epoch
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            future = self._waiters.popleft()
+            if not future.done():
+                self.in_flight += 1
+                future.set_result(None)
+
+    def on_success(self) -> None:
+        self._successes += 1
+        # additive increase: one step per limit's worth of successes (about one round trip)
+        if self._successes >= self.limit:
+            self._successes = 0
+            if self.limit < self.config.max:
+                self.limit = min(self.config.max, self.limit + self.config.increase_step)
+                self.increases += 1
+                self._wake()
+
+    def on_overload(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            return  # this failure belongs to a period already answered with a decrease
+        self.epoch += 1
+        self._successes = 0
+        new_limit = max(self.config.min, int(self.limit * self.config.decrease_factor))
+        if new_limit < self.limit:
+            self.limit = new_limit
+            self.decreases += 1
+
+
+class CircuitBreaker:
+    """Sliding window over the last finished requests: True = infrastructure failure."""
+
+    def __init__(self, config: BreakerConfig):
+        self.config = config
+        self._window: collections.deque[tuple[bool, str]] = collections.deque(maxlen=config.window)
+        self.totals: collections.Counter[str] = collections.Counter()
+
+    def record(self, failed: bool, reason: str = "ok") -> None:
+        self._window.append((failed, reason))
+        self.totals[reason] += 1
+
+    def error_rate(self) -> float:
+        if not self._window:
+            return 0.0
+        return sum(1 for failed, _ in self._window if failed) / len(self._window)
+
+    def tripped(self, final: bool = False) -> bool:
+        """Over the threshold? `final` (end of a job) judges even a short window."""
+        if not final and len(self._window) < self.config.min_requests:
+            return False
+        failures = sum(1 for failed, _ in self._window if failed)
+        return failures > 0 and failures / len(self._window) > self.config.max_error_rate
+
+    def summary(self) -> dict:
+        window = collections.Counter(reason for _, reason in self._window)
+        return {
+            "window": len(self._window),
+            "window_failures": sum(1 for failed, _ in self._window if failed),
+            "window_reasons": dict(window),
+            "totals": dict(self.totals),
+        }

@@ -1,0 +1,187 @@
+"""Model stages 02-09, declared as data, and `run_stage` that runs one over one shard.
+
+Usage (Snakemake scripts, the CLI and tests all come through here):
+
+    run_stage("single_page_qa", {"pages": ".../pages.parquet"}, ".../single_page_qa/00000.parquet",
+              params={...}, endpoint={"base_url": ..., "model": ..., "api_key_env": ...},
+              threads=1, journal_path=".../.journal/single_page_qa/00000.jsonl")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from ..io import get_logger
+from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
+from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
+from .classify import ClassifyStage
+from .judge import JudgeStage
+from .ocr import PDF_TEXT_MODEL, OcrStage
+from .text_qa import TextQaStage
+from .visual_qa import VisualQaStage
+
+log = get_logger("stages")
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        OcrStage(), TextQaStage(), ClassifyStage(), VisualQaStage(), SinglePageQaStage(),
+        WindowedQaStage(), WholeDocumentQaStage(), JudgeStage(),
+    )
+}
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+
+
+def stage_config(name: str, params: dict | None):
+    """Validate a stage's params with its pydantic config (defaults filled, unknown keys refused)."""
+    return get_stage(name).config_model.model_validate(params or {})
+
+
+class EndpointSettings(BaseModel):
+    """The `endpoint` dict of run_stage: where to send requests and how hard to push."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1.")
+    model: str = Field(description="Served model name.")
+    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key.")
+    api_key: SecretStr | None = Field(None, description="The key itself (prefer api_key_env).")
+    request_timeout_s: float = Field(600.0, gt=0, description="Whole-request timeout.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout.")
+    concurrency: dict[str, Any] = Field({}, description="engine ConcurrencyConfig fields (min, max, initial, ...).")
+    retry: dict[str, Any] = Field({}, description="engine RetryConfig fields.")
+    breaker: dict[str, Any] = Field({}, description="engine BreakerConfig fields (window, min_requests, max_error_rate).")
+    error_budget: dict[str, Any] = Field({}, description="Alias of breaker.")
+
+
+def make_engine(endpoint: dict):
+    from ..engine import BreakerConfig, ChatEngine, ConcurrencyConfig, EndpointConfig, RetryConfig
+
+    settings = EndpointSettings.model_validate(endpoint)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            raise ValueError(
+                f"endpoint {settings.base_url}: environment variable {settings.api_key_env} (the API key) is not set"
+            )
+    config = EndpointConfig(
+        base_url=settings.base_url, model=settings.model, api_key=key,
+        request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+    )
+    return ChatEngine(
+        config,
+        concurrency=ConcurrencyConfig(**settings.concurrency),
+        retry=RetryConfig(**settings.retry),
+        breaker=BreakerConfig(**{**settings.error_budget, **settings.breaker}),
+    )
+
+
+def _check_inputs(stage: Stage, inputs: dict[str, str]) -> None:
+    missing = [k for k in stage.input_keys if k not in inputs]
+    extra = [k for k in inputs if k not in stage.input_keys]
+    if missing or extra:
+        raise ValueError(
+            f"stage {stage.name} takes inputs {list(stage.input_keys)}; missing {missing}, unexpected {extra}"
+        )
+    for key, path in inputs.items():
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"stage {stage.name}: input {key} = {path} does not exist")
+
+
+def run_stage(
+    stage: str,
+    inputs: dict[str, str],
+    output: str,
+    params: dict | None,
+    endpoint: dict | None,
+    threads: int,
+    journal_path: str,
+) -> dict:
+    """Run one stage over one shard; returns the shard summary (rows, ok, failed, reasons, tokens).
+
+    Row accounting: output rows (ok + failed) = input rows after the stage's filter, no duplicates.
+    A per-row problem is a failed row with its reason; an endpoint problem fails the job.
+    """
+    from ..engine import INFRA_REASONS, ShardWriter, run_rows
+    from ..pages import PageStore
+
+    spec = get_stage(stage)
+    config = spec.config_model.model_validate(params or {})
+    _check_inputs(spec, inputs)
+    uses_model = spec.needs_endpoint(config)
+    if uses_model and not endpoint:
+        raise ValueError(f"stage {stage} needs an endpoint (base_url, model) for this config")
+    model_name = (endpoint or {}).get("model") if uses_model else PDF_TEXT_MODEL
+
+    templates = {role: load_template(name) for role, name in spec.template_names(config).items()}
+    digest = config_hash(spec, config, model_name)
+    plan: Plan = spec.plan(config, inputs)
+    writer = ShardWriter(output, journal_path, digest, arrow_schema(spec.output_model))
+    writer.redo(INFRA_REASONS)
+    pending = len(set(plan.expected_ids) - writer.done_ids())
+    log.info("%s: %d rows planned, %d left to do (config %s)", stage, len(plan.expected_ids), pending, digest)
+
+    page_store = None
+    if spec.pages_key and spec.pages_key in inputs and uses_model:
+        page_store = PageStore(inputs[spec.pages_key])
+    ctx = StageContext(config=config, templates=templates, page_store=page_store,
+                       output_path=output, model=model_name or "")
+
+    def validated(task: RowTask, columns: dict) -> dict:
+        # Our own output must fit the closed schema: a mismatch is a bug and fails the job.
+        return spec.output_model.model_validate(columns).model_dump()
+
+    async def process_model(row: dict, engine) -> dict:
+        task: RowTask = row["task"]
+        return validated(task, await spec.process(task, ctx, RowCalls(engine)))
+
+    async def process_local(row: dict, engine) -> dict:
+        task: RowTask = row["task"]
+        return {**validated(task, spec.process_sync(task, ctx)), "model": PDF_TEXT_MODEL}
+
+    def rows():
+        for task in plan.tasks():
+            yield {"row_id": task.row_id, "doc_id": task.doc_id, "pages": task.pages, "task": task}
+
+    async def main() -> None:
+        engine = None
+        try:
+            if uses_model and pending:
+                # Only talk to the endpoint when there is work: an empty or finished shard
+                # must not fail because the server is gone.
+                engine = make_engine(endpoint)
+                await engine.verify()
+            summary = await run_rows(
+                rows(), process_model if uses_model else process_local, writer, engine,
+                desc=stage, total=len(plan.expected_ids),
+            )
+            if summary.expected_ids != plan.expected_ids:
+                raise RuntimeError(f"{stage}: the plan's rows changed while streaming (a bug)")
+        finally:
+            if engine is not None:
+                await engine.aclose()
+
+    try:
+        asyncio.run(main())
+        return writer.finalize(plan.expected_ids)
+    finally:
+        writer.close()
+
+
+def stage_config_hash(stage: str, params: dict | None, model: str | None = None) -> str:
+    """The hash a shard's journal is keyed by: settings + prompt texts + schema + model."""
+    spec = get_stage(stage)
+    return config_hash(spec, spec.config_model.model_validate(params or {}), model)
+
+
+__all__ = ["STAGES", "EndpointSettings", "get_stage", "make_engine", "run_stage", "stage_config", "stage_config_hash"]

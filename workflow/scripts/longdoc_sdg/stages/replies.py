@@ -1,0 +1,102 @@
+"""Reading free-text replies: the tagged layout of stages 06-08 and bare questions/answers.
+
+Why free text: with thinking models, asking for JSON made the model write JSON inside its
+reasoning (the reference's dev note). A few XML-like tags are easy for the model to produce after
+thinking, easy to parse, and tolerate multi-line questions (multiple-choice options).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TAGS = ("question", "answer", "evidence_pages", "quality_score")
+
+# vLLM structured_outputs regex for the tagged layout: guarantees a parseable reply (the grammar
+# applies after thinking ends). Questions may span lines; answers may not.
+TAGGED_REGEX = (
+    r"<question>\n[^<>]{1,4000}\n</question>\n"
+    r"<answer>[^<>\n]{1,500}</answer>\n"
+    r"<evidence_pages>\[[0-9]{1,4}(, [0-9]{1,4}){0,63}\]</evidence_pages>\n"
+    r"<quality_score>[012]</quality_score>"
+)
+
+
+class AnchoredReply(BaseModel):
+    """The same item as JSON (output_format 'json')."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    answer: str
+    evidence_pages: list[int] = Field(max_length=64)
+    quality_score: int = Field(ge=0, le=2)
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _last_tag(text: str, tag: str) -> str | None:
+    # The last complete block wins: models sometimes restate the layout before filling it in.
+    matches = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
+    return matches[-1].strip() if matches else None
+
+
+def parse_tagged(text: str | None) -> dict:
+    """question, answer, evidence_pages (list[int]), quality_score (0-2) from the tagged layout."""
+    if not text:
+        raise ParseError("empty reply")
+    question = _last_tag(text, "question")
+    answer = _last_tag(text, "answer")
+    if not question:
+        raise ParseError("no <question> block")
+    if answer is None or not answer:
+        raise ParseError("no <answer> block")
+    score_text = _last_tag(text, "quality_score")
+    if score_text is None:
+        raise ParseError("no <quality_score> block")
+    score_match = re.fullmatch(r"\s*([012])(?:\s*/\s*2)?\s*", score_text)
+    if not score_match:
+        raise ParseError(f"quality_score {score_text[:40]!r} is not 0, 1 or 2")
+    pages_text = _last_tag(text, "evidence_pages") or ""
+    evidence = [int(n) for n in re.findall(r"\d+", pages_text)][:64]
+    return {
+        "question": question,
+        "answer": clean_answer(answer),
+        "evidence_pages": sorted(set(evidence)),
+        "quality_score": int(score_match.group(1)),
+    }
+
+
+def from_json_reply(reply: AnchoredReply) -> dict:
+    return {
+        "question": reply.question.strip(),
+        "answer": clean_answer(reply.answer),
+        "evidence_pages": sorted(set(reply.evidence_pages)),
+        "quality_score": reply.quality_score,
+    }
+
+
+_LABEL = re.compile(r"^\s*(?:\*\*)?(question|answer|final answer)(?:\*\*)?\s*[:：]\s*", re.IGNORECASE)
+
+
+def clean_answer(text: str) -> str:
+    """Strip a leading 'Answer:' label, wrapping quotes and surrounding whitespace."""
+    text = _LABEL.sub("", text.strip()).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+def clean_question(text: str) -> str:
+    """A bare-question reply: drop a 'Question:' label and wrapping quotes."""
+    text = _LABEL.sub("", text.strip()).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+def evidence_json(pages: list[int]) -> str:
+    return json.dumps(pages)

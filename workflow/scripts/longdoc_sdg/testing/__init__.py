@@ -1,0 +1,1 @@
+"""Test doubles. Nothing here is used by the workflow itself."""

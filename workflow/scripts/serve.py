@@ -1,0 +1,14 @@
+"""Snakemake entry point of the serve rule; the work is in longdoc_sdg.serve."""
+
+from longdoc_sdg.endpoints import serve_deployment
+from longdoc_sdg.io import setup_job_logging
+
+setup_job_logging(snakemake.log[0])
+serve_deployment(
+    settings=snakemake.params.deployment,
+    sentinel_path=snakemake.output.sentinel,
+    runtime_path=snakemake.params.runtime,
+    launcher=snakemake.params.launcher,
+    state_dir=snakemake.params.state_dir,
+    log_path=snakemake.log[0],
+)
