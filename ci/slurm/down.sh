@@ -9,7 +9,7 @@ RUN=$STATE/run
 say() { printf '[slurm-down] %s\n' "$*"; }
 
 # A zombie counts as stopped: PID 1 here reaps late.
-alive() {
+alive() { # alive PIDFILE [NAME]
   local pid state
   [[ -s $1 ]] || return 1
   pid=$(<"$1")
@@ -21,21 +21,21 @@ alive() {
 }
 
 stop() { # stop NAME PIDFILE: TERM, wait up to 10 s, then KILL
-  alive "$2" || return 0
+  alive "$2" "$1" || return 0
   local pid
   pid=$(<"$2")
   say "stopping $1 (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do alive "$2" || return 0; sleep 0.2; done
+  for _ in $(seq 50); do alive "$2" "$1" || return 0; sleep 0.2; done
   say "$1 ignored TERM, killing"
   kill -KILL "$pid" 2>/dev/null || true
-  for _ in $(seq 10); do alive "$2" || return 0; sleep 0.2; done
+  for _ in $(seq 10); do alive "$2" "$1" || return 0; sleep 0.2; done
   say "WARNING: $1 (pid $pid) still running"
 }
 
 if [[ -f $STATE/etc/slurm.conf ]]; then
   export SLURM_CONF=$STATE/etc/slurm.conf
-  if alive "$RUN/slurmctld.pid"; then
+  if alive "$RUN/slurmctld.pid" slurmctld; then
     ids=$(timeout 20 squeue -h -o %i 2>/dev/null | tr '\n' ' ')
     if [[ -n ${ids// /} ]]; then
       say "cancelling jobs: $ids"

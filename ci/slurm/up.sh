@@ -3,6 +3,8 @@
 # Partitions cpu (default) and gpu, two fake GPUs, accounting via slurmdbd + a
 # private MariaDB. Idempotent: re-running keeps what is healthy, starts the rest.
 # Needs root. State (config, spool, logs, DB) lives in $LONGDOC_SLURM_DIR.
+# --fresh: stop everything and wipe the state first (CI: a session killed with
+# SIGKILL leaves ghost jobs and reused job ids behind).
 set -euo pipefail
 
 STATE=${LONGDOC_SLURM_DIR:-/tmp/longdoc-slurm}
@@ -31,8 +33,13 @@ die() {
 }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (daemons, mknod, /etc/slurm)"
+case ${1:-} in
+  --fresh) bash "$(dirname "${BASH_SOURCE[0]}")/down.sh" --purge || die "down.sh --purge failed" ;;
+  "") ;;
+  *) die "usage: $0 [--fresh]" ;;
+esac
 
-# alive PIDFILE: pid file names a live process (a zombie counts as dead,
+# alive PIDFILE [NAME]: pid file names a live process (a zombie counts as dead,
 # PID 1 here reaps late).
 alive() {
   local pid state
@@ -209,7 +216,7 @@ export SLURM_CONF=$ETC/slurm.conf
 
 # ---- munge ----------------------------------------------------------------
 munge_ok() { munge -n -S "$MUNGE_SOCK" | unmunge -S "$MUNGE_SOCK"; }
-if ! alive "$STATE/munge/munged.pid" || ! munge_ok >/dev/null 2>&1; then
+if ! alive "$STATE/munge/munged.pid" munged || ! munge_ok >/dev/null 2>&1; then
   say "starting munged"
   runuser -u munge -- munged --socket="$MUNGE_SOCK" --key-file="$STATE/munge/munge.key" \
     --pid-file="$STATE/munge/munged.pid" --log-file="$STATE/munge/munged.log" \
@@ -228,7 +235,7 @@ if [[ ! -d $STATE/db/data/mysql ]]; then
     die "mariadb-install-db failed, log: $LOG/mariadb-install.log"
 fi
 db_ok() { mariadb-admin --no-defaults --socket="$DB_SOCK" -u root ping; }
-if ! alive "$STATE/db/run/mariadb.pid" || ! db_ok >/dev/null 2>&1; then
+if ! alive "$STATE/db/run/mariadb.pid" mariadbd || ! db_ok >/dev/null 2>&1; then
   say "starting MariaDB on 127.0.0.1:$DB_PORT"
   spawn mariadbd --no-defaults --datadir="$STATE/db/data" --user=mysql \
     --socket="$DB_SOCK" --pid-file="$STATE/db/run/mariadb.pid" \
@@ -244,22 +251,22 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 SQL
 
 # ---- Slurm daemons --------------------------------------------------------
-stop_pid() { # stop_pid PIDFILE: TERM, wait, KILL
-  alive "$1" || return 0
+stop_pid() { # stop_pid PIDFILE NAME: TERM, wait, KILL
+  alive "$1" "$2" || return 0
   local pid
   pid=$(<"$1")
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do alive "$1" || return 0; sleep 0.2; done
+  for _ in $(seq 50); do alive "$1" "$2" || return 0; sleep 0.2; done
   kill -KILL "$pid" 2>/dev/null || true
 }
 # A changed config needs the daemons that read it restarted.
 if ((changed || dbd_changed)); then
-  stop_pid "$RUN/slurmd.pid"
-  stop_pid "$RUN/slurmctld.pid"
+  stop_pid "$RUN/slurmd.pid" slurmd
+  stop_pid "$RUN/slurmctld.pid" slurmctld
 fi
-((dbd_changed)) && stop_pid "$RUN/slurmdbd.pid"
+((dbd_changed)) && stop_pid "$RUN/slurmdbd.pid" slurmdbd
 
-if ! alive "$RUN/slurmdbd.pid"; then
+if ! alive "$RUN/slurmdbd.pid" slurmdbd; then
   say "starting slurmdbd"
   slurmdbd || die "slurmdbd failed to start"
 fi
@@ -270,14 +277,14 @@ if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
   sacctmgr -i add cluster "$CLUSTER" >/dev/null || die "sacctmgr add cluster $CLUSTER failed"
 fi
 
-if ! alive "$RUN/slurmctld.pid"; then
+if ! alive "$RUN/slurmctld.pid" slurmctld; then
   say "starting slurmctld"
   slurmctld || die "slurmctld failed to start"
 fi
 ctld_ok() { scontrol ping | grep -q UP; }
 wait_for "slurmctld (scontrol ping)" 60 ctld_ok
 
-if ! alive "$RUN/slurmd.pid"; then
+if ! alive "$RUN/slurmd.pid" slurmd; then
   say "starting slurmd"
   slurmd -N localhost || die "slurmd failed to start"
 fi
@@ -301,6 +308,7 @@ prove() { # prove PARTITION [sbatch args...]
   local part=$1 id state
   shift
   # srun returns as soon as the job ends (sbatch --wait polls slowly).
+  # shellcheck disable=SC2016 # $SLURM_JOB_ID expands inside the job
   id=$(srun --partition "$part" --time 1 --job-name longdoc-up-check "$@" \
     bash -c 'echo "$SLURM_JOB_ID"') || die "test job in partition $part failed"
   deadline=$(($(date +%s) + 30))

@@ -11,6 +11,8 @@ rule classify:
     benchmark:
         f"{RESULTS}/benchmarks/classify/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

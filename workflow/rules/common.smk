@@ -11,7 +11,6 @@ from longdoc_sdg import plan as run_plan
 from longdoc_sdg.config import check_config
 from longdoc_sdg.manifest import existing_shards, sync_manifest
 
-
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results_dir"]
@@ -46,7 +45,9 @@ def stage_inputs(stage):
     """Input paths of a model stage: seed tables and upstream stage outputs."""
     paths = {}
     for name in run_plan.STAGE_INPUTS[stage]:
-        paths[name] = seed_table(name) if name in run_plan.SEED_TABLES else stage_output(name)
+        paths[name] = (
+            seed_table(name) if name in run_plan.SEED_TABLES else stage_output(name)
+        )
     return paths
 
 
@@ -56,7 +57,8 @@ def sentinel_path(deployment):
 
 def get_stage_inputs(stage):
     """Input function factory: a stage's data inputs plus, when its model is served, the
-    deployment's sentinel as `ancient()` so a restarted server never reruns finished jobs."""
+    deployment's sentinel as `ancient()` so a restarted server never reruns finished jobs.
+    """
 
     def inputs(wildcards):
         paths = {
@@ -66,7 +68,9 @@ def get_stage_inputs(stage):
         if stage == "judge":
             paths["qa"] = f"{RESULTS}/{wildcards.qa_stage}/{wildcards.shard}.parquet"
         if STATUSES[stage].mode == "serve":
-            paths["sentinel"] = ancient(sentinel_path(config["stages"][stage]["deployment"]))
+            paths["sentinel"] = ancient(
+                sentinel_path(config["stages"][stage]["deployment"])
+            )
         return paths
 
     return inputs
@@ -95,7 +99,7 @@ def get_endpoint_params(stage):
 
 
 def get_stage_settings(stage):
-    return run_plan.stage_settings(config, stage, workflow.source_path("../scripts/longdoc_sdg/prompts"))
+    return run_plan.stage_settings(config, stage)
 
 
 def journal_path(stage):
@@ -118,7 +122,9 @@ def get_final_outputs(wildcards):
 
 def announce_plan():
     """Tell the user which stages run and what the others need (stderr: dry runs too)."""
-    lines = [f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['kind']}'"]
+    lines = [
+        f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['kind']}'"
+    ]
     for status in STATUSES.values():
         state = "run " if status.active else "skip"
         lines.append(f"  [{state}] {status.stage:<18} {status.why}")
@@ -132,6 +138,11 @@ if workflow.is_main_process:
 def get_deployment_settings(wildcards):
     """The full serve settings of a deployment (config/deployments/NAME.yaml + overrides)."""
     return endpoints.deployment_settings(config, wildcards.deployment)
+
+
+def serve_state_dir(wildcards, output):
+    """Where the serve rule records the servers it started (next to the sentinel)."""
+    return os.path.dirname(output.sentinel)
 
 
 def stop_servers():

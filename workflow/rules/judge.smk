@@ -11,6 +11,8 @@ rule judge:
     benchmark:
         f"{RESULTS}/benchmarks/judge/{{qa_stage}}/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -11,6 +11,8 @@ rule ocr:
     benchmark:
         f"{RESULTS}/benchmarks/ocr/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

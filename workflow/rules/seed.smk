@@ -13,6 +13,8 @@ rule seed:
         f"{RESULTS}/logs/seed/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/seed/{{shard}}.tsv"
+    conda:
+        "../../environment.yaml"
     threads: 2
     resources:
         mem_mb=4000,

@@ -8,10 +8,12 @@ rule serve:
     log:
         f"{RESULTS}/logs/serve/{{deployment}}.log",
     localrule: True
+    conda:
+        "../../environment.yaml"
     params:
         deployment=get_deployment_settings,
         launcher=config["serving"]["launcher"],
         runtime=f"{SERVE_DIR}/{{deployment}}.runtime.json",
-        state_dir=SERVE_DIR,
+        state_dir=serve_state_dir,
     script:
         "../scripts/serve.py"

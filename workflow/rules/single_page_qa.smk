@@ -11,6 +11,8 @@ rule single_page_qa:
     benchmark:
         f"{RESULTS}/benchmarks/single_page_qa/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

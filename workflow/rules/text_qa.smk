@@ -11,6 +11,8 @@ rule text_qa:
     benchmark:
         f"{RESULTS}/benchmarks/text_qa/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

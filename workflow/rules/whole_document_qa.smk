@@ -11,6 +11,8 @@ rule whole_document_qa:
     benchmark:
         f"{RESULTS}/benchmarks/whole_document_qa/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

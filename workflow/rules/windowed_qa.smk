@@ -11,6 +11,8 @@ rule windowed_qa:
     benchmark:
         f"{RESULTS}/benchmarks/windowed_qa/{{shard}}.tsv"
     retries: 2
+    conda:
+        "../../environment.yaml"
     threads: 1
     resources:
         mem_mb=2000,

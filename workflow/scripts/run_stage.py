@@ -1,24 +1,32 @@
 """Snakemake entry point of the model stages 02-09; the work is in longdoc_sdg.stages."""
 
-from longdoc_sdg.endpoints import resolve_endpoint
+from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.plan import deep_merge, stage_config_section
 from longdoc_sdg.stages import run_stage
 
 setup_job_logging(snakemake.log[0])
 stage = snakemake.params.stage
-# Concurrency and retry limits steer the run without changing its rows, so they are read from
-# the config here on purpose instead of through params (a change must not rerun finished shards).
-steering = {
-    key: value
-    for key, value in snakemake.config["stages"][stage].items()
-    if key in ("concurrency", "retry", "error_budget")
-}
-run_stage(
-    stage,
-    inputs={key: value for key, value in snakemake.input.items() if key != "sentinel"},
-    output=snakemake.output[0],
-    params={**snakemake.params.settings["settings"], **steering},
-    endpoint=resolve_endpoint(snakemake.params.endpoint),
-    threads=snakemake.threads,
-    journal_path=snakemake.params.journal,
-)
+endpoint = resolve_endpoint(snakemake.params.endpoint)
+if endpoint is not None:
+    # Concurrency, retry and error-budget limits steer the run without changing its rows, so
+    # they are read from the config here on purpose, not through params: changing them must
+    # not rerun finished shards.
+    settings = snakemake.config["stages"][stage]
+    for key in ("concurrency", "retry", "error_budget"):
+        endpoint[key] = settings[key]
+    endpoint["request_timeout_s"] = settings["endpoint"]["request_timeout_s"]
+with keep_server_alive(snakemake.params.endpoint):
+    run_stage(
+        stage,
+        inputs={key: value for key, value in snakemake.input.items() if key != "sentinel"},
+        output=snakemake.output[0],
+        # Result-changing settings come from params; steering-only ones (e.g. image transport)
+        # from the config, so changing those never reruns finished shards.
+        params=deep_merge(
+            stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"]
+        ),
+        endpoint=endpoint,
+        threads=snakemake.threads,
+        journal_path=snakemake.params.journal,
+    )

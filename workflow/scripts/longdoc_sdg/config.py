@@ -104,3 +104,159 @@ def check_config(config: dict, schema_path: str | Path) -> None:
             "Fix these keys in your config file or --configfile override (see config/README.md)."
         )
     validate(config, str(schema_path), set_default=True)
+
+
+class ManualEndpoint(Section):
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL (e.g. http://gpu-node:8000/v1) of an already running "
+        "server; set it to use that server instead of serving a deployment.",
+    )
+    model: str | None = Field(None, description="Model name the server lists in /v1/models.")
+    api_key_env: str | None = Field(
+        None, description="NAME of the environment variable holding the API key (the key itself never goes in config)."
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="Whole-request timeout in seconds.")
+
+
+DEFAULT_DEPLOYMENTS = {
+    "ocr": "nemotron-parse",
+    "text_qa": "gpt-oss-120b",
+    "classify": "qwen3-vl-30b",
+    "visual_qa": "qwen3-vl-235b-thinking",
+    "single_page_qa": "qwen3-vl-235b-thinking",
+    "windowed_qa": "qwen3-vl-235b-thinking",
+    "whole_document_qa": "qwen3-vl-235b-thinking",
+    "judge": None,
+}
+
+
+def _stage_section(stage_name: str):
+    """A stage's config section: the stage's own pydantic config plus how to reach its model."""
+    from pydantic import create_model
+
+    from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
+    from .stages import get_stage
+
+    base = get_stage(stage_name).config_model
+    return create_model(
+        f"{base.__name__}Section",
+        __base__=base,
+        enabled=(bool, Field(True, description="Run this stage when its model is reachable.")),
+        deployment=(
+            str | None,
+            Field(
+                DEFAULT_DEPLOYMENTS[stage_name],
+                description="Deployment (config/deployments/NAME.yaml) served for this stage when serving.enabled.",
+            ),
+        ),
+        endpoint=(ManualEndpoint, Field(ManualEndpoint(), description="A manual endpoint; bypasses serving.")),
+        concurrency=(
+            ConcurrencyConfig,
+            Field(ConcurrencyConfig(), description="Adaptive request concurrency (AIMD) limits; does not change results."),
+        ),
+        retry=(RetryConfig, Field(RetryConfig(), description="Retries of failed requests; does not change results.")),
+        error_budget=(
+            BreakerConfig,
+            Field(
+                BreakerConfig(),
+                description="Infrastructure error rate over which the job fails fast (to be retried) instead of "
+                "writing failure rows.",
+            ),
+        ),
+    )
+
+
+def _stages_model():
+    from pydantic import create_model
+
+    from .plan import ALL_MODEL_STAGES
+
+    fields = {}
+    for name in ALL_MODEL_STAGES:
+        section = _stage_section(name)
+        fields[name] = (section, Field(section(), description=f"Stage {name}."))
+    return create_model("StagesConfig", __base__=Section, **fields)
+
+
+def workflow_config_model():
+    from pydantic import create_model
+
+    from .seed.config import SeedParams
+
+    stages = _stages_model()
+    return create_model(
+        "WorkflowConfig",
+        __base__=Section,
+        results_dir=(str, Field("results", description="Folder of all results, logs and manifests of a run.")),
+        source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
+        sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
+        seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
+        serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
+        stages=(stages, Field(stages(), description="Model stages 02-09.")),
+    )
+
+
+def _inline_refs(node, defs):
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].split("/")[-1]]
+            merged = {**_inline_refs(target, defs), **{k: v for k, v in node.items() if k != "$ref"}}
+            return merged
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def _fill_defaults(schema: dict, defaults) -> None:
+    """Give every property its default. A section's default is {}: validation then fills each of
+    its keys from their own defaults, so every value is stated once."""
+    schema.pop("title", None)
+    for key, prop in schema.get("properties", {}).items():
+        prop.pop("title", None)
+        if "properties" in prop:
+            prop["default"] = {}
+            _fill_defaults(prop, defaults.get(key, {}) if isinstance(defaults, dict) else {})
+        elif isinstance(defaults, dict) and key in defaults:
+            prop.setdefault("default", defaults[key])
+
+
+def build_schema() -> dict:
+    model = workflow_config_model()
+    raw = model.model_json_schema(mode="serialization")
+    schema = _inline_refs(raw, raw.get("$defs", {}))
+    _fill_defaults(schema, model().model_dump(mode="json"))
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = "Configuration of the longdoc-sdg workflow (generated from longdoc_sdg.config; do not edit by hand)."
+    return schema
+
+
+def default_config() -> dict:
+    return workflow_config_model()().model_dump(mode="json")
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def render_schema() -> str:
+    header = "# Generated by `python -m longdoc_sdg.config --write-schema`; edit longdoc_sdg/config.py instead.\n"
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # shared default objects must stay separate copies
+            return True
+
+    return header + yaml.dump(build_schema(), Dumper=NoAliases, sort_keys=False, width=100, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Generate the workflow config JSON schema from the pydantic models.")
+    parser.add_argument("--write-schema", action="store_true", help=f"write {SCHEMA_PATH}")
+    args = parser.parse_args()
+    text = render_schema()
+    if args.write_schema:
+        SCHEMA_PATH.write_text(text, encoding="utf-8")
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        print(text)

@@ -38,8 +38,8 @@ STAGE_INPUTS = {
 }
 SEED_TABLES = ("pages", "documents", "windows", "failures")
 
-# Settings that steer the run but do not change a stage's rows; kept out of its params.
-NON_RESULT_KEYS = {"enabled", "endpoint", "deployment", "concurrency", "retry", "error_budget"}
+# Keys of a stage's config section that say how to reach its model, not what it produces.
+ENDPOINT_KEYS = {"enabled", "endpoint", "deployment", "concurrency", "retry", "error_budget"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,12 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
                 stage,
                 False,
                 mode,
-                f"needs a model endpoint: set stages.{stage}.endpoint.base_url (+ model, api_key_env) "
-                f"or serving.enabled=true to deploy '{settings.get('deployment')}'",
+                f"needs a model endpoint: set stages.{stage}.endpoint.base_url (+ model, api_key_env)"
+                + (
+                    f" or serving.enabled=true to deploy '{settings['deployment']}'"
+                    if settings.get("deployment")
+                    else " (a frontier model; no deployment is served for it by default)"
+                ),
             )
         elif stage == "judge" and not upstream:
             statuses[stage] = StageStatus(stage, False, "disabled", "no QA stage listed in stages.judge.judge_stages")
@@ -107,14 +111,31 @@ def judged_stages(config: dict) -> list[str]:
     return [s for s in config["stages"]["judge"]["judge_stages"] if statuses[s].active]
 
 
-def stage_settings(config: dict, stage: str, template_dir: str | Path | None = None) -> dict:
-    """The result-changing settings of a stage: its config minus run-steering keys, plus the
-    code version and the text of any prompt template it names (editing a prompt reruns it)."""
-    settings = {k: v for k, v in config["stages"][stage].items() if k not in NON_RESULT_KEYS}
-    return {"stage": stage, "settings": settings, "code_version": __version__}
+def stage_config_section(config: dict, stage: str) -> dict:
+    """The stage's own settings (its pydantic config), without how its model is reached."""
+    return {k: v for k, v in config["stages"][stage].items() if k not in ENDPOINT_KEYS}
 
 
-def run_settings(config: dict, stage: str) -> dict:
-    """Run-steering settings (concurrency, retries, error budget): not part of the params hash."""
-    settings = config["stages"][stage]
-    return {k: settings[k] for k in ("concurrency", "retry", "error_budget") if k in settings}
+def stage_settings(config: dict, stage: str) -> dict:
+    """The result-changing settings of a stage, for its rule's params: the validated config minus
+    run-steering fields, plus a fingerprint over the prompt templates, output schema and row
+    logic version, so editing a prompt reruns the stage (and only it and its dependents)."""
+    from .stages import get_stage, stage_config_hash
+    from .stages.base import hashed_settings
+
+    validated = get_stage(stage).config_model.model_validate(stage_config_section(config, stage))
+    return {
+        "settings": hashed_settings(validated),
+        "fingerprint": stage_config_hash(stage, validated.model_dump(mode="json")),
+        "code_version": __version__,
+    }
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

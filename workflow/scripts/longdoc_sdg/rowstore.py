@@ -60,6 +60,26 @@ def output_schema(stage_schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _type_check(dtype: pa.DataType):
+    """A cheap Python-side check for a column type (pyarrow per row costs ~0.3 ms; this ~1 us)."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return lambda v: isinstance(v, str)
+    if pa.types.is_boolean(dtype):
+        return lambda v: isinstance(v, bool)
+    if pa.types.is_integer(dtype):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if pa.types.is_floating(dtype):
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        inner = _type_check(dtype.value_type)
+        return lambda v: isinstance(v, list) and all(x is None or inner(x) for x in v)
+    if pa.types.is_struct(dtype) or pa.types.is_map(dtype):
+        return lambda v: isinstance(v, (dict, list))  # details are checked by pyarrow at finalize
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+        raise ValueError("binary columns cannot go through the JSON journal; store them elsewhere")
+    return lambda v: True
+
+
 def _fingerprint(schema: pa.Schema) -> str:
     return stable_id(schema.to_string(show_field_metadata=False, show_schema_metadata=False))
 
@@ -79,6 +99,7 @@ class ShardWriter:
         self.config_hash = config_hash
         self.schema = output_schema(schema)
         self._names = frozenset(self.schema.names)
+        self._checks = {f.name: (_type_check(f.type), str(f.type)) for f in self.schema}
         self._batch_rows = batch_rows
         self._batch_bytes = batch_bytes
         self._header = {
@@ -189,7 +210,11 @@ class ShardWriter:
         if status == "failed" and not row.get("failure_reason"):
             raise ValueError(f"row {row_id}: a failed row needs a failure_reason")
         # type errors surface now, naming the row, rather than at finalize after the whole shard
-        pa.RecordBatch.from_pylist([row], schema=self.schema)
+        for name, value in row.items():
+            if value is not None:
+                check, type_name = self._checks[name]
+                if not check(value):
+                    raise ValueError(f"row {row_id}: column {name} wants {type_name}, got {type(value).__name__} {value!r:.80}")
         line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         self._file.write(line)
         self._index[row_id] = (self._size, len(line), row.get("failure_reason") if status == "failed" else None)

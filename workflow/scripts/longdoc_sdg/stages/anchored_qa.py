@@ -66,7 +66,7 @@ class AnchoredQaConfig(ModelStageConfig):
 
 class SinglePageQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["single_page_qa"], description=f"Relative weight of each question type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["single_page_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
     )
     min_evidence_pages: int = Field(1, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("single_page_qa.j2", description="Prompt template of the generation call.")
@@ -74,7 +74,7 @@ class SinglePageQaConfig(AnchoredQaConfig):
 
 class WindowedQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["windowed_qa"], description=f"Relative weight of each question type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["windowed_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
@@ -82,7 +82,7 @@ class WindowedQaConfig(AnchoredQaConfig):
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["whole_document_qa"], description=f"Relative weight of each question type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["whole_document_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(

@@ -17,7 +17,7 @@ import jinja2
 import jinja2.meta
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..engine.errors import RecordError
 from ..ids import safe_file_stem
@@ -78,8 +78,39 @@ class ImageTransportConfig(Strict):
     )
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class StageConfig(Strict):
-    """Settings every stage takes."""
+    """Settings every stage takes.
+
+    Nested settings merge into the stage's defaults: `sampling: {temperature: 0.7}` keeps the
+    stage's other sampling defaults, `question_type_weights: {layout: 0}` only changes layout.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_into_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            value = out.get(name)
+            if not isinstance(value, dict):
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            if isinstance(default, dict):
+                out[name] = deep_merge(default, value)
+        return out
 
     # Part of the hash on purpose: it changes which rows a shard holds, and a resumed journal
     # with rows outside the new selection would fail the accounting check.
@@ -172,7 +203,7 @@ def _environment(path: Path) -> jinja2.Environment:
     )
     return jinja2.Environment(
         loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
-        trim_blocks=True, lstrip_blocks=True, autoescape=False,
+        autoescape=False,
     )
 
 

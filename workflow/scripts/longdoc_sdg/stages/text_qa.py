@@ -33,7 +33,7 @@ from .replies import clean_answer
 class TextQaConfig(ModelStageConfig):
     question_type_weights: dict[str, float] = Field(
         DEFAULT_WEIGHTS["text_qa"],
-        description=f"Relative weight of each question type ({', '.join(t.key for t in TEXT_TYPES)}).",
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({', '.join(t.key for t in TEXT_TYPES)}).",
     )
     questions_per_record: int = Field(1, ge=1, description="Questions generated per OCR page.")
     min_text_chars: int = Field(1, ge=1, description="Pages with less OCR text than this are skipped by the filter.")

@@ -35,7 +35,7 @@ THINKING_SAMPLING = SamplingConfig(temperature=1.0, top_p=0.95, top_k=20, min_p=
 class VisualQaConfig(ModelStageConfig):
     question_type_weights: dict[str, float] = Field(
         DEFAULT_WEIGHTS["visual_qa"],
-        description=f"Relative weight of each question type ({', '.join(t.key for t in VISUAL_TYPES)}).",
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({', '.join(t.key for t in VISUAL_TYPES)}).",
     )
     questions_per_record: int = Field(1, ge=1, description="Questions generated per classified page.")
     min_reasoning_complexity: int = Field(

@@ -1,0 +1,99 @@
+"""How the workflow reaches models: manual endpoints from config, or deployments it serves.
+
+Thin glue between the Snakemake rules and `longdoc_sdg.serve`; keys are read from environment
+variables or the runtime file at job time and never enter params, logs or sentinels."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from .io import get_logger, register_secret
+
+log = get_logger("endpoints")
+
+
+def _deployment(config: dict, name: str):
+    from .serve import load_deployment
+
+    serving = config["serving"]
+    path = Path(serving["deployments_dir"]) / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"deployment {name!r}: no file {path}; add it or point serving.deployments_dir elsewhere "
+            f"(available: {sorted(p.stem for p in path.parent.glob('*.yaml'))})"
+        )
+    return load_deployment(path, serving["overrides"].get(name))
+
+
+def deployment_settings(config: dict, name: str) -> dict[str, Any]:
+    """Full, validated serve settings of a deployment (file + config overrides)."""
+    return _deployment(config, name).model_dump(mode="json")
+
+
+def deployment_identity(config: dict, name: str) -> dict[str, str]:
+    """Who a deployment serves (model, served name, hash of answer-changing settings)."""
+    from .serve import identity
+
+    return identity(_deployment(config, name))
+
+
+def serve_deployment(settings: dict, sentinel_path: str, runtime_path: str, launcher: str, state_dir: str, log_path: str):
+    from .serve import serve
+
+    result = serve(settings, sentinel_path, runtime_path, launcher=launcher, state_dir=state_dir)
+    log.info("deployment %s ready at %s", result.get("deployment"), result.get("base_url"))
+    return result
+
+
+def stop_servers(state_dir: str) -> None:
+    from .serve import teardown
+
+    stopped = teardown(state_dir)
+    if stopped:
+        print(f"longdoc-sdg: stopped servers: {', '.join(stopped)}")
+
+
+def resolve_endpoint(params: dict) -> dict | None:
+    """The engine endpoint of a job, from its endpoint params (see common.smk)."""
+    mode = params["mode"]
+    if mode == "none":
+        return None
+    if mode == "manual":
+        endpoint = {"base_url": params["base_url"], "model": params["model"]}
+        if params.get("api_key_env"):
+            key = os.environ.get(params["api_key_env"])
+            if not key:
+                raise RuntimeError(
+                    f"endpoint {params['base_url']} (model {params['model']}): environment variable "
+                    f"{params['api_key_env']} holding its API key is not set; export it before running"
+                )
+            register_secret(key)
+            endpoint["api_key"] = key
+        return endpoint
+    if mode == "serve":
+        from .serve import verify_endpoint
+
+        endpoint = verify_endpoint(params["runtime"])
+        if endpoint["model"] != params["served_name"]:
+            raise RuntimeError(
+                f"runtime file {params['runtime']} serves {endpoint['model']!r}, expected "
+                f"{params['served_name']!r}; rerun to serve the configured deployment"
+            )
+        register_secret(endpoint.get("api_key"))
+        return endpoint
+    raise RuntimeError(f"stage has no reachable model (endpoint mode {mode!r})")
+
+
+@contextlib.contextmanager
+def keep_server_alive(params: dict) -> Iterator[None]:
+    """Heartbeat a served deployment while a job uses it (its idle backstop stays off)."""
+    if params["mode"] != "serve":
+        yield
+        return
+    from .serve import keep_alive
+
+    with keep_alive(params["runtime"]):
+        yield
