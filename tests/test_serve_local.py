@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 import signal
 import socket
 import stat
@@ -20,6 +22,7 @@ from longdoc_sdg.serve import (
     ServeError,
     identity,
     keep_alive,
+    keep_servers_alive,
     read_endpoint,
     reap_stale,
     serve,
@@ -183,6 +186,11 @@ def test_idle_timeout_stops_server_and_unpublishes(tmp_path, paths):
     with keep_alive(paths["runtime"], interval_s=0.5):
         time.sleep(5)
         verify_endpoint(paths["runtime"])
+    # So does the run-wide heartbeat of the Snakemake main process.
+    stop = keep_servers_alive(paths["state"], interval_s=0.5)
+    time.sleep(5)
+    stop()
+    verify_endpoint(paths["runtime"])
     t0 = time.monotonic()
     assert wait_until(lambda: not alive(runtime["pid"]), 20)
     print(f"idle stop after {time.monotonic() - t0:.2f}s (idle_timeout_s=2)")
@@ -247,3 +255,62 @@ def test_cli_serve_and_teardown(tmp_path):
         stop = subprocess.run(base + ["teardown", "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=env)
     assert json.loads(stop.stdout) == ["clitest"]
     assert not runtime.exists() and not sentinel.exists()
+
+
+def test_sigterm_while_waiting_stops_the_half_started_server(tmp_path):
+    """Snakemake cancels a serve job with SIGTERM: the server it started must not linger."""
+    dep = fake_deployment(tmp_path, name="slowload", shim_args="--delay 60")
+    dep_file = tmp_path / "slowload.yaml"
+    dep_file.write_text(json.dumps(dep.model_dump(mode="json")))
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow" / "scripts")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longdoc_sdg.serve", "serve", str(dep_file), "--sentinel", str(tmp_path / "s"),
+         "--runtime", str(tmp_path / "r"), "--state-dir", str(state)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    record_path = state / "servers" / "slowload.json"
+    try:
+        assert wait_until(lambda: (read_json(record_path) or {}).get("pid"), 30)
+        wrapper_pid = read_json(record_path)["pid"]
+        assert wait_until(lambda: (state / "servers" / "slowload" / "bound.json").exists(), 30)
+        server_pid = read_json(state / "servers" / "slowload" / "bound.json")["server_pid"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        teardown(state)
+    assert proc.returncode != 0 and "SIGTERM" in proc.stderr.read()
+    assert not alive(wrapper_pid) and not alive(server_pid)
+    assert not record_path.exists()
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):
+        if self.path != "/metrics" or not self.body:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_metrics_tell_a_busy_server_from_an_idle_one():
+    from longdoc_sdg.serve.wrapper import _metrics_busy
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        _Metrics.body = b"# HELP vllm:num_requests_running x\nvllm:num_requests_running{model_name=\"m\"} 0.0\nvllm:num_requests_waiting{model_name=\"m\"} 0.0\n"
+        assert _metrics_busy(url) is False
+        _Metrics.body = b"vllm:num_requests_running{model_name=\"m\"} 0.0\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n"
+        assert _metrics_busy(url) is True
+        _Metrics.body = b""
+        assert _metrics_busy(url) is None
+    finally:
+        server.shutdown()

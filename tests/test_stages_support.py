@@ -83,7 +83,15 @@ class TaggedFakeServer(FakeOpenAIServer):
         payload = super()._completion(req, key, fault)
         text = json.dumps(req["messages"])
         message = payload["choices"][0]["message"]
-        if fault is None and "response_format" not in req and "<quality_score>" in text:
+        content = req["messages"][-1]["content"]
+        empty_prompt = isinstance(content, list) and {"type": "text", "text": ""} in content
+        if fault is None and empty_prompt:
+            # a Nemotron-Parse request: answer with its element markup
+            message["content"] = (
+                "<x_0.1><y_0.05>Quarterly results<x_0.9><y_0.08><class_Title>"
+                "<x_0.1><y_0.1>Revenue rose 12% to 4.2 million.<x_0.9><y_0.2><class_Text>"
+            )
+        elif fault is None and "response_format" not in req and "<quality_score>" in text:
             pages = [int(p) for p in re.findall(r"Page (\d+):", text)] or [1]
             message["content"] = (
                 "<question>\nHow many rows does Table 1 on page 2 list?\n</question>\n"

@@ -304,13 +304,13 @@ until node_ready; do
 done
 
 # ---- proof: one cpu and one gpu job reach COMPLETED in accounting ---------
-prove() { # prove PARTITION [sbatch args...]
+prove() { # prove PARTITION [srun args...]
   local part=$1 id state
   shift
   # srun returns as soon as the job ends (sbatch --wait polls slowly).
   # shellcheck disable=SC2016 # $SLURM_JOB_ID expands inside the job
-  id=$(srun --partition "$part" --time 1 --job-name longdoc-up-check "$@" \
-    bash -c 'echo "$SLURM_JOB_ID"') || die "test job in partition $part failed"
+  id=$(timeout 120 srun --partition "$part" --time 1 --job-name longdoc-up-check "$@" \
+    bash -c 'echo "$SLURM_JOB_ID"') || die "test job in partition $part failed or timed out"
   deadline=$(($(date +%s) + 30))
   until state=$(sacct -n -P -X -j "$id" -o State 2>/dev/null) && [[ $state == COMPLETED ]]; do
     (($(date +%s) < deadline)) || die "job $id ($part) not COMPLETED in sacct (got '${state:-}')"

@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..io import get_logger, redact, register_secret, write_text_atomic
 from .deployment import Deployment, as_deployment, identity
@@ -430,3 +430,22 @@ def keep_alive(runtime_path: str | Path, interval_s: float = 60.0) -> Iterator[N
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def keep_servers_alive(state_dir: str | Path, interval_s: float = 60.0) -> Callable[[], None]:
+    """Touch the heartbeat of every server recorded in state_dir every interval_s, from a
+    daemon thread, until the returned function is called. Meant for the Snakemake main
+    process (onstart): the idle backstop then fires only once the run that owns the
+    servers is gone (e.g. SIGKILLed), never while client jobs wait in a queue."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            for record in _records(state_dir):
+                if record.get("ready"):
+                    _touch(record["heartbeat_path"])
+            if stop.wait(interval_s):
+                return
+
+    threading.Thread(target=loop, name="serve-run-heartbeat", daemon=True).start()
+    return stop.set
