@@ -86,12 +86,17 @@ def messages_for(kind: str, png: bytes | None, i: int) -> list[dict]:
 
 
 class Window:
-    """Completions counted only inside [start + warmup, start + warmup + measure]."""
+    """Sustained throughput over [start + warmup, start + warmup + measure].
+
+    Each request counts by the share of its own duration that lies inside the window, so requests
+    finishing in synchronised waves (all C at once every L seconds) do not make the count jump by
+    C at the window's edges.
+    """
 
     def __init__(self, warmup: float, measure: float):
         self.warmup, self.measure = warmup, measure
         self.start = time.monotonic()
-        self.count = 0
+        self.intervals: list[tuple[float, float]] = []
         self.cpu0: float | None = None
         self.cpu1: float | None = None
 
@@ -103,10 +108,8 @@ class Window:
     def closes(self) -> float:
         return self.opens + self.measure
 
-    def done(self) -> None:
-        now = time.monotonic()
-        if self.opens <= now <= self.closes:
-            self.count += 1
+    def done(self, started: float) -> None:
+        self.intervals.append((started, time.monotonic()))
 
     def running(self) -> bool:
         return time.monotonic() < self.closes
@@ -118,9 +121,14 @@ class Window:
         self.cpu1 = time.process_time()
 
     def result(self, concurrency: int, latency: float) -> dict:
-        rate = self.count / self.measure
-        cpu_ms = (self.cpu1 - self.cpu0) / max(self.count, 1) * 1000
-        return {"requests": self.count, "rps": round(rate, 1), "ratio": round(rate / (concurrency / latency), 3),
+        work = 0.0
+        for begin, end in self.intervals:
+            inside = min(end, self.closes) - max(begin, self.opens)
+            if inside > 0:
+                work += inside / max(end - begin, 1e-9)
+        rate = work / self.measure
+        cpu_ms = (self.cpu1 - self.cpu0) / max(work, 1.0) * 1000
+        return {"requests": round(work, 1), "rps": round(rate, 1), "ratio": round(rate / (concurrency / latency), 3),
                 "cpu_ms_per_request": round(cpu_ms, 3)}
 
 
@@ -133,10 +141,11 @@ async def bare_openai(base_url: str, kind: str, png: bytes | None, c: int, laten
 
     async def worker() -> None:
         while window.running():
+            started = time.monotonic()
             await client.chat.completions.create(
                 model="fake-model", messages=messages_for(kind, png, next(counter)), max_tokens=64
             )
-            window.done()
+            window.done(started)
 
     sampler = asyncio.create_task(window.sample_cpu())
     await asyncio.gather(*(worker() for _ in range(c)))
@@ -161,8 +170,9 @@ async def engine_run(base_url: str, kind: str, png: bytes | None, c: int, latenc
             i += 1
 
     async def process(row: dict, engine: ChatEngine) -> dict:
+        started = time.monotonic()
         result = await engine.chat(messages_for(kind, png, row["i"]), max_tokens=64)
-        window.done()
+        window.done(started)
         return {"answer": result.content}
 
     sampler = asyncio.create_task(window.sample_cpu())

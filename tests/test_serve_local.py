@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import threading
 import signal
@@ -66,7 +67,11 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
     finally:
         # setup_job_logging points stderr at the job log: give pytest its stderr back.
         sys.stderr = stderr
-        setup_job_logging(None)
+        logger = logging.getLogger("longdoc_sdg")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
     assert "ready at" in job_log.read_text()
     print(f"fake server ready in {ready_s:.2f}s")
 

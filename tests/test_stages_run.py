@@ -136,15 +136,21 @@ def test_question_type_plan_is_the_same_on_rerun(tmp_path, seed, endpoint):
 
 
 def test_faults_end_as_results_or_failures_with_reasons(tmp_path, seed, endpoint, server):
-    server.configure(faults={"500": 0.2, "schema_invalid": 0.2, "length": 0.1, "reasoning_only": 0.1})
+    # the first requests (one per row) fail for sure; later ones by share
+    server.reset_stats()
+    server.configure(schedule=["schema_invalid", "length", "reasoning_only", "500"],
+                     faults={"500": 0.2, "schema_invalid": 0.2, "length": 0.1, "reasoning_only": 0.1})
     _, s, t = run(tmp_path, "classify", {"pages": seed["pages"]}, {}, {**endpoint, "breaker": {"max_error_rate": 1.0}})
     rows = check_shard("classify", t, s, 6)
-    for r in rows:
-        if r["status"] == "failed":
-            assert r["failure_reason"] in ("schema_invalid", "length", "reasoning_only", "server_error")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) >= 3, "the scheduled faults should fail three rows"
+    for r in failed:
+        assert r["failure_reason"] in ("schema_invalid", "length", "reasoning_only", "server_error")
 
+    server.reset_stats()
     _, s, t = run(tmp_path, "single_page_qa", {"pages": seed["pages"]}, {}, {**endpoint, "breaker": {"max_error_rate": 1.0}})
-    check_shard("single_page_qa", t, s, 6)
+    rows = check_shard("single_page_qa", t, s, 6)
+    assert sum(r["status"] == "failed" for r in rows) >= 3
 
 
 def test_unparseable_free_text_is_a_failed_row(tmp_path, seed, endpoint, server):

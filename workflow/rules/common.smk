@@ -20,6 +20,7 @@ STATUSES = run_plan.stage_statuses(config)
 
 # Only the main process lists the source; cluster jobs reuse the manifest it wrote.
 if workflow.is_main_process:
+    endpoints.forget_dead_servers(SERVE_DIR)
     SHARDS = sync_manifest(
         config["source"], MANIFEST_DIR, config["sharding"]["documents_per_shard"]
     )
@@ -143,6 +144,10 @@ def get_deployment_settings(wildcards):
 def serve_state_dir(wildcards, output):
     """Where the serve rule records the servers it started (next to the sentinel)."""
     return os.path.dirname(output.sentinel)
+
+
+def start_heartbeat():
+    endpoints.keep_run_servers_alive(SERVE_DIR)
 
 
 def stop_servers():

@@ -10,5 +10,4 @@ serve_deployment(
     runtime_path=snakemake.params.runtime,
     launcher=snakemake.params.launcher,
     state_dir=snakemake.params.state_dir,
-    log_path=snakemake.log[0],
 )

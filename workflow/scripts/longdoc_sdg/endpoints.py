@@ -15,22 +15,29 @@ from .io import get_logger, register_secret
 log = get_logger("endpoints")
 
 
-def _deployment(config: dict, name: str):
-    from .serve import load_deployment
-
-    serving = config["serving"]
-    path = Path(serving["deployments_dir"]) / f"{name}.yaml"
+def deployment_file(config: dict, name: str) -> Path:
+    path = Path(config["serving"]["deployments_dir"]) / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(
             f"deployment {name!r}: no file {path}; add it or point serving.deployments_dir elsewhere "
             f"(available: {sorted(p.stem for p in path.parent.glob('*.yaml'))})"
         )
-    return load_deployment(path, serving["overrides"].get(name))
+    return path
+
+
+def _deployment(config: dict, name: str):
+    from .serve import load_deployment
+
+    return load_deployment(deployment_file(config, name), config["serving"]["overrides"].get(name))
 
 
 def deployment_settings(config: dict, name: str) -> dict[str, Any]:
-    """Full, validated serve settings of a deployment (file + config overrides)."""
-    return _deployment(config, name).model_dump(mode="json")
+    """What the serve rule needs: the deployment file and the config's overrides for it."""
+    _deployment(config, name)  # fail at parse time on a bad deployment, naming it
+    return {
+        "file": str(deployment_file(config, name)),
+        "overrides": config["serving"]["overrides"].get(name) or {},
+    }
 
 
 def deployment_identity(config: dict, name: str) -> dict[str, str]:
@@ -40,15 +47,44 @@ def deployment_identity(config: dict, name: str) -> dict[str, str]:
     return identity(_deployment(config, name))
 
 
-def serve_deployment(settings: dict, sentinel_path: str, runtime_path: str, launcher: str, state_dir: str, log_path: str):
+def serve_deployment(settings: dict, sentinel_path: str, runtime_path: str, launcher: str, state_dir: str):
     from .serve import serve
 
-    result = serve(settings, sentinel_path, runtime_path, launcher=launcher, state_dir=state_dir)
+    result = serve(
+        settings["file"],
+        sentinel_path,
+        runtime_path,
+        launcher=launcher,
+        state_dir=state_dir,
+        overrides=settings["overrides"],
+    )
     log.info("deployment %s ready at %s", result.get("deployment"), result.get("base_url"))
     return result
 
 
+def forget_dead_servers(state_dir: str) -> None:
+    """Unpublish servers a killed earlier run left behind, so this run serves them again."""
+    from .serve import reap_stale
+
+    reaped = reap_stale(state_dir)
+    if reaped:
+        print(f"longdoc-sdg: servers of an earlier run are gone, will serve again: {', '.join(reaped)}")
+
+
+_heartbeat_stop = None
+
+
+def keep_run_servers_alive(state_dir: str) -> None:
+    """While this run lives, keep its servers' idle backstop from firing (clients may queue)."""
+    global _heartbeat_stop
+    from .serve import keep_servers_alive
+
+    _heartbeat_stop = keep_servers_alive(state_dir)
+
+
 def stop_servers(state_dir: str) -> None:
+    if _heartbeat_stop is not None:
+        _heartbeat_stop()
     from .serve import teardown
 
     stopped = teardown(state_dir)

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     _set_memory_limit(args.memory_mb)
 
+    # PyMuPDF imports the optional pymupdf_layout package (ONNX layout models, ~0.5 s and
+    # hundreds of MB) whenever it is installed; rendering never uses it.
+    sys.modules.setdefault("pymupdf.layout", None)
     import pymupdf
 
     # Bad PDFs are our daily bread: MuPDF's chatter would drown the job log.

@@ -50,7 +50,7 @@ class ReasoningPage(_PageShape):
     subcategories: list[ReasoningSubcategory] = Field(max_length=12)
     contains_reasoning_content: Literal[True]
     reasoning_complexity_score: int = Field(ge=1, le=10)
-    justification: str
+    justification: str = Field(max_length=600)
 
 
 class NonePage(_PageShape):
@@ -58,7 +58,7 @@ class NonePage(_PageShape):
     subcategories: list[NoneSubcategory] = Field(max_length=5)
     contains_reasoning_content: Literal[False]
     reasoning_complexity_score: int = Field(ge=1, le=10)
-    justification: str
+    justification: str = Field(max_length=600)
 
 
 class PageClassification(RootModel[Union[ReasoningPage, NonePage]]):

@@ -27,7 +27,7 @@ QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_doc
 
 class RubricScore(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str  # first: the score should follow from the stated reason
+    reason: str = Field(max_length=600)  # first: the score should follow from the stated reason
     score: int = Field(ge=0, le=5)
 
 

@@ -17,8 +17,8 @@ TAGS = ("question", "answer", "evidence_pages", "quality_score")
 # vLLM structured_outputs regex for the tagged layout: guarantees a parseable reply (the grammar
 # applies after thinking ends). Questions may span lines; answers may not.
 TAGGED_REGEX = (
-    r"<question>\n[^<>]{1,4000}\n</question>\n"
-    r"<answer>[^<>\n]{1,500}</answer>\n"
+    r"<question>\n[^<>]{1,1500}\n</question>\n"
+    r"<answer>[^<>\n]{1,300}</answer>\n"
     r"<evidence_pages>\[[0-9]{1,4}(, [0-9]{1,4}){0,63}\]</evidence_pages>\n"
     r"<quality_score>[012]</quality_score>"
 )
@@ -28,8 +28,8 @@ class AnchoredReply(BaseModel):
     """The same item as JSON (output_format 'json')."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str
-    answer: str
+    question: str = Field(max_length=1500)
+    answer: str = Field(max_length=300)
     evidence_pages: list[int] = Field(max_length=64)
     quality_score: int = Field(ge=0, le=2)
 

@@ -55,8 +55,8 @@ class TextQaConfig(ModelStageConfig):
 
 class QuestionAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str
-    answer: str
+    question: str = Field(max_length=1500)
+    answer: str = Field(max_length=300)
 
 
 class TextQaOutput(StageOutput):

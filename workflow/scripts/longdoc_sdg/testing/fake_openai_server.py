@@ -219,10 +219,10 @@ class FakeOpenAIServer:
     """The TEST DOUBLE. `start()` runs it on a thread; `start_async()` on the caller's loop."""
 
     def __init__(self, config: FakeServerConfig | None = None, **overrides: Any):
+        self._sem: asyncio.Semaphore | None = None
         self.config = config or FakeServerConfig(**overrides)
         if config is not None and overrides:
             self.configure(**overrides)
-        self._sem: asyncio.Semaphore | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -242,6 +242,13 @@ class FakeOpenAIServer:
         self.config.__post_init__()
         if "max_num_seqs" in changes and self._sem is not None:
             self._sem = asyncio.Semaphore(self.config.max_num_seqs)
+
+    def reset(self, **settings: Any) -> None:
+        """Default behaviour plus `settings`, and zeroed statistics (between tests)."""
+        self.config = FakeServerConfig(**settings)
+        if self._sem is not None:
+            self._sem = asyncio.Semaphore(self.config.max_num_seqs)
+        self.reset_stats()
 
     def reset_stats(self) -> None:
         self.requests = 0  # chat completion requests received
@@ -287,9 +294,11 @@ class FakeOpenAIServer:
     async def start_async(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._sem = asyncio.Semaphore(self.config.max_num_seqs)
         # handler_cancellation: a request whose client went away (timeouts) leaves the queue
-        self._runner = web.AppRunner(self.build_app(), access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.build_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=0.5, backlog=1024)
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
         self.host = host
         self.port = self._runner.addresses[0][1]
