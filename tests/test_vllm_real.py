@@ -132,13 +132,25 @@ def vllm(request, tmp_path_factory):
                     pytrace=False)
     t_build = time.monotonic() - t0
 
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    port = srv.free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = srv.start_vllm_server(python, model_dir, port, SERVED, api_key=API_KEY, log_path=log_path,
-                                 reasoning_parser="qwen3", max_images=MAX_IMAGES)
+    log_dir = tmp_path_factory.mktemp("vllm")
+    for attempt in (1, 2):
+        # free_port() can race with another process taking it: retry once
+        log_path = log_dir / f"server-{attempt}.log"
+        port = srv.free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = srv.start_vllm_server(python, model_dir, port, SERVED, api_key=API_KEY, log_path=log_path,
+                                     reasoning_parser="qwen3", max_images=MAX_IMAGES)
+        try:
+            ready = srv.wait_ready(base, SERVED, proc, timeout=600, api_key=API_KEY, log_path=log_path)
+            break
+        except RuntimeError as e:
+            srv.stop_server(proc)
+            if attempt == 2 or "address already in use" not in str(e).lower():
+                raise
+        except BaseException:
+            srv.stop_server(proc)
+            raise
     try:
-        ready = srv.wait_ready(base, SERVED, proc, timeout=600, api_key=API_KEY, log_path=log_path)
         _report(request.config, f"\n[vllm] model build/check {t_build:.1f}s, server ready in {ready:.1f}s "
                                 f"(log {log_path})")
         server = Server(base, log_path)

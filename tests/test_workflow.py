@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import fitz
+import pymupdf as fitz
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -142,4 +142,5 @@ def test_bad_config_fails_with_the_key_named(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"source": {"kind": "s3"}}))
     result = run_snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
-    assert "source.kind" in result.stderr and "finepdfs" in result.stderr
+    output = result.stdout + result.stderr
+    assert "source.kind" in output and "finepdfs" in output

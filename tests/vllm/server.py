@@ -27,11 +27,13 @@ from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Prompt budget found for the tiny Qwen2-VL model (tests/vllm/build_tiny_vlm.py):
-# a 256x256 image costs 81 tokens, the largest image it accepts (448x448 after
-# resizing) 256, so 2 images <= 512 tokens plus a few hundred of text fit in
-# 2048. The KV cache of this model is tiny (512 bytes a token), so the limit
-# costs nothing in memory.
+# Budget measured with the tiny Qwen2-VL model (tests/vllm/build_tiny_vlm.py):
+# a 256x256 PNG costs 81 prompt tokens, any image above 448x448 px is resized
+# down to 256 tokens. Prompts seen: 1 image + short text 106 tokens, 2 images
+# 189, 2 images + 50 words 389, 2 x 448 px 539. All lengths from 256 up
+# started; 512 fits 2 small images + ~300 text tokens, so 2048 leaves room
+# for the largest images plus a long prompt. The KV cache of this model is
+# 512 bytes a token, so the limit costs no memory nor start-up time.
 DEFAULT_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_IMAGES = 2
 

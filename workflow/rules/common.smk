@@ -152,3 +152,53 @@ def start_heartbeat():
 
 def stop_servers():
     endpoints.stop_servers(SERVE_DIR)
+
+
+# export and report
+from longdoc_sdg.export import targets as export_plan
+from longdoc_sdg.report.stats import STATS_TABLES
+
+
+def get_export_dataset_inputs(wildcards):
+    """A QA stage's shards, its judge shards (when judged), seed documents, upstream shards."""
+    return export_plan.dataset_inputs(
+        config, STATUSES, RESULTS, SHARDS, wildcards.qa_stage
+    )
+
+
+def get_export_dataset_settings():
+    return export_plan.dataset_settings(config)
+
+
+def get_export_pages(wildcards):
+    return [f"{RESULTS}/seed/{shard}/pages.parquet" for shard in SHARDS]
+
+
+def get_export_hub_inputs(wildcards):
+    return export_plan.hub_inputs(config, STATUSES, RESULTS, SHARDS)
+
+
+def get_export_hub_settings():
+    return export_plan.hub_settings(config)
+
+
+def get_publish_settings():
+    return export_plan.publish_settings(config)
+
+
+def get_stats_inputs(wildcards):
+    return export_plan.stats_inputs(config, STATUSES, RESULTS, SHARDS)
+
+
+def get_report_settings():
+    return export_plan.report_settings(config)
+
+
+def get_export_targets():
+    """Final datasets, layouts and (when enabled) the publish record: for get_final_outputs."""
+    return export_plan.export_targets(config, STATUSES, RESULTS)
+
+
+def get_report_targets():
+    """Statistics, figures and summary page: for get_final_outputs."""
+    return export_plan.report_targets(config, RESULTS)

@@ -194,6 +194,9 @@ def workflow_config_model():
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
         stages=(stages, Field(stages(), description="Model stages 02-09.")),
+        export=(ExportConfig, Field(ExportConfig(), description="Final datasets per QA stage and their export layouts.")),
+        publish=(PublishConfig, Field(PublishConfig(), description="Uploading the Hub-ready export folder to the Hugging Face Hub.")),
+        report=(ReportConfig, Field(ReportConfig(), description="Run statistics and the figures of `snakemake --report`.")),
     )
 
 
@@ -234,6 +237,130 @@ def build_schema() -> dict:
 
 def default_config() -> dict:
     return workflow_config_model()().model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
+
+
+class ExportFilters(Section):
+    min_judge_score: float | None = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Keep rows whose judge weighted_quality_score (0-1) is at least this; null: no score "
+        "threshold. Applies to QA stages the judge ran on (stages.judge.judge_stages).",
+    )
+    require_judge: bool = Field(
+        True,
+        description="For QA stages the judge ran on, drop rows without a successful judge verdict "
+        "(the judge row failed, or stages.judge.num_records left the row out).",
+    )
+    require_format_ok: bool = Field(True, description="Drop rows whose answer failed its question type's format check.")
+    min_quality_score: int | None = Field(
+        1,
+        ge=0,
+        le=2,
+        description="Anchored QA (06-08): keep rows whose self-checked quality_score (0/1/2) is at least this; null: all.",
+    )
+    require_relevant: bool = Field(True, description="Text and visual QA (03, 05): keep rows judged 'Relevant'.")
+    require_correct: bool = Field(True, description="Text and visual QA (03, 05): keep rows whose answer was judged 'Correct'.")
+    require_evidence_ok: bool = Field(
+        True,
+        description="Anchored QA (06-08): keep rows whose cited evidence pages are among the pages shown and "
+        "number at least the stage's min_evidence_pages.",
+    )
+
+
+class ExportDedup(Section):
+    enabled: bool = Field(
+        True,
+        description="Drop near-identical questions within a document: questions equal after Unicode "
+        "normalisation, lower-casing and collapsing punctuation and white space count as one.",
+    )
+    keep: Literal["best", "first"] = Field(
+        "best",
+        description="Which duplicate stays: 'best' = highest judge score, then quality score, then row id; "
+        "'first' = lowest row id.",
+    )
+
+
+class ExportSplit(Section):
+    validation_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of documents in the validation split. The split is by document (all questions of a "
+        "document land in one split), decided by a hash of the doc_id, so it is stable across reruns and "
+        "growing runs.",
+    )
+    seed: str = Field("longdoc-sdg", description="Salt of the document hash; change it for a different split.")
+    min_validation_documents: int = Field(
+        1,
+        ge=0,
+        description="When validation_fraction > 0 but the hash puts fewer documents in validation, move the "
+        "train documents with the lowest hashes there (small runs still get a validation split).",
+    )
+
+
+class ExportCard(Section):
+    pretty_name: str = Field("longdoc-sdg document QA", description="Dataset name shown on the Hub.")
+    license: str = Field(
+        "other",
+        description="Licence id in the dataset card (e.g. odc-by, cc-by-4.0). Check the licences of the source "
+        "documents (FinePDFs: ODC-By 1.0) and the terms of the models used.",
+    )
+    language: list[str] = Field(["en"], description="Language codes in the dataset card.")
+    tags: list[str] = Field(
+        ["synthetic", "document-qa", "long-document", "vision-language"], description="Tags in the dataset card."
+    )
+    description: str = Field(
+        "Synthetic question/answer pairs grounded in PDF pages, for training vision-language models on "
+        "long-document understanding (MMLongBench-Doc style).",
+        description="First paragraph of the dataset card.",
+    )
+
+
+class ExportConfig(Section):
+    enabled: bool = Field(True, description="Build the final datasets and their layouts for every active QA stage.")
+    stages: list[Literal["text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa"]] | None = Field(
+        None, description="QA stages to export (null: every active QA stage)."
+    )
+    layouts: list[Literal["reference", "hub"]] = Field(
+        ["reference", "hub"],
+        description="'reference': the reference recipe's layout (seed columns + generated columns, page images as "
+        "a png_images_base64 JSON array), one folder per stage; 'hub': a Hub-ready folder (parquet with images "
+        "as image bytes + README dataset card) loadable with datasets.load_dataset.",
+    )
+    filters: ExportFilters = Field(ExportFilters(), description="Which rows make the final datasets.")
+    dedup: ExportDedup = Field(ExportDedup(), description="Near-duplicate question removal within a document.")
+    split: ExportSplit = Field(ExportSplit(), description="Deterministic train/validation split by document.")
+    card: ExportCard = Field(ExportCard(), description="Dataset card (README.md) metadata of the Hub folder.")
+    max_file_mb: int = Field(
+        500, ge=1, description="Start a new parquet file when the current one reaches this size (MB of page images)."
+    )
+
+
+class PublishConfig(Section):
+    enabled: bool = Field(False, description="Upload the Hub folder (export.layouts must include 'hub') at the end of a run.")
+    repo_id: str | None = Field(None, description="Target dataset repository, e.g. my-org/longdoc-qa.")
+    private: bool = Field(True, description="Create the repository as private (an existing one keeps its visibility).")
+    token_env: str = Field(
+        "HF_TOKEN", description="NAME of the environment variable holding the Hub token (the token never goes in config)."
+    )
+    dry_run: bool = Field(
+        False, description="Only record (and log) what would be uploaded, without contacting the Hub."
+    )
+    endpoint: str | None = Field(None, description="Hub URL (null: huggingface.co or $HF_ENDPOINT).")
+    revision: str | None = Field(None, description="Branch to commit to (null: the default branch).")
+    commit_message: str = Field("Upload longdoc-sdg export", description="Commit message of the upload.")
+
+
+class ReportConfig(Section):
+    enabled: bool = Field(
+        True, description="Compute run statistics and the report figures (snakemake --report report.html)."
+    )
+    judge_score_bins: int = Field(20, ge=2, le=100, description="Bins of the judge score histograms (0-1).")
 
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"

@@ -250,13 +250,13 @@ class ChatEngine:
         if self._failed is not None:
             raise self._copy_failure()
         if failure.kind == "unreachable":
+            # nothing listens (or answers SYNs) there: every other row would fail the same way
             self._fail(f"{where} is unreachable after {self.retry.max_attempts} attempts: {failure.message}")
-        reason = "connection_error" if failure.kind == "unreachable" else failure.kind
-        self._record(reason, failed=True)
+        self._record(failure.kind, failed=True)
         if self.breaker.tripped():
             self._fail_breaker()
         raise RecordError(
-            reason, f"{failure.message} (after {self.retry.max_attempts} attempts)", infrastructure=True
+            failure.kind, f"{failure.message} (after {self.retry.max_attempts} attempts)", infrastructure=True
         )
 
     async def _attempt(self, body: dict) -> dict:

@@ -36,7 +36,7 @@ class ConcurrencyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min: int = Field(default=1, ge=1)
+    min: int = Field(default=1, ge=1, description="the limit never shrinks below this")
     max: int = Field(default=256, ge=1, description="near the server's --max-num-seqs")
     initial: int | None = Field(default=None, description="starting limit; None = max")
     increase_step: int = Field(default=1, ge=1, description="added after a window of successes")
@@ -60,10 +60,10 @@ class RetryConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_initial_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=20.0, ge=0)
-    backoff_multiplier: float = Field(default=2.0, ge=1)
+    max_attempts: int = Field(default=5, ge=1, description="attempts per request, the first included")
+    backoff_initial_s: float = Field(default=0.5, ge=0, description="delay before the first retry")
+    backoff_max_s: float = Field(default=20.0, ge=0, description="cap on any one delay")
+    backoff_multiplier: float = Field(default=2.0, ge=1, description="growth of the delay per retry")
     jitter: float = Field(default=0.5, ge=0, le=1, description="share of each delay drawn at random")
 
     def delay(self, attempt: int, draw: float) -> float:
@@ -80,4 +80,6 @@ class BreakerConfig(BaseModel):
 
     window: int = Field(default=50, ge=1, description="most recent finished requests considered")
     min_requests: int = Field(default=10, ge=1, description="no verdict on fewer requests")
-    max_error_rate: float = Field(default=0.5, ge=0, le=1)
+    max_error_rate: float = Field(
+        default=0.5, ge=0, le=1, description="share of failed requests in the window that fails the job"
+    )

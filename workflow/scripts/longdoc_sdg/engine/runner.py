@@ -93,7 +93,6 @@ async def run_rows(
         if not task.cancelled() and task.exception() is not None:
             fatal.append(task.exception())
 
-    bar.update(0)
     seen: set[str] = set()
     try:
         for row in rows:
@@ -128,8 +127,8 @@ async def run_rows(
             await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
         log.info(
-            "%s: %d rows (%d resumed, %d ok, %d failed %s); tokens %s",
+            "%s: %d rows (%d resumed, %d ok, %d failed %s); tokens %s; engine %s",
             desc, len(summary.expected_ids), summary.resumed, summary.ok, summary.failed,
-            dict(summary.reasons), summary.usage.as_columns(),
+            dict(summary.reasons), summary.usage.as_columns(), engine.stats() if engine is not None else None,
         )
     return summary

@@ -319,8 +319,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         bar.set_postfix(pages=writer.pages, failed=len(failures), refresh=False)
 
     try:
-        pool.start()
-        start_fetches()
+        start_fetches()  # workers start lazily on their first task
         while next_write < len(docs):
             while next_write < len(docs) and docs[next_write].done:
                 finish(docs[next_write])

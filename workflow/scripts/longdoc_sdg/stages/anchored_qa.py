@@ -107,6 +107,7 @@ class AnchoredQaOutput(StageOutput):
 
 class _AnchoredStage(Stage):
     output_model = AnchoredQaOutput
+    response_models = (AnchoredReply,)
     labelled_pages = True  # prefix every image with "Page N:"
 
     def render(self, ctx: StageContext, task: RowTask, qtype) -> str:

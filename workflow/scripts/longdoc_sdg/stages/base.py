@@ -416,6 +416,8 @@ class Stage:
     output_model: ClassVar[type[StageOutput]]
     input_keys: ClassVar[tuple[str, ...]]
     pages_key: ClassVar[str | None] = "pages"  # the input holding page images, if any
+    # Structured replies the stage asks for: their schemas shape the rows, so they are hashed.
+    response_models: ClassVar[tuple[type[BaseModel], ...]] = ()
 
     def template_names(self, config: Any) -> dict[str, str]:
         """Role → template name, read from the config's *_template fields."""
@@ -475,6 +477,7 @@ def config_hash(stage: Stage, config: BaseModel, model: str | None = None) -> st
         "settings": hashed_settings(config),
         "templates": templates,
         "output_schema": stage.output_model.model_json_schema(),
+        "response_schemas": [m.model_json_schema() for m in stage.response_models],
         "arrow_schema": str(arrow_schema(stage.output_model)),
         "model": model,
     }

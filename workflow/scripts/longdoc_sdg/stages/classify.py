@@ -105,6 +105,7 @@ class ClassifyStage(Stage):
     config_model = ClassifyConfig
     output_model = ClassifyOutput
     input_keys = ("pages",)
+    response_models = (PageClassification,)
 
     def plan(self, config: ClassifyConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["pages"]

@@ -78,6 +78,7 @@ class JudgeStage(Stage):
     config_model = JudgeConfig
     output_model = JudgeOutput
     input_keys = ("qa", "pages")
+    response_models = (JudgeVerdict,)
 
     def plan(self, config: JudgeConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["qa"]

@@ -79,6 +79,7 @@ class TextQaStage(Stage):
     output_model = TextQaOutput
     input_keys = ("ocr",)
     pages_key = None
+    response_models = (QuestionAnswer, RelevanceVerdict, CorrectnessVerdict)
 
     def plan(self, config: TextQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["ocr"]

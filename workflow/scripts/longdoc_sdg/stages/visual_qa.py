@@ -78,6 +78,7 @@ class VisualQaStage(Stage):
     config_model = VisualQaConfig
     output_model = VisualQaOutput
     input_keys = ("classify", "pages")
+    response_models = (RelevanceVerdict, CorrectnessVerdict)
 
     def plan(self, config: VisualQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["classify"]

@@ -28,6 +28,8 @@ import contextlib
 import hashlib
 import os
 import random
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -440,7 +442,13 @@ class FakeOpenAIServer:
             await asyncio.sleep(self.config.hang_s)
         if fault == "reset":
             self._count("reset", None)
-            request.transport.abort()  # RST-like close without any response bytes
+            transport = request.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    # linger 0: close() sends a TCP RST, a real "connection reset by peer"
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
             raise asyncio.CancelledError
         if fault in ("500", "502", "503"):
             status = int(fault)

@@ -1,0 +1,146 @@
+"""Stages 02-09 end to end through Snakemake against the FAKE OpenAI-compatible server (a test
+double; the real-vLLM run is in test_workflow_vllm.py). Checks row accounting for every stage
+and shard, reruns after a prompt or model change, and that the API key never leaks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO
+from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
+from test_workflow import planned_jobs
+
+pytestmark = pytest.mark.workflow
+
+FAKE_KEY = "fake-key-7c1d0f8e2b9a4c36"
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=None, timeout=900):
+    cmd = [
+        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def stage_config(base_url: str) -> dict:
+    endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": "FAKE_LLM_KEY"}
+    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in MODEL_STAGES + ("judge",)}
+    stages["ocr"] = {"engine": "pdf-text"}
+    stages["windowed_qa"]["num_records"] = 4
+    stages["whole_document_qa"]["num_records"] = 2
+    return stages
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory, real_pdfs):
+    workdir = tmp_path_factory.mktemp("wf_fake")
+    pdf_dir = workdir / "pdfs"
+    pdf_dir.mkdir()
+    for pdf in real_pdfs[:3]:
+        shutil.copy(pdf, pdf_dir / pdf.name)
+    env = {**__import__("os").environ, "FAKE_LLM_KEY": FAKE_KEY}
+    with spawn_fake_server("--api-key-env", "FAKE_LLM_KEY", "--reasoning", env=env) as (_, base_url):
+        config = {
+            "results_dir": "results",
+            "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
+            "sharding": {"documents_per_shard": 2},
+            "seed": {"dpi": 50},
+            "stages": stage_config(base_url),
+        }
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        dry = snakemake(workdir, "-n", env=env)
+        assert dry.returncode == 0, dry.stderr
+        jobs = planned_jobs(dry.stdout)
+        assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
+        assert jobs["judge"] == 2 * len(QA_STAGES)
+        result = snakemake(workdir, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        yield workdir, env, base_url
+
+
+def test_every_stage_writes_one_parquet_per_shard_with_full_accounting(fake_run):
+    workdir, _, _ = fake_run
+    results = workdir / "results"
+    for shard in ("00000", "00001"):
+        pages = pq.read_table(results / "seed" / shard / "pages.parquet", columns=["doc_id"]).num_rows
+        for stage in MODEL_STAGES:
+            table = pq.read_table(results / stage / f"{shard}.parquet")
+            ids = table.column("row_id").to_pylist()
+            assert len(ids) == len(set(ids)), f"{stage}/{shard} has duplicate row ids"
+            assert set(table.column("status").to_pylist()) <= {"ok", "failed"}
+            if stage == "ocr":
+                assert table.num_rows == pages
+        for qa_stage in QA_STAGES:
+            qa = pq.read_table(results / qa_stage / f"{shard}.parquet")
+            judged = pq.read_table(results / "judge" / qa_stage / f"{shard}.parquet")
+            ok_qa = sum(1 for s in qa.column("status").to_pylist() if s == "ok")
+            assert judged.num_rows == ok_qa, f"judge/{qa_stage}/{shard}: {judged.num_rows} rows for {ok_qa} ok QA rows"
+            scores = [s for s in judged.column("weighted_quality_score").to_pylist() if s is not None]
+            assert all(0 <= s <= 1 for s in scores)
+
+
+def test_failed_rows_carry_a_reason(fake_run):
+    workdir, _, _ = fake_run
+    for path in (workdir / "results").rglob("*.parquet"):
+        if "seed" in path.parts or "manifest" in path.parts:
+            continue
+        for row in pq.read_table(path, columns=["status", "failure_reason"]).to_pylist():
+            if row["status"] == "failed":
+                assert row["failure_reason"], f"{path}: a failed row without a reason"
+
+
+def test_nothing_to_do_after_a_complete_run(fake_run):
+    workdir, env, _ = fake_run
+    result = snakemake(workdir, "-n", env=env)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
+    workdir, env, base_url = fake_run
+    prompts = REPO / "workflow" / "scripts" / "longdoc_sdg" / "prompts"
+    edited = tmp_path / "windowed_qa.j2"
+    edited.write_text((prompts / "windowed_qa.j2").read_text() + "\n{# an edit #}\n")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["stages"]["windowed_qa"]["prompt_template"] = str(edited)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", configfile=changed, env=env)
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result.stdout) == {"all": 1, "judge": 2, "windowed_qa": 2}
+
+
+def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
+    workdir, env, _ = fake_run
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["stages"]["classify"]["endpoint"]["model"] = "another-model"
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", configfile=changed, env=env)
+    assert planned_jobs(result.stdout) == {"all": 1, "classify": 2, "visual_qa": 2, "judge": 2}
+
+
+def test_concurrency_change_reruns_nothing(fake_run, tmp_path):
+    workdir, env, _ = fake_run
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["stages"]["single_page_qa"]["concurrency"] = {"max": 3}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", configfile=changed, env=env)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_key_never_leaks(fake_run):
+    workdir, _, _ = fake_run
+    leaks = []
+    for path in workdir.rglob("*"):
+        if path.is_file() and FAKE_KEY.encode() in path.read_bytes():
+            leaks.append(str(path.relative_to(workdir)))
+    assert leaks == []

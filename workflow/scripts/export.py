@@ -1,0 +1,45 @@
+"""Snakemake entry point of the export rules (export_dataset, export_reference, export_hub); the
+work is in longdoc_sdg.export."""
+
+from longdoc_sdg.io import setup_job_logging
+
+setup_job_logging(snakemake.log[0])
+
+
+def files(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+rule = snakemake.rule
+if rule == "export_dataset":
+    from longdoc_sdg.export.dataset import build_dataset
+
+    build_dataset(
+        snakemake.wildcards.qa_stage,
+        inputs={key: files(value) for key, value in snakemake.input.items()},
+        output=snakemake.output.dataset,
+        summary_output=snakemake.output.summary,
+        params=snakemake.params.settings,
+        mem_mb=snakemake.resources.mem_mb,
+        threads=snakemake.threads,
+    )
+elif rule == "export_reference":
+    from longdoc_sdg.export.reference import write_reference
+
+    write_reference(
+        snakemake.wildcards.qa_stage,
+        dataset=snakemake.input.dataset,
+        pages_files=files(snakemake.input.pages),
+        output_dir=snakemake.output[0],
+        max_file_mb=snakemake.params.max_file_mb,
+    )
+elif rule == "export_hub":
+    from longdoc_sdg.export.dataset import read_summary
+    from longdoc_sdg.export.hub import write_hub
+    from pathlib import Path
+
+    datasets = {Path(p).name.split(".")[0]: p for p in files(snakemake.input.datasets)}
+    summaries = {Path(p).name.split(".")[0]: read_summary(p) for p in files(snakemake.input.summaries)}
+    write_hub(datasets, summaries, files(snakemake.input.pages), snakemake.output[0], snakemake.params.settings)
+else:
+    raise ValueError(f"export.py does not handle rule {rule}")

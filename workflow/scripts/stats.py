@@ -1,0 +1,33 @@
+"""Snakemake entry point of the stats and report_figures rules; the work is in longdoc_sdg.report."""
+
+import json
+
+from longdoc_sdg.io import setup_job_logging
+
+setup_job_logging(snakemake.log[0])
+
+
+def files(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+rule = snakemake.rule
+if rule == "stats":
+    from longdoc_sdg.report.stats import STATS_TABLES, write_stats
+
+    write_stats(
+        inputs={key: files(value) for key, value in snakemake.input.items()},
+        json_path=snakemake.output.json,
+        table_paths=dict(zip(STATS_TABLES, files(snakemake.output.tables))),
+        params=snakemake.params.settings,
+        mem_mb=snakemake.resources.mem_mb,
+    )
+elif rule == "report_figures":
+    from longdoc_sdg.report.figures import FIGURES, draw_figures, write_summary
+
+    with open(snakemake.input.stats, encoding="utf-8") as handle:
+        stats = json.load(handle)
+    draw_figures(stats, {name: snakemake.output[name] for name in FIGURES}, snakemake.params.settings)
+    write_summary(stats, snakemake.output.summary)
+else:
+    raise ValueError(f"stats.py does not handle rule {rule}")
