@@ -49,3 +49,41 @@ def snakemake_bin() -> str:
     path = shutil.which("snakemake")
     assert path, "snakemake is not on PATH: pip install -e '.[test]'"
     return path
+
+
+def _vllm_server_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("longdoc_vllm_server", REPO / "tests" / "vllm" / "server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """(python of the vLLM venv, dir of the tiny random-weight VLM built on the spot, server module)."""
+    import subprocess
+
+    server = _vllm_server_module()
+    python = server.vllm_python()
+    require(python is not None, f"vLLM venv not found at {server.vllm_venv()}: run bash tests/vllm/install.sh")
+    model_dir = Path(os.environ.get("LONGDOC_TINY_VLM_DIR", server.vllm_venv() / "tiny-vlm"))
+    built = subprocess.run(
+        [python, str(REPO / "tests" / "vllm" / "build_tiny_vlm.py"), str(model_dir)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return python, model_dir, server
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The real local Slurm (ci/slurm/up.sh) must be up."""
+    import subprocess
+
+    ok = shutil.which("sinfo") is not None and subprocess.run(
+        ["sinfo", "-h"], capture_output=True, timeout=30
+    ).returncode == 0
+    require(ok, "no Slurm cluster answers: run bash ci/slurm/up.sh")
+    return True

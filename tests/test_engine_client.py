@@ -160,6 +160,7 @@ def test_timeout_is_retried_then_reported(fake, transport):
     fake.configure(hang_s=5)
     result = run(chat_once(engine_for(fake, transport, timeout=0.4), "x [[fake:timeout*1]]"))
     assert result.attempts == 2
+    assert fake.stats()["outcomes"] == {"timeout": 1, "ok": 1}
     engine = engine_for(fake, transport, timeout=0.3, retry=RetryConfig(max_attempts=2, backoff_initial_s=0.01))
     with pytest.raises(RecordError) as err:
         run(chat_once(engine, "y [[fake:timeout*9]]"))

@@ -135,3 +135,14 @@ def test_owner_password_only_pdf_is_not_refused(tmp_path):
         encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw="")
     doc = open_pdf(pdf_factory.write(tmp_path / "owner.pdf", data), 10)
     assert doc.page_count == 2
+
+
+def test_stdlib_zlib_fallback_is_lossless(monkeypatch):
+    import zlib
+
+    from longdoc_sdg.seed import png
+
+    monkeypatch.setattr(png, "_fast_zlib", zlib)
+    monkeypatch.setattr(png, "_MAX_LEVEL", 9)
+    pixels = np.random.default_rng(1).integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+    assert np.array_equal(decode_png(encode_png(pixels, level=6)), pixels)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when anything below changes, so stale builds get rebuilt.
-BUILD_VERSION = "tiny-qwen2vl-v2"
+BUILD_VERSION = "tiny-qwen2vl-v2-ctx32k"
 STAMP = ".tiny-vlm-complete"
 
 # Pixels bound an image's token count: 28x28 px per token after the 2x2 merge.
@@ -86,7 +86,7 @@ CORPUS = [
 TOKENIZER_VOCAB = 640  # bytes (256) + merges + added tokens
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=4096, rms_norm_eps=1e-6)
+            max_position_embeddings=32768, rms_norm_eps=1e-6)  # room for many page images
 # head_dim 32 -> 16 rotary pairs split over (time, height, width)
 MROPE_SECTION = [4, 6, 6]
 VISION = dict(depth=1, embed_dim=64, num_heads=2, mlp_ratio=2,

@@ -115,6 +115,7 @@ def write_layout(
     make_row: Callable[[dict, list[PageRecord]], dict],
     max_file_bytes: int,
     row_group_bytes: int = ROW_GROUP_BYTES,
+    row_group_rows: int = ROW_GROUP_ROWS,
 ) -> dict[str, SplitFiles]:
     """Write one folder of `{split}-*.parquet` files from a final dataset; returns files per split."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def write_layout(
         if split not in writers:
             for other in list(writers):  # rows come split by split: finish the previous one
                 done[other] = writers.pop(other).close()
-            writers[split] = RotatingWriter(folder, split, schema, max_file_bytes, row_group_bytes)
+            writers[split] = RotatingWriter(folder, split, schema, max_file_bytes, row_group_bytes, row_group_rows)
         records = source.get(row["shard"], row["doc_id"], row["pages"] or [])
         writers[split].add(make_row(row, records), sum(len(r.png) for r in records))
     for split, writer in writers.items():

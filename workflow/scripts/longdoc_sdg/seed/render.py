@@ -249,7 +249,9 @@ def render_pages(doc: pymupdf.Document, start: int, stop: int, options: RenderOp
     for number in range(start, stop):
         try:
             page = doc.load_page(number)
-            yield render_page(page, options)
+            rendered = render_page(page, options)
+            pymupdf.TOOLS.reset_mupdf_warnings()  # the store would otherwise grow all document long
+            yield rendered
         except SeedFailure:
             raise
         except Exception as error:

@@ -1,9 +1,10 @@
 """`run_seed_shard`: one manifest shard -> pages, documents, windows and failures tables.
 
 Flow: download threads fetch PDFs ahead (bounded), worker processes render chunks of pages
-into blob files, and the main thread writes each finished document as one parquet row group
-in manifest order, straight from memory-mapped blobs, so memory holds no more than the
-documents in flight. Every manifest row ends as a seeded document or one failure row.
+into blob files, and a writer thread appends each finished document as one parquet row group
+(in completion order) straight from memory-mapped blobs, so memory holds no more than the
+documents in flight. The small tables are written in manifest order at the end. Every
+manifest row ends as a seeded document or one failure row; the job checks that.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,49 @@ class _PagesWriter:
         self.writer.close()
 
 
+class _BackgroundWriter:
+    """Writes documents on a thread (Arrow's zstd releases the GIL), so the event loop keeps
+    the workers fed while a row group is compressed. A small queue gives backpressure."""
+
+    def __init__(self, writer: _PagesWriter, depth: int = 4):
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seed-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            doc_id, chunks, expected, cleanup = item
+            try:
+                if self.error is None:
+                    written = self.writer.write_document(doc_id, chunks)
+                    if written != expected:
+                        raise RuntimeError(f"{doc_id}: wrote {written} pages of {expected}")
+            except BaseException as error:  # re-raised on the main thread
+                self.error = error
+            finally:
+                for path in cleanup:
+                    path.unlink(missing_ok=True)
+
+    def submit(self, doc_id: str, chunks: list, expected: int, cleanup: list[Path]) -> None:
+        self.check()
+        self.queue.put((doc_id, chunks, expected, cleanup))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing pages failed: {self.error}") from self.error
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.writer.close()
+        self.check()
+
+
 def _read_manifest(path: str) -> list[dict]:
     rows = pq.read_table(path).to_pylist()
     seen = set()
@@ -177,6 +222,8 @@ def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, th
     rows = _read_manifest(manifest_path)
     pages_path = Path(outputs["pages"])
     pages_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in pages_path.parent.glob(".seed-work-*"):  # left by a killed run of this shard
+        shutil.rmtree(stale, ignore_errors=True)
     workdir = Path(tempfile.mkdtemp(prefix=".seed-work-", dir=pages_path.parent))
     started = time.monotonic()
     log.info("seeding %d documents from %s with %d worker(s)", len(rows), manifest_path, max(1, threads))
@@ -199,31 +246,42 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
     docs = [_Doc(i, row) for i, row in enumerate(rows)]
     tasks: collections.deque = collections.deque()  # (doc index, start page)
     task_docs: dict[int, tuple[int, int]] = {}
+    ready: collections.deque = collections.deque()  # docs settled, not yet written
+    # (manifest index, row) so the small tables come out in manifest order whatever the
+    # completion order; page row groups are written as documents complete, so one slow
+    # download never holds up the rest of the shard.
     documents, windows, failures = [], [], []
     pool = WorkerPool(threads, params.worker.memory_mb, events)
     downloads = concurrent.futures.ThreadPoolExecutor(max_workers=params.download.concurrency, thread_name_prefix="seed-fetch")
-    writer = _PagesWriter(pages_tmp)
-    # Documents fetched but not yet written: bounds disk use and memory.
+    writer = _BackgroundWriter(_PagesWriter(pages_tmp))
+    # Documents being fetched or rendered at once: bounds disk use and memory.
     in_flight_cap = max(4, 2 * threads + params.download.concurrency)
+    in_flight = 0
     next_fetch = 0
-    next_write = 0
+    finished = 0
     task_counter = 0
+    pages_done = 0
     bar = progress(total=len(rows), desc="seed", unit="doc")
 
     def start_fetches() -> None:
-        nonlocal next_fetch
-        while next_fetch < len(docs) and next_fetch - next_write < in_flight_cap:
+        nonlocal next_fetch, in_flight
+        while next_fetch < len(docs) and in_flight < in_flight_cap:
             doc = docs[next_fetch]
             future = downloads.submit(materialise, doc.row, params, workdir)
             future.add_done_callback(lambda f, i=doc.index: events.put(("fetched", i, f)))
             next_fetch += 1
+            in_flight += 1
+
+    def settle_if_idle(doc: _Doc) -> None:
+        if doc.outstanding == 0 and not doc.done:
+            doc.done = True
+            ready.append(doc)
 
     def fail(doc: _Doc, reason: str, message: str) -> None:
         if doc.failure is None and not doc.done:
             doc.failure = (reason, message[:_MAX_MESSAGE])
             log.info("document %s failed: %s: %.300s", doc.row["doc_id"], reason, message)
-        if doc.outstanding == 0:
-            doc.done = True
+        settle_if_idle(doc)
 
     def dispatch() -> None:
         nonlocal task_counter
@@ -232,8 +290,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
             doc = docs[index]
             if doc.failure is not None:  # another chunk already failed the document
                 doc.outstanding -= 1
-                if doc.outstanding == 0:
-                    doc.done = True
+                settle_if_idle(doc)
                 continue
             task_counter += 1
             count = params.worker.chunk_pages
@@ -259,13 +316,13 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
             fail(doc, answer.get("reason", "crashed"), answer.get("message", "unknown worker failure"))
             return
         if doc.failure is not None:
-            if doc.outstanding == 0:
-                doc.done = True
+            settle_if_idle(doc)
             return
         page_count = int(answer["page_count"])
         if start == 0:
             doc.page_count = page_count
-            # Remaining chunks go to the front of the queue so documents finish in order.
+            # Remaining chunks jump the queue: a started document finishes first, which
+            # frees its disk and memory before new documents start.
             rest = list(range(params.worker.chunk_pages, page_count, params.worker.chunk_pages))
             for chunk_start in reversed(rest):
                 tasks.appendleft((index, chunk_start))
@@ -275,20 +332,22 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
             return
         expected = list(range(start + 1, min(page_count, start + params.worker.chunk_pages) + 1))
         if [p["page_number"] for p in answer["pages"]] != expected:
-            fail(doc, "crashed", f"worker returned pages {answer['pages'][:1]}... for chunk at {start}")
+            fail(doc, "crashed", f"worker returned the wrong pages for the chunk at page {start + 1}")
             return
         doc.chunks[start] = answer
-        if doc.outstanding == 0:
-            doc.done = True
+        settle_if_idle(doc)
 
     def finish(doc: _Doc) -> None:
+        nonlocal pages_done, in_flight, finished
         row = doc.row
+        cleanup = [workdir / f"{doc.index}-{start}.bin" for start in set(doc.chunks) | {0}]
+        if doc.temporary and doc.path is not None:
+            cleanup.append(doc.path)
         if doc.failure is None:
             chunks = [(doc.chunks[s], workdir / f"{doc.index}-{s}.bin") for s in sorted(doc.chunks)]
-            written = writer.write_document(row["doc_id"], chunks)
-            if written != doc.page_count:
-                raise RuntimeError(f"{row['doc_id']}: wrote {written} pages of {doc.page_count}")
-            documents.append({
+            writer.submit(row["doc_id"], chunks, doc.page_count, cleanup)
+            pages_done += doc.page_count
+            documents.append((doc.index, {
                 "doc_id": row["doc_id"],
                 "source_kind": row.get("source_kind"),
                 "source": row.get("source"),
@@ -297,36 +356,34 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
                 "total_pages": doc.page_count,
                 "whole_document": within_whole_document_limit(doc.page_count, params.whole_document_max_pages),
                 "extra": _extra_text(row.get("extra")),
-            })
+            }))
             for window in make_windows(doc.page_count, params.window_size, params.window_stride):
-                windows.append({
+                windows.append((doc.index, {
                     "window_id": f"{row['doc_id']}:{window.start_page}-{window.end_page}",
                     "doc_id": row["doc_id"],
                     "start_page": window.start_page,
                     "end_page": window.end_page,
                     "window_size": window.window_size,
                     "total_pages": doc.page_count,
-                })
+                }))
         else:
             reason, message = doc.failure
-            failures.append({"doc_id": row["doc_id"], "source": row.get("source"), "reason": reason, "message": message})
-        for start in list(doc.chunks) + [0]:
-            (workdir / f"{doc.index}-{start}.bin").unlink(missing_ok=True)
-        if doc.temporary and doc.path is not None:
-            doc.path.unlink(missing_ok=True)
-        doc.chunks.clear()
+            failures.append((doc.index, {"doc_id": row["doc_id"], "source": row.get("source"), "reason": reason, "message": message}))
+            for path in cleanup:
+                path.unlink(missing_ok=True)
+        doc.chunks = {}
+        in_flight -= 1
+        finished += 1
         bar.update(1)
-        bar.set_postfix(pages=writer.pages, failed=len(failures), refresh=False)
+        bar.set_postfix(pages=pages_done, failed=len(failures), refresh=False)
 
     try:
-        start_fetches()  # workers start lazily on their first task
-        while next_write < len(docs):
-            while next_write < len(docs) and docs[next_write].done:
-                finish(docs[next_write])
-                next_write += 1
-            if next_write == len(docs):
+        while True:
+            while ready:
+                finish(ready.popleft())
+            if finished == len(docs):
                 break
-            start_fetches()
+            start_fetches()  # workers start lazily with their first task
             dispatch()
             deadline = pool.next_deadline()
             timeout = 1.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
@@ -352,18 +409,24 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
                 if outcome is not None:
                     on_answer(*outcome)
             pool.expire()
+            writer.check()
     finally:
         bar.close()
         downloads.shutdown(wait=True, cancel_futures=True)
         pool.close()
         writer.close()
 
+    documents = [row for _index, row in sorted(documents, key=lambda item: item[0])]
+    windows = [row for _index, row in sorted(windows, key=lambda item: item[0])]
+    failures = [row for _index, row in sorted(failures, key=lambda item: item[0])]
     # Accounting: every manifest row is exactly one seeded document or one failure.
     seeded = [d["doc_id"] for d in documents]
     failed = [f["doc_id"] for f in failures]
     expected = [row["doc_id"] for row in rows]
     if len(seeded) + len(failed) != len(expected) or sorted(seeded + failed) != sorted(expected):
         raise RuntimeError(f"seed accounting broken: {len(seeded)} seeded + {len(failed)} failed != {len(expected)} rows")
+    if writer.writer.pages != sum(d["total_pages"] for d in documents):
+        raise RuntimeError(f"seed accounting broken: {writer.writer.pages} page rows for {sum(d['total_pages'] for d in documents)} pages")
 
     write_parquet_atomic(pa.Table.from_pylist(documents, schema=DOCUMENTS_SCHEMA), outputs["documents"])
     write_parquet_atomic(pa.Table.from_pylist(windows, schema=WINDOWS_SCHEMA), outputs["windows"])
@@ -372,7 +435,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
     return {
         "documents": len(documents),
         "failures": len(failures),
-        "pages": writer.pages,
+        "pages": writer.writer.pages,
         "windows": len(windows),
         "failures_by_reason": dict(by_reason),
         "worker_restarts": pool.restarts,

@@ -435,11 +435,15 @@ class FakeOpenAIServer:
             return self._count("404", _json_response(_error_body(404, message, "NotFoundError", "model"), 404))
 
         fault = self._choose_fault(index, key, attempt, body)
+        hung = fault == "timeout"
         if fault in CONTENT_FAULTS:
             self.content_fault_keys.setdefault(fault, set()).add(key)
         if fault == "timeout":
+            # counted now: the client usually gives up and this handler is cancelled
+            self._count("timeout", None)
             # stall outside the queue, like a hung request; the client's timeout should fire first
             await asyncio.sleep(self.config.hang_s)
+            fault = None  # a client that waited this long gets a normal answer (uncounted)
         if fault == "reset":
             self._count("reset", None)
             transport = request.transport
@@ -470,7 +474,8 @@ class FakeOpenAIServer:
         if fault == "malformed_body":
             return self._count(fault, _json_response(b'{"id": "chatcmpl-fake", "choices": [{"message": {"content": "'))
         payload = self._completion(req, key, fault)
-        return self._count(fault or "ok", _json_response(_dumps(payload)))
+        response = _json_response(_dumps(payload))
+        return response if hung else self._count(fault or "ok", response)
 
     def _count(self, outcome: str, response: web.Response | None) -> web.Response | None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1

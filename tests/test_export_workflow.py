@@ -1,0 +1,326 @@
+"""Export, publish (dry run) and report end to end: the real stages run by Snakemake against the fake
+OpenAI server (a test double), on the sample PDFs, in two shards.
+
+Issue #6's acceptance: the Hub folder loads every QA split with images and its row counts equal a
+filtered DuckDB count over the shards; the reference layout round-trips its PNGs; the card states
+the counts, models and filters of the run; `snakemake --report` makes a report whose figures a
+headless Chromium shows and whose numbers match DuckDB; changing a filter threshold reruns the
+export and report, not the model stages.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import unicodedata
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO, SAMPLE_PDF_DIR, require
+from test_export_support import ExportFakeServer
+
+from longdoc_sdg.export.common import QA_STAGES
+from longdoc_sdg.export.reference import decode_images
+from longdoc_sdg.export.split import assign_splits
+from longdoc_sdg.report.figures import FIGURES
+
+pytestmark = pytest.mark.workflow
+
+PDFS = ("MVT_Rnews.pdf", "residual-shadings.pdf")
+MODEL_RULES = {"seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa",
+               "whole_document_qa", "judge", "serve"}
+EXPORT_RULES = {"export_dataset", "export_reference", "export_hub", "publish", "stats", "report_figures",
+                "export_and_report", "all"}
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run")
+
+
+def snakefile(workdir: Path) -> Path:
+    """The workflow plus a target rule for the export and report outputs (includes the two rule
+    files unless the main Snakefile already does)."""
+    main = (REPO / "workflow" / "Snakefile").read_text()
+    lines = [f'include: "{REPO / "workflow" / "Snakefile"}"']
+    for name in ("export", "report"):
+        if f"rules/{name}.smk" not in main:
+            lines.append(f'include: "{REPO / "workflow" / "rules" / f"{name}.smk"}"')
+    lines += ["", "", "rule export_and_report:", "    input:", "        get_export_targets(),",
+              "        get_report_targets(),", ""]
+    path = workdir / "Snakefile"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: int = 900, check: bool = True):
+    cmd = ["snakemake", "--snakefile", str(workdir / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / config), "--cores", "4", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    jobs, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if not parts[0].startswith("-"):
+                jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:
+    endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": None}
+    fast = {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+    stages = {s: {"endpoint": endpoint, "retry": fast} for s in
+              ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")}
+    stages["ocr"] = {"engine": "pdf-text"}
+    for stage, n in (("text_qa", 5), ("visual_qa", 4), ("single_page_qa", 6), ("windowed_qa", 4)):
+        stages[stage]["num_records"] = n
+    return {
+        "results_dir": "results",
+        "source": {"kind": "local", "local": {"path": "pdfs"}},
+        "sharding": {"documents_per_shard": 1},
+        "seed": {"dpi": 40},
+        "stages": stages,
+        "export": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}},
+        "publish": {"enabled": True, "dry_run": True, "repo_id": "org/longdoc-test", "private": True},
+    }
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ExportFakeServer(reasoning=True)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory, server):
+    workdir = tmp_path_factory.mktemp("export_wf")
+    (workdir / "pdfs").mkdir()
+    for name in PDFS:
+        shutil.copy(SAMPLE_PDF_DIR / name, workdir / "pdfs" / name)
+    config = make_config(server.base_url)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    snakefile(workdir)
+    snakemake(workdir, "export_and_report")
+    snakemake(workdir, "--report", "report.html", "export_and_report")
+    return {"dir": workdir, "results": workdir / "results", "config": config}
+
+
+def shard_files(wf, stage: str) -> list[str]:
+    return sorted(str(p) for p in (wf["results"] / stage).glob("*.parquet"))
+
+
+def norm(question: str) -> str:
+    text = unicodedata.normalize("NFC", question or "").lower()
+    return " ".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
+def expected_counts(wf, stage: str) -> dict[str, int]:
+    """The final dataset's rows per split, recomputed here: DuckDB over the QA and judge shards,
+    the configured filters, near-duplicates by normalised question within a document."""
+    f = {"min_judge_score": 0.5, "min_quality_score": 1}
+    qa = shard_files(wf, stage)
+    judge = shard_files(wf, f"judge/{stage}")
+    con = duckdb.connect()
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({qa})").fetchall()}
+    where = ["q.status = 'ok'", "j.status = 'ok'", f"j.weighted_quality_score >= {f['min_judge_score']}",
+             "q.format_ok"]
+    if "quality_score" in cols:
+        where += [f"q.quality_score >= {f['min_quality_score']}", "q.evidence_ok"]
+    if "question_relevance" in cols:
+        where += ["q.question_relevance = 'Relevant'", "q.answer_correctness = 'Correct'"]
+    order = "j.weighted_quality_score DESC" + (", q.quality_score DESC" if "quality_score" in cols else "")
+    rows = con.execute(f"""SELECT q.doc_id, q.question FROM read_parquet({qa}) q
+        JOIN read_parquet({judge}) j ON j.row_id = 'judge:' || q.row_id
+        WHERE {' AND '.join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
+    seen, kept = set(), []
+    for doc_id, question in rows:
+        if (doc_id, norm(question)) not in seen:
+            seen.add((doc_id, norm(question)))
+            kept.append(doc_id)
+    docs = [r[0] for r in con.execute(
+        f"SELECT doc_id FROM read_parquet({sorted(str(p) for p in wf['results'].glob('seed/*/documents.parquet'))})").fetchall()]
+    splits = assign_splits(docs, 0.5, "longdoc-sdg", 1)
+    counts = {"train": 0, "validation": 0}
+    for doc_id in kept:
+        counts[splits[doc_id]] += 1
+    return counts
+
+
+def page_pngs(wf) -> dict[tuple[str, int], bytes]:
+    out = {}
+    for path in wf["results"].glob("seed/*/pages.parquet"):
+        for r in pq.read_table(path, columns=["doc_id", "page_number", "png"]).to_pylist():
+            out[(r["doc_id"], r["page_number"])] = r["png"]
+    return out
+
+
+def test_every_qa_stage_ran_in_two_shards(wf):
+    for stage in QA_STAGES:
+        assert len(shard_files(wf, stage)) == 2 and len(shard_files(wf, f"judge/{stage}")) == 2
+
+
+def test_hub_folder_loads_every_split_with_images_and_duckdb_counts(wf, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pngs = page_pngs(wf)
+    loaded_any = 0
+    for stage in QA_STAGES:
+        expected = expected_counts(wf, stage)
+        summary = json.loads((wf["results"] / "export" / "datasets" / f"{stage}.summary.json").read_text())
+        assert summary["splits"] == expected, stage
+        if not sum(expected.values()):
+            continue
+        ds = datasets.load_dataset(str(wf["results"] / "export" / "hub"), stage, cache_dir=str(tmp_path / "c"))
+        assert {s: ds[s].num_rows for s in ds} == {s: n for s, n in expected.items() if n}, stage
+        for split in ds:
+            raw = ds[split].cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+            for r in raw:
+                assert [i["bytes"] for i in r["images"]] == [pngs[(r["doc_id"], p)] for p in r["pages"]]
+            assert ds[split][0]["images"][0].size[0] > 0  # decodes as a PIL image
+        loaded_any += 1
+    assert loaded_any >= 4  # the fake server's mix leaves rows in (almost) every stage
+
+
+def test_reference_layout_round_trips_the_pngs(wf):
+    pngs = page_pngs(wf)
+    for stage in QA_STAGES:
+        folder = wf["results"] / "export" / "reference" / stage
+        rows = [r for f in sorted(folder.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        summary = json.loads((wf["results"] / "export" / "datasets" / f"{stage}.summary.json").read_text())
+        assert len(rows) == summary["kept"]
+        for r in rows:
+            assert decode_images(r["png_images_base64"]) == [pngs[(r["doc_id"], p)] for p in r["pages"]]
+            assert {"id", "url", "date", "total_pages", "question_type", "weighted_quality_score",
+                    "qa_quality_judge"} <= set(r)
+
+
+def test_dataset_card_states_counts_models_and_filters(wf):
+    text = (wf["results"] / "export" / "hub" / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    for info in meta["dataset_info"]:
+        stage = info["config_name"]
+        assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
+            k: v for k, v in expected_counts(wf, stage).items() if v}
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{stage}` |") and "judge:" in line)
+        assert "`fake-model`" in row
+    assert "ocr: `pdf-text`" in text
+    assert f"judge weighted quality score ≥ {wf['config']['export']['filters']['min_judge_score']}" in text
+    assert meta["license"] == "other" and "source_datasets" not in meta
+
+
+def test_publish_dry_run_records_the_hub_folder(wf):
+    record = json.loads((wf["results"] / "export" / "publish.json").read_text())
+    hub = wf["results"] / "export" / "hub"
+    assert record["dry_run"] is True and record["repo_id"] == "org/longdoc-test" and record["private"] is True
+    assert {f["path"] for f in record["files"]} == {p.relative_to(hub).as_posix() for p in hub.rglob("*") if p.is_file()}
+
+
+def report_results(wf) -> dict:
+    html = (wf["dir"] / "report.html").read_text()
+    match = re.search(r"var results = (\{.*?\});?\n", html)
+    assert match, "no results object in report.html"
+    return json.loads(match.group(1))
+
+
+def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
+    results = report_results(wf)
+    by_name = {Path(path).name: entry for path, entry in results.items()}
+    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html"}
+    for name in FIGURES:
+        uri = by_name[f"{name}.png"]["data_uri"]
+        data = base64.b64decode(uri.split("base64,", 1)[1])
+        assert data == (wf["results"] / "report" / "figures" / f"{name}.png").read_bytes(), name
+        assert by_name[f"{name}.png"]["caption"], name
+    summary = base64.b64decode(by_name["summary.html"]["data_uri"].split("base64,", 1)[1]).decode()
+    con = duckdb.connect()
+    for stage in ("ocr", "classify", *QA_STAGES):
+        rows, ok, failed = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE status <> 'ok') "
+            f"FROM read_parquet({shard_files(wf, stage)})").fetchall()[0]
+        cells = f"<td>{stage}</td><td>rows</td><td>{rows:,}</td><td>{ok:,}</td><td>{failed:,}</td>"
+        assert cells in summary, (stage, cells)
+    stats = json.loads((wf["results"] / "report" / "stats.json").read_text())
+    judge_ok = con.execute(f"SELECT count(*) FROM read_parquet({shard_files(wf, 'judge/single_page_qa')}) "
+                           "WHERE status = 'ok'").fetchall()[0][0]
+    assert sum(r["rows"] for r in stats["tables"]["judge_scores"] if r["stage"] == "single_page_qa") == judge_ok
+    assert "0.5" in by_name["judge_scores.png"]["caption"]  # the threshold, through params
+
+
+def chromium(args: list[str], tmp: Path, timeout: int = 90) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium")
+    require(binary is not None, "Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
+           "--virtual-time-budget=10000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def count_color(png: Path, rgb: tuple[int, int, int]) -> int:
+    from PIL import Image
+
+    with Image.open(png) as image:
+        return sum(1 for pixel in image.convert("RGB").getdata() if pixel == rgb)
+
+
+def test_report_renders_in_headless_chromium_with_its_figures(wf, tmp_path):
+    report = wf["dir"] / "report.html"
+    dom = chromium(["--dump-dom", report.as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for category in ("Yield", "Question mix", "Quality", "Cost", "Pages", "Summary"):
+        assert f">{category}<" in dom.stdout, category  # the report's menu, rendered by its scripts
+    shot = tmp_path / "report.png"
+    chromium([f"--screenshot={shot}", report.as_uri()], tmp_path)
+    assert shot.stat().st_size > 10_000
+
+    # Open the yield figure the way a click in the report does, then look at the screen.
+    html = report.read_text()
+    click = """<script>
+window.addEventListener('load', function () { setTimeout(function () {
+  var entry = Object.entries(results).find(function (e) { return e[0].endsWith('stage_yield.png'); });
+  app.setView({content: 'img', contentPath: entry[1].data_uri});
+}, 300); });
+</script>"""
+    head, tag, tail = html.rpartition("</body>")
+    clicked = tmp_path / "report_yield.html"
+    clicked.write_text(head + click + tag + tail)
+    dom = chromium(["--dump-dom", clicked.as_uri()], tmp_path)
+    assert 'src="data:image/png;charset=utf8;filename=stage_yield.png;base64,' in dom.stdout
+    shot = tmp_path / "yield.png"
+    chromium([f"--screenshot={shot}", clicked.as_uri()], tmp_path)
+    # the bars of the yield figure, in their exact colours, are on screen
+    assert count_color(shot, (0x3A, 0x9A, 0x5B)) > 500  # ok rows (green)
+    assert count_color(shot, (0xB0, 0xB7, 0xC3)) > 500  # processed rows (grey)
+
+
+def test_second_run_has_nothing_to_do(wf):
+    dry = snakemake(wf["dir"], "-n", "export_and_report")
+    assert planned_jobs(dry.stdout) == {}, dry.stdout[-3000:]
+
+
+def test_filter_change_reruns_export_and_report_not_model_stages(wf, server):
+    (wf["dir"] / "config_strict.yaml").write_text(yaml.safe_dump(make_config(server.base_url, min_judge_score=0.8)))
+    dry = snakemake(wf["dir"], "-n", "export_and_report", config="config_strict.yaml")
+    jobs = planned_jobs(dry.stdout)
+    assert jobs.get("export_dataset") == len(QA_STAGES) and jobs.get("export_reference") == len(QA_STAGES)
+    assert {"export_hub", "publish", "stats", "report_figures"} <= set(jobs)
+    assert not set(jobs) & MODEL_RULES, jobs
+    assert set(jobs) <= EXPORT_RULES, jobs
