@@ -9,14 +9,13 @@ rotation at the size cap.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+from hashlib import sha256
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_export_support import SyntheticRun, png_bytes
+from test_export_support import SyntheticRun, load_hub_offline, png_bytes
 
 from longdoc_sdg.export.common import QA_STAGES, answer_format_sql, normalised_question_sql
 from longdoc_sdg.export.dataset import DROP_ORDER, build_dataset
@@ -181,29 +180,17 @@ def hub(run, exported, tmp_path_factory):
     return {"folder": folder, "meta": meta}
 
 
-def load_offline(folder: Path, config: str, tmp: Path):
-    import datasets
-
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return datasets.load_dataset(str(folder), config, cache_dir=str(tmp / "cache"))
-
-
 def test_hub_folder_loads_offline_with_images(hub, exported, tmp_path):
-    import datasets
-
+    loaded = load_hub_offline(hub["folder"], list(QA_STAGES), tmp_path)
     for stage in QA_STAGES:
-        ds = load_offline(hub["folder"], stage, tmp_path)
         summary = exported["summaries"][stage]
-        assert {s: ds[s].num_rows for s in ds} == {s: n for s, n in summary["splits"].items() if n}
-        assert isinstance(ds["train"].features["images"].feature, datasets.Image)
-        raw = ds["train"].cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
-        for r in raw:
-            doc = int(r["doc_id"][1:])
-            assert [i["bytes"] for i in r["images"]] == [png_bytes(doc, p) for p in r["pages"]]
-            assert isinstance(r["evidence_pages"], list) and r["answer_format"] in ("Int", "Float", "Str", "List", "None")
-        first = ds["train"][0]["images"][0]
-        assert first.size == (24, 32)
+        assert {s: v["num_rows"] for s, v in loaded[stage].items()} == {s: n for s, n in summary["splits"].items() if n}
+        for split, part in loaded[stage].items():
+            assert part["image_feature"] == "Image" and part["first_image"] == ["PIL.PngImagePlugin", [24, 32]]
+            for r in part["rows"]:
+                doc = int(r["doc_id"][1:])
+                assert r["images"] == [sha256(png_bytes(doc, p)).hexdigest() for p in r["pages"]]
+                assert isinstance(r["evidence_pages"], list) and r["answer_format"] in ("Int", "Float", "Str", "List", "None")
 
 
 def test_dataset_card_states_counts_models_filters(hub, exported):

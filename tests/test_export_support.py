@@ -323,7 +323,8 @@ class ExportFakeServer(FakeOpenAIServer):
                 match = re.search(r"page (\d+) of a", text)
                 pages = [int(match.group(1))] if match else [1]
             evidence = pages[: 2 if len(pages) > 1 else 1]
-            question = f"What is the value in row {rng.randint(1, 3)} of Table 1 on page {evidence[0]}?"
+            # few distinct questions per document: near-duplicates for the export to remove
+            question = f"What is the value in row {rng.randint(1, 4)} of Table 1?"
             message["content"] = (
                 f"<question>\n{question}\n</question>\n<answer>{_answer_for(answer_format, rng)}</answer>\n"
                 f"<evidence_pages>{json.dumps(evidence)}</evidence_pages>\n"
@@ -340,3 +341,48 @@ class ExportFakeServer(FakeOpenAIServer):
                     data[item.key]["score"] = rng.choice([2, 3, 4, 4, 5, 5])
             message["content"] = json.dumps(data)
         return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the Hub folder with `datasets`, offline, in a clean process.
+
+_LOAD_SCRIPT = r'''
+import hashlib, json, sys
+import datasets
+folder, cache, configs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+assert datasets.config.HF_DATASETS_OFFLINE, "not offline"
+out = {}
+for name in configs:
+    ds = datasets.load_dataset(folder, name, cache_dir=cache)
+    out[name] = {}
+    for split in ds:
+        part = ds[split]
+        feature = part.features["images"]
+        raw = part.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+        first = part[0]["images"][0]
+        out[name][split] = {
+            "num_rows": part.num_rows,
+            "image_feature": type(getattr(feature, "feature", feature)).__name__,
+            "first_image": [type(first).__module__, list(first.size)],
+            "rows": [{"row_id": r["row_id"], "doc_id": r["doc_id"], "pages": r["pages"],
+                      "evidence_pages": r["evidence_pages"], "answer_format": r["answer_format"],
+                      "images": [hashlib.sha256(i["bytes"]).hexdigest() for i in r["images"]]} for r in raw],
+        }
+print(json.dumps(out))
+'''
+
+
+def load_hub_offline(folder: Path, configs: list[str], cache: Path) -> dict:
+    """`datasets.load_dataset(folder, config)` for each config in a subprocess with
+    HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1; returns per config and split the row count, the
+    image feature type, the first decoded image and every row's image hashes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache / "hf")}
+    result = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(folder), str(cache / "ds"), json.dumps(configs)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    if result.returncode != 0:
+        raise AssertionError(f"load_dataset failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

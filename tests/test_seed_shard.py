@@ -101,7 +101,6 @@ def test_bad_pdfs_fail_with_the_right_reason(seeded):
 
 
 def test_page_counts_match_pymupdf_and_one_row_group_per_document(seeded):
-    pages = seeded["tables"]["pages"]
     documents = {d["doc_id"]: d for d in seeded["tables"]["documents"].to_pylist()}
     rows = _by_source(seeded)
     for sample in SAMPLES:

@@ -112,3 +112,42 @@ def test_memory_limit_fails_the_document_not_the_job(tmp_path):
         assert _wait(pool, events)[1]["ok"]
     finally:
         pool.close()
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """A seed job killed mid-task (Slurm walltime, Snakemake cancel) leaves no worker behind."""
+    import subprocess
+    import sys
+    import textwrap
+
+    hang = pdf_factory.write(tmp_path / "hang.pdf", pdf_factory.hanging_pdf())
+    script = textwrap.dedent(f"""
+        import queue, time, sys
+        from longdoc_sdg.seed.pool import WorkerPool
+        from longdoc_sdg.seed.config import SeedParams
+        pool = WorkerPool(1, 2048, queue.Queue())
+        pool.submit({{"task_id": 1, "path": {str(hang)!r}, "start": 0, "count": 1, "blob_path": {str(tmp_path / "b")!r},
+                      "params": SeedParams().model_dump(mode="json"), "cpu_limit_s": 600, "wall_timeout_s": 600}}, 600)
+        print(pool._workers[0].process.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(parent.stdout.readline())
+    time.sleep(0.5)
+    parent.kill()  # SIGKILL: no cleanup code runs in the parent
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        try:
+            with open(f"/proc/{worker_pid}/stat") as stat:
+                if stat.read().split(")")[-1].split()[0] == "Z":
+                    return  # dead, waiting for init to reap it
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(worker_pid, signal.SIGKILL)  # our own orphan: do not leave it running
+    raise AssertionError(f"worker {worker_pid} outlived its parent")

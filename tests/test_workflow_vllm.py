@@ -49,6 +49,7 @@ def tiny_model_stage_settings() -> dict:
     for stage in ("single_page_qa", "windowed_qa"):
         stages[stage].update(constrain_output=True)
     stages["whole_document_qa"].update(output_format="json")
+    stages["visual_qa"]["check_sampling"] = {"extra_body": NO_THINKING}
     stages["whole_document_qa"]["num_records"] = 2
     return stages
 
@@ -103,6 +104,7 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
 
     results = tmp_path / "results"
     outcomes: dict[str, int] = {}
+    reasons: dict = {}
     for shard in ("00000", "00001"):
         pages = pq.read_table(results / "seed" / shard / "pages.parquet", columns=["doc_id"]).num_rows
         for stage in MODEL_STAGES:
@@ -120,6 +122,9 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
                 assert all(r["model"] == SERVED for r in answered)
                 assert all(r["prompt_tokens"] > 0 for r in answered)
             outcomes[stage] = outcomes.get(stage, 0) + len(answered)
+            for r in rows:
+                if r["status"] == "failed":
+                    reasons[(stage, r["failure_reason"])] = r["failure_message"][:300]
         for qa_stage in QA_STAGES:
             qa = pq.read_table(results / qa_stage / f"{shard}.parquet").to_pylist()
             judged = pq.read_table(results / "judge" / qa_stage / f"{shard}.parquet").to_pylist()
@@ -128,8 +133,8 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
                 if row["status"] == "ok":
                     assert 0 <= row["weighted_quality_score"] <= 1
     # Constrained replies of a grammar-enforcing server parse: every model stage has ok rows.
-    print("ok rows per stage:", outcomes)
-    assert all(outcomes[stage] > 0 for stage in MODEL_STAGES), outcomes
+    print("ok rows per stage:", outcomes, "failure reasons:", reasons)
+    assert all(outcomes[stage] > 0 for stage in MODEL_STAGES), str(outcomes)
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and VLLM_KEY.encode() in p.read_bytes()]
     assert leaks == []
 

@@ -12,7 +12,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:
+    import duckdb
 
 QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
 ANCHORED_STAGES = ("single_page_qa", "windowed_qa", "whole_document_qa")
@@ -60,7 +63,7 @@ def shard_of(path: str) -> str:
 
 @contextlib.contextmanager
 def duckdb_connection(mem_mb: int | None = None, spill_dir: str | os.PathLike | None = None,
-                      threads: int | None = None) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+                      threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with a memory limit (75% of the job's mem_mb) and a private spill dir."""
     import duckdb
 
@@ -74,7 +77,8 @@ def duckdb_connection(mem_mb: int | None = None, spill_dir: str | os.PathLike | 
             con.execute(f"SET memory_limit = '{max(int(mem_mb * 0.75), 256)}MB'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
-        con.execute("SET preserve_insertion_order = true")
+        # Results that need an order say so (ORDER BY); the rest may stream and spill freely.
+        con.execute("SET preserve_insertion_order = false")
         yield con
     finally:
         con.close()

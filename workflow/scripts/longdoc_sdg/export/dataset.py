@@ -129,7 +129,7 @@ def build_dataset(
         if doc_files:
             con.execute(
                 "CREATE VIEW docs AS SELECT doc_id, url, date, total_pages::INTEGER AS total_pages, "
-                "coalesce(json_extract_string(extra, '$.id'), doc_id) AS source_id "
+                "coalesce(CASE WHEN json_valid(extra) THEN json_extract_string(extra, '$.id') END, doc_id) AS source_id "
                 f"FROM {read_parquet(doc_files)}"
             )
         else:

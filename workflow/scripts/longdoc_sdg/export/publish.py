@@ -80,6 +80,8 @@ def publish_folder(folder: str, params: dict, record_path: str) -> dict:
 
     api = HfApi(endpoint=settings.endpoint, token=token)
     repo = api.create_repo(settings.repo_id, repo_type="dataset", private=settings.private, exist_ok=True)
+    if settings.revision:
+        api.create_branch(settings.repo_id, branch=settings.revision, repo_type="dataset", exist_ok=True)
     log.info("repository %s ready; uploading %d files (%d bytes)", repo, len(files), record["total_bytes"])
     commit = api.upload_folder(
         repo_id=settings.repo_id,

@@ -156,7 +156,7 @@ def fig_question_types(stats: dict, plt):
         ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(stage)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(FIGURES["question_types"][1])
     fig.tight_layout()
     return fig

@@ -11,45 +11,119 @@ class _Strict(BaseModel):
 
 
 class DownloadParams(_Strict):
-    timeout_s: float = Field(20.0, gt=0, description="Connect/read timeout of one HTTP request, seconds (the reference uses 20).")
-    deadline_s: float = Field(300.0, gt=0, description="Wall-clock cap on one download attempt, so a server dripping bytes cannot hold a slot forever.")
-    max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Largest PDF accepted from a URL; larger ones become `too_large` failures without being read to the end.")
-    retries: int = Field(3, ge=0, description="Extra attempts after a 5xx, 429, timeout or connection error (4xx fail at once).")
+    timeout_s: float = Field(
+        20.0, gt=0, description="Connect/read timeout of one HTTP request, seconds (the reference uses 20)."
+    )
+    deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="Wall-clock cap on one download attempt, so a server dripping bytes cannot hold a slot forever.",
+    )
+    max_bytes: int = Field(
+        200 * 1024 * 1024,
+        gt=0,
+        description="Largest PDF accepted from a URL; larger ones become `too_large` failures without being read "
+        "to the end.",
+    )
+    retries: int = Field(
+        3, ge=0, description="Extra attempts after a 5xx, 429, timeout or connection error (4xx fail at once)."
+    )
     backoff_s: float = Field(1.0, ge=0, description="First retry delay, doubled on every further attempt (with jitter).")
     backoff_max_s: float = Field(30.0, ge=0, description="Upper bound of one retry delay.")
-    concurrency: int = Field(8, ge=1, description="Parallel downloads per seed job (threads; network-bound, independent of `threads`).")
+    concurrency: int = Field(
+        8, ge=1, description="Parallel downloads per seed job (threads; network-bound, independent of `threads`)."
+    )
     user_agent: str = Field("longdoc-sdg/0.1 (PDF seed fetcher)", description="User-Agent header sent with every request.")
 
 
 class WorkerParams(_Strict):
-    cpu_seconds_base: float = Field(30.0, gt=0, description="CPU seconds a worker may spend on one task besides its pages (opening/parsing the PDF).")
-    cpu_seconds_per_page: float = Field(5.0, gt=0, description="CPU seconds allowed per page of a task. Over budget the worker is killed and the document becomes a `timeout` failure.")
-    memory_mb: int = Field(4096, ge=256, description="Address-space limit of a worker process (RLIMIT_AS), MB. Exceeding it makes the document a `too_large` (or `crashed`) failure.")
-    chunk_pages: int = Field(32, ge=1, description="Pages rendered per worker task; long documents are split so all cores share them.")
+    cpu_seconds_base: float = Field(
+        30.0, gt=0, description="CPU seconds a worker may spend on one task besides its pages (opening/parsing the PDF)."
+    )
+    cpu_seconds_per_page: float = Field(
+        5.0,
+        gt=0,
+        description="CPU seconds allowed per page of a task. Over budget the worker is killed and the document "
+        "becomes a `timeout` failure.",
+    )
+    memory_mb: int = Field(
+        4096,
+        ge=256,
+        description="Address-space limit of a worker process (RLIMIT_AS), MB. Exceeding it makes the document a "
+        "`too_large` (or `crashed`) failure.",
+    )
+    chunk_pages: int = Field(
+        32, ge=1, description="Pages rendered per worker task; long documents are split so all cores share them."
+    )
 
 
 class WarcParams(_Strict):
-    enabled: bool = Field(False, description="When a FinePDFs row's URL fails, fetch its Common Crawl WARC record (`extra.file_path` + `extra.offset`) instead.")
-    base_url: str = Field("https://data.commoncrawl.org/", description="Prefix joined with the row's `file_path`; tests point it at a local server.")
+    enabled: bool = Field(
+        False,
+        description="When a FinePDFs row's URL fails, fetch its Common Crawl WARC record (`extra.file_path` + "
+        "`extra.offset`) instead.",
+    )
+    base_url: str = Field(
+        "https://data.commoncrawl.org/",
+        description="Prefix joined with the row's `file_path`; tests point it at a local server.",
+    )
 
 
 class SeedParams(_Strict):
     dpi: float = Field(144.0, gt=0, le=1200, description="Render resolution in dots per inch (the reference uses 144).")
-    max_pixels_per_page: int = Field(40_000_000, ge=10_000, le=100_000_000, description="Pixel budget per page (width x height). Pages larger than that at `dpi` are rendered at the highest lower DPI (a multiple of 0.25) that fits; the effective DPI is stored.")
-    whole_document_max_pages: int = Field(50, ge=1, description="Documents with more pages get no whole-document seed (still pages and windows); the reference skips such documents entirely at 50.")
-    max_document_pages: int = Field(2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs).")
-    window_size: int | None = Field(None, ge=1, description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, ... 7 up to 60, 8 beyond.")
-    window_stride: int | None = Field(None, ge=1, description="Pages between window starts; null = window size (no overlap). Never larger than the window size, so no page is skipped. The last window is shifted back to end on the last page.")
-    gray_detection: bool = Field(True, description="Store a page as 8-bit gray PNG when every rendered pixel has R == G == B (lossless; smaller and faster).")
-    png_compression_level: int = Field(1, ge=0, le=9, description="Deflate level of the page PNGs (pixels are identical at any level; only size and speed change). With ISA-L installed levels above 3 act as 3.")
+    max_pixels_per_page: int = Field(
+        40_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Pixel budget per page (width x height). Pages larger than that at `dpi` are rendered at the "
+        "highest lower DPI (a multiple of 0.25) that fits; the effective DPI is stored.",
+    )
+    whole_document_max_pages: int = Field(
+        50,
+        ge=1,
+        description="Documents with more pages get no whole-document seed (still pages and windows); the reference "
+        "skips such documents entirely at 50.",
+    )
+    max_document_pages: int = Field(
+        2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
+    )
+    window_size: int | None = Field(
+        None,
+        ge=1,
+        description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, "
+        "... 7 up to 60, 8 beyond.",
+    )
+    window_stride: int | None = Field(
+        None,
+        ge=1,
+        description="Pages between window starts; null = window size (no overlap). Never larger than the window "
+        "size, so no page is skipped. The last window is shifted back to end on the last page.",
+    )
+    gray_detection: bool = Field(
+        True,
+        description="Store a page as 8-bit gray PNG when every rendered pixel has R == G == B (lossless; smaller "
+        "and faster).",
+    )
+    png_compression_level: int = Field(
+        1,
+        ge=0,
+        le=9,
+        description="Deflate level of the page PNGs (pixels are identical at any level; only size and speed "
+        "change). With ISA-L installed levels above 3 act as 3.",
+    )
     download: DownloadParams = Field(default_factory=DownloadParams, description="HTTP download settings.")
-    worker: WorkerParams = Field(default_factory=WorkerParams, description="Sandbox limits of the rendering worker processes.")
+    worker: WorkerParams = Field(
+        default_factory=WorkerParams, description="Sandbox limits of the rendering worker processes."
+    )
     warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
 
     @model_validator(mode="after")
     def _stride_within_size(self) -> "SeedParams":
         if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
-            raise ValueError(f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): pages would be skipped")
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
+                "pages would be skipped"
+            )
         return self
 
 

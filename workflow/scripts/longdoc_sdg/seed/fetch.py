@@ -324,7 +324,8 @@ def materialise(row: dict, params: SeedParams, workdir: str | os.PathLike) -> tu
                 fetch_warc_record(_extra(row), dest, params)
             except SeedFailure as second:
                 # Keep the URL's reason (e.g. a dead link may come back); say what WARC gave.
-                raise SeedFailure(first.reason, f"{first.message}; WARC fallback failed: {second.reason}: {second.message}") from None
+                message = f"{first.message}; WARC fallback failed: {second.reason}: {second.message}"
+                raise SeedFailure(first.reason, message) from None
             log.info("fetched %s from its WARC record after: %s", row.get("doc_id"), first.message)
         return dest, True
     except BaseException:

@@ -187,7 +187,8 @@ class WorkerPool:
     def _exit_answer(task: dict, worker: _Worker, returncode: int) -> dict:
         answer = {"task_id": task["task_id"], "ok": False}
         if worker.killed_for_deadline:
-            answer.update(reason="timeout", message=f"worker exceeded the wall-clock limit ({task.get('wall_timeout_s', 0):.0f}s) and was killed")
+            limit = task.get("wall_timeout_s", 0)
+            answer.update(reason="timeout", message=f"worker exceeded the wall-clock limit ({limit:.0f}s) and was killed")
         elif returncode == -signal.SIGXCPU:
             answer.update(reason="timeout", message=f"worker exceeded its CPU limit of {task['cpu_limit_s']:.0f}s")
         elif returncode < 0:

@@ -218,7 +218,8 @@ def render_page(page: pymupdf.Page, options: RenderOptions) -> RenderedPage:
         raise SeedFailure("corrupt", f"page {page.number + 1} has an empty page box")
     dpi = effective_dpi(bounds.width, bounds.height, options.dpi, options.max_pixels_per_page)
     if dpi < 1.0:
-        raise SeedFailure("too_large", f"page {page.number + 1} ({bounds.width:.0f}x{bounds.height:.0f} pt) does not fit the pixel budget even at 1 DPI")
+        size = f"{bounds.width:.0f}x{bounds.height:.0f} pt"
+        raise SeedFailure("too_large", f"page {page.number + 1} ({size}) does not fit the pixel budget even at 1 DPI")
     keep_alive, rgb, verdict = rasterise(display_list, dpi / 72.0)
     pixels = rgb
     is_gray = False

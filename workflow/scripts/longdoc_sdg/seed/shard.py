@@ -13,10 +13,8 @@ import collections
 import concurrent.futures
 import json
 import mmap
-import os
 import queue
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -134,14 +132,15 @@ class _PagesWriter:
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             maps.append(mapped)
             n = len(pages)
-            columns["png"].append(
-                pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.asarray(offsets, dtype=np.int32)), pa.py_buffer(mapped)])
-            )
+            # Zero-copy: the PNG column's data buffer is the mapped blob file itself.
+            offsets_buffer = pa.py_buffer(np.asarray(offsets, dtype=np.int32))
+            columns["png"].append(pa.Array.from_buffers(pa.binary(), n, [None, offsets_buffer, pa.py_buffer(mapped)]))
             columns["doc_id"].append(pa.array([doc_id] * n, pa.string()))
             for name in _PAGE_META:
                 columns[name].append(pa.array([p[name] for p in pages], PAGES_SCHEMA.field(name).type))
             rows += n
-        table = pa.Table.from_arrays([pa.chunked_array(columns[name], PAGES_SCHEMA.field(name).type) for name in PAGES_SCHEMA.names], schema=PAGES_SCHEMA)
+        arrays = [pa.chunked_array(columns[field.name], field.type) for field in PAGES_SCHEMA]
+        table = pa.Table.from_arrays(arrays, schema=PAGES_SCHEMA)
         self.writer.write_table(table, row_group_size=max(1, rows))
         del table, columns
         for mapped in maps:
@@ -236,7 +235,12 @@ def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, th
     summary["seconds"] = round(elapsed, 3)
     log.info(
         "seeded %d/%d documents, %d pages in %.1fs (%.1f pages/s); failures by reason: %s",
-        summary["documents"], len(rows), summary["pages"], elapsed, summary["pages"] / max(elapsed, 1e-9), summary["failures_by_reason"] or "none",
+        summary["documents"],
+        len(rows),
+        summary["pages"],
+        elapsed,
+        summary["pages"] / max(elapsed, 1e-9),
+        summary["failures_by_reason"] or "none",
     )
     return summary
 

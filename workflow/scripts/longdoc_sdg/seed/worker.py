@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 
 _MIB = 1024 * 1024
@@ -43,6 +44,22 @@ def _arm_cpu_limit(budget_s: float) -> None:
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _die_with_parent() -> None:
+    """A killed seed job (Snakemake cancel, Slurm walltime) must not leave a worker rendering
+    on for minutes; Linux can deliver SIGKILL to us when the parent dies. (Strictly: when the
+    parent thread that started us ends; the pool spawns from the job's main thread.)"""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: stdin EOF still ends us after the current task
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def run_task(task: dict) -> dict:
@@ -82,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory-mb", type=int, default=4096)
     args = parser.parse_args(argv)
+    _die_with_parent()
 
     # Keep the real stdout for the protocol; anything else printed goes to stderr (the job log).
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
