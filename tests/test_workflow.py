@@ -75,7 +75,7 @@ def seeded(tmp_path_factory, real_pdfs):
         shutil.copy(pdf, pdf_dir / pdf.name)
     write_config(workdir, pdf_dir)
     dry = run_snakemake(workdir, "-n")
-    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2}
+    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
     run_snakemake(workdir)
     return workdir
 
@@ -127,7 +127,7 @@ def test_dpi_change_reruns_seed_and_dependents_only(seeded):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2}
+    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
     assert "params changed" in result.stdout.lower() or "Params have changed" in result.stdout
 
 

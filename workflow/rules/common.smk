@@ -118,6 +118,7 @@ def get_final_outputs(wildcards):
                 outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
         for qa_stage in run_plan.judged_stages(config):
             outputs.append(f"{RESULTS}/judge/{qa_stage}/{shard}.parquet")
+    outputs += get_export_targets() + get_report_targets()
     return outputs
 
 
