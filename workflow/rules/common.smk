@@ -142,6 +142,15 @@ def get_deployment_settings(wildcards):
     return endpoints.deployment_settings(config, wildcards.deployment)
 
 
+def serve_launcher():
+    """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs)."""
+    launcher = config["serving"]["launcher"]
+    if launcher != "auto":
+        return launcher
+    plugin = workflow.executor_plugin
+    return "slurm" if plugin is not None and "slurm" in plugin.name else "local"
+
+
 def serve_state_dir(wildcards, output):
     """Where the serve rule records the servers it started (next to the sentinel)."""
     return os.path.dirname(output.sentinel)

@@ -12,7 +12,7 @@ rule serve:
         "../../environment.yaml"
     params:
         deployment=get_deployment_settings,
-        launcher=config["serving"]["launcher"],
+        launcher=serve_launcher(),
         runtime=f"{SERVE_DIR}/{{deployment}}.runtime.json",
         state_dir=serve_state_dir,
     script:

@@ -62,8 +62,10 @@ class ServingConfig(Section):
         False,
         description="Start model servers for stages without a manual endpoint, from their deployment.",
     )
-    launcher: Literal["local", "slurm"] = Field(
-        "local", description="Start servers as local processes or as Slurm GPU jobs (sbatch)."
+    launcher: Literal["auto", "local", "slurm"] = Field(
+        "auto",
+        description="Start servers as local processes or as Slurm GPU jobs (sbatch to the deployment's "
+        "partition); auto = slurm when the workflow runs with the slurm executor, else local.",
     )
     deployments_dir: str = Field("config/deployments", description="Folder of deployment YAML files (NAME.yaml).")
     overrides: dict[str, dict[str, Any]] = Field(
