@@ -200,13 +200,20 @@ class WindowedQaStage(_AnchoredStage):
     def plan(self, config: WindowedQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["windows"]
         columns = ["window_id", "doc_id", "start_page", "end_page", "total_pages"]
+
+        def eligible():
+            # A cross-page question needs two pages: one-page windows (one-page documents) are skipped.
+            for row in iter_rows(path, columns):
+                if int(row["end_page"]) - int(row["start_page"]) + 1 >= config.min_evidence_pages:
+                    yield row
+
         chosen = select_records(
-            (f"{self.name}:{r['window_id']}" for r in iter_rows(path, columns)),
+            (f"{self.name}:{r['window_id']}" for r in eligible()),
             config.num_records, config.seed, shuffled=True,
         )
 
         def tasks():
-            for row in iter_rows(path, columns):
+            for row in eligible():
                 base = f"{self.name}:{row['window_id']}"
                 if chosen is not None and base not in chosen:
                     continue
@@ -237,7 +244,8 @@ class WholeDocumentQaStage(_AnchoredStage):
         def eligible():
             for row in iter_rows(path, columns):
                 total = int(row["total_pages"] or 0)
-                if row["whole_document"] and total > 0 and (config.max_pages is None or total <= config.max_pages):
+                enough = total >= config.min_evidence_pages  # the question must need 2+ pages
+                if row["whole_document"] and enough and (config.max_pages is None or total <= config.max_pages):
                     yield row
 
         chosen = select_records((r["doc_id"] for r in eligible()), config.num_records, config.seed, False)
