@@ -107,7 +107,8 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
     assert teardown(paths["state"]) == ["fake"]
     print(f"teardown in {time.monotonic() - t0:.2f}s")
     assert not alive(pid)
-    assert not paths["sentinel"].exists() and not runtime_file.exists()
+    # Unpublished: the runtime file goes; the sentinel (identity only) stays for the workflow.
+    assert not runtime_file.exists() and json.loads(paths["sentinel"].read_text()) == identity(dep)
     assert teardown(paths["state"]) == []  # idempotent
 
 
@@ -199,7 +200,7 @@ def test_idle_timeout_stops_server_and_unpublishes(tmp_path, paths):
     t0 = time.monotonic()
     assert wait_until(lambda: not alive(runtime["pid"]), 20)
     print(f"idle stop after {time.monotonic() - t0:.2f}s (idle_timeout_s=2)")
-    assert not paths["sentinel"].exists() and not paths["runtime"].exists()
+    assert not paths["runtime"].exists() and paths["sentinel"].exists()
     with pytest.raises(EndpointGoneError, match="rerun — the serve rule will start it again"):
         verify_endpoint(paths["runtime"])
     log_text = Path(runtime["server_log"]).read_text()
@@ -224,7 +225,7 @@ def test_killed_server_gives_clear_client_error_and_is_reaped(tmp_path, paths):
     # The next run's parse step unpublishes it, so the DAG serves again.
     assert wait_until(lambda: not alive(runtime["pid"]), 10)
     assert reap_stale(paths["state"]) == ["fake"]
-    assert not paths["sentinel"].exists() and not paths["runtime"].exists()
+    assert not paths["runtime"].exists() and paths["sentinel"].exists()
 
 
 def test_serving_again_replaces_the_previous_server(tmp_path, paths):
@@ -259,7 +260,7 @@ def test_cli_serve_and_teardown(tmp_path):
     finally:
         stop = subprocess.run(base + ["teardown", "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=env)
     assert json.loads(stop.stdout) == ["clitest"]
-    assert not runtime.exists() and not sentinel.exists()
+    assert not runtime.exists() and sentinel.exists()
 
 
 def test_sigterm_while_waiting_stops_the_half_started_server(tmp_path):

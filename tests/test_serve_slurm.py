@@ -69,7 +69,7 @@ def test_serve_job_in_gpu_partition_with_gres_and_teardown(tmp_path, paths):
     print(f"slurm teardown (scancel + squeue empty) in {time.monotonic() - t0:.2f}s")
     assert _squeue(job_id) == ""
     assert wait_until(lambda: _sacct(job_id, "State").startswith("CANCELLED"), 30)
-    assert not paths["runtime"].exists() and not paths["sentinel"].exists()
+    assert not paths["runtime"].exists() and paths["sentinel"].exists()
     assert http_get(f"{runtime['url']}/health", timeout=2)[0] == 0
     assert teardown(paths["state"]) == []
 

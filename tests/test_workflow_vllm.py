@@ -187,7 +187,8 @@ def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
     for stage in ("ocr", "single_page_qa"):
         assert pq.read_table(tmp_path / "results" / stage / "00000.parquet").num_rows > 0
     assert vllm_processes() == before, "the server outlived the run"
-    assert not list((tmp_path / "results" / "serve").glob("*.sentinel.json"))
+    # Unpublished: no runtime file; the sentinel (identity only) stays as clients' ancient input.
+    assert not list((tmp_path / "results" / "serve").glob("*.runtime.json"))
 
     started = time.monotonic()
     again = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))

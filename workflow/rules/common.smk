@@ -56,9 +56,31 @@ def sentinel_path(deployment):
     return f"{SERVE_DIR}/{deployment}.sentinel.json"
 
 
+def runtime_path(deployment):
+    return f"{SERVE_DIR}/{deployment}.runtime.json"
+
+
+def client_output(stage, wildcards):
+    if stage == "judge":
+        return f"{RESULTS}/judge/{wildcards.qa_stage}/{wildcards.shard}.parquet"
+    return stage_output(stage).format(shard=wildcards.shard)
+
+
+def job_forced(rule_name, output):
+    """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F)."""
+    settings = workflow.dag_settings
+    if settings.forceall or rule_name in settings.forcerun:
+        return True
+    if not settings.forcetargets:
+        return False
+    return os.path.abspath(output) in {os.path.abspath(t) for t in settings.targets}
+
+
 def get_stage_inputs(stage):
     """Input function factory: a stage's data inputs plus, when its model is served, the
     deployment's sentinel as `ancient()` so a restarted server never reruns finished jobs.
+    A forced client also takes the runtime file, which makes Snakemake serve for it (see
+    serve.smk).
     """
 
     def inputs(wildcards):
@@ -69,9 +91,10 @@ def get_stage_inputs(stage):
         if stage == "judge":
             paths["qa"] = f"{RESULTS}/{wildcards.qa_stage}/{wildcards.shard}.parquet"
         if STATUSES[stage].mode == "serve":
-            paths["sentinel"] = ancient(
-                sentinel_path(config["stages"][stage]["deployment"])
-            )
+            deployment = config["stages"][stage]["deployment"]
+            paths["sentinel"] = ancient(sentinel_path(deployment))
+            if job_forced(stage, client_output(stage, wildcards)):
+                paths["runtime"] = runtime_path(deployment)
         return paths
 
     return inputs
@@ -93,7 +116,7 @@ def get_endpoint_params(stage):
         deployment = settings["deployment"]
         return {
             "mode": mode,
-            "runtime": f"{SERVE_DIR}/{deployment}.runtime.json",
+            "runtime": runtime_path(deployment),
             **endpoints.deployment_identity(config, deployment),
         }
     return {"mode": mode}
@@ -118,6 +141,11 @@ def get_final_outputs(wildcards):
                 outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
         for qa_stage in run_plan.judged_stages(config):
             outputs.append(f"{RESULTS}/judge/{qa_stage}/{shard}.parquet")
+    if SHARDS:
+        outputs += [
+            f"{SERVE_DIR}/{deployment}.served.json"
+            for deployment in served_deployments()
+        ]
     outputs += get_export_targets() + get_report_targets()
     return outputs
 
@@ -137,13 +165,52 @@ if workflow.is_main_process:
     announce_plan()
 
 
-def get_deployment_settings(wildcards):
-    """The full serve settings of a deployment (config/deployments/NAME.yaml + overrides)."""
+def served_deployments():
+    """Deployments this run serves: those of the active stages in serve mode."""
+    names = []
+    for status in STATUSES.values():
+        if status.active and status.mode == "serve":
+            names.append(config["stages"][status.stage]["deployment"])
+    return sorted(set(names))
+
+
+def get_deployment_clients(wildcards):
+    """Every client output of a deployment (all shards of all stages it serves)."""
+    outputs = []
+    judged = run_plan.judged_stages(config)
+    for stage, status in STATUSES.items():
+        if not (status.active and status.mode == "serve"):
+            continue
+        if config["stages"][stage]["deployment"] != wildcards.deployment:
+            continue
+        for shard in SHARDS:
+            if stage == "judge":
+                outputs += [f"{RESULTS}/judge/{q}/{shard}.parquet" for q in judged]
+            else:
+                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
+    return outputs
+
+
+def record_served(deployment, clients, path):
+    """The `served` marker: which deployment this run needed, for how many client outputs."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"deployment": deployment, "clients": len(clients)}, handle)
+        handle.write("\n")
+
+
+def get_deployment_settings(wildcards, output):
+    """The full serve settings of a deployment (config/deployments/NAME.yaml + overrides).
+    Takes `output`, so Snakemake does not track it: moving a server (partition, walltime,
+    launcher) must not start one; the clients' params carry what changes answers."""
     return endpoints.deployment_settings(config, wildcards.deployment)
 
 
-def serve_launcher():
-    """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs)."""
+def get_serve_launcher(wildcards, output):
+    """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs).
+    A params function on purpose: the executor plugin is known only once the DAG is built,
+    not while the Snakefile is parsed. Takes `output`: not a rerun trigger."""
     launcher = config["serving"]["launcher"]
     if launcher != "auto":
         return launcher

@@ -1,19 +1,45 @@
 # Model servers: start a deployment (local process or Slurm GPU job), wait until it truly
 # serves the model, publish a sentinel (identity only) and a runtime file (endpoint, key).
+#
+# How a server is started only when needed, without rerunning finished clients
+# (Snakemake 9 facts, see dag.py update_needrun):
+# - A job is triggered by an upstream job that reruns unless every file it takes from it is
+#   ancient() AND exists. So the sentinel is persistent (update(): kept before the job and
+#   restored if serving fails; teardown leaves it) and clients take it as ancient().
+# - A producer runs only when a rerunning consumer needs one of its outputs that is missing.
+#   The runtime file (temp, removed whenever the server goes) is that output: the `served`
+#   rule below takes it plus every client output of the deployment, so it reruns exactly when
+#   some client reruns, and pulls the serve job in. Forced clients (--force FILE, --forcerun)
+#   take the runtime file themselves (get_stage_inputs), as `served` is not in such DAGs.
 
 
 rule serve:
     output:
-        sentinel=temp(sentinel_path("{deployment}")),
+        sentinel=update(sentinel_path("{deployment}")),
+        runtime=temp(runtime_path("{deployment}")),
     log:
         f"{RESULTS}/logs/serve/{{deployment}}.log",
     localrule: True
     conda:
         "../../environment.yaml"
     params:
+        # Functions taking `output`: not rerun triggers. Where and how a server runs never
+        # makes Snakemake start one; only clients that need it do.
         deployment=get_deployment_settings,
-        launcher=serve_launcher(),
-        runtime=f"{SERVE_DIR}/{{deployment}}.runtime.json",
+        launcher=get_serve_launcher,
         state_dir=serve_state_dir,
     script:
         "../scripts/serve.py"
+
+
+rule served:
+    input:
+        runtime=runtime_path("{deployment}"),
+        clients=get_deployment_clients,
+    output:
+        f"{SERVE_DIR}/{{deployment}}.served.json",
+    log:
+        f"{RESULTS}/logs/serve/{{deployment}}.served.log",
+    localrule: True
+    run:
+        record_served(wildcards.deployment, input.clients, output[0])

@@ -7,7 +7,7 @@ setup_job_logging(snakemake.log[0])
 serve_deployment(
     settings=snakemake.params.deployment,
     sentinel_path=snakemake.output.sentinel,
-    runtime_path=snakemake.params.runtime,
+    runtime_path=snakemake.output.runtime,
     launcher=snakemake.params.launcher,
     state_dir=snakemake.params.state_dir,
 )

@@ -243,6 +243,23 @@ def _run_stage_command(args: argparse.Namespace) -> int:
 register("stage", "run one model stage on one shard, outside Snakemake", _stage_arguments, _run_stage_command)
 
 
+def _requeue_arguments(parser: argparse.ArgumentParser) -> None:
+    from .reprocess import add_arguments
+
+    add_arguments(parser)
+
+
+def _requeue_command(args: argparse.Namespace) -> int:
+    from .reprocess import run_command
+
+    return run_command(args)
+
+
+# imported lazily: pyarrow and the engine load only when requeue runs
+register("requeue", "requeue failed rows of finished stage shards (then snakemake --forcerun them)",
+         _requeue_arguments, _requeue_command)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

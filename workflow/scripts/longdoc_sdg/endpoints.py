@@ -125,11 +125,20 @@ def resolve_endpoint(params: dict) -> dict | None:
 
 @contextlib.contextmanager
 def keep_server_alive(params: dict) -> Iterator[None]:
-    """Heartbeat a served deployment while a job uses it (its idle backstop stays off)."""
+    """Heartbeat a served deployment while a job uses it (its idle backstop stays off).
+    When the job fails because the server went away under it, say so, naming the deployment
+    (the engine's own error names only the URL)."""
     if params["mode"] != "serve":
         yield
         return
-    from .serve import keep_alive
+    from .serve import EndpointGoneError, keep_alive, verify_endpoint
 
     with keep_alive(params["runtime"]):
-        yield
+        try:
+            yield
+        except Exception as exc:
+            try:
+                verify_endpoint(params["runtime"], timeout_s=5.0)
+            except EndpointGoneError as gone:
+                raise EndpointGoneError(f"{gone}. It went away during this job, which failed with: {exc}") from exc
+            raise

@@ -6,6 +6,9 @@ is one JSON line appended with a single unbuffered write. A rerun after a crash 
 rows of a journal whose header matches and redoes only the rest; a torn last line is dropped.
 `finalize` checks the row accounting, streams the journal into the final parquet in input order
 (batch by batch, never the whole shard in memory), renames it into place and deletes the journal.
+The parquet's schema metadata keeps the journal header and the journal's place, so
+`shard_provenance` + `write_journal` can turn a finished shard back into a journal the next run
+of the same config resumes from (`longdoc_sdg.reprocess`: rerun only the failed rows).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from .io import atomic_path, get_logger
 log = get_logger("rowstore")
 
 JOURNAL_VERSION = 1
+# Schema metadata key of a finalized shard: {"header": journal header, "journal": journal path
+# relative to the shard's directory}.
+PROVENANCE_KEY = b"longdoc_sdg.journal"
 
 # Columns every model-stage output starts with (docs/contracts.md).
 BASE_FIELDS = (
@@ -82,6 +88,38 @@ def _type_check(dtype: pa.DataType):
 
 def _fingerprint(schema: pa.Schema) -> str:
     return stable_id(schema.to_string(show_field_metadata=False, show_schema_metadata=False))
+
+
+def _row_line(row: dict[str, Any]) -> bytes:
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def shard_provenance(output_path: str | os.PathLike) -> dict | None:
+    """`{"header": journal header, "journal_path": Path}` of a finalized shard, or None when the
+    shard carries none (written before provenance was recorded, or not a ShardWriter output)."""
+    output_path = Path(output_path)
+    raw = (pq.read_schema(output_path).metadata or {}).get(PROVENANCE_KEY)
+    if raw is None:
+        return None
+    info = json.loads(raw)
+    journal = Path(os.path.normpath(output_path.parent / info["journal"]))
+    return {"header": info["header"], "journal_path": journal}
+
+
+def write_journal(journal_path: str | os.PathLike, header: dict, rows: Iterable[dict[str, Any]]) -> int:
+    """Write a whole journal (header line, then one line per finished row) atomically, in the
+    format ShardWriter resumes from; returns the number of rows. Rows need a row_id and a status."""
+    count = 0
+    with atomic_path(journal_path) as tmp, open(tmp, "wb") as out:
+        out.write((json.dumps(header) + "\n").encode())
+        for row in rows:
+            if not isinstance(row.get("row_id"), str) or row.get("status") not in STATUSES:
+                raise ValueError(f"not a finished row: {str(row)[:200]}")
+            out.write(_row_line(row))
+            count += 1
+        out.flush()
+        os.fsync(out.fileno())
+    return count
 
 
 class ShardWriter:
@@ -215,7 +253,7 @@ class ShardWriter:
                 check, type_name = self._checks[name]
                 if not check(value):
                     raise ValueError(f"row {row_id}: column {name} wants {type_name}, got {type(value).__name__} {value!r:.80}")
-        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        line = _row_line(row)
         self._file.write(line)
         self._index[row_id] = (self._size, len(line), row.get("failure_reason") if status == "failed" else None)
         self._size += len(line)
@@ -243,8 +281,11 @@ class ShardWriter:
         self.close()
         summary: dict[str, Any] = {"rows": len(expected), "ok": 0, "failed": 0, "reasons": collections.Counter()}
         tokens = dict.fromkeys(("prompt_tokens", "completion_tokens", "reasoning_tokens"), 0)
+        # the header the rows were made under travels with the shard (see shard_provenance)
+        provenance = {"header": self._header, "journal": os.path.relpath(self.journal_path, self.output_path.parent)}
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
         with atomic_path(self.output_path) as tmp, open(self.journal_path, "rb") as journal:
-            with pq.ParquetWriter(tmp, self.schema, compression="zstd") as out:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as out:
                 batch: list[dict] = []
                 size = 0
                 for row_id in expected:
@@ -261,10 +302,10 @@ class ShardWriter:
                     batch.append(row)
                     size += length
                     if len(batch) >= self._batch_rows or size >= self._batch_bytes:
-                        out.write_batch(pa.RecordBatch.from_pylist(batch, schema=self.schema))
+                        out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
                         batch, size = [], 0
                 if batch or not expected:
-                    out.write_batch(pa.RecordBatch.from_pylist(batch, schema=self.schema))
+                    out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
         self.journal_path.unlink(missing_ok=True)
         summary["reasons"] = dict(summary["reasons"])
         summary.update(tokens)

@@ -1,8 +1,10 @@
 """serve() / teardown() and the client side (read_endpoint, verify_endpoint, keep_alive).
 
 Files per deployment NAME (see docs in the package __init__):
-  sentinel (declared Snakemake output)  identity only: deployment, model, served name, hash
-  runtime file (mode 0600)              base_url, host, port, pid or job id, api key
+  sentinel (declared Snakemake output)  identity only: deployment, model, served name, hash;
+                                        written when ready, left in place when the server goes
+  runtime file (mode 0600)              base_url, host, port, pid or job id, api key; removed
+                                        whenever the server goes (teardown, death, reaping)
   <runtime>.heartbeat                   clients touch it; the wrapper's idle clock
   STATE/servers/NAME.json               what teardown needs to stop the server
   STATE/servers/NAME/                   spec, bound file, chat template, server.log
@@ -297,12 +299,13 @@ def _wait_ready(
 
 
 def _forget_files(record: dict[str, Any]) -> None:
-    """Unpublish: runtime file, heartbeat and sentinel, unless a newer server owns them."""
+    """Unpublish: runtime file and heartbeat, unless a newer server owns them. The sentinel
+    (identity only) stays: the workflow's clients take it as ancient() input, and a missing
+    one would make Snakemake rerun every finished client of the deployment."""
     runtime = read_json(record["runtime_path"])
     if runtime is None or runtime.get("instance") == record.get("instance"):
         unlink(record["runtime_path"])
         unlink(record["heartbeat_path"])
-        unlink(record["sentinel_path"])
     for key in ("key_path", "bound_path"):
         unlink(record.get(key))
 
@@ -353,8 +356,9 @@ def teardown(state_dir: str | Path) -> list[str]:
 
 
 def reap_stale(state_dir: str | Path) -> list[str]:
-    """Unpublish servers whose process or job is gone (e.g. after a SIGKILLed run), so their
-    sentinels make the next DAG serve again. Call at parse time, before the DAG is built."""
+    """Unpublish servers whose process or job is gone (e.g. after a SIGKILLed run): their
+    runtime files go, so the next DAG serves again where clients need it. Call at parse time,
+    before the DAG is built."""
     reaped = []
     for record in _records(state_dir):
         runner = get_launcher(record["launcher"])

@@ -176,14 +176,14 @@ class Wrapper:
             pass
 
     def _cleanup(self) -> None:
-        """A dead server must not stay published: drop our runtime file and sentinel so
-        the next run serves again. Only ours: a newer server may own the paths by now."""
+        """A dead server must not stay published: drop our runtime file so clients fail
+        clearly and the next run serves again (the sentinel, identity only, stays). Only
+        ours: a newer server may own the paths by now."""
         runtime = read_json(self.spec["runtime_path"])
         if runtime and runtime.get("instance") == self.spec["instance"]:
-            unlink(self.spec["sentinel_path"])
             unlink(self.spec["runtime_path"])
             unlink(self.spec["heartbeat_path"])
-            say("unpublished: removed sentinel and runtime file")
+            say("unpublished: removed the runtime file")
 
 
 def run_wrapper(spec_path: str | Path) -> int:

@@ -23,6 +23,7 @@ from ..engine.errors import RecordError
 from ..ids import safe_file_stem
 from ..io import atomic_path
 from ..pages import PageRecord, PageStore
+from ..rowstore import BASE_FIELDS as COMMON_FIELDS
 from ..taxonomy import NOT_ANSWERABLE, QuestionType, normalise_weights, sample_weighted, unit_hash
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -141,19 +142,6 @@ class StageOutput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-
-COMMON_FIELDS: list[pa.Field] = [
-    pa.field("row_id", pa.string(), nullable=False),
-    pa.field("doc_id", pa.string()),
-    pa.field("pages", pa.list_(pa.int32())),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("failure_reason", pa.string()),
-    pa.field("failure_message", pa.string()),
-    pa.field("model", pa.string()),
-    pa.field("prompt_tokens", pa.int64()),
-    pa.field("completion_tokens", pa.int64()),
-    pa.field("reasoning_tokens", pa.int64()),
-]
 
 _ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 

@@ -17,7 +17,11 @@ reasoning_only invalid_json schema_invalid.
 
 Run: `python -m longdoc_sdg.testing.fake_openai_server --port 0 --latency 0.2` (prints
 `FAKE_OPENAI_SERVER_LISTENING <url>` when ready), `FakeOpenAIServer(...).start()` for a thread
-in the test process, or `spawn_fake_server(...)` for a separate process.
+in the test process, or `spawn_fake_server(...)` for a separate process. The command line also
+takes vLLM's server flags (`--served-model-name`, `--host`, `--port`, the key in `VLLM_API_KEY`;
+unknown vLLM flags are ignored), so a test deployment (tests/deployments/fake-vllm.yaml) can
+run it under the serve rule in place of vLLM; `--crash-on-start`, `--pretend NAME`,
+`--startup-delay` and `--stats-file` misbehave or report on request.
 """
 
 from __future__ import annotations
@@ -230,6 +234,8 @@ class FakeOpenAIServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.host = "127.0.0.1"
         self.port: int | None = None
+        # When set, stats() is written there (atomically) after every counted chat request.
+        self.stats_path: str | None = None
         self.reset_stats()
 
     # -- control
@@ -479,7 +485,15 @@ class FakeOpenAIServer:
 
     def _count(self, outcome: str, response: web.Response | None) -> web.Response | None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if self.stats_path:
+            self._write_stats(self.stats_path)
         return response
+
+    def _write_stats(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            handle.write(_dumps({**self.stats(), "pid": os.getpid(), "models": list(self.config.models)}))
+        os.replace(tmp, path)
 
     def _completion(self, req: dict, key: str, fault: str | None) -> dict:
         cfg = self.config
@@ -582,12 +596,27 @@ def spawn_fake_server(*args: str, env: dict[str, str] | None = None, timeout_s: 
             proc.wait()
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="TEST DOUBLE: fake OpenAI-compatible chat server")
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description="TEST DOUBLE: fake OpenAI-compatible chat server. It also accepts vLLM's server "
+        "flags (--model, --served-model-name, --host, --port, --api-key and the key in VLLM_API_KEY) "
+        "so a deployment can run it in place of vLLM; other vLLM flags are ignored.",
+        allow_abbrev=False,  # a vLLM flag must never be taken for a prefix of ours
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--model", action="append", dest="models", help="served model name (repeatable)")
+    parser.add_argument(
+        "--model", action="append", dest="models",
+        help="served model name (repeatable); with vLLM's --served-model-name, that one wins",
+    )
+    parser.add_argument(
+        "--served-model-name", nargs="+", action="extend", dest="served_names",
+        help="as vLLM: the names /v1/models lists (overrides --model)",
+    )
     parser.add_argument("--api-key-env", help="name of an env var holding the key to require")
+    parser.add_argument(
+        "--api-key", help="as vLLM: the key to require (default: $VLLM_API_KEY, like vLLM, when --api-key-env is unset)"
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request while holding a slot")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--reasoning", action="store_true")
@@ -596,18 +625,44 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", default="", help="comma-separated fault kinds by request index")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang", type=float, default=30.0, help="stall of a timeout fault, seconds")
-    return parser.parse_args(argv)
+    # Start-up behaviour, for tests of the serve rule.
+    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before listening")
+    parser.add_argument(
+        "--crash-on-start", action="store_true",
+        help="after the start-up delay, print a made-up engine error and exit 3 (never listens)",
+    )
+    parser.add_argument(
+        "--pretend", metavar="NAME",
+        help="list NAME in /v1/models instead of the served names (an impostor on the port)",
+    )
+    parser.add_argument(
+        "--stats-file", default=os.environ.get("FAKE_OPENAI_SERVER_STATS"),
+        help="write the request statistics (JSON) here after every chat request "
+        "(default: $FAKE_OPENAI_SERVER_STATS)",
+    )
+    return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
+    args, ignored = _parse_args(argv)
+    say = lambda message: print(f"[fake-openai-server] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    say("TEST DOUBLE: a fake OpenAI-compatible server, not vLLM; its answers are made up")
+    if ignored:
+        say("ignoring flags it does not implement: " + " ".join(ignored))
     faults = {}
     for item in args.fault:
         kind, _, share = item.partition("=")
         faults[kind] = float(share)
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+    else:
+        api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
+    models = args.served_names or args.models or ["fake-model"]
+    if args.pretend:
+        models = [args.pretend]
     config = FakeServerConfig(
-        models=args.models or ["fake-model"],
-        api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
+        models=models,
+        api_key=api_key,
         latency_s=args.latency,
         max_num_seqs=args.max_num_seqs,
         reasoning=args.reasoning,
@@ -618,9 +673,19 @@ def main(argv: list[str] | None = None) -> None:
         hang_s=args.hang,
     )
     server = FakeOpenAIServer(config)
+    if args.stats_file:
+        server.stats_path = os.path.abspath(args.stats_file)
+
+    if args.startup_delay > 0:
+        say(f"loading for {args.startup_delay:g}s (pretend)")
+        time.sleep(args.startup_delay)
+    if args.crash_on_start:
+        say("RuntimeError: engine core failed to start (injected by --crash-on-start)")
+        sys.exit(3)
 
     async def serve() -> None:
         await server.start_async(args.host, args.port)
+        say(f"serving {', '.join(models)} on {server.url} ({'API key required' if api_key else 'no API key'})")
         print(f"{READY_MARKER} {server.url}", flush=True)
         await asyncio.Event().wait()
 

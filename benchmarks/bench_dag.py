@@ -1,0 +1,220 @@
+"""Planning time of `snakemake -n` over 1,000 shards with every stage enabled (issue 7, target 4).
+
+    python benchmarks/bench_dag.py [--shards 1000] [--baseline-shards 100] [--profile] [--json out.json]
+
+A temporary work directory holds what a re-run of a large URL-list source has on disk: a
+manifest of `--shards` shards written directly (25 documents each, MANIFEST_SCHEMA) and the URL
+list those documents came from, so `sync_manifest` does its real work (reads every shard's ids,
+lists the source, finds nothing new). Every model stage 02-09 gets a manual endpoint on a closed
+127.0.0.1 port (a dry run never connects); OCR uses nemotron-parse so it needs one too; export
+and report stay on. Nothing has been computed yet, so every job is planned.
+
+Side by side in the same invocation:
+  all stages, --shards            the target: at most 20 s
+  all stages, --baseline-shards   shows whether time grows linearly with shards
+  seed only,  --shards            what Snakemake costs for the shard count alone
+Each line prints wall time, planned jobs, ms per job and the ratio to the 20 s target.
+--profile reruns the target case under cProfile and prints where the time goes, our code
+(longdoc_sdg, the .smk input/params functions) listed apart from Snakemake's.
+
+Exit status 1 when the target case takes more than 20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
+
+from longdoc_sdg.ids import shard_name, stable_id  # noqa: E402
+from longdoc_sdg.manifest import MANIFEST_SCHEMA  # noqa: E402
+from longdoc_sdg.plan import ALL_MODEL_STAGES  # noqa: E402
+
+TARGET_S = 20.0
+DOCS_PER_SHARD = 25  # the default sharding.documents_per_shard
+
+
+def closed_port() -> int:
+    # Bind then release: nothing listens there afterwards, so any accidental connect fails fast.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_workdir(workdir: Path, shards: int) -> None:
+    """Manifest shards and the URL list they were assigned from."""
+    manifest = workdir / "results" / "manifest"
+    manifest.mkdir(parents=True)
+    urls = []
+    for index in range(shards):
+        rows = []
+        for doc in range(DOCS_PER_SHARD):
+            url = f"https://example.org/docs/{index:05d}/{doc:02d}.pdf"
+            urls.append(url)
+            rows.append({"doc_id": stable_id("url", url), "source_kind": "urls", "source": url, "url": url,
+                         "date": None, "extra": "{}"})
+        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest / f"{shard_name(index)}.parquet")
+    (workdir / "urls.txt").write_text("\n".join(urls) + "\n")
+
+
+def write_config(workdir: Path, all_stages: bool) -> None:
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    stages = {}
+    for stage in ALL_MODEL_STAGES:
+        if all_stages:
+            stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}}
+        else:
+            stages[stage] = {"enabled": False}
+    if all_stages:
+        stages["ocr"]["engine"] = "nemotron-parse"
+    config = {
+        "results_dir": "results",
+        "source": {"kind": "urls", "urls": {"path": str(workdir / "urls.txt")}},
+        "sharding": {"documents_per_shard": DOCS_PER_SHARD},
+        "stages": stages,
+    }
+    if not all_stages:
+        config["export"] = {"enabled": False}
+        config["report"] = {"enabled": False}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def snakemake_args(workdir: Path) -> list[str]:
+    # The local profile, as users run it (rerun triggers, latency wait, cores).
+    return [
+        "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+        "--profile", str(ROOT / "profiles" / "local"),
+        "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"),
+        "-n",
+    ]
+
+
+def planned_jobs(output: str) -> int:
+    """Total of the 'Job stats' table the dry run prints."""
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "total" and parts[1].isdigit():
+            return int(parts[1])
+    raise RuntimeError(f"no job total in the dry run's output:\n{output[-3000:]}")
+
+
+def dry_run(workdir: Path) -> dict:
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "snakemake", *snakemake_args(workdir)],
+                            capture_output=True, text=True, cwd=workdir)
+    wall = time.monotonic() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"dry run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    jobs = planned_jobs(result.stdout + result.stderr)
+    return {"wall_s": round(wall, 2), "jobs": jobs, "ms_per_job": round(wall / jobs * 1000, 3),
+            "ratio_to_target": round(wall / TARGET_S, 3)}
+
+
+def case(tmp: Path, name: str, shards: int, all_stages: bool) -> dict:
+    workdir = tmp / name
+    workdir.mkdir()
+    build_workdir(workdir, shards)
+    write_config(workdir, all_stages)
+    return {"name": name, "shards": shards, "all_stages": all_stages, **dry_run(workdir)}
+
+
+def ours(filename: str) -> bool:
+    return "longdoc_sdg" in filename or filename.endswith(".smk") or filename.endswith("Snakefile")
+
+
+def profile(workdir: Path, top: int) -> str:
+    """The target dry run in this process under cProfile; our functions listed apart."""
+    from snakemake.cli import main as snakemake_main
+
+    profiler = cProfile.Profile()
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    profiler.enable()
+    try:
+        snakemake_main(snakemake_args(workdir))
+    except SystemExit:
+        pass
+    finally:
+        profiler.disable()
+        os.chdir(cwd)
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    rows = []
+    for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+        if ours(filename):
+            rows.append((ct, tt, nc, f"{Path(filename).name}:{line}({func})"))
+    rows.sort(reverse=True)
+    out = io.StringIO()
+    out.write(f"profile: {total:.1f}s in total (profiler overhead included)\n")
+    out.write(f"  our code, by cumulative time (includes what it calls):\n")
+    out.write(f"  {'cum s':>7} {'own s':>7} {'calls':>8}  function\n")
+    for ct, tt, nc, name in rows[:top]:
+        out.write(f"  {ct:7.2f} {tt:7.2f} {nc:8d}  {name}\n")
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    out.write("  everything, by own time:\n")
+    out.write("\n".join("  " + line for line in stream.getvalue().splitlines()[-top - 2:]))
+    return out.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--baseline-shards", type=int, default=100)
+    parser.add_argument("--profile", action="store_true", help="also profile the target case (cProfile)")
+    parser.add_argument("--top", type=int, default=25, help="rows of the profile listing")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    import snakemake
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+          f"snakemake {snakemake.__version__}; {DOCS_PER_SHARD} documents per shard")
+    with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
+        tmp_path = Path(tmp)
+        runs = [
+            case(tmp_path, "all_baseline", args.baseline_shards, True),
+            case(tmp_path, "seed_only", args.shards, False),
+            case(tmp_path, "all_target", args.shards, True),
+        ]
+        print(f"\n{'case':<14} {'shards':>6} {'jobs':>7} {'wall s':>8} {'ms/job':>8} {'/ 20 s':>7}")
+        for run in runs:
+            print(f"{run['name']:<14} {run['shards']:>6} {run['jobs']:>7} {run['wall_s']:>8.2f} "
+                  f"{run['ms_per_job']:>8.3f} {run['ratio_to_target']:>7.3f}")
+        baseline, seed_only, target = runs
+        scale = target["wall_s"] / baseline["wall_s"]
+        print(f"\nall stages {args.shards} vs {args.baseline_shards} shards: {scale:.2f}x the time for "
+              f"{target['jobs'] / baseline['jobs']:.1f}x the jobs")
+        print(f"all stages vs seed only ({args.shards} shards): {target['wall_s'] / seed_only['wall_s']:.2f}x the time for "
+              f"{target['jobs'] / seed_only['jobs']:.1f}x the jobs")
+        if args.profile:
+            print()
+            print(profile(tmp_path / "all_target", args.top))
+    ok = target["wall_s"] <= TARGET_S
+    print(f"\n{'PASS' if ok else 'FAIL'}: {target['jobs']} jobs planned in {target['wall_s']:.1f}s "
+          f"(ratio {target['ratio_to_target']:.2f} of the {TARGET_S:.0f} s target); load {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "target_s": TARGET_S, "load_average": os.getloadavg()[0]}, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

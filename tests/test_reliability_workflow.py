@@ -1,0 +1,281 @@
+"""Issue 5 acceptance through Snakemake against the FAKE OpenAI-compatible server (a test double,
+spawned as its own process): a SIGKILLed client job resumes and redoes at most its in-flight
+requests; a dead endpoint fails the job in seconds and a rerun succeeds once it is back; a mix
+of endpoint faults leaves every row exactly once with the injected reasons; no key leaks.
+
+Each test runs the `classify` stage (one request per page, so server request counts map to rows)
+on shipped sample PDFs in its own temporary workflow directory."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO, SAMPLE_PDF_DIR
+from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
+
+pytestmark = pytest.mark.workflow
+
+KEY_ENV = "FAKE_LLM_KEY"
+FAKE_KEY = "fake-key-reliability-5e0c4a91d27b"
+ENV = {**os.environ, KEY_ENV: FAKE_KEY}
+# 6 + 12 pages: small enough for seconds, enough rows to kill a job in the middle of its shard
+SMALL = ("MVT_Rnews.pdf", "residual-shadings.pdf")
+# + 15 pages: more rows for fault shares
+LARGER = SMALL + ("zoo-faq.pdf",)
+RUN_TIMEOUT = 100  # seconds: any single snakemake call; the tests stay well under 2 minutes
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def make_workdir(root: Path, pdfs: tuple[str, ...], stages: dict, documents_per_shard: int = 25) -> Path:
+    pdf_dir = root / "pdfs"
+    pdf_dir.mkdir(parents=True)
+    for name in pdfs:
+        (pdf_dir / name).write_bytes((SAMPLE_PDF_DIR / name).read_bytes())
+    config = {
+        "results_dir": "results",
+        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
+        "sharding": {"documents_per_shard": documents_per_shard},
+        "seed": {"dpi": 50},
+        "stages": {"ocr": {"engine": "pdf-text"}, **stages},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def classify_settings(base_url: str, request_timeout_s: float = 30.0, concurrency: dict | None = None,
+                      retry: dict | None = None) -> dict:
+    return {
+        "endpoint": {"base_url": base_url, "model": "fake-model", "api_key_env": KEY_ENV,
+                     "request_timeout_s": request_timeout_s},
+        "concurrency": concurrency or {},
+        # quick retries: the tests wait for them
+        "retry": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **(retry or {})},
+    }
+
+
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    return [
+        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args,
+    ]
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+def server_root(base_url: str) -> str:
+    return base_url.rsplit("/v1", 1)[0]
+
+
+def server_stats(base_url: str) -> dict:
+    with urllib.request.urlopen(f"{server_root(base_url)}/_stats", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def server_post(base_url: str, path: str, payload: dict | None = None) -> None:
+    request = urllib.request.Request(f"{server_root(base_url)}{path}", data=json.dumps(payload or {}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def rows_by_id(path: Path) -> dict[str, dict]:
+    rows = pq.read_table(path).to_pylist()
+    by_id = {r["row_id"]: r for r in rows}
+    assert len(by_id) == len(rows), f"{path}: duplicate row ids"
+    return by_id
+
+
+def page_count(workdir: Path, shard: str = "00000") -> int:
+    return pq.read_table(workdir / "results" / "seed" / shard / "pages.parquet", columns=["doc_id"]).num_rows
+
+
+def journal_rows(path: Path) -> list[str]:
+    """Row ids of the complete lines of a journal (the header and a torn last line excluded)."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")[1:-1]  # after the split the last item is "" or torn
+    ids = []
+    for line in lines:
+        try:
+            ids.append(json.loads(line)["row_id"])
+        except ValueError:
+            break
+    return ids
+
+
+def assert_no_key_leak(workdir: Path) -> None:
+    """The key in no log, output, journal or Snakemake metadata (.snakemake/ included)."""
+    leaks = [str(p.relative_to(workdir)) for p in workdir.rglob("*")
+             if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_killed_job_resumes_and_redoes_at_most_the_requests_in_flight(tmp_path):
+    """SIGKILL the whole run while classify is half-way through its shard; the rerun requests
+    only the rows missing from the journal, and the shard equals a clean run's."""
+    concurrency = 2
+    with spawn_fake_server("--api-key-env", KEY_ENV, "--latency", "0.3", env=ENV) as (_, base_url):
+        workdir = make_workdir(tmp_path / "wf", SMALL, {
+            "classify": classify_settings(base_url, concurrency={"max": concurrency, "initial": concurrency}),
+        })
+        journal = workdir / "results" / ".journal" / "classify" / "00000.jsonl"
+        started = time.monotonic()
+        # own session: killpg reaches snakemake and the job processes it started
+        run = subprocess.Popen(snakemake_cmd(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=ENV, start_new_session=True)
+        try:
+            while len(journal_rows(journal)) < 5:
+                assert run.poll() is None, "the run ended before the kill"
+                assert time.monotonic() - started < RUN_TIMEOUT, "classify never got going"
+                time.sleep(0.02)
+            os.killpg(run.pid, signal.SIGKILL)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+        # every process of the group is gone: nothing writes the journal behind our back
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.killpg(run.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "processes of the killed run survived"
+            time.sleep(0.05)
+
+        total = page_count(workdir)
+        survived = journal_rows(journal)
+        assert 5 <= len(survived) < total, "the kill did not land inside the shard"
+        assert not (workdir / "results" / "classify" / "00000.parquet").exists()
+        before = server_stats(base_url)["requests"]
+        # requests sent but never journaled were in flight when the process died
+        assert before - len(survived) <= concurrency
+        server_post(base_url, "/_reset")
+
+        # a SIGKILLed Snakemake leaves its lock behind: the user's recovery is --unlock, then rerun
+        ok(snakemake(workdir, "--unlock"))
+        ok(snakemake(workdir, "--rerun-incomplete"))
+        after = server_stats(base_url)
+        assert after["requests"] == total - len(survived), "the rerun requested journaled rows again"
+        assert before + after["requests"] - total <= concurrency  # redone = the in-flight ones
+        output = workdir / "results" / "classify" / "00000.parquet"
+        assert not journal.exists()  # finalized
+        resumed = pq.read_table(output)
+        # a clean run of the same job (no journal left): the same rows, values and config hash
+        ok(snakemake(workdir, "--forcerun", "results/classify/00000.parquet"))
+        assert server_stats(base_url)["requests"] == after["requests"] + total
+    assert resumed.to_pylist() == pq.read_table(output).to_pylist()
+    assert resumed.schema.metadata == pq.read_schema(output).metadata
+    assert not journal.exists()
+    assert "Nothing to be done" in ok(snakemake(workdir, "-n")).stdout
+    assert_no_key_leak(workdir)
+    assert time.monotonic() - started < 110
+
+
+def test_endpoint_down_fails_fast_naming_it_then_succeeds_once_it_is_up(tmp_path):
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    workdir = make_workdir(tmp_path / "wf", SMALL[:1], {"classify": classify_settings(base_url)})
+    output = workdir / "results" / "classify" / "00000.parquet"
+    # seed and OCR first, so the timing below is the classify job's alone
+    ok(snakemake(workdir, "results/ocr/00000.parquet"))
+
+    started = time.monotonic()
+    down = snakemake(workdir)
+    elapsed = time.monotonic() - started
+    assert down.returncode != 0
+    # the rule's `retries: 2` included: three attempts, each failing at once
+    assert elapsed < 45, f"a dead endpoint took {elapsed:.0f} s to fail the job"
+    # the job log says which endpoint is down; Snakemake's own output points at that log
+    log = (workdir / "results" / "logs" / "classify" / "00000.log").read_text()
+    assert f"EndpointError: endpoint {base_url} (model 'fake-model') is unreachable" in log
+    assert "results/logs/classify/00000.log (check log file(s) for error details)" in down.stderr
+    assert down.stderr.count("Error in rule classify") == 3  # each try failed on its own
+    # no output, not even a temporary file of one
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []
+
+    with spawn_fake_server("--api-key-env", KEY_ENV, "--port", str(port), env=ENV) as (_, served):
+        assert served == base_url
+        ok(snakemake(workdir))
+        stats = server_stats(base_url)
+    rows = rows_by_id(output)
+    assert len(rows) == page_count(workdir) == stats["requests"]
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert_no_key_leak(workdir)
+
+
+# Every fault kind at least once (the schedule covers the first requests), then shares of all
+# of them; transient kinds are retried away, content kinds become failure rows.
+SCHEDULE = ("500,ok,502,ok,503,ok,reset,ok,timeout,ok,malformed_body,ok,"
+            "400,ok,length,ok,reasoning_only,ok,invalid_json,ok,schema_invalid")
+SHARES = {"500": 0.03, "502": 0.03, "503": 0.03, "reset": 0.03, "timeout": 0.02, "malformed_body": 0.03,
+          "400": 0.03, "length": 0.04, "reasoning_only": 0.04, "invalid_json": 0.04, "schema_invalid": 0.04}
+TRANSIENT = ("500", "502", "503", "reset", "timeout", "malformed_body")
+# fake server fault kind -> the failure_reason the engine reports
+CONTENT_REASON = {"400": "bad_request", "length": "length", "reasoning_only": "reasoning_only",
+                  "invalid_json": "invalid_json", "schema_invalid": "schema_invalid"}
+
+
+def test_fault_mix_leaves_every_row_exactly_once_with_the_injected_reasons(tmp_path):
+    args = ["--api-key-env", KEY_ENV, "--schedule", SCHEDULE, "--hang", "3", "--seed", "5"]
+    for kind, share in SHARES.items():
+        args += ["--fault", f"{kind}={share}"]
+    started = time.monotonic()
+    with spawn_fake_server(*args, env=ENV) as (_, base_url):
+        workdir = make_workdir(tmp_path / "wf", LARGER, {
+            # a short request timeout turns the stalled replies into client timeouts quickly;
+            # 8 attempts make a row failing every one of them vanishingly unlikely
+            "classify": classify_settings(base_url, request_timeout_s=1.0, concurrency={"max": 4},
+                                          retry={"max_attempts": 8}),
+        })
+        ok(snakemake(workdir))
+        stats = server_stats(base_url)
+    rows = pq.read_table(workdir / "results" / "classify" / "00000.parquet").to_pylist()
+    pages = pq.read_table(workdir / "results" / "seed" / "00000" / "pages.parquet",
+                          columns=["doc_id", "page_number"]).to_pylist()
+    # every input row exactly once, as a result or a failure
+    assert len(rows) == len(pages) == 33
+    assert sorted((r["doc_id"], r["pages"]) for r in rows) == sorted((p["doc_id"], [p["page_number"]]) for p in pages)
+    assert len({r["row_id"] for r in rows}) == len(rows)
+    # every kind was injected; the transient ones were retried into successes
+    for kind in TRANSIENT + tuple(CONTENT_REASON):
+        assert stats["outcomes"].get(kind, 0) >= 1, f"fault {kind} was never injected: {stats['outcomes']}"
+    # the failures are exactly the content faults, one row per faulty request
+    reasons = collections.Counter(r["failure_reason"] for r in rows if r["status"] == "failed")
+    expected = collections.Counter({CONTENT_REASON[k]: n for k, n in stats["content_faults"].items()})
+    assert reasons == expected
+    assert all(r["failure_message"] for r in rows if r["status"] == "failed")
+    assert all(r["page_classification"] for r in rows if r["status"] == "ok")
+    assert sum(expected.values()) < len(rows)
+    assert_no_key_leak(workdir)
+    assert time.monotonic() - started < 110

@@ -1,0 +1,391 @@
+"""The serve rule through Snakemake (local profile), with the FAKE server standing in for vLLM
+(tests/deployments/fake-vllm.yaml: a test double that takes vLLM's flags and is ready in about
+a second). OCR with the nemotron-parse engine is the client: one request per page.
+
+Covers issue #4's acceptance on the workflow level: serve -> clients -> teardown; a dry run
+starts nothing; a finished run starts no server; a crash before ready fails fast with the log
+tail; an impostor on the port is never published; a server killed mid-run fails the clients
+clearly and the next run re-serves without redoing finished shards; a model change reruns the
+clients, a server restart does not; the API key never leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pymupdf
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO
+from test_workflow import planned_jobs
+
+pytestmark = pytest.mark.workflow
+
+DEPLOYMENT = "fake-vllm"
+SERVED = "fake-vllm-model"
+# Pages per generated document: documents_per_shard=1 gives shards of these sizes.
+DOC_PAGES = (2, 3, 14)
+OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml", timeout: float = 300):
+    cmd = [
+        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+        "--profile", str(REPO / "profiles" / "local"), "--directory", str(workdir),
+        "--configfile", str(workdir / configfile), "--cores", "2", *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def write_config(workdir: Path, pdf_dir: Path, name: str = "config.yaml", **fake_overrides) -> Path:
+    stages = {stage: {"enabled": False} for stage in OTHER_STAGES}
+    stages["ocr"] = {"engine": "nemotron-parse", "deployment": DEPLOYMENT, "max_tokens": 64}
+    config = {
+        "results_dir": "results",
+        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
+        "sharding": {"documents_per_shard": 1},
+        "seed": {"dpi": 30},
+        "stages": stages,
+        "serving": {
+            "enabled": True,
+            "launcher": "auto",
+            "deployments_dir": str(REPO / "tests" / "deployments"),
+            "overrides": {DEPLOYMENT: fake_overrides} if fake_overrides else {},
+        },
+        "export": {"enabled": False},
+        "report": {"enabled": False},
+    }
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def server_processes(workdir: Path) -> list[str]:
+    """Serve wrappers and fake servers started for this workdir (their cwd is inside it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if ("fake_openai_server" in cmdline or "longdoc_sdg.serve" in cmdline) and (
+            cwd.startswith(str(workdir)) or str(workdir) in cmdline
+        ):
+            found.append(f"{entry.name} {cmdline}")
+    return found
+
+
+def serve_dir(workdir: Path) -> Path:
+    return workdir / "results" / "serve"
+
+
+def runtime_file(workdir: Path) -> Path:
+    return serve_dir(workdir) / f"{DEPLOYMENT}.runtime.json"
+
+
+def ocr_outputs(workdir: Path) -> dict[str, float]:
+    return {p.stem: p.stat().st_mtime_ns for p in sorted((workdir / "results" / "ocr").glob("*.parquet"))}
+
+
+def shard_pages(workdir: Path) -> dict[str, int]:
+    pages = {}
+    for path in sorted((workdir / "results" / "seed").glob("*/pages.parquet")):
+        pages[path.parent.name] = pq.read_metadata(path).num_rows
+    return pages
+
+
+def assert_unpublished(workdir: Path) -> None:
+    """No server left: no process, no runtime file or heartbeat, no teardown record."""
+    assert server_processes(workdir) == []
+    leftovers = [p.name for p in serve_dir(workdir).glob(f"{DEPLOYMENT}.runtime.json*")]
+    assert leftovers == []
+    assert list((serve_dir(workdir) / "servers").glob("*.json")) == []
+
+
+class Watcher:
+    """Polls the runtime file during a run: keeps the API key it finds, and optionally
+    SIGKILLs the server's process group once `kill_when()` holds."""
+
+    def __init__(self, workdir: Path, kill_when=None):
+        self.workdir = workdir
+        self.kill_when = kill_when
+        self.keys: set[str] = set()
+        self.published = False
+        self.killed_pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                runtime = json.loads(runtime_file(self.workdir).read_text())
+            except (OSError, ValueError):
+                continue
+            self.published = True
+            self.keys.add(runtime["api_key"])
+            if self.kill_when is not None and self.killed_pid is None and self.kill_when():
+                bound_path = serve_dir(self.workdir) / "servers" / DEPLOYMENT / "bound.json"
+                server_pid = json.loads(bound_path.read_text())["server_pid"]
+                # Like a crashed engine: the server's whole group, not the wrapper.
+                os.killpg(server_pid, signal.SIGKILL)
+                self.killed_pid = server_pid
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A workdir with three seeded shards (2, 3 and 14 pages); tests work on copies."""
+    root = tmp_path_factory.mktemp("serving")
+    pdf_dir = root / "pdfs"
+    pdf_dir.mkdir()
+    for index, pages in enumerate(DOC_PAGES):
+        doc = pymupdf.open()
+        for number in range(1, pages + 1):
+            page = doc.new_page(width=300, height=400)
+            page.insert_text((40, 60), f"Document {index}, page {number} of {pages}", fontsize=12)
+        doc.save(pdf_dir / f"doc{index}.pdf")
+    template = root / "template"
+    template.mkdir()
+    write_config(template, pdf_dir)
+    result = snakemake(template, "--until", "seed")
+    assert result.returncode == 0, output_of(result)[-6000:]
+    assert sorted(shard_pages(template).values()) == sorted(DOC_PAGES)
+    return template, pdf_dir
+
+
+def workdir_from(template: Path, tmp_path: Path, pdf_dir: Path, **fake_overrides) -> Path:
+    workdir = tmp_path / "work"
+    shutil.copytree(template, workdir, symlinks=True)
+    write_config(workdir, pdf_dir, **fake_overrides)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def served_run(seeded, tmp_path_factory):
+    """One complete run: serve -> OCR on three shards -> teardown, with slow clients so the
+    runtime file (and its key) can be read while they work."""
+    template, pdf_dir = seeded
+    workdir = workdir_from(template, tmp_path_factory.mktemp("served"), pdf_dir,
+                           extra_args=["--latency", "0.1"],
+                           env_vars={"FAKE_OPENAI_SERVER_STATS": str(template.parent / "served-stats.json")})
+    t0 = time.monotonic()
+    with Watcher(workdir) as watcher:
+        result = snakemake(workdir)
+    elapsed = time.monotonic() - t0
+    print(f"serve -> 3 OCR shards -> teardown: {elapsed:.1f}s")
+    assert result.returncode == 0, output_of(result)[-6000:]
+    assert watcher.published and len(watcher.keys) == 1
+    return workdir, result, watcher.keys.pop(), template.parent / "served-stats.json"
+
+
+def test_dry_run_plans_serving_but_starts_nothing(seeded, tmp_path):
+    template, pdf_dir = seeded
+    workdir = workdir_from(template, tmp_path, pdf_dir)
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, output_of(result)[-4000:]
+    jobs = planned_jobs(result.stdout)
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+    assert "seed" not in jobs
+    assert server_processes(workdir) == []
+    assert not runtime_file(workdir).exists()
+    assert not (serve_dir(workdir) / "servers").exists()
+
+
+def test_serve_clients_teardown(served_run):
+    workdir, result, _, stats_path = served_run
+    pages = shard_pages(workdir)
+    for shard, count in pages.items():
+        table = pq.read_table(workdir / "results" / "ocr" / f"{shard}.parquet")
+        assert table.num_rows == count
+        assert set(table.column("status").to_pylist()) == {"ok"}
+        assert set(table.column("model").to_pylist()) == {SERVED}
+    # The fake server answered exactly one request per page.
+    assert json.loads(stats_path.read_text())["requests"] == sum(pages.values())
+    assert "stopped servers: fake-vllm" in output_of(result)
+    assert_unpublished(workdir)
+    # The sentinel stays, identity only: the clients' ancient() input for later runs.
+    sentinel = json.loads((serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json").read_text())
+    assert set(sentinel) == {"deployment", "model", "served_name", "config_hash"}
+    assert sentinel["deployment"] == DEPLOYMENT and sentinel["served_name"] == SERVED
+
+
+def test_api_key_never_leaks(served_run):
+    workdir, result, key, _ = served_run
+    assert len(key) >= 32
+    assert key not in output_of(result)
+    leaks = [str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaks == [], "the API key leaked into these files"
+    assert any((workdir / ".snakemake" / "metadata").iterdir()), "no Snakemake metadata was searched"
+
+
+def test_finished_run_starts_no_server(served_run):
+    workdir, _, _, _ = served_run
+    before = ocr_outputs(workdir)
+    t0 = time.monotonic()
+    result = snakemake(workdir)
+    assert result.returncode == 0, output_of(result)[-4000:]
+    assert "Nothing to be done" in output_of(result)
+    assert "localrule serve" not in output_of(result)
+    assert ocr_outputs(workdir) == before
+    assert_unpublished(workdir)
+    print(f"second run, nothing to do: {time.monotonic() - t0:.1f}s")
+
+
+def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, tmp_path):
+    done, _, _, _ = served_run
+    workdir = tmp_path / "work"
+    shutil.copytree(done, workdir, symlinks=True)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+
+    renamed = dict(config)
+    renamed["serving"] = {**config["serving"], "overrides": {DEPLOYMENT: {
+        **config["serving"]["overrides"][DEPLOYMENT], "served_model_name": "another-model"}}}
+    (workdir / "renamed.yaml").write_text(yaml.safe_dump(renamed))
+    result = snakemake(workdir, "-n", configfile="renamed.yaml")
+    assert result.returncode == 0, output_of(result)[-4000:]
+    jobs = planned_jobs(result.stdout)
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+
+    # Moving the server (launcher, walltime, port, latency of the double's environment) does not.
+    moved = dict(config)
+    moved["serving"] = {**config["serving"], "launcher": "local", "overrides": {DEPLOYMENT: {
+        **config["serving"]["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}}}
+    (workdir / "moved.yaml").write_text(yaml.safe_dump(moved))
+    result = snakemake(workdir, "-n", configfile="moved.yaml")
+    assert "Nothing to be done" in output_of(result), output_of(result)[-4000:]
+
+    dry = snakemake(workdir, "-n", "--forcerun", "serve")
+    assert dry.returncode == 0, output_of(dry)[-4000:]
+    assert "ocr" not in planned_jobs(dry.stdout) and planned_jobs(dry.stdout).get("serve") == 1
+
+    before = ocr_outputs(workdir)
+    restart = snakemake(workdir, "--forcerun", "serve")
+    assert restart.returncode == 0, output_of(restart)[-4000:]
+    assert "localrule serve:" in restart.stdout
+    assert ocr_outputs(workdir) == before
+    assert_unpublished(workdir)
+    assert "Nothing to be done" in output_of(snakemake(workdir, "-n"))
+
+
+def test_forced_shard_gets_a_server(served_run, tmp_path):
+    done, _, _, _ = served_run
+    workdir = tmp_path / "work"
+    shutil.copytree(done, workdir, symlinks=True)
+    shard = sorted(shard_pages(workdir))[0]
+    before = ocr_outputs(workdir)
+    result = snakemake(workdir, "--force", f"results/ocr/{shard}.parquet")
+    assert result.returncode == 0, output_of(result)[-4000:]
+    assert planned_jobs(result.stdout) == {"serve": 1, "ocr": 1}
+    after = ocr_outputs(workdir)
+    assert after[shard] != before[shard]
+    assert {s: t for s, t in after.items() if s != shard} == {s: t for s, t in before.items() if s != shard}
+    assert_unpublished(workdir)
+
+
+def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
+    template, pdf_dir = seeded
+    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=["--startup-delay", "1", "--crash-on-start"],
+                           ready_timeout_s=600)
+    t0 = time.monotonic()
+    result = snakemake(workdir)
+    elapsed = time.monotonic() - t0
+    print(f"crash before ready: snakemake failed after {elapsed:.1f}s")
+    assert result.returncode != 0
+    assert elapsed < 60
+    text = output_of(result)
+    assert "Error in rule serve" in text
+    assert "deployment fake-vllm: the server exited before it was ready" in text
+    assert "RuntimeError: engine core failed to start (injected by --crash-on-start)" in text
+    assert ocr_outputs(workdir) == {}
+    assert not (serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json").exists()
+    assert_unpublished(workdir)
+
+
+def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
+    template, pdf_dir = seeded
+    # The double answers /health but lists another model; the ready timeout ends the wait.
+    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"],
+                           ready_timeout_s=5)
+    t0 = time.monotonic()
+    with Watcher(workdir) as watcher:
+        result = snakemake(workdir)
+    print(f"impostor refused after {time.monotonic() - t0:.1f}s")
+    assert result.returncode != 0
+    assert not watcher.published, "a server listing another model was published"
+    text = output_of(result)
+    assert "Error in rule serve" in text
+    assert "someone-elses-model" in text and f"not '{SERVED}'" in text
+    assert ocr_outputs(workdir) == {}
+    assert not (serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json").exists()
+    assert_unpublished(workdir)
+
+
+def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(seeded, tmp_path):
+    template, pdf_dir = seeded
+    stats = [tmp_path / "stats-1.json", tmp_path / "stats-2.json"]
+    # One request at a time, 0.3 s each: the 2-page shard finishes while the 14-page one works.
+    slow = ["--latency", "0.3", "--max-num-seqs", "1"]
+    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=slow,
+                           env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[0])})
+    pages = shard_pages(workdir)
+
+    t0 = time.monotonic()
+    with Watcher(workdir, kill_when=lambda: bool(ocr_outputs(workdir))) as watcher:
+        first = snakemake(workdir)
+    print(f"run with the server killed: failed after {time.monotonic() - t0:.1f}s")
+    assert watcher.killed_pid is not None, output_of(first)[-4000:]
+    assert first.returncode != 0
+    text = output_of(first)
+    assert "server for deployment fake-vllm" in text
+    assert "is gone" in text or "is not running" in text
+    assert "rerun — the serve rule will start it again" in text
+    assert_unpublished(workdir)
+    finished = ocr_outputs(workdir)
+    assert finished and len(finished) < len(pages), finished
+    first_requests = json.loads(stats[0].read_text())["requests"]
+
+    # The double's stats file is an env var (not identity): no rerun from it.
+    write_config(workdir, pdf_dir, extra_args=slow, env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[1])})
+    dry = snakemake(workdir, "-n")
+    assert dry.returncode == 0, output_of(dry)[-4000:]
+    unfinished = sorted(set(pages) - set(finished))
+    assert planned_jobs(dry.stdout) == {"serve": 1, "ocr": len(unfinished), "served": 1, "all": 1}
+
+    t0 = time.monotonic()
+    second = snakemake(workdir)
+    print(f"next run re-served and finished in {time.monotonic() - t0:.1f}s")
+    assert second.returncode == 0, output_of(second)[-6000:]
+    assert "localrule serve:" in second.stdout
+    after = ocr_outputs(workdir)
+    assert sorted(after) == sorted(pages)
+    assert {s: after[s] for s in finished} == finished, "a finished shard was redone"
+    # The new server only saw the unfinished shards' pages (fewer where rows were journaled).
+    second_requests = json.loads(stats[1].read_text())["requests"]
+    assert 0 < second_requests <= sum(pages[s] for s in unfinished)
+    assert first_requests + second_requests >= sum(pages.values())
+    for shard, count in pages.items():
+        table = pq.read_table(workdir / "results" / "ocr" / f"{shard}.parquet")
+        assert table.num_rows == count and set(table.column("status").to_pylist()) == {"ok"}
+    assert_unpublished(workdir)
