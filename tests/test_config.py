@@ -57,3 +57,18 @@ def test_bad_keys_are_named_with_the_allowed_values(patch, expected):
         check_config(config, SCHEMA_PATH)
     for fragment in expected:
         assert fragment in str(error.value)
+
+
+def test_stage_specific_defaults_survive_default_filling():
+    """A shared setting keeps each stage's own default (classify greedy, 06 sampled at 1.0)."""
+    from longdoc_sdg.plan import stage_config_section
+    from longdoc_sdg.stages import stage_config
+
+    config = {}
+    check_config(config, SCHEMA_PATH)
+    assert config["stages"]["classify"]["sampling"]["temperature"] == 0.0
+    assert config["stages"]["single_page_qa"]["sampling"]["temperature"] == 1.0
+    assert config["stages"]["single_page_qa"]["sampling"]["top_k"] == 20
+    for stage in ("ocr", "classify", "single_page_qa", "judge"):
+        from_workflow = stage_config(stage, stage_config_section(config, stage)).model_dump()
+        assert from_workflow == stage_config(stage, {}).model_dump(), stage

@@ -19,7 +19,7 @@ from longdoc_sdg.reprocess import RequeueError, requeue_shard, shard_paths
 from longdoc_sdg.rowstore import ShardWriter, shard_provenance
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 from test_reliability_workflow import (
-    ENV, KEY_ENV, LARGER, RUN_TIMEOUT, assert_no_key_leak, classify_settings, make_workdir, ok, rows_by_id,
+    ENV, KEY_ENV, LARGER, assert_no_key_leak, classify_settings, make_workdir, ok, rows_by_id,
     server_post, server_stats, snakemake,
 )
 from test_workflow import planned_jobs
@@ -125,7 +125,8 @@ def test_stage_targets_name_every_shard(tmp_path):
                 "judge/text_qa/00000.parquet", "judge/visual_qa/00002.parquet"):
         (results / rel).parent.mkdir(parents=True, exist_ok=True)
         (results / rel).write_bytes(b"")
-    assert shard_paths(["classify"], results) == [results / "classify/00000.parquet", results / "classify/00001.parquet"]
+    classify = results / "classify"
+    assert shard_paths(["classify"], results) == [classify / "00000.parquet", classify / "00001.parquet"]
     assert shard_paths(["judge/text_qa"], results) == [results / "judge/text_qa/00000.parquet"]
     assert len(shard_paths(["judge", "judge/text_qa"], results)) == 2
     assert shard_paths(["x/00007.parquet"], results) == [Path("x/00007.parquet")]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import pdf_factory
-from conftest import REPO, SAMPLE_PDF_DIR
+from conftest import SAMPLE_PDF_DIR
 from test_reliability_workflow import ok, snakemake
 
 pytestmark = pytest.mark.workflow

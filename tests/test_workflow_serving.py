@@ -283,7 +283,7 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     before = ocr_outputs(workdir)
     restart = snakemake(workdir, "--forcerun", "serve")
     assert restart.returncode == 0, output_of(restart)[-4000:]
-    assert "localrule serve:" in restart.stdout
+    assert "localrule serve:" in output_of(restart)
     assert ocr_outputs(workdir) == before
     assert_unpublished(workdir)
     assert "Nothing to be done" in output_of(snakemake(workdir, "-n"))
@@ -297,7 +297,7 @@ def test_forced_shard_gets_a_server(served_run, tmp_path):
     before = ocr_outputs(workdir)
     result = snakemake(workdir, "--force", f"results/ocr/{shard}.parquet")
     assert result.returncode == 0, output_of(result)[-4000:]
-    assert planned_jobs(result.stdout) == {"serve": 1, "ocr": 1}
+    assert planned_jobs(output_of(result)) == {"serve": 1, "ocr": 1}
     after = ocr_outputs(workdir)
     assert after[shard] != before[shard]
     assert {s: t for s, t in after.items() if s != shard} == {s: t for s, t in before.items() if s != shard}
@@ -361,6 +361,8 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     assert "server for deployment fake-vllm" in text
     assert "is gone" in text or "is not running" in text
     assert "rerun — the serve rule will start it again" in text
+    # The job the server died under says so (the engine's own error names only the URL).
+    assert "It went away during this job" in text
     assert_unpublished(workdir)
     finished = ocr_outputs(workdir)
     assert finished and len(finished) < len(pages), finished
@@ -377,7 +379,7 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     second = snakemake(workdir)
     print(f"next run re-served and finished in {time.monotonic() - t0:.1f}s")
     assert second.returncode == 0, output_of(second)[-6000:]
-    assert "localrule serve:" in second.stdout
+    assert "localrule serve:" in output_of(second)
     after = ocr_outputs(workdir)
     assert sorted(after) == sorted(pages)
     assert {s: after[s] for s in finished} == finished, "a finished shard was redone"

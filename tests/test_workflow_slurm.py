@@ -1,74 +1,111 @@
 """`snakemake --profile profiles/slurm` on the REAL local Slurm cluster (ci/slurm/up.sh), serving
 the REAL CPU vLLM as a GPU job: seed -> OCR -> single-page QA. Afterwards sacct shows the serve
-job in the gpu partition holding a GPU GRES and the client jobs in cpu; nothing is left queued
-and no server process is alive."""
+job in the gpu partition holding a GPU GRES and the client jobs in cpu; nothing of the run is
+left queued, no server process is alive, and a second run plans nothing."""
 
 from __future__ import annotations
 
-import datetime
-import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from conftest import REPO
-from test_workflow_vllm import serving_config, shortest_pdfs, vllm_processes
+from test_workflow_vllm import serving_config, shortest_pdfs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm, pytest.mark.workflow]
 
 
-def sacct_since(start: str) -> list[dict]:
+def sacct_jobs(job_ids: list[str]) -> list[dict]:
     out = subprocess.run(
-        ["sacct", "-X", "-n", "--parsable2", "-S", start, "-o", "JobID,JobName,Partition,AllocTRES,State"],
+        ["sacct", "-X", "-n", "--parsable2", "-j", ",".join(job_ids), "-o", "JobID,JobName,Partition,AllocTRES,State"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     fields = ("job_id", "name", "partition", "tres", "state")
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
 
 
+def processes_with(*needles: str) -> list[str]:
+    """Live processes whose command line holds every needle (zombies left out)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and all(n in cmdline for n in needles):
+            found.append(f"{entry.name} {cmdline}")
+    return found
+
+
 def test_slurm_profile_serves_on_gpu_and_runs_clients_on_cpu(slurm_cluster, tiny_vlm, real_pdfs, tmp_path):
+    """Our own jobs and processes only: other runs may share the cluster."""
     _, model_dir, _ = tiny_vlm
-    before = vllm_processes()
     config = serving_config(tmp_path, shortest_pdfs(real_pdfs, 1), "auto", model_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    start = (datetime.datetime.now() - datetime.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")
 
-    cmd = [
-        "timeout", "-s", "INT", "-k", "60", "1500",
-        "snakemake", "--profile", "profiles/slurm", "--snakefile", "workflow/Snakefile",
-        "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-    ]
-    # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
-    result = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=1700,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    def snakemake(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+        cmd = [
+            "timeout", "-s", "INT", "-k", "60", str(timeout),
+            "snakemake", "--profile", "profiles/slurm", "--snakefile", "workflow/Snakefile",
+            "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), *args,
+        ]
+        # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
+        return subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout + 200,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    serve_log = tmp_path / "results" / "logs" / "serve" / "tiny-cpu-vlm.log"
+    t0 = time.monotonic()
+    result = snakemake()
+    print(f"slurm profile run with real vLLM served as a GPU job: {time.monotonic() - t0:.0f}s")
+    serve_job = re.search(r"started as Slurm job (\d+)", serve_log.read_text()) if serve_log.exists() else None
     try:
+        output = result.stdout + result.stderr
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+        assert serve_job, f"the serve rule did not submit a Slurm job:\n{serve_log.read_text()}"
+        port = re.search(r"ready at http://[^:]+:(\d+)/v1", serve_log.read_text()).group(1)
         for stage in ("ocr", "single_page_qa"):
             table = pq.read_table(tmp_path / "results" / stage / "00000.parquet")
             assert table.num_rows > 0
             assert set(table.column("status").to_pylist()) <= {"ok", "failed"}
 
+        client_ids = re.findall(r"submitted with SLURM jobid (\d+)", output)
+        assert client_ids, output[-4000:]
+        ids = [serve_job.group(1), *client_ids]
         jobs = []
         for _ in range(20):  # sacct listings lag a few seconds behind
-            jobs = sacct_since(start)
-            if any(j["name"].startswith("longdoc-serve-") for j in jobs):
+            jobs = sacct_jobs(ids)
+            if len(jobs) == len(ids):
                 break
             time.sleep(1)
-        serve_jobs = [j for j in jobs if j["name"] == "longdoc-serve-tiny-cpu-vlm"]
-        assert serve_jobs, jobs
-        assert all(j["partition"] == "gpu" and "gres/gpu" in j["tres"] for j in serve_jobs), serve_jobs
-        clients = [j for j in jobs if not j["name"].startswith("longdoc-serve-")]
-        assert clients and all(j["partition"] == "cpu" for j in clients), clients
-        assert all(j["state"] == "COMPLETED" for j in clients), clients
+        serve_jobs = [j for j in jobs if j["job_id"] == serve_job.group(1)]
+        assert serve_jobs and serve_jobs[0]["name"] == "longdoc-serve-tiny-cpu-vlm", jobs
+        assert serve_jobs[0]["partition"] == "gpu" and "gres/gpu=1" in serve_jobs[0]["tres"], serve_jobs
+        clients = [j for j in jobs if j["job_id"] in client_ids]
+        assert len(clients) == len(client_ids), jobs
+        assert all(j["partition"] == "cpu" and j["state"] == "COMPLETED" for j in clients), clients
 
-        queued = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=30).stdout
-        assert queued.strip() == "", f"jobs left in the queue:\n{queued}"
-        assert vllm_processes() == before, "the server outlived the run"
+        queued = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
+        assert queued.stdout.strip() == "", f"jobs of this run left in the queue:\n{queued.stdout}"
+        assert "stopped servers: tiny-cpu-vlm" in output
+        assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], "the server outlived the run"
+        assert processes_with("longdoc_sdg.serve", str(tmp_path)) == [], "the serve wrapper outlived the run"
+        assert not (tmp_path / "results" / "serve" / "tiny-cpu-vlm.runtime.json").exists()
+
+        # Everything done: a second run plans nothing, so it submits no serve job.
+        again = snakemake("-n", timeout=300)
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "Nothing to be done" in again.stdout + again.stderr
     finally:
-        subprocess.run(["scancel", "--name", "longdoc-serve-tiny-cpu-vlm"], capture_output=True, timeout=30)
+        if serve_job:
+            subprocess.run(["scancel", serve_job.group(1)], capture_output=True, timeout=30)

@@ -67,7 +67,11 @@ def client_output(stage, wildcards):
 
 
 def job_forced(rule_name, output):
-    """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F)."""
+    """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F). Only the main
+    process decides what runs; a cluster job re-parsing the workflow never needs the server
+    brought up for it."""
+    if not workflow.is_main_process:
+        return False
     settings = workflow.dag_settings
     if settings.forceall or rule_name in settings.forcerun:
         return True

@@ -19,7 +19,7 @@ if endpoint is not None:
 with keep_server_alive(snakemake.params.endpoint):
     run_stage(
         stage,
-        inputs={key: value for key, value in snakemake.input.items() if key != "sentinel"},
+        inputs={key: value for key, value in snakemake.input.items() if key not in ("sentinel", "runtime")},
         output=snakemake.output[0],
         # Result-changing settings come from params; steering-only ones (e.g. image transport)
         # from the config, so changing those never reruns finished shards.

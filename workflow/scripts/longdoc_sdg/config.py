@@ -224,7 +224,9 @@ def _fill_defaults(schema: dict, defaults) -> None:
             prop["default"] = {}
             _fill_defaults(prop, defaults.get(key, {}) if isinstance(defaults, dict) else {})
         elif isinstance(defaults, dict) and key in defaults:
-            prop.setdefault("default", defaults[key])
+            # The instance's value, not the class's: a stage may default a shared setting
+            # differently (e.g. classify samples greedily).
+            prop["default"] = defaults[key]
 
 
 def build_schema() -> dict:

@@ -283,7 +283,8 @@ class ShardWriter:
         tokens = dict.fromkeys(("prompt_tokens", "completion_tokens", "reasoning_tokens"), 0)
         # the header the rows were made under travels with the shard (see shard_provenance)
         provenance = {"header": self._header, "journal": os.path.relpath(self.journal_path, self.output_path.parent)}
-        schema = self.schema.with_metadata({**(self.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()})
+        metadata = {**(self.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance).encode()}
+        schema = self.schema.with_metadata(metadata)
         with atomic_path(self.output_path) as tmp, open(self.journal_path, "rb") as journal:
             with pq.ParquetWriter(tmp, schema, compression="zstd") as out:
                 batch: list[dict] = []
