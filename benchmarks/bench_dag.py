@@ -155,14 +155,26 @@ def profile(workdir: Path, top: int) -> str:
     profiler = cProfile.Profile()
     cwd = os.getcwd()
     os.chdir(workdir)
-    profiler.enable()
-    try:
-        snakemake_main(snakemake_args(workdir))
-    except SystemExit:
-        pass
-    finally:
-        profiler.disable()
-        os.chdir(cwd)
+    # The dry run's listing of every job goes to a file (fd level: Snakemake's log handlers
+    # hold their own references to the streams).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(workdir / "profiled-dry-run.log", "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        profiler.enable()
+        try:
+            snakemake_main(snakemake_args(workdir))
+        except SystemExit:
+            pass
+        finally:
+            profiler.disable()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.chdir(cwd)
     stats = pstats.Stats(profiler)
     total = stats.total_tt
     rows = []
@@ -179,7 +191,9 @@ def profile(workdir: Path, top: int) -> str:
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
     out.write("  everything, by own time:\n")
-    out.write("\n".join("  " + line for line in stream.getvalue().splitlines()[-top - 2:]))
+    lines = stream.getvalue().splitlines()
+    header = next(i for i, line in enumerate(lines) if "ncalls" in line)
+    out.write("\n".join("  " + line for line in lines[header:header + top + 1]))
     return out.getvalue()
 
 
