@@ -8,8 +8,6 @@ rule classify:
         stage_output("classify"),
     log:
         f"{RESULTS}/logs/classify/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/classify/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

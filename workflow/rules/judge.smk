@@ -8,8 +8,6 @@ rule judge:
         f"{RESULTS}/judge/{{qa_stage}}/{{shard}}.parquet",
     log:
         f"{RESULTS}/logs/judge/{{qa_stage}}/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/judge/{{qa_stage}}/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

@@ -8,8 +8,6 @@ rule ocr:
         stage_output("ocr"),
     log:
         f"{RESULTS}/logs/ocr/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/ocr/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

@@ -8,8 +8,6 @@ rule single_page_qa:
         stage_output("single_page_qa"),
     log:
         f"{RESULTS}/logs/single_page_qa/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/single_page_qa/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

@@ -8,8 +8,6 @@ rule text_qa:
         stage_output("text_qa"),
     log:
         f"{RESULTS}/logs/text_qa/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/text_qa/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

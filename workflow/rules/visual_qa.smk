@@ -8,8 +8,6 @@ rule visual_qa:
         stage_output("visual_qa"),
     log:
         f"{RESULTS}/logs/visual_qa/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/visual_qa/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

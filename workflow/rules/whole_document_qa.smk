@@ -8,8 +8,6 @@ rule whole_document_qa:
         stage_output("whole_document_qa"),
     log:
         f"{RESULTS}/logs/whole_document_qa/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/whole_document_qa/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"

@@ -8,8 +8,6 @@ rule windowed_qa:
         stage_output("windowed_qa"),
     log:
         f"{RESULTS}/logs/windowed_qa/{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/windowed_qa/{{shard}}.tsv"
     retries: 2
     conda:
         "../../environment.yaml"
