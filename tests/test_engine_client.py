@@ -336,3 +336,91 @@ def test_concurrency_never_exceeds_limit(server):
 
     run(go())
     assert server.stats()["max_in_flight"] <= 5
+
+
+def _lazy_and_eager(png: bytes, text: str):
+    from longdoc_sdg.engine.images import lazy_image_part
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        return png
+
+    lazy = [{"role": "user", "content": [
+        {"type": "text", "text": "Page 1:"}, lazy_image_part(len(png), load), {"type": "text", "text": text}]}]
+    eager = [{"role": "user", "content": [
+        {"type": "text", "text": "Page 1:"}, image_part(png), {"type": "text", "text": text}]}]
+    return lazy, eager, loads
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("size", [1000, 3 * 2**20])  # one slice; many slices (and streamed for openai)
+def test_lazy_images_go_out_byte_for_byte_as_eager_ones_and_retry_the_same(fake, transport, size):
+    import hashlib
+
+    from longdoc_sdg.engine.transport import dumps, encode_body
+
+    png = bytes(range(256)) * (size // 256) + b"\x89"
+    lazy, eager, loads = _lazy_and_eager(png, "describe [[fake:503*1]]")  # first attempt: 503
+    engine = engine_for(fake, transport)
+    body = engine.build_body(eager, max_tokens=16)
+    wire = dumps(body)
+    assert bytes(encode_body(engine.build_body(lazy, max_tokens=16)).build()) == wire
+    loads.clear()
+
+    async def go():
+        async with engine:
+            return await engine.chat(lazy, max_tokens=16)
+
+    assert run(go()).attempts == 2
+    key = hashlib.blake2b(wire, digest_size=10).hexdigest()
+    assert fake.attempts_by_key == {key: 2}  # both attempts sent exactly the eager body
+    assert len(loads) == 2  # the image was read once per attempt, when its body was built
+    assert engine.budget.in_use == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_byte_budget_bounds_payload_in_flight(server, transport):
+    """Bodies exist only from their building to their sending, at most max_inflight_mb of them
+    at once (one larger than the budget alone); requests waiting for answers hold none."""
+    from longdoc_sdg.engine.images import lazy_image_part
+
+    server.reset(latency_s=0.4)
+    png = bytes(range(256)) * 1200  # 307 KB, about 410 KB as base64
+    engine = engine_for(server, transport, concurrency=ConcurrencyConfig(max=64, max_inflight_mb=1))
+    budget = engine.budget
+    held_at_build = []
+
+    def load():  # called as a body is built: the budget must already cover it
+        held_at_build.append(budget.in_use)
+        return png
+
+    held_while_waiting = []
+
+    async def one(i, pages=1):
+        parts = [lazy_image_part(len(png), load) for _ in range(pages)]
+        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": f"page {i}"}]}]
+        return await engine.chat(messages, max_tokens=8)
+
+    async def watch():
+        while True:
+            await asyncio.sleep(0.05)
+            if server.in_flight >= 10:  # answers pending at the server: their bodies are gone
+                held_while_waiting.append(budget.in_use)
+
+    async def go():
+        async with engine:
+            watcher = asyncio.create_task(watch())
+            try:
+                await asyncio.gather(*(one(i) for i in range(20)), one(99, pages=4))  # 4 pages: > 1 MiB
+            finally:
+                watcher.cancel()
+
+    run(go())
+    big = 4 * 409_600 + 500
+    assert 0 < min(held_at_build) and max(held_at_build) <= big
+    assert all(held <= 2**20 for held in held_at_build if held < 4 * 409_600)  # the big one went alone
+    assert budget.peak <= big and budget.waits > 0 and budget.in_use == 0
+    assert server.stats()["max_in_flight"] >= 10  # yet the requests were in flight together
+    assert held_while_waiting and min(held_while_waiting) < 2**20 // 2

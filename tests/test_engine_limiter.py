@@ -113,3 +113,37 @@ def test_engine_grows_from_initial_to_max():
         asyncio.run(go())
         assert engine.limiter.limit == 6
         assert server.stats()["max_in_flight"] <= 6
+
+
+def test_byte_budget_fifo_oversize_alone_and_cancellation():
+    from longdoc_sdg.engine.limiter import ByteBudget
+
+    async def go():
+        budget = ByteBudget(100)
+        assert await budget.acquire(60) == 60
+        order = []
+
+        async def user(name, n, hold=0.01):
+            await budget.acquire(n)
+            order.append(name)
+            await asyncio.sleep(hold)
+            budget.release(n)
+
+        big = asyncio.create_task(user("big", 250))  # larger than the budget: waits to go alone
+        await asyncio.sleep(0)
+        small = asyncio.create_task(user("small", 10))  # would fit, but queues behind big (FIFO)
+        doomed = asyncio.create_task(user("doomed", 30))
+        await asyncio.sleep(0.005)
+        assert order == [] and budget.in_use == 60
+        doomed.cancel()
+        await asyncio.gather(doomed, return_exceptions=True)
+        budget.release(60)
+        await asyncio.gather(big, small)
+        assert order == ["big", "small"]
+        assert budget.in_use == 0 and budget.peak == 250 and budget.waits == 3
+        unlimited = ByteBudget(None)
+        for _ in range(5):
+            await unlimited.acquire(10**9)
+        assert unlimited.in_use == 5 * 10**9
+
+    asyncio.run(go())

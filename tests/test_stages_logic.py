@@ -270,3 +270,24 @@ def test_page_store_reads_each_document_once_when_walked_in_order(seed):
         store.get_pages(docs[1], [99])
     with pytest.raises(KeyError):
         store.get_pages("missing-doc", [1])
+
+
+def test_page_images_send_the_same_bytes_as_eager_parts_without_holding_pages(seed, tmp_path):
+    from longdoc_sdg.engine.images import LazyImage, image_part
+    from longdoc_sdg.engine.transport import dumps, encode_body
+    from longdoc_sdg.stages.base import StageContext, StageFailure
+
+    store = PageStore(seed["pages"])
+    first, second = store.doc_ids()
+    ctx = StageContext(config=stage_config("whole_document_qa", {}), templates={}, page_store=store,
+                       output_path=str(tmp_path / "out.parquet"), model="m")
+    parts = ctx.page_images(first, [2, 1], labelled=True)
+    assert all(isinstance(p["image_url"]["url"], LazyImage) for p in parts if p["type"] == "image_url")
+    eager = []
+    for record in store.get_pages(first, [2, 1]):
+        eager += [{"type": "text", "text": f"Page {record.page_number}:"}, image_part(record.png)]
+    store.get_page(second, 1)  # another document cached since: building reads the first again
+    assert bytes(encode_body({"content": parts}).build()) == dumps({"content": eager})
+    assert ctx.image_parts(store.get_pages(second, [3]))[0]["image_url"]["url"].size == len(store.get_page(second, 3).png)
+    with pytest.raises(StageFailure, match="pages \\[99\\]"):
+        ctx.page_images(first, [1, 99])

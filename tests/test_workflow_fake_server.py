@@ -67,7 +67,7 @@ def fake_run(tmp_path_factory, real_pdfs):
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)
         assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
-        assert jobs["judge"] == 2 * len(QA_STAGES)
+        assert jobs["judge"] == 2  # one job per shard judges every QA stage
         result = snakemake(workdir, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         yield workdir, env, base_url
@@ -151,3 +151,43 @@ def test_the_key_never_leaks(fake_run):
         if path.is_file() and FAKE_KEY.encode() in path.read_bytes():
             leaks.append(str(path.relative_to(workdir)))
     assert leaks == []
+
+
+def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
+    """One judge job per shard covers all QA stages, but after a windowed_qa prompt edit only
+    windowed_qa's rows are judged again; the other judgements are reused unchanged."""
+    import json
+    import urllib.request
+
+    workdir, env, base_url = fake_run
+    results = workdir / "results"
+    unchanged = [s for s in QA_STAGES if s != "windowed_qa"]
+    before = {(s, shard): pq.read_table(results / "judge" / s / f"{shard}.parquet").to_pylist()
+              for s in unchanged for shard in ("00000", "00001")}
+    prompts = REPO / "workflow" / "scripts" / "longdoc_sdg" / "prompts"
+    edited = tmp_path / "windowed_qa.j2"
+    edited.write_text((prompts / "windowed_qa.j2").read_text() + "\n{# another edit #}\n")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["stages"]["windowed_qa"]["prompt_template"] = str(edited)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+
+    stats_url = base_url.rsplit("/v1", 1)[0] + "/_stats"
+    requests_before = json.load(urllib.request.urlopen(stats_url))
+    result = snakemake(workdir, configfile=changed, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    requests_after = json.load(urllib.request.urlopen(stats_url))
+
+    for (stage, shard), rows in before.items():
+        assert pq.read_table(results / "judge" / stage / f"{shard}.parquet").to_pylist() == rows
+    windowed_rows = sum(pq.read_table(results / "windowed_qa" / f"{s}.parquet").num_rows for s in ("00000", "00001"))
+    windowed_ok = sum(
+        r == "ok" for s in ("00000", "00001")
+        for r in pq.read_table(results / "windowed_qa" / f"{s}.parquet").column("status").to_pylist()
+    )
+    new_requests = requests_after["requests"] - requests_before["requests"]
+    # Each windowed row is one generation request (plus retries of injected faults: none here)
+    # and each ok windowed row one judge request; nothing for the other stages.
+    assert new_requests == windowed_rows + windowed_ok, (new_requests, windowed_rows, windowed_ok)
+    logs = "".join((results / "logs" / "judge" / f"{s}.log").read_text() for s in ("00000", "00001"))
+    assert logs.count("reused") == 2 * len(unchanged)

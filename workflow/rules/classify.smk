@@ -3,7 +3,7 @@
 
 rule classify:
     input:
-        unpack(get_stage_inputs("classify")),
+        **get_stage_inputs("classify"),
     output:
         stage_output("classify"),
     log:

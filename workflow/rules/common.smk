@@ -17,6 +17,7 @@ RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
+JUDGED = run_plan.judged_stages(config)
 
 # Only the main process lists the source; cluster jobs reuse the manifest it wrote.
 if workflow.is_main_process:
@@ -60,13 +61,17 @@ def runtime_path(deployment):
     return f"{SERVE_DIR}/{deployment}.runtime.json"
 
 
-def client_output(stage, wildcards):
+def judge_output(qa_stage):
+    return f"{RESULTS}/judge/{qa_stage}/{{shard}}.parquet"
+
+
+def client_outputs(stage, wildcards):
     if stage == "judge":
-        return f"{RESULTS}/judge/{wildcards.qa_stage}/{wildcards.shard}.parquet"
-    return stage_output(stage).format(shard=wildcards.shard)
+        return [judge_output(q).format(shard=wildcards.shard) for q in JUDGED]
+    return [stage_output(stage).format(shard=wildcards.shard)]
 
 
-def job_forced(rule_name, output):
+def job_forced(rule_name, outputs):
     """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F). Only the main
     process decides what runs; a cluster job re-parsing the workflow never needs the server
     brought up for it."""
@@ -77,31 +82,36 @@ def job_forced(rule_name, output):
         return True
     if not settings.forcetargets:
         return False
-    return os.path.abspath(output) in {os.path.abspath(t) for t in settings.targets}
+    targets = {os.path.abspath(t) for t in settings.targets}
+    return any(os.path.abspath(output) in targets for output in outputs)
 
 
 def get_stage_inputs(stage):
-    """Input function factory: a stage's data inputs plus, when its model is served, the
-    deployment's sentinel as `ancient()` so a restarted server never reruns finished jobs.
-    A forced client also takes the runtime file, which makes Snakemake serve for it (see
-    serve.smk).
-    """
+    """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
+    to plan over thousands of shards), plus, when its model is served, an input function for
+    the deployment's files (see get_serving_inputs)."""
+    paths = dict(stage_inputs(stage))
+    if stage == "judge":
+        for qa_stage in JUDGED:
+            paths[f"qa_{qa_stage}"] = stage_output(qa_stage)
+    if STATUSES[stage].mode == "serve":
+        paths["serving"] = get_serving_inputs(stage)
+    return paths
 
-    def inputs(wildcards):
-        paths = {
-            name: pattern.format(shard=wildcards.shard)
-            for name, pattern in stage_inputs(stage).items()
-        }
-        if stage == "judge":
-            paths["qa"] = f"{RESULTS}/{wildcards.qa_stage}/{wildcards.shard}.parquet"
-        if STATUSES[stage].mode == "serve":
-            deployment = config["stages"][stage]["deployment"]
-            paths["sentinel"] = ancient(sentinel_path(deployment))
-            if job_forced(stage, client_output(stage, wildcards)):
-                paths["runtime"] = runtime_path(deployment)
+
+def get_serving_inputs(stage):
+    """Input function factory: the deployment's sentinel as `ancient()`, so a restarted server
+    never reruns finished jobs; a forced client also takes the runtime file, which makes
+    Snakemake serve for it (see serve.smk)."""
+    deployment = config["stages"][stage]["deployment"]
+
+    def serving(wildcards):
+        paths = [ancient(sentinel_path(deployment))]
+        if job_forced(stage, client_outputs(stage, wildcards)):
+            paths.append(runtime_path(deployment))
         return paths
 
-    return inputs
+    return serving
 
 
 def get_endpoint_params(stage):
@@ -143,8 +153,7 @@ def get_final_outputs(wildcards):
         for stage in run_plan.MODEL_STAGES:
             if STATUSES[stage].active:
                 outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
-        for qa_stage in run_plan.judged_stages(config):
-            outputs.append(f"{RESULTS}/judge/{qa_stage}/{shard}.parquet")
+        outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
     if SHARDS:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
@@ -181,7 +190,6 @@ def served_deployments():
 def get_deployment_clients(wildcards):
     """Every client output of a deployment (all shards of all stages it serves)."""
     outputs = []
-    judged = run_plan.judged_stages(config)
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
@@ -189,7 +197,7 @@ def get_deployment_clients(wildcards):
             continue
         for shard in SHARDS:
             if stage == "judge":
-                outputs += [f"{RESULTS}/judge/{q}/{shard}.parquet" for q in judged]
+                outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
             else:
                 outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
     return outputs

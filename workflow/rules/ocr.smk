@@ -3,7 +3,7 @@
 
 rule ocr:
     input:
-        unpack(get_stage_inputs("ocr")),
+        **get_stage_inputs("ocr"),
     output:
         stage_output("ocr"),
     log:

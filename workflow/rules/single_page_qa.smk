@@ -3,7 +3,7 @@
 
 rule single_page_qa:
     input:
-        unpack(get_stage_inputs("single_page_qa")),
+        **get_stage_inputs("single_page_qa"),
     output:
         stage_output("single_page_qa"),
     log:

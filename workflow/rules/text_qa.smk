@@ -3,7 +3,7 @@
 
 rule text_qa:
     input:
-        unpack(get_stage_inputs("text_qa")),
+        **get_stage_inputs("text_qa"),
     output:
         stage_output("text_qa"),
     log:

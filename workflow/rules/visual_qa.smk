@@ -3,7 +3,7 @@
 
 rule visual_qa:
     input:
-        unpack(get_stage_inputs("visual_qa")),
+        **get_stage_inputs("visual_qa"),
     output:
         stage_output("visual_qa"),
     log:

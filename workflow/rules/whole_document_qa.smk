@@ -3,7 +3,7 @@
 
 rule whole_document_qa:
     input:
-        unpack(get_stage_inputs("whole_document_qa")),
+        **get_stage_inputs("whole_document_qa"),
     output:
         stage_output("whole_document_qa"),
     log:

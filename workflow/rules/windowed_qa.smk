@@ -3,7 +3,7 @@
 
 rule windowed_qa:
     input:
-        unpack(get_stage_inputs("windowed_qa")),
+        **get_stage_inputs("windowed_qa"),
     output:
         stage_output("windowed_qa"),
     log:

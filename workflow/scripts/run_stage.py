@@ -2,7 +2,9 @@
 
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
-from longdoc_sdg.plan import deep_merge, stage_config_section
+from longdoc_sdg.ids import stable_id
+from longdoc_sdg.memo import file_digest, produce_or_reuse
+from longdoc_sdg.plan import canonical_json, deep_merge, stage_config_section
 from longdoc_sdg.stages import run_stage
 
 setup_job_logging(snakemake.log[0])
@@ -16,17 +18,28 @@ if endpoint is not None:
     for key in ("concurrency", "retry", "error_budget"):
         endpoint[key] = settings[key]
     endpoint["request_timeout_s"] = settings["endpoint"]["request_timeout_s"]
+# Result-changing settings come from params; steering-only ones (e.g. image transport) from
+# the config, so changing those never reruns finished shards.
+params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])
+inputs = {key: value for key, value in snakemake.input.items() if key != "serving"}
+
 with keep_server_alive(snakemake.params.endpoint):
-    run_stage(
-        stage,
-        inputs={key: value for key, value in snakemake.input.items() if key not in ("sentinel", "runtime")},
-        output=snakemake.output[0],
-        # Result-changing settings come from params; steering-only ones (e.g. image transport)
-        # from the config, so changing those never reruns finished shards.
-        params=deep_merge(
-            stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"]
-        ),
-        endpoint=endpoint,
-        threads=snakemake.threads,
-        journal_path=snakemake.params.journal,
-    )
+    if stage != "judge":
+        run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
+    else:
+        # One judge job per shard covers every judged QA stage; unchanged ones are reused.
+        shard = snakemake.wildcards.shard
+        for qa_stage, output in snakemake.output.items():
+            qa_input = inputs[f"qa_{qa_stage}"]
+            journal = f"{snakemake.params.journal_dir}/{qa_stage}/{shard}.jsonl"
+            key = stable_id(
+                file_digest(qa_input), snakemake.params.settings["fingerprint"],
+                canonical_json(snakemake.params.endpoint), length=32,
+            )
+            produce_or_reuse(
+                output, key, f"{snakemake.params.reuse_dir}/{qa_stage}", journal,
+                lambda: run_stage(
+                    "judge", {"qa": qa_input, "pages": inputs["pages"]}, output, params, endpoint,
+                    snakemake.threads, journal,
+                ),
+            )

@@ -15,9 +15,9 @@ from pydantic import BaseModel
 from ..io import get_logger, register_secret
 from .config import BreakerConfig, ConcurrencyConfig, EndpointConfig, RetryConfig
 from .errors import EndpointError, RecordError
-from .limiter import AdaptiveLimiter, CircuitBreaker
+from .limiter import AdaptiveLimiter, ByteBudget, CircuitBreaker
 from .schema import parse_reply, response_format
-from .transport import TransportError, loads, make_transport
+from .transport import EncodedBody, TransportError, encode_body, loads, make_transport
 
 log = get_logger("engine")
 
@@ -131,6 +131,9 @@ class ChatEngine:
         if endpoint.api_key is not None:
             register_secret(endpoint.api_key.get_secret_value())
         self.limiter = AdaptiveLimiter(self.concurrency)
+        # payload bytes in flight: with whole documents as base64, requests, not their count,
+        # are what a job's memory is made of
+        self.budget = ByteBudget(self.concurrency.max_inflight_bytes)
         self.breaker = CircuitBreaker(breaker or BreakerConfig())
         # pool a little above the limit: a closing connection must not stall a new request
         self._transport = make_transport(transport, endpoint, self.concurrency.max + 8)
@@ -212,12 +215,17 @@ class ChatEngine:
         max_tokens: int | None = None,
         extra_body: dict | None = None,
     ) -> ChatResult:
-        """One chat completion. Raises RecordError (this record failed) or EndpointError."""
-        body = self.build_body(messages, response_model, sampling, max_tokens, extra_body)
+        """One chat completion. Raises RecordError (this record failed) or EndpointError.
+
+        The body is serialised once. Image parts may carry a LazyImage url
+        (StageContext.page_images): then the body's size is known before any image is read, and
+        its bytes exist only while it is being written (see `_attempt`).
+        """
+        body = encode_body(self.build_body(messages, response_model, sampling, max_tokens, extra_body))
         data, attempts = await self._post_with_retries(body)
         return self._interpret(data, response_model, max_tokens, attempts)
 
-    async def _post_with_retries(self, body: dict) -> tuple[dict, int]:
+    async def _post_with_retries(self, body: EncodedBody) -> tuple[dict, int]:
         where = self.endpoint.describe()
         failure: _Retryable | None = None
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -259,11 +267,25 @@ class ChatEngine:
             failure.kind, f"{failure.message} (after {self.retry.max_attempts} attempts)", infrastructure=True
         )
 
-    async def _attempt(self, body: dict) -> dict:
+    async def _attempt(self, body: EncodedBody) -> dict:
+        # The payload budget covers the body while it exists: from its building (when aiohttp
+        # writes the request) until it is sent, or until the answer with the openai transport.
+        # A request waiting for its answer (most of a request's life) holds none of it.
+        held = await self.budget.acquire(body.size)
+        released = False
+
+        def sent() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.budget.release(held)
+
         try:
-            status, data, retry_after = await self._transport.request("POST", "/chat/completions", body)
+            status, data, retry_after = await self._transport.request("POST", "/chat/completions", body, sent)
         except TransportError as exc:
             raise _Retryable(exc.kind, str(exc)) from None
+        finally:
+            sent()
         if status == 200:
             try:
                 parsed = loads(data)
@@ -370,4 +392,6 @@ class ChatEngine:
             "concurrency_limit": self.limiter.limit,
             "concurrency_increases": self.limiter.increases,
             "concurrency_decreases": self.limiter.decreases,
+            "inflight_mb_peak": round(self.budget.peak / 2**20, 1),
+            "inflight_budget_waits": self.budget.waits,
         }

@@ -41,6 +41,14 @@ class ConcurrencyConfig(BaseModel):
     initial: int | None = Field(default=None, description="starting limit; None = max")
     increase_step: int = Field(default=1, ge=1, description="added after a window of successes")
     decrease_factor: float = Field(default=0.5, gt=0, lt=1, description="applied on overload")
+    max_inflight_mb: float | None = Field(
+        default=64,
+        gt=0,
+        description="MiB of request bodies (page images as base64) built and being sent at once: a "
+        "request waits for room before its body is built and frees it once the body is sent (a retry "
+        "builds it again); one larger than the budget goes alone. Bounds a job's memory when "
+        "requests are large (a 50-page document is about 14 MiB); null = no limit",
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "ConcurrencyConfig":
@@ -53,6 +61,10 @@ class ConcurrencyConfig(BaseModel):
     @property
     def start(self) -> int:
         return self.max if self.initial is None else self.initial
+
+    @property
+    def max_inflight_bytes(self) -> int | None:
+        return None if self.max_inflight_mb is None else int(self.max_inflight_mb * 2**20)
 
 
 class RetryConfig(BaseModel):

@@ -73,6 +73,68 @@ class AdaptiveLimiter:
             self.decreases += 1
 
 
+class ByteBudget:
+    """A FIFO semaphore over bytes: the request payload the engine holds at once.
+
+    `acquire(n)` waits until `n` more bytes fit under the capacity; a request larger than the
+    whole capacity is admitted alone, when nothing else is held. First come, first served, so a
+    large request is not starved by a stream of small ones. capacity None: no limit.
+    """
+
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0  # most bytes held at once
+        self.waits = 0  # acquisitions that had to wait
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    def _fits(self, n: int) -> bool:
+        return self.capacity is None or self.in_use == 0 or self.in_use + n <= self.capacity
+
+    def _grant(self, n: int) -> None:
+        self.in_use += n
+        self.peak = max(self.peak, self.in_use)
+
+    async def acquire(self, n: int) -> int:
+        """Hold `n` bytes; returns `n`, the amount to pass to release."""
+        if not self._waiters and self._fits(n):
+            self._grant(n)  # no suspension on the fast path
+            return n
+        self.waits += 1
+        future = asyncio.get_running_loop().create_future()
+        entry = (n, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted just as we were cancelled: hand the bytes on
+            else:
+                try:
+                    self._waiters.remove(entry)
+                except ValueError:
+                    pass  # already dropped by _wake
+                self._wake()  # a large waiter at the head may have been holding others back
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.in_use -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, future = self._waiters[0]
+            if future.done():  # cancelled while queued
+                self._waiters.popleft()
+                continue
+            if not self._fits(n):
+                return
+            self._waiters.popleft()
+            self._grant(n)
+            future.set_result(None)
+
+
 class CircuitBreaker:
     """Sliding window over the last finished requests: True = infrastructure failure."""
 

@@ -10,26 +10,154 @@ that difference decides whether the server is kept saturated.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import json
-from typing import Any
+import re
+import secrets
+from typing import Any, Callable
 
 import aiohttp
+import aiohttp.payload
 
 from .config import EndpointConfig
+from .images import LazyImage
 
 try:  # orjson encodes a 270 KB base64 image about 10x faster than json
     import orjson
 
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
+    def dumps(obj: Any, default=None) -> bytes:
+        return orjson.dumps(obj, default=default)
 
     loads = orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
 
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    def dumps(obj: Any, default=None) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=default).encode()
 
     loads = json.loads
+
+
+# Stands in for a LazyImage in the body's skeleton; the nonce keeps it out of reach of real text.
+_MARK = f"lazy-image-{secrets.token_hex(8)}-"
+_MARK_RE = re.compile(b'"' + re.escape(_MARK.encode()) + rb'(\d+)"')
+
+
+class EncodedBody:
+    """A request body serialised except for its lazy images, whose size is known exactly.
+
+    `size` is the byte length of the finished body. `build()` writes it into one buffer of that
+    size, reading and base64-encoding one image at a time (the body plus one page, never a
+    base64 string per page plus the body). A body with lazy images holds no image bytes itself:
+    the aiohttp transport builds it when the request is written and drops it once sent, and a
+    retry builds it again, byte for byte the same.
+    """
+
+    __slots__ = ("size", "_pieces", "_images")
+
+    def __init__(self, pieces: list[bytes], images: list[LazyImage]):
+        self._pieces = pieces  # text between the images: len(images) + 1 pieces
+        self._images = images
+        # each image: '"' + prefix + base64 + '"'
+        self.size = sum(map(len, pieces)) + sum(image.url_length() + 2 for image in images)
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self._images)
+
+    def build(self) -> bytes | bytearray:
+        if not self._images:
+            return self._pieces[0]
+        buf = bytearray(self.size)
+        view = memoryview(buf)
+        pos = 0
+
+        def put(data: bytes) -> None:
+            nonlocal pos
+            view[pos:pos + len(data)] = data
+            pos += len(data)
+
+        for piece, image in zip(self._pieces, self._images):
+            put(piece)
+            put(b'"' + image.prefix().encode("ascii"))
+            put(binascii.b2a_base64(image.load(), newline=False))
+            put(b'"')
+        put(self._pieces[-1])
+        view.release()
+        if pos != self.size:  # pragma: no cover - a bug in the size arithmetic
+            raise RuntimeError(f"encoded body is {pos} bytes, {self.size} announced")
+        return buf
+
+
+def encode_body(body: dict) -> EncodedBody:
+    """Serialise `body` once, leaving each LazyImage (a base64 image part's url) to `build`."""
+    images: list[LazyImage] = []
+
+    def stand_in(obj: Any) -> str:
+        if isinstance(obj, LazyImage):
+            images.append(obj)
+            return f"{_MARK}{len(images) - 1}"
+        raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+    skeleton = dumps(body, default=stand_in)
+    if not images:
+        return EncodedBody([skeleton], [])
+    parts = _MARK_RE.split(skeleton)
+    pieces, order = parts[0::2], [int(i) for i in parts[1::2]]
+    if order != list(range(len(images))):  # pragma: no cover - the nonce makes this impossible
+        raise RuntimeError("lazy image placeholders out of order")
+    return EncodedBody(pieces, images)
+
+
+# Bodies are written in slices of this size, waiting for the socket between them: on Python
+# 3.11 the socket transport copies whatever one write leaves unsent, which for a whole document
+# of base64 pages would double the body per request while it goes out. Plain bodies up to
+# _SLICE_FROM (text, a page or two given as base64 strings) go out as they are.
+_SLICE = 2**18
+_SLICE_FROM = 2**20
+
+
+class _BodyPayload(aiohttp.payload.Payload):
+    """An EncodedBody with lazy images (or a large one): built when aiohttp writes the request,
+    written in slices, then dropped; `sent()` is called once it is out (or failed to go out).
+    A second write (aiohttp resending on a stale keep-alive connection) builds it again."""
+
+    _autoclose = True  # holds no resource; nothing to close
+
+    def __init__(self, body: EncodedBody, sent: Callable[[], None] | None):
+        super().__init__(body, content_type="application/json")
+        self._size = body.size
+        self._sent = sent
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value.build()).decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return bytes(self._value.build())
+
+    async def write(self, writer) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer, content_length: int | None) -> None:
+        try:
+            view = memoryview(self._value.build())
+            end = len(view) if content_length is None else min(len(view), content_length)
+            for start in range(0, end, _SLICE):
+                await writer.write(view[start:min(end, start + _SLICE)])
+            del view
+        finally:
+            if self._sent is not None:
+                self._sent()
+
+
+async def _stream(body: EncodedBody, sent: Callable[[], None] | None):
+    try:
+        view = memoryview(body.build())
+        for start in range(0, len(view), _SLICE):
+            yield bytes(view[start:start + _SLICE])
+        del view
+    finally:
+        if sent is not None:
+            sent()
 
 
 class TransportError(Exception):
@@ -82,10 +210,16 @@ class AiohttpTransport:
             self._proxy = _env_proxy(self.endpoint.base_url)
         return self._session
 
-    async def request(self, method: str, path: str, body: dict | None = None) -> Response:
+    async def request(
+        self, method: str, path: str, body: EncodedBody | None = None, sent: Callable[[], None] | None = None
+    ) -> Response:
+        """`sent` is called once the body is written (the engine then frees its payload budget)."""
         session = self._get_session()
         url = self.endpoint.base_url + path
-        data = dumps(body) if body is not None else None
+        data: Any = None
+        if body is not None:
+            # small plain bodies as they are (the common text request: no extra work per request)
+            data = _BodyPayload(body, sent) if body.lazy or body.size > _SLICE_FROM else body.build()
         try:
             async with session.request(method, url, data=data, proxy=self._proxy) as resp:
                 return resp.status, await resp.read(), resp.headers.get("Retry-After")
@@ -127,7 +261,9 @@ class OpenAITransport:
             )
         return self._client
 
-    async def request(self, method: str, path: str, body: dict | None = None) -> Response:
+    async def request(
+        self, method: str, path: str, body: EncodedBody | None = None, sent: Callable[[], None] | None = None
+    ) -> Response:
         import httpx2
         import openai
 
@@ -136,7 +272,16 @@ class OpenAITransport:
             if method == "GET":
                 resp = await client.get(path, cast_to=httpx2.Response)
             else:
-                resp = await client.post(path, cast_to=httpx2.Response, body=body)
+                if body is not None and (body.lazy or body.size > _SLICE_FROM):
+                    # built as it goes out and dropped once sent, as with aiohttp; the length
+                    # header keeps the request as it would be with the bytes (not chunked)
+                    resp = await client.post(
+                        path, cast_to=httpx2.Response, content=_stream(body, sent),
+                        options={"headers": {"Content-Length": str(body.size)}},
+                    )
+                else:
+                    content = body.build() if body is not None else None
+                    resp = await client.post(path, cast_to=httpx2.Response, content=content)
             return resp.status_code, resp.content, resp.headers.get("Retry-After")
         except openai.APIStatusError as exc:
             return exc.status_code, exc.response.content, exc.response.headers.get("Retry-After")

@@ -116,8 +116,7 @@ class _AnchoredStage(Stage):
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: AnchoredQaConfig = ctx.config
         qtype = find_type(task.data["question_type"], "anchored")
-        records = ctx.pages(task.doc_id, task.pages)
-        images = ctx.labelled_images(records) if self.labelled_pages else ctx.image_parts(records)
+        images = ctx.page_images(task.doc_id, task.pages, labelled=self.labelled_pages)
         prompt = self.render(ctx, task, qtype)
         sampling = cfg.sampling.to_request()
         messages = user_message([*images, {"type": "text", "text": prompt}])

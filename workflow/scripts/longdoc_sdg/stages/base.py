@@ -5,6 +5,7 @@ plan (which rows, in which order, with which ids) and an async per-row handler.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -347,11 +348,18 @@ class StageContext:
         return Path(self.output_path).resolve().parent / ".media"
 
     def image_parts(self, records: list[PageRecord]) -> list[dict]:
-        from ..engine.images import image_part
+        """One image part per page. base64: the url is a LazyImage the engine encodes only when
+        it sends the request, reading the PNG from the page store (the record's bytes when there
+        is no store), so the records need not live while the request waits."""
+        from ..engine.images import LazyImage, image_part, lazy_image_part
 
         mode = self.config.image_transport.mode
         if mode == "base64":
-            return [image_part(r.png, mode="base64") for r in records]
+            store = self.page_store
+            if store is None:
+                return [{"type": "image_url", "image_url": {"url": LazyImage.of(r.png)}} for r in records]
+            return [lazy_image_part(len(r.png), functools.partial(store.png_view, r.doc_id, r.page_number))
+                    for r in records]
         parts = []
         for r in records:
             path = self.media_dir() / safe_file_stem(r.doc_id) / f"p{r.page_number:05d}.png"
@@ -364,11 +372,33 @@ class StageContext:
 
     def labelled_images(self, records: list[PageRecord]) -> list[dict]:
         """Interleave "Page N:" labels with the images so the model can cite page numbers."""
-        parts: list[dict] = []
-        for record, image in zip(records, self.image_parts(records)):
-            parts.append({"type": "text", "text": f"Page {record.page_number}:"})
-            parts.append(image)
-        return parts
+        return _labelled([r.page_number for r in records], self.image_parts(records))
+
+    def page_images(self, doc_id: str, pages: list[int], labelled: bool = False) -> list[dict]:
+        """The image parts of a row's pages, "Page N:"-labelled if asked. In base64 mode they
+        hold no page bytes and no page is copied out of the store: keep these, not records,
+        across the request's await."""
+        from ..engine.images import lazy_image_part
+
+        if self.config.image_transport.mode != "base64" or self.page_store is None:
+            records = self.pages(doc_id, pages)
+            return self.labelled_images(records) if labelled else self.image_parts(records)
+        store = self.page_store
+        try:
+            sizes = store.page_sizes(doc_id, pages)
+        except KeyError as exc:
+            raise StageFailure("missing_pages", str(exc)) from None
+        parts = [lazy_image_part(size, functools.partial(store.png_view, doc_id, page))
+                 for page, size in zip(pages, sizes)]
+        return _labelled(pages, parts) if labelled else parts
+
+
+def _labelled(pages: list[int], images: list[dict]) -> list[dict]:
+    parts: list[dict] = []
+    for page, image in zip(pages, images):
+        parts.append({"type": "text", "text": f"Page {page}:"})
+        parts.append(image)
+    return parts
 
 
 async def gather_or_cancel(*coros):

@@ -123,8 +123,7 @@ class JudgeStage(Stage):
         )
         parts: list[dict] = []
         if cfg.show_images and task.pages:
-            records = ctx.pages(task.doc_id, task.pages)
-            parts = ctx.labelled_images(records) if len(records) > 1 else ctx.image_parts(records)
+            parts = ctx.page_images(task.doc_id, task.pages, labelled=len(task.pages) > 1)
         result = await calls.chat(
             user_message([*parts, {"type": "text", "text": prompt}]),
             response_model=JudgeVerdict,

@@ -112,7 +112,7 @@ class VisualQaStage(Stage):
         cfg: VisualQaConfig = ctx.config
         qtype = find_type(task.data["question_type"], "visual")
         classification = task.data["classification"]
-        images = ctx.image_parts(ctx.pages(task.doc_id, task.pages))
+        images = ctx.page_images(task.doc_id, task.pages)
 
         def with_images(text: str) -> list[dict]:
             return user_message([*images, {"type": "text", "text": text}])
