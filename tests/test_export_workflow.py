@@ -22,6 +22,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+
+from test_workflow import planned_jobs
 import yaml
 from conftest import REPO, SAMPLE_PDF_DIR, require
 from test_export_support import ExportFakeServer, load_hub_offline
@@ -64,21 +66,6 @@ def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: i
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    jobs, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if not parts[0].startswith("-"):
-                jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:

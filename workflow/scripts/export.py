@@ -1,13 +1,9 @@
 """Snakemake entry point of the export rules (export_dataset, export_reference, export_hub); the
 work is in longdoc_sdg.export."""
 
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import as_list as files, setup_job_logging
 
 setup_job_logging(snakemake.log[0])
-
-
-def files(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
 
 
 rule = snakemake.rule

@@ -4,8 +4,9 @@ from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.ids import stable_id
 from longdoc_sdg.memo import file_digest, produce_or_reuse
-from longdoc_sdg.plan import canonical_json, deep_merge, stage_config_section
+from longdoc_sdg.plan import canonical_json, stage_config_section
 from longdoc_sdg.stages import run_stage
+from longdoc_sdg.stages.base import deep_merge
 
 setup_job_logging(snakemake.log[0])
 stage = snakemake.params.stage

@@ -2,13 +2,9 @@
 
 import json
 
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import as_list as files, setup_job_logging
 
 setup_job_logging(snakemake.log[0])
-
-
-def files(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
 
 
 rule = snakemake.rule

@@ -118,3 +118,8 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
         ncols=100,
         ascii=True,
     )
+
+
+def as_list(value) -> list[str]:
+    """A Snakemake input entry as a list of paths (one file or several)."""
+    return [value] if isinstance(value, str) else list(value)

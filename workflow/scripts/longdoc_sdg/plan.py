@@ -129,13 +129,3 @@ def stage_settings(config: dict, stage: str) -> dict:
         "fingerprint": stage_config_hash(stage, validated.model_dump(mode="json")),
         "code_version": __version__,
     }
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
