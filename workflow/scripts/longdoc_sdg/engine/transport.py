@@ -1,5 +1,6 @@
-"""HTTP transports of the engine: both return (status, body bytes, Retry-After) or raise
-TransportError; the engine gives the answers OpenAI semantics.
+"""HTTP transports of the engine: both take the request as an EncodedBody (serialised once by
+`encode_body`), return (status, body bytes, Retry-After) or raise TransportError; the engine
+gives the answers OpenAI semantics.
 
 "aiohttp" (default): measured at about 0.2 ms of client CPU per request against about 1.6 ms for
 the openai client on httpx (benchmarks/bench_client.py); at C=64 and 0.2 s latency on 2 cores
