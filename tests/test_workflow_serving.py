@@ -223,7 +223,9 @@ def test_serve_clients_teardown(served_run):
         assert set(table.column("model").to_pylist()) == {SERVED}
     # The fake server answered exactly one request per page.
     assert json.loads(stats_path.read_text())["requests"] == sum(pages.values())
-    assert "stopped servers: fake-vllm" in output_of(result)
+    # Stopped as soon as its last client finished (by `served`), not only at the end of the run.
+    assert "every client of fake-vllm is done; stopped its server" in output_of(result)
+    assert "stopped servers: fake-vllm" not in output_of(result)
     assert_unpublished(workdir)
     # The sentinel stays, identity only: the clients' ancient() input for later runs.
     sentinel = json.loads((serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json").read_text())

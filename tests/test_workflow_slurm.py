@@ -97,7 +97,7 @@ def test_slurm_profile_serves_on_gpu_and_runs_clients_on_cpu(slurm_cluster, tiny
 
         queued = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
         assert queued.stdout.strip() == "", f"jobs of this run left in the queue:\n{queued.stdout}"
-        assert "stopped servers: tiny-cpu-vlm" in output
+        assert "every client of tiny-cpu-vlm is done; stopped its server" in output
         assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], "the server outlived the run"
         assert processes_with("longdoc_sdg.serve", str(tmp_path)) == [], "the serve wrapper outlived the run"
         assert not (tmp_path / "results" / "serve" / "tiny-cpu-vlm.runtime.json").exists()

@@ -204,12 +204,16 @@ def get_deployment_clients(wildcards):
 
 
 def record_served(deployment, clients, path):
-    """The `served` marker: which deployment this run needed, for how many client outputs."""
+    """The `served` marker (which deployment this run needed, for how many client outputs),
+    written once every client of the deployment is done: its server then stops at once.
+    """
     import json
 
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({"deployment": deployment, "clients": len(clients)}, handle)
-        handle.write("\n")
+    from longdoc_sdg.io import write_text_atomic
+
+    marker = {"deployment": deployment, "clients": len(clients)}
+    write_text_atomic(path, json.dumps(marker) + "\n")
+    endpoints.stop_deployment(SERVE_DIR, deployment)
 
 
 def get_deployment_settings(wildcards, output):

@@ -92,6 +92,15 @@ def stop_servers(state_dir: str) -> None:
         print(f"longdoc-sdg: stopped servers: {', '.join(stopped)}")
 
 
+def stop_deployment(state_dir: str, name: str) -> None:
+    """Stop one deployment as soon as its last client is done: its GPUs go back to the
+    cluster instead of idling until the whole run ends."""
+    from .serve import teardown
+
+    if teardown(state_dir, only=name):
+        print(f"longdoc-sdg: every client of {name} is done; stopped its server")
+
+
 def resolve_endpoint(params: dict) -> dict | None:
     """The engine endpoint of a job, from its endpoint params (see common.smk)."""
     mode = params["mode"]

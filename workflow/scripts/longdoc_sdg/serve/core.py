@@ -329,11 +329,12 @@ def _records(state_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def teardown(state_dir: str | Path) -> list[str]:
-    """Stop every server recorded in state_dir (SIGTERM the group, SIGKILL after the grace;
-    scancel and wait until squeue drops the job), unpublish them. Idempotent. Returns the
-    deployments stopped; raises ServeError (after trying all) if a job refused to go."""
-    records = _records(state_dir)
+def teardown(state_dir: str | Path, only: str | None = None) -> list[str]:
+    """Stop every server recorded in state_dir (or only deployment `only`): SIGTERM the group,
+    SIGKILL after the grace; scancel and wait until squeue drops the job; unpublish them.
+    Idempotent. Returns the deployments stopped; raises ServeError (after trying all) if a job
+    refused to go."""
+    records = [r for r in _records(state_dir) if only is None or r["deployment"] == only]
     if not records:
         return []
     t0 = time.monotonic()
