@@ -24,6 +24,14 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def copy_pdfs(pdfs, folder: Path) -> Path:
+    """A source folder for a workflow run: the given PDFs copied under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for pdf in pdfs:
+        shutil.copy(pdf, folder / pdf.name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -5,8 +5,6 @@ a DPI change reruns the seeds and what depends on them only, one forced shard re
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_pdfs
 
 pytestmark = pytest.mark.workflow
 
@@ -69,10 +67,7 @@ def planned_jobs(output: str) -> dict[str, int]:
 def seeded(tmp_path_factory, real_pdfs):
     """A workflow directory with four real PDFs seeded and OCR'd through the pdf-text engine."""
     workdir = tmp_path_factory.mktemp("wf")
-    pdf_dir = workdir / "pdfs"
-    pdf_dir.mkdir()
-    for pdf in real_pdfs[:4]:
-        shutil.copy(pdf, pdf_dir / pdf.name)
+    pdf_dir = copy_pdfs(real_pdfs[:4], workdir / "pdfs")
     write_config(workdir, pdf_dir)
     dry = run_snakemake(workdir, "-n")
     assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}

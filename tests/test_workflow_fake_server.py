@@ -4,7 +4,7 @@ and shard, reruns after a prompt or model change, and that the API key never lea
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_pdfs
 from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 from test_workflow import planned_jobs
@@ -49,11 +49,8 @@ def stage_config(base_url: str) -> dict:
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory, real_pdfs):
     workdir = tmp_path_factory.mktemp("wf_fake")
-    pdf_dir = workdir / "pdfs"
-    pdf_dir.mkdir()
-    for pdf in real_pdfs[:3]:
-        shutil.copy(pdf, pdf_dir / pdf.name)
-    env = {**__import__("os").environ, "FAKE_LLM_KEY": FAKE_KEY}
+    pdf_dir = copy_pdfs(real_pdfs[:3], workdir / "pdfs")
+    env = {**os.environ, "FAKE_LLM_KEY": FAKE_KEY}
     with spawn_fake_server("--api-key-env", "FAKE_LLM_KEY", "--reasoning", env=env) as (_, base_url):
         config = {
             "results_dir": "results",

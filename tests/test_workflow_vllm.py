@@ -7,7 +7,6 @@ wording. 1) stages 02-09 end to end with manual endpoints (judge key from an env
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_pdfs
 from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
 from test_workflow import planned_jobs
 
@@ -43,8 +42,9 @@ def tiny_model_stage_settings() -> dict:
     # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
     stages = {stage: dict(common) for stage in MODEL_STAGES + ("judge",)}
-    # Nemotron-Parse request format against the tiny model: its markup never closes, so those
-    # rows end as 'length' failures (accounted); the QA stages then read the PDF text layer.
+    # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
+    # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
+    # tests below send the Nemotron-Parse request format to the real server.
     stages["ocr"] = {"engine": "pdf-text"}
     for stage in ("single_page_qa", "windowed_qa"):
         stages[stage].update(constrain_output=True)
@@ -61,10 +61,7 @@ def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.Complet
 
 
 def base_config(workdir: Path, pdfs: list[Path]) -> dict:
-    pdf_dir = workdir / "pdfs"
-    pdf_dir.mkdir(exist_ok=True)
-    for pdf in pdfs:
-        shutil.copy(pdf, pdf_dir / pdf.name)
+    pdf_dir = copy_pdfs(pdfs, workdir / "pdfs")
     return {
         "results_dir": "results",
         "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
