@@ -46,7 +46,7 @@ import yaml  # noqa: E402
 
 from longdoc_sdg.ids import shard_name, stable_id  # noqa: E402
 from longdoc_sdg.manifest import MANIFEST_SCHEMA  # noqa: E402
-from longdoc_sdg.plan import ALL_MODEL_STAGES  # noqa: E402
+from longdoc_sdg.registry import model_stages  # noqa: E402
 
 TARGET_S = 20.0
 DOCS_PER_SHARD = 25  # the default sharding.documents_per_shard
@@ -78,7 +78,7 @@ def build_workdir(workdir: Path, shards: int) -> None:
 def write_config(workdir: Path, all_stages: bool) -> None:
     base_url = f"http://127.0.0.1:{closed_port()}/v1"
     stages = {}
-    for stage in ALL_MODEL_STAGES:
+    for stage in model_stages():
         if all_stages:
             stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}}
         else:

@@ -28,10 +28,12 @@ import yaml
 from conftest import REPO, SAMPLE_PDF_DIR, require
 from test_export_support import ExportFakeServer, load_hub_offline
 
-from longdoc_sdg.export.common import QA_STAGES
+from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.export.reference import decode_images
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.report.figures import FIGURES
+
+QA_STAGES = qa_stages()
 
 pytestmark = pytest.mark.workflow
 
@@ -134,7 +136,7 @@ def expected_counts(wf, stage: str) -> dict[str, int]:
         where += ["q.question_relevance = 'Relevant'", "q.answer_correctness = 'Correct'"]
     order = "j.weighted_quality_score DESC" + (", q.quality_score DESC" if "quality_score" in cols else "")
     rows = con.execute(f"""SELECT q.doc_id, q.question FROM read_parquet({qa}) q
-        JOIN read_parquet({judge}) j ON j.row_id = 'judge:' || q.row_id
+        JOIN read_parquet({judge}) j ON j.qa_row_id = q.row_id
         WHERE {' AND '.join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
     seen, kept = set(), []
     for doc_id, question in rows:

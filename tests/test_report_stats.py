@@ -11,10 +11,13 @@ import pytest
 from PIL import Image
 from test_export_support import SyntheticRun
 
-from longdoc_sdg.export.common import QA_STAGES
+from longdoc_sdg.registry import model_stages, qa_stages
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.report.figures import FIGURES, draw_figures, summary_html
-from longdoc_sdg.report.stats import MODEL_STAGES, STATS_TABLES, compute_stats, write_stats
+from longdoc_sdg.report.stats import STATS_TABLES, compute_stats, write_stats
+
+QA_STAGES = qa_stages()
+MODEL_STAGES = tuple(s for s in model_stages() if s != "judge")  # judge shards: judge/{qa_stage}
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,12 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 from test_workflow import planned_jobs
+
+QA_STAGES = qa_stages()
+MODEL_STAGES = tuple(s for s in model_stages() if s != "judge")  # judge shards: judge/{qa_stage}
 
 AGGREGATE_RULES = {"all", "stats", "report_figures", "export_dataset", "export_reference", "export_hub"}
 
@@ -39,7 +42,7 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=Non
 
 def stage_config(base_url: str) -> dict:
     endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": "FAKE_LLM_KEY"}
-    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in model_stages()}
     stages["ocr"] = {"engine": "pdf-text"}
     stages["windowed_qa"]["num_records"] = 4
     stages["whole_document_qa"]["num_records"] = 2
@@ -64,7 +67,7 @@ def fake_run(tmp_path_factory, real_pdfs):
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)
         assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
-        assert jobs["judge"] == 2  # one job per shard judges every QA stage
+        assert jobs["judge"] == 2 * len(QA_STAGES)  # one job per (QA stage, shard)
         result = snakemake(workdir, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         yield workdir, env, base_url
@@ -151,8 +154,8 @@ def test_the_key_never_leaks(fake_run):
 
 
 def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
-    """One judge job per shard covers all QA stages, but after a windowed_qa prompt edit only
-    windowed_qa's rows are judged again; the other judgements are reused unchanged."""
+    """After a windowed_qa prompt edit only windowed_qa's rows are asked and judged again; the
+    other QA stages' judgements stay as they were."""
     import json
     import urllib.request
 
@@ -186,5 +189,3 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     # Each windowed row is one generation request (plus retries of injected faults: none here)
     # and each ok windowed row one judge request; nothing for the other stages.
     assert new_requests == windowed_rows + windowed_ok, (new_requests, windowed_rows, windowed_ok)
-    logs = "".join((results / "logs" / "judge" / f"{s}.log").read_text() for s in ("00000", "00001"))
-    assert logs.count("reused") == 2 * len(unchanged)

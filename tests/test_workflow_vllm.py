@@ -17,8 +17,11 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import model_stages, qa_stages
 from test_workflow import planned_jobs
+
+QA_STAGES = qa_stages()
+MODEL_STAGES = tuple(s for s in model_stages() if s != "judge")  # judge shards: judge/{qa_stage}
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
@@ -41,7 +44,7 @@ def tiny_model_stage_settings() -> dict:
     """Small budgets and constrained JSON so a random model's replies are still schema-valid."""
     # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
-    stages = {stage: dict(common) for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: dict(common) for stage in model_stages()}
     # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
     # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
     # tests below send the Nemotron-Parse request format to the real server.

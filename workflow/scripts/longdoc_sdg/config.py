@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .registry import qa_stages
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -142,23 +144,12 @@ class ManualEndpoint(Section):
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request timeout in seconds.")
 
 
-DEFAULT_DEPLOYMENTS = {
-    "ocr": "nemotron-parse",
-    "text_qa": "gpt-oss-120b",
-    "classify": "qwen3-vl-30b",
-    "visual_qa": "qwen3-vl-235b-thinking",
-    "single_page_qa": "qwen3-vl-235b-thinking",
-    "windowed_qa": "qwen3-vl-235b-thinking",
-    "whole_document_qa": "qwen3-vl-235b-thinking",
-    "judge": None,
-}
-
-
 def _stage_section(stage_name: str):
     """A stage's config section: the stage's own pydantic config plus how to reach its model."""
     from pydantic import create_model
 
     from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
+    from .registry import get_spec
     from .stages import get_stage
 
     base = get_stage(stage_name).config_model
@@ -169,7 +160,7 @@ def _stage_section(stage_name: str):
         deployment=(
             str | None,
             Field(
-                DEFAULT_DEPLOYMENTS[stage_name],
+                get_spec(stage_name).deployment,
                 description="Deployment (config/deployments/NAME.yaml) served for this stage when serving.enabled.",
             ),
         ),
@@ -193,12 +184,13 @@ def _stage_section(stage_name: str):
 def _stages_model():
     from pydantic import create_model
 
-    from .plan import ALL_MODEL_STAGES
+    from .registry import get_spec, model_stages
 
     fields = {}
-    for name in ALL_MODEL_STAGES:
+    for name in model_stages():
         section = _stage_section(name)
-        fields[name] = (section, Field(section(), description=f"Stage {name}."))
+        spec = get_spec(name)
+        fields[name] = (section, Field(section(), description=f"Stage {spec.number:02d}: {spec.summary}."))
     return create_model("StagesConfig", __base__=Section, **fields)
 
 
@@ -216,7 +208,7 @@ def workflow_config_model():
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
-        stages=(stages, Field(stages(), description="Model stages 02-09.")),
+        stages=(stages, Field(stages(), description="Model stages (longdoc_sdg.registry), by name.")),
         export=(ExportConfig, Field(ExportConfig(), description="Final datasets per QA stage and their export layouts.")),
         publish=(PublishConfig, Field(PublishConfig(), description="Uploading the Hub-ready export folder to the Hugging Face Hub.")),
         report=(ReportConfig, Field(ReportConfig(), description="Run statistics and the figures of `snakemake --report`.")),
@@ -348,7 +340,7 @@ class ExportCard(Section):
 
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Build the final datasets and their layouts for every active QA stage.")
-    stages: list[Literal["text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa"]] | None = Field(
+    stages: list[Literal[qa_stages()]] | None = Field(
         None, description="QA stages to export (null: every active QA stage)."
     )
     layouts: list[Literal["reference", "hub"]] = Field(

@@ -16,7 +16,8 @@ import pyarrow as pa
 import yaml
 
 from ..io import get_logger, write_text_atomic
-from .common import QA_STAGES, fresh_tmp_dir, replace_dir
+from ..registry import qa_stages
+from .common import fresh_tmp_dir, replace_dir
 from .dataset import DROP_ORDER
 from .layout import arrow_fields, write_layout
 
@@ -113,7 +114,7 @@ def write_hub(
     tmp = fresh_tmp_dir(output_dir)
     configs: dict[str, dict] = {}
     try:
-        for stage in [s for s in QA_STAGES if s in datasets]:
+        for stage in [s for s in qa_stages() if s in datasets]:
             schema = hub_schema(datasets[stage])
             names = [f.name for f in schema]
 

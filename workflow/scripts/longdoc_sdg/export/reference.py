@@ -15,12 +15,12 @@ import json
 import pyarrow as pa
 
 from ..io import get_logger
+from ..registry import get_spec
 from .common import fresh_tmp_dir, replace_dir, write_json_atomic
 from .layout import arrow_fields, write_layout
 
 log = get_logger("export.reference")
 
-PER_PAGE_STAGES = ("text_qa", "visual_qa", "single_page_qa")
 DROPPED = {"shard", "split", "row_id", "doc_id", "url", "date", "total_pages", "source_id",
            "prompt_tokens", "completion_tokens", "reasoning_tokens"}
 
@@ -30,9 +30,10 @@ def seed_fields(stage: str) -> list[pa.Field]:
         pa.field("id", pa.string()), pa.field("doc_id", pa.string()), pa.field("url", pa.string()),
         pa.field("date", pa.string()), pa.field("total_pages", pa.int32()),
     ]
-    if stage in PER_PAGE_STAGES:
+    unit = get_spec(stage).unit
+    if unit == "page":
         fields.append(pa.field("page_number", pa.int32()))
-    if stage == "windowed_qa":
+    if unit == "window":
         fields += [pa.field("start_page", pa.int32()), pa.field("end_page", pa.int32()),
                    pa.field("window_size", pa.int32())]
     fields.append(pa.field("png_images_base64", pa.string()))
@@ -46,6 +47,7 @@ def reference_schema(stage: str, dataset: str) -> pa.Schema:
 
 def write_reference(stage: str, dataset: str, pages_files: list[str], output_dir: str, max_file_mb: int) -> dict:
     schema = reference_schema(stage, dataset)
+    unit = get_spec(stage).unit
     names = [f.name for f in schema]
 
     def make_row(row: dict, records) -> dict:
@@ -54,7 +56,7 @@ def write_reference(stage: str, dataset: str, pages_files: list[str], output_dir
         out["id"] = row.get("source_id") or row["doc_id"]
         if "page_number" in out:
             out["page_number"] = pages[0] if pages else None
-        if stage == "windowed_qa":
+        if unit == "window":
             out.update(start_page=min(pages), end_page=max(pages), window_size=len(pages))
         out["png_images_base64"] = json.dumps([base64.b64encode(r.png).decode("ascii") for r in records])
         return out

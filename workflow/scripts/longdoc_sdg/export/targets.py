@@ -4,8 +4,9 @@ statuses and the shard list, so the Snakemake input functions stay one-liners an
 from __future__ import annotations
 
 from .. import __version__
-from ..plan import MODEL_STAGES, QA_STAGES, judged_stages
-from .common import UPSTREAM, dataset_path, hub_dir, publish_record, reference_dir, summary_path
+from ..plan import judged_stages
+from ..registry import get_spec, judge_stage, model_stages, qa_stages
+from .common import dataset_path, hub_dir, publish_record, reference_dir, summary_path
 
 REPORT_FIGURES = ("stage_yield", "failures", "question_types", "answer_formats", "evidence_pages",
                   "judge_scores", "quality_scores", "tokens", "page_classes")
@@ -17,7 +18,7 @@ def export_stages(config: dict, statuses: dict) -> list[str]:
     if not export.get("enabled", True):
         return []
     chosen = export.get("stages")
-    return [s for s in QA_STAGES if statuses[s].active and (chosen is None or s in chosen)]
+    return [s for s in qa_stages() if statuses[s].active and (chosen is None or s in chosen)]
 
 
 def _shards(results: str, stage: str, shards: list[str]) -> list[str]:
@@ -30,9 +31,9 @@ def _seed(results: str, table: str, shards: list[str]) -> list[str]:
 
 def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str], stage: str) -> dict:
     inputs = {"qa": _shards(results, stage, shards), "documents": _seed(results, "documents", shards)}
-    if stage in judged_stages(config):
-        inputs["judge"] = _shards(results, f"judge/{stage}", shards)
-    upstream = UPSTREAM.get(stage, (None,))[0]
+    if stage in judged_stages(config, statuses):
+        inputs["judge"] = _shards(results, f"{judge_stage()}/{stage}", shards)
+    upstream = (get_spec(stage).carries or (None,))[0]
     if upstream and statuses[upstream].active:
         inputs["upstream"] = _shards(results, upstream, shards)
     return inputs
@@ -75,10 +76,10 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
         "failures": _seed(results, "failures", shards),
         "pages": _seed(results, "pages", shards),
     }
-    for stage in MODEL_STAGES:
-        if statuses[stage].active:
+    for stage in model_stages():
+        if statuses[stage].active and not get_spec(stage).per_qa_stage:
             inputs[stage] = _shards(results, stage, shards)
-    inputs["judge"] = [f for qa in judged_stages(config) for f in _shards(results, f"judge/{qa}", shards)]
+    inputs["judge"] = [f for qa in judged_stages(config, statuses) for f in _shards(results, f"{judge_stage()}/{qa}", shards)]
     stages = export_stages(config, statuses)
     inputs["export_datasets"] = [dataset_path(results, s) for s in stages]
     inputs["export_summaries"] = [summary_path(results, s) for s in stages]

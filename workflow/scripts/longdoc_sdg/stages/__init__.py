@@ -1,4 +1,4 @@
-"""Model stages 02-09, declared as data, and `run_stage` that runs one over one shard.
+"""`run_stage`: one model stage (declared in longdoc_sdg.registry) over one shard.
 
 Usage (Snakemake scripts, the CLI and tests all come through here):
 
@@ -16,30 +16,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..io import get_logger
-from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
+from ..registry import load_handler, model_stages
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
-from .classify import ClassifyStage
-from .judge import JudgeStage
-from .ocr import PDF_TEXT_MODEL, OcrStage
-from .text_qa import TextQaStage
-from .visual_qa import VisualQaStage
+from .ocr import PDF_TEXT_MODEL
 
 log = get_logger("stages")
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        OcrStage(), TextQaStage(), ClassifyStage(), VisualQaStage(), SinglePageQaStage(),
-        WindowedQaStage(), WholeDocumentQaStage(), JudgeStage(),
-    )
-}
-
 
 def get_stage(name: str) -> Stage:
-    try:
-        return STAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+    """The row handler of a model stage (see longdoc_sdg.registry)."""
+    if name not in model_stages():
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(model_stages())}")
+    return load_handler(name)
 
 
 def stage_config(name: str, params: dict | None):
@@ -184,4 +172,4 @@ def stage_config_hash(stage: str, params: dict | None, model: str | None = None)
     return config_hash(spec, spec.config_model.model_validate(params or {}), model)
 
 
-__all__ = ["STAGES", "EndpointSettings", "get_stage", "make_engine", "run_stage", "stage_config", "stage_config_hash"]
+__all__ = ["EndpointSettings", "get_stage", "make_engine", "run_stage", "stage_config", "stage_config_hash"]

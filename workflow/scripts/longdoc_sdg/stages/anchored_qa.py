@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from ..pages import iter_page_meta
 from ..taxonomy import ANCHORED_TYPES, DEFAULT_WEIGHTS, find_type
 from ..validators import validate_answer
+from ..ids import RowId
 from .base import (
     ModelStageConfig,
     Plan,
@@ -25,8 +26,6 @@ from .base import (
     StageOutput,
     check_weights,
     iter_rows,
-    page_row_id,
-    qa_row_ids,
     sample_question_type,
     select_records,
     user_message,
@@ -154,10 +153,7 @@ class _AnchoredStage(Stage):
 
 
 class SinglePageQaStage(_AnchoredStage):
-    name = "single_page_qa"
-    description = "Anchored QA on one page (unambiguous among all pages of its document)."
     config_model = SinglePageQaConfig
-    input_keys = ("pages",)
     labelled_pages = False
 
     def plan(self, config: SinglePageQaConfig, inputs: dict[str, str]) -> Plan:
@@ -168,7 +164,7 @@ class SinglePageQaStage(_AnchoredStage):
 
         def keys():
             for row in iter_page_meta(path):
-                yield page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                yield str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
 
         # The reference samples single pages at random: a seeded hash rank, not file order.
         chosen = select_records(keys(), config.num_records, config.seed, shuffled=True)
@@ -176,10 +172,10 @@ class SinglePageQaStage(_AnchoredStage):
         def tasks():
             for row in iter_page_meta(path):
                 page = int(row["page_number"])
-                base = page_row_id(self.name, row["doc_id"], page)
-                if chosen is not None and base not in chosen:
+                base = RowId.page(self.name, row["doc_id"], page)
+                if chosen is not None and str(base) not in chosen:
                     continue
-                for row_id in qa_row_ids(base, config.questions_per_record):
+                for row_id in map(str, base.questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"question_type": qtype, "total_pages": totals[row["doc_id"]]}
                     yield RowTask(row_id, row["doc_id"], [page], data)
@@ -191,14 +187,14 @@ class SinglePageQaStage(_AnchoredStage):
 
 
 class WindowedQaStage(_AnchoredStage):
-    name = "windowed_qa"
-    description = "QA needing at least two pages of a window of consecutive pages."
     config_model = WindowedQaConfig
-    input_keys = ("windows", "pages")
+
+    def window_id(self, window: dict) -> RowId:
+        return RowId.window(self.name, window["doc_id"], int(window["start_page"]), int(window["end_page"]))
 
     def plan(self, config: WindowedQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["windows"]
-        columns = ["window_id", "doc_id", "start_page", "end_page", "total_pages"]
+        columns = ["doc_id", "start_page", "end_page", "total_pages"]
 
         def eligible():
             # A cross-page question needs two pages: one-page windows (one-page documents) are skipped.
@@ -207,17 +203,17 @@ class WindowedQaStage(_AnchoredStage):
                     yield row
 
         chosen = select_records(
-            (f"{self.name}:{r['window_id']}" for r in eligible()),
+            (str(self.window_id(r)) for r in eligible()),
             config.num_records, config.seed, shuffled=True,
         )
 
         def tasks():
             for row in eligible():
-                base = f"{self.name}:{row['window_id']}"
-                if chosen is not None and base not in chosen:
+                base = self.window_id(row)
+                if chosen is not None and str(base) not in chosen:
                     continue
                 pages = list(range(int(row["start_page"]), int(row["end_page"]) + 1))
-                for row_id in qa_row_ids(base, config.questions_per_record):
+                for row_id in map(str, base.questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"question_type": qtype, "total_pages": row["total_pages"]}
                     yield RowTask(row_id, row["doc_id"], pages, data)
@@ -231,10 +227,7 @@ class WindowedQaStage(_AnchoredStage):
 
 
 class WholeDocumentQaStage(_AnchoredStage):
-    name = "whole_document_qa"
-    description = "QA over all pages of a document (needs 2+ pages, 4-8 preferred)."
     config_model = WholeDocumentQaConfig
-    input_keys = ("documents", "pages")
 
     def plan(self, config: WholeDocumentQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["documents"]
@@ -254,7 +247,7 @@ class WholeDocumentQaStage(_AnchoredStage):
                 if chosen is not None and row["doc_id"] not in chosen:
                     continue
                 pages = list(range(1, int(row["total_pages"]) + 1))
-                for row_id in qa_row_ids(f"{self.name}:{row['doc_id']}", config.questions_per_record):
+                for row_id in map(str, RowId.document(self.name, row["doc_id"]).questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     yield RowTask(row_id, row["doc_id"], pages, {"question_type": qtype})
 
