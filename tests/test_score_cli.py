@@ -27,6 +27,7 @@ TABLE, CHART, TEXT = "Table", "Chart", "Pure-text (Plain-text)"
 FIGURE, LAYOUT = "Figure", "Generalized-text (Layout)"
 REPORT, FINANCE, GUIDE = "Research report / Introduction", "Financial report", "Guidebook"
 
+# fmt: off
 OFFICIAL_ROWS = [1, 1, 0, 0, 1, 0, 1, 1, 0, 1,
                  1, 1, 0, 0, 1, 1, 0, None,
                  1, 11 / 12, 4 / 7, 0, 0, 1, 0, 1, 9 / 14, 6 / 7,
@@ -37,6 +38,7 @@ FIXED_ROWS = [1, 0, 1, 0, 1, 0, 1, 1, 1, 1,
               1, 11 / 12, 4 / 7, 0, 0, 1, 0, 1, 0, 5 / 6,
               1, 6 / 7, 1, 0, 1, 0, 5 / 6, 1,
               1, 1, 0, 0, 1, 1, 0, 1]
+# fmt: on
 
 
 def f1(recall: float, precision: float) -> float:
@@ -100,13 +102,21 @@ FIXED = {
 
 
 def run_score(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "longdoc_sdg.cli", "score", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "longdoc_sdg.cli", "score", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_aggregates(got: dict, expected: dict) -> None:
-    assert list(got) == ["overall", "single_page", "cross_page", "unanswerable", "evidence_sources",
-                         "doc_types", "errors"]
+    assert list(got) == [
+        "overall",
+        "single_page",
+        "cross_page",
+        "unanswerable",
+        "evidence_sources",
+        "doc_types",
+        "errors",
+    ]
     assert set(got["overall"]) == {"accuracy", "f1", "n"}
     assert got["errors"] == expected["errors"]
     for key in ("overall", "single_page", "cross_page", "unanswerable"):
@@ -117,10 +127,13 @@ def assert_aggregates(got: dict, expected: dict) -> None:
             assert got[key][name] == pytest.approx(group), (key, name)
 
 
-@pytest.mark.parametrize(("mode", "expected", "row_scores"), [
-    ("official", OFFICIAL, OFFICIAL_ROWS),
-    ("fixed", FIXED, FIXED_ROWS),
-])
+@pytest.mark.parametrize(
+    ("mode", "expected", "row_scores"),
+    [
+        ("official", OFFICIAL, OFFICIAL_ROWS),
+        ("fixed", FIXED, FIXED_ROWS),
+    ],
+)
 def test_fixture_aggregates_by_hand(tmp_path, mode, expected, row_scores):
     out = tmp_path / f"{mode}.json"
     proc = run_score(str(FIXTURE), "--mode", mode, "--json", str(out))
@@ -189,13 +202,16 @@ def test_every_bad_row_is_listed(tmp_path, capsys):
     assert "row 3 (doc_id 'report-a.pdf'): field evidence_pages: expected a list" in err
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "the file is empty"),
-    ("  \n", "the file is empty"),
-    ("[]", "no rows"),
-    ('{"doc_id": 1}\nnot json\n', "line 2: not valid JSON"),
-    ("[1, 2]", "row 1: expected an object"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file is empty"),
+        ("  \n", "the file is empty"),
+        ("[]", "no rows"),
+        ('{"doc_id": 1}\nnot json\n', "line 2: not valid JSON"),
+        ("[1, 2]", "row 1: expected an object"),
+    ],
+)
 def test_empty_and_malformed_files(tmp_path, content, message, capsys):
     assert message in _bad_input(tmp_path, content, capsys)
 

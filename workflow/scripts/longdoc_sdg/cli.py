@@ -298,8 +298,9 @@ def _score_command(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-register("score", "score predictions by MMLongBench-Doc's rules (official or fixed mode)",
-         _score_arguments, _score_command)
+register(
+    "score", "score predictions by MMLongBench-Doc's rules (official or fixed mode)", _score_arguments, _score_command
+)
 
 
 # ---------------------------------------------------------------------------------------------

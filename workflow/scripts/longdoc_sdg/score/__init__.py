@@ -55,7 +55,22 @@ from .results import (
 from .rules import FORMATS, MODES, NOT_ANSWERABLE, ScoringError, clean, is_not_answerable, parse_list, score_answer
 
 __all__ = [
-    "FORMATS", "MODES", "NOT_ANSWERABLE", "RESULT_FIELDS", "SAMPLE_FIELDS", "InputError", "ScoringError",
-    "aggregate", "check_rows", "clean", "is_not_answerable", "parse_list", "read_rows", "rows_path",
-    "score_answer", "score_file", "score_rows", "write_outputs",
+    "FORMATS",
+    "MODES",
+    "NOT_ANSWERABLE",
+    "RESULT_FIELDS",
+    "SAMPLE_FIELDS",
+    "InputError",
+    "ScoringError",
+    "aggregate",
+    "check_rows",
+    "clean",
+    "is_not_answerable",
+    "parse_list",
+    "read_rows",
+    "rows_path",
+    "score_answer",
+    "score_file",
+    "score_rows",
+    "write_outputs",
 ]

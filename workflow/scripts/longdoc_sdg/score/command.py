@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .results import InputError, check_rows, read_rows, rows_path, score_rows, aggregate, write_outputs
+from .results import InputError, aggregate, check_rows, read_rows, rows_path, score_rows, write_outputs
 from .rules import MODES
 
 DESCRIPTION = """Score predictions by MMLongBench-Doc's rules.
@@ -22,12 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("file", metavar="FILE", help="predictions: JSON list or JSON Lines")
-    parser.add_argument("--mode", choices=MODES, default="official",
-                        help="official: the benchmark's evaluation, quirks included (default); "
-                        "fixed: known defects repaired (see longdoc_sdg.score)")
-    parser.add_argument("--json", metavar="OUT", dest="json_out",
-                        help="also write the aggregates to OUT and every row with its score to "
-                        "OUT.rows.jsonl (OUT's .json suffix replaced), in input order")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="official",
+        help="official: the benchmark's evaluation, quirks included (default); "
+        "fixed: known defects repaired (see longdoc_sdg.score)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="OUT",
+        dest="json_out",
+        help="also write the aggregates to OUT and every row with its score to "
+        "OUT.rows.jsonl (OUT's .json suffix replaced), in input order",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -46,7 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
         write_outputs(args.json_out, scored, aggregates, originals)
     print(json.dumps(aggregates, indent=2, ensure_ascii=False))
     if aggregates["errors"]:
-        print(f"{aggregates['errors']} row(s) could not be scored in {args.mode} mode (score null, "
-              f"reason in score_error{' of ' + str(rows_path(args.json_out)) if args.json_out else ''})",
-              file=sys.stderr)
+        print(
+            f"{aggregates['errors']} row(s) could not be scored in {args.mode} mode (score null, "
+            f"reason in score_error{' of ' + str(rows_path(args.json_out)) if args.json_out else ''})",
+            file=sys.stderr,
+        )
     return 0

@@ -56,7 +56,9 @@ def read_rows(path: str | Path) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                problems.append(f"line {number}: not valid JSON ({exc.msg}); a JSON list or one object per line is expected")
+                problems.append(
+                    f"line {number}: not valid JSON ({exc.msg}); a JSON list or one object per line is expected"
+                )
         if problems:
             raise InputError(source, problems)
     if not rows:
@@ -75,7 +77,7 @@ def parse_list_field(value: Any) -> list:
             parsed = None
         if isinstance(parsed, list):
             return parsed
-    raise ValueError(f"expected a list such as \"[3, 4]\", got {value!r}"[:200])
+    raise ValueError(f'expected a list such as "[3, 4]", got {value!r}'[:200])
 
 
 def _row_name(index: int, row: Any) -> str:
@@ -196,7 +198,9 @@ def rows_path(json_out: str | Path) -> Path:
     return out.with_name(f"{stem}.rows.jsonl")
 
 
-def write_outputs(json_out: str | Path, rows: list[dict], aggregates: dict, originals: list[dict] | None = None) -> Path:
+def write_outputs(
+    json_out: str | Path, rows: list[dict], aggregates: dict, originals: list[dict] | None = None
+) -> Path:
     """Write the aggregates (JSON) and the rows (JSON Lines, input order) atomically."""
     from ..io import write_text_atomic
 

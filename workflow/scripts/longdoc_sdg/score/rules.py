@@ -260,10 +260,14 @@ def _fixed_list(gt: Any, pred: Any) -> float:
 
 # ---------------------------------------------------------------------------------------------
 
-_OFFICIAL = {"Int": _official_int, "Float": _official_float, "Str": _official_text,
-             "None": _official_text, "List": _official_list}
-_FIXED = {"Int": _fixed_int, "Float": _fixed_float, "Str": _fixed_text, "None": _fixed_text,
-          "List": _fixed_list}
+_OFFICIAL = {
+    "Int": _official_int,
+    "Float": _official_float,
+    "Str": _official_text,
+    "None": _official_text,
+    "List": _official_list,
+}
+_FIXED = {"Int": _fixed_int, "Float": _fixed_float, "Str": _fixed_text, "None": _fixed_text, "List": _fixed_list}
 
 
 def score_answer(gt: Any, pred: Any, answer_format: str, mode: str = "official") -> float:
