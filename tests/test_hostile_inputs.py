@@ -265,7 +265,9 @@ def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
     response = b"HTTP/1.1 200 OK\r\n" + http_headers + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
     record = (
         b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http; msgtype=response\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(response) + response + b"\r\n\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(response)
+        + response
+        + b"\r\n\r\n"
     )
     return gzip.compress(record, 1)
 
@@ -293,7 +295,9 @@ def test_a_warc_bomb_stops_at_the_size_cap(server):
     document = row(server.url("/dead.pdf"), file_path="bomb.warc.gz", offset=0)
     child = subprocess.run(
         [sys.executable, "-c", FETCH_IN_CHILD, json.dumps(document), json.dumps(settings)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr[-2000:]
     result = json.loads(child.stdout.strip().splitlines()[-1])

@@ -253,7 +253,9 @@ class _Transient(Exception):
 
 
 def _open(url: str, params: DownloadParams, headers: dict[str, str], attempt: _Attempt):
-    request = urllib.request.Request(url, headers={"User-Agent": params.user_agent, "Accept-Encoding": "identity", **headers})
+    request = urllib.request.Request(
+        url, headers={"User-Agent": params.user_agent, "Accept-Encoding": "identity", **headers}
+    )
     try:
         return _opener(params, attempt).open(request, timeout=params.timeout_s)
     except urllib.error.HTTPError as error:
@@ -311,7 +313,13 @@ def _with_retries(action, params: DownloadParams, what: str):
             time.sleep(delay)
 
 
-def _stream_body(response, params: DownloadParams, attempt: _Attempt, limit: int | None = None, setting: str = "seed.download.max_bytes"):
+def _stream_body(
+    response,
+    params: DownloadParams,
+    attempt: _Attempt,
+    limit: int | None = None,
+    setting: str = "seed.download.max_bytes",
+):
     """Yield the body in chunks as they arrive, enforcing the byte cap, the minimum transfer
     rate and the declared length (a body cut short is worth another try)."""
     limit = params.max_bytes if limit is None else limit
@@ -443,7 +451,10 @@ def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> by
     elif encoding == "deflate":
         body = inflate_capped(body, 15, max_bytes, "the archived deflate payload")
     if len(body) > max_bytes:
-        raise SeedFailure("too_large", f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.download.max_bytes")
+        raise SeedFailure(
+            "too_large",
+            f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.download.max_bytes",
+        )
     return body
 
 
