@@ -19,7 +19,7 @@ from longdoc_sdg.ids import RowId
 from longdoc_sdg.registry import STAGES, get_spec, model_stages, qa_stages
 from test_workflow import planned_jobs
 
-TOY_ENTRY = '''
+TOY_ENTRY = """
 STAGES = STAGES + (
     StageSpec(
         "page_count_qa", 10, "qa", "Asks how many pages a document has",
@@ -27,7 +27,7 @@ STAGES = STAGES + (
         unit="document", question_types="anchored",
     ),
 )
-'''
+"""
 
 TOY_HANDLER = '''"""A toy QA stage: one question per document about its page count."""
 
@@ -112,8 +112,13 @@ def test_a_toy_stage_needs_only_its_entry_handler_and_prompt(tmp_path):
     (package / "stages" / "page_count_qa.py").write_text(TOY_HANDLER)
     (package / "prompts" / "page_count_qa.j2").write_text(TOY_PROMPT)
     env = {**os.environ, "PYTHONPATH": str(copy / "workflow" / "scripts")}
-    schema = subprocess.run([sys.executable, "-m", "longdoc_sdg.config", "--write-schema"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    schema = subprocess.run(
+        [sys.executable, "-m", "longdoc_sdg.config", "--write-schema"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert schema.returncode == 0, schema.stderr
 
     endpoint = {"base_url": f"http://127.0.0.1:{closed_port()}/v1", "model": "toy-model"}
@@ -125,9 +130,22 @@ def test_a_toy_stage_needs_only_its_entry_handler_and_prompt(tmp_path):
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     dry = subprocess.run(
-        ["snakemake", "-n", "--snakefile", str(copy / "workflow" / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(workdir / "config.yaml"), "--cores", "1"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(copy / "workflow" / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-4000:]
     jobs = planned_jobs(dry.stdout)

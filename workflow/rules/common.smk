@@ -18,7 +18,6 @@ RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
-JUDGED = run_plan.judged_stages(config, STATUSES)
 
 # Only the main process lists the source; cluster jobs reuse the manifest it wrote.
 if workflow.is_main_process:
@@ -136,7 +135,7 @@ def get_final_outputs(wildcards):
         outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
         for stage in model_stages():
             if STATUSES[stage].active:
-                outputs += run_plan.stage_outputs(stage, RESULTS, shard, JUDGED)
+                outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     if SHARDS:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
@@ -179,7 +178,7 @@ def get_deployment_clients(wildcards):
         if config["stages"][stage]["deployment"] != wildcards.deployment:
             continue
         for shard in SHARDS:
-            outputs += run_plan.stage_outputs(stage, RESULTS, shard, JUDGED)
+            outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
 
 

@@ -61,7 +61,7 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
         mode = endpoint_mode(config, stage)
         upstream = list(spec.upstream)
         if spec.per_qa_stage:
-            upstream = [s for s in settings.get("judge_stages", []) if s in qa_stages()]
+            upstream = [s for s in settings.get(spec.qa_stages_key, []) if s in qa_stages()]
         blocked = [s for s in upstream if not statuses[s].active]
         if not settings.get("enabled", True):
             statuses[stage] = StageStatus(stage, False, "disabled", "disabled in config")
@@ -78,7 +78,9 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
                 ),
             )
         elif spec.per_qa_stage and not upstream:
-            statuses[stage] = StageStatus(stage, False, "disabled", f"no QA stage listed in stages.{stage}.judge_stages")
+            statuses[stage] = StageStatus(
+                stage, False, "disabled", f"no QA stage listed in stages.{stage}.{spec.qa_stages_key}"
+            )
         elif spec.per_qa_stage and len(blocked) == len(upstream):
             statuses[stage] = StageStatus(stage, False, mode, f"waits for {', '.join(blocked)}")
         elif not spec.per_qa_stage and blocked:
@@ -89,13 +91,18 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
     return {stage: statuses[stage] for stage in model_stages()}
 
 
-def judged_stages(config: dict, statuses: dict[str, StageStatus] | None = None) -> list[str]:
-    """The active QA stages the judge runs on (one judge job per such stage and shard)."""
+def qa_inputs(config: dict, stage: str, statuses: dict[str, StageStatus] | None = None) -> list[str]:
+    """The active QA stages a per-QA-stage stage runs on (one job per such stage and shard)."""
     statuses = statuses or stage_statuses(config)
-    judge = judge_stage()
-    if not statuses[judge].active:
+    spec = get_spec(stage)
+    if not (spec.per_qa_stage and statuses[stage].active):
         return []
-    return [s for s in config["stages"][judge]["judge_stages"] if statuses[s].active]
+    return [s for s in config["stages"][stage][spec.qa_stages_key] if statuses[s].active]
+
+
+def judged_stages(config: dict, statuses: dict[str, StageStatus] | None = None) -> list[str]:
+    """The active QA stages the judge runs on."""
+    return qa_inputs(config, judge_stage(), statuses)
 
 
 def input_paths(stage: str, results: str) -> dict[str, str]:
@@ -131,11 +138,11 @@ def log_path(stage: str, results: str) -> str:
     return _job_path(stage, f"{results}/logs", ".log")
 
 
-def stage_outputs(stage: str, results: str, shard: str, judged: list[str]) -> list[str]:
+def stage_outputs(stage: str, results: str, shard: str, config: dict, statuses: dict[str, StageStatus]) -> list[str]:
     """The stage's output files of one shard (the judge: one per judged QA stage)."""
     pattern = output_path(stage, results)
     if get_spec(stage).per_qa_stage:
-        return [pattern.format(qa_stage=q, shard=shard) for q in judged]
+        return [pattern.format(qa_stage=q, shard=shard) for q in qa_inputs(config, stage, statuses)]
     return [pattern.format(shard=shard)]
 
 

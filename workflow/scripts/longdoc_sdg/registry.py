@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["seed", "ocr", "classify", "qa", "judge"]
+Kind = Literal["seed", "ocr", "classify", "qa", "judge", "verify"]
 Unit = Literal["page", "window", "document"]
 
 SEED_TABLES = ("pages", "documents", "windows", "failures")
@@ -35,6 +35,7 @@ class StageSpec:
     unit: Unit | None = None
     question_types: str | None = None
     carries: tuple[str, str] | None = None
+    enabled_by_default: bool = True  # the default of stages.NAME.enabled
 
     @property
     def is_qa(self) -> bool:
@@ -44,6 +45,11 @@ class StageSpec:
     def per_qa_stage(self) -> bool:
         """One job per (QA stage, shard): the stage reads the output of a QA stage."""
         return JUDGED_INPUT in self.inputs
+
+    @property
+    def qa_stages_key(self) -> str:
+        """A per-QA-stage stage's setting listing the QA stages it runs on: stages.NAME.NAME_stages."""
+        return f"{self.name}_stages"
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -58,42 +64,96 @@ class StageSpec:
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("seed", 1, "seed", "Fetched documents, page images (stored once) and their text layer"),
     StageSpec(
-        "ocr", 2, "ocr", "Page text with element boxes and classes (PDF text layer or Nemotron-Parse)",
-        inputs=("pages",), handler="longdoc_sdg.stages.ocr:OcrStage", deployment="nemotron-parse",
+        "ocr",
+        2,
+        "ocr",
+        "Page text with element boxes and classes (PDF text layer or Nemotron-Parse)",
+        inputs=("pages",),
+        handler="longdoc_sdg.stages.ocr:OcrStage",
+        deployment="nemotron-parse",
     ),
     StageSpec(
-        "text_qa", 3, "qa", "Question/answer pairs from OCR text, judged for relevance and correctness",
-        inputs=("ocr",), handler="longdoc_sdg.stages.text_qa:TextQaStage", deployment="gpt-oss-120b",
-        unit="page", question_types="text", carries=("ocr", "transcribed_texts"),
+        "text_qa",
+        3,
+        "qa",
+        "Question/answer pairs from OCR text, judged for relevance and correctness",
+        inputs=("ocr",),
+        handler="longdoc_sdg.stages.text_qa:TextQaStage",
+        deployment="gpt-oss-120b",
+        unit="page",
+        question_types="text",
+        carries=("ocr", "transcribed_texts"),
     ),
     StageSpec(
-        "classify", 4, "classify", "Page classification into 8 categories / 45 subcategories (structured output)",
-        inputs=("pages",), handler="longdoc_sdg.stages.classify:ClassifyStage", deployment="qwen3-vl-30b",
+        "classify",
+        4,
+        "classify",
+        "Page classification into 8 categories / 45 subcategories (structured output)",
+        inputs=("pages",),
+        handler="longdoc_sdg.stages.classify:ClassifyStage",
+        deployment="qwen3-vl-30b",
     ),
     StageSpec(
-        "visual_qa", 5, "qa", "Reasoning QA on pages with charts, tables, diagrams (question, answer, two checks)",
-        inputs=("classify", "pages"), handler="longdoc_sdg.stages.visual_qa:VisualQaStage",
-        deployment="qwen3-vl-235b-thinking", unit="page", question_types="visual",
+        "visual_qa",
+        5,
+        "qa",
+        "Reasoning QA on pages with charts, tables, diagrams (question, answer, two checks)",
+        inputs=("classify", "pages"),
+        handler="longdoc_sdg.stages.visual_qa:VisualQaStage",
+        deployment="qwen3-vl-235b-thinking",
+        unit="page",
+        question_types="visual",
         carries=("classify", "page_classification"),
     ),
     StageSpec(
-        "single_page_qa", 6, "qa", "Anchored QA on one page (unambiguous among all pages of its document)",
-        inputs=("pages",), handler="longdoc_sdg.stages.anchored_qa:SinglePageQaStage",
-        deployment="qwen3-vl-235b-thinking", unit="page", question_types="anchored",
+        "single_page_qa",
+        6,
+        "qa",
+        "Anchored QA on one page (unambiguous among all pages of its document)",
+        inputs=("pages",),
+        handler="longdoc_sdg.stages.anchored_qa:SinglePageQaStage",
+        deployment="qwen3-vl-235b-thinking",
+        unit="page",
+        question_types="anchored",
     ),
     StageSpec(
-        "windowed_qa", 7, "qa", "QA needing at least two pages of a window of consecutive pages",
-        inputs=("windows", "pages"), handler="longdoc_sdg.stages.anchored_qa:WindowedQaStage",
-        deployment="qwen3-vl-235b-thinking", unit="window", question_types="anchored",
+        "windowed_qa",
+        7,
+        "qa",
+        "QA needing at least two pages of a window of consecutive pages",
+        inputs=("windows", "pages"),
+        handler="longdoc_sdg.stages.anchored_qa:WindowedQaStage",
+        deployment="qwen3-vl-235b-thinking",
+        unit="window",
+        question_types="anchored",
     ),
     StageSpec(
-        "whole_document_qa", 8, "qa", "QA over all pages of a document (needs 2+ pages, 4-8 preferred)",
-        inputs=("documents", "pages"), handler="longdoc_sdg.stages.anchored_qa:WholeDocumentQaStage",
-        deployment="qwen3-vl-235b-thinking", unit="document", question_types="anchored",
+        "whole_document_qa",
+        8,
+        "qa",
+        "QA over all pages of a document (needs 2+ pages, 4-8 preferred)",
+        inputs=("documents", "pages"),
+        handler="longdoc_sdg.stages.anchored_qa:WholeDocumentQaStage",
+        deployment="qwen3-vl-235b-thinking",
+        unit="document",
+        question_types="anchored",
     ),
     StageSpec(
-        "judge", 9, "judge", "Five-criterion rubric judge (0-5 each) with a weighted quality score",
-        inputs=(JUDGED_INPUT, "pages"), handler="longdoc_sdg.stages.judge:JudgeStage",
+        "judge",
+        9,
+        "judge",
+        "Five-criterion rubric judge (0-5 each) with a weighted quality score",
+        inputs=(JUDGED_INPUT, "pages"),
+        handler="longdoc_sdg.stages.judge:JudgeStage",
+    ),
+    StageSpec(
+        "verify",
+        10,
+        "verify",
+        "Independent re-answer of each QA row from its pages, scored by the benchmark's rules",
+        inputs=(JUDGED_INPUT, "pages"),
+        handler="longdoc_sdg.stages.verify:VerifyStage",
+        enabled_by_default=False,
     ),
 )
 

@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from ..ids import RowId
 from ..pages import iter_page_meta
 from ..taxonomy import ANCHORED_TYPES, DEFAULT_WEIGHTS, find_type
 from ..validators import validate_answer
-from ..ids import RowId
 from .base import (
     ModelStageConfig,
     Plan,
@@ -65,7 +65,8 @@ class AnchoredQaConfig(ModelStageConfig):
 
 class SinglePageQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["single_page_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["single_page_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(1, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("single_page_qa.j2", description="Prompt template of the generation call.")
@@ -73,7 +74,8 @@ class SinglePageQaConfig(AnchoredQaConfig):
 
 class WindowedQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["windowed_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["windowed_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
@@ -81,11 +83,14 @@ class WindowedQaConfig(AnchoredQaConfig):
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["whole_document_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["whole_document_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(
-        None, ge=1, description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit."
+        None,
+        ge=1,
+        description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit.",
     )
     prompt_template: str = Field("whole_document_qa.j2", description="Prompt template of the generation call.")
 
@@ -120,8 +125,9 @@ class _AnchoredStage(Stage):
         sampling = cfg.sampling.to_request()
         messages = user_message([*images, {"type": "text", "text": prompt}])
         if cfg.output_format == "json":
-            result = await calls.chat(messages, response_model=AnchoredReply, sampling=sampling,
-                                      max_tokens=cfg.max_tokens)
+            result = await calls.chat(
+                messages, response_model=AnchoredReply, sampling=sampling, max_tokens=cfg.max_tokens
+            )
             item = from_json_reply(result.parsed)
         else:
             if cfg.constrain_output:
@@ -147,9 +153,7 @@ class _AnchoredStage(Stage):
         }
 
     def render_common(self, ctx: StageContext, qtype, **context) -> str:
-        return ctx.templates["prompt_template"].render(
-            qtype=qtype, output_format=ctx.config.output_format, **context
-        )
+        return ctx.templates["prompt_template"].render(qtype=qtype, output_format=ctx.config.output_format, **context)
 
 
 class SinglePageQaStage(_AnchoredStage):
@@ -204,7 +208,9 @@ class WindowedQaStage(_AnchoredStage):
 
         chosen = select_records(
             (str(self.window_id(r)) for r in eligible()),
-            config.num_records, config.seed, shuffled=True,
+            config.num_records,
+            config.seed,
+            shuffled=True,
         )
 
         def tasks():

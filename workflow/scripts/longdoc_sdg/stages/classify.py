@@ -7,6 +7,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from ..ids import RowId
 from ..pages import iter_page_meta
 from ..taxonomy import (
     CATEGORY_HINTS,
@@ -16,7 +17,6 @@ from ..taxonomy import (
     ReasoningCategory,
     ReasoningSubcategory,
 )
-from ..ids import RowId
 from .base import (
     ModelStageConfig,
     Plan,

@@ -24,6 +24,7 @@ from .base import (
     user_message,
 )
 
+
 class RubricScore(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(max_length=600)  # first: the score should follow from the stated reason
@@ -43,9 +44,7 @@ class JudgeConfig(ModelStageConfig):
     sampling: SamplingConfig = Field(
         SamplingConfig(temperature=0.0), description="Sampling of the judge (greedy by default)."
     )
-    only_format_ok: bool = Field(
-        False, description="Judge only rows whose answer passed the format check (format_ok)."
-    )
+    only_format_ok: bool = Field(False, description="Judge only rows whose answer passed the format check (format_ok).")
     show_images: bool = Field(True, description="Send the pages of each item to the judge.")
     prompt_template: str = Field("judge.j2", description="Prompt template of the judge call.")
     judge_stages: list[str] = Field(
@@ -64,7 +63,10 @@ class JudgeConfig(ModelStageConfig):
 
 
 def _rubric_fields() -> dict:
-    return {f"{item.key}_score": (int, Field(description=f"{item.label}, 0-5 (weight {item.weight}).")) for item in JUDGE_RUBRIC}
+    return {
+        f"{item.key}_score": (int, Field(description=f"{item.label}, 0-5 (weight {item.weight})."))
+        for item in JUDGE_RUBRIC
+    }
 
 
 JudgeOutput = create_model(
@@ -149,4 +151,3 @@ class JudgeStage(Stage):
             **{f"{k}_score": v for k, v in scores.items()},
             "weighted_quality_score": weighted_quality_score(scores),
         }
-

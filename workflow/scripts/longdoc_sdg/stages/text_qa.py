@@ -6,9 +6,9 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..ids import RowId
 from ..taxonomy import DEFAULT_WEIGHTS, TEXT_TYPES, find_type
 from ..validators import validate_answer
-from ..ids import RowId
 from .base import (
     ModelStageConfig,
     Plan,
@@ -89,12 +89,13 @@ class TextQaStage(Stage):
 
         chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
 
-
         def tasks():
             for row in eligible():
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
-                for row_id in map(str, RowId.parse(row["row_id"]).for_stage(self.name).questions(config.questions_per_record)):
+                for row_id in map(
+                    str, RowId.parse(row["row_id"]).for_stage(self.name).questions(config.questions_per_record)
+                ):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"text": row["transcribed_texts"], "question_type": qtype, "source_row_id": row["row_id"]}
                     yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
@@ -125,10 +126,18 @@ class TextQaStage(Stage):
         correctness_prompt = ctx.templates["correctness_template"].render(text=text, question=question, answer=answer)
         # The two checks are independent: run them side by side.
         relevance, correctness = await gather_or_cancel(
-            calls.chat(user_message(relevance_prompt), response_model=RelevanceVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
-            calls.chat(user_message(correctness_prompt), response_model=CorrectnessVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
+            calls.chat(
+                user_message(relevance_prompt),
+                response_model=RelevanceVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
+            calls.chat(
+                user_message(correctness_prompt),
+                response_model=CorrectnessVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
         )
         ok, reason = validate_answer(qtype.answer_format, answer, question)
         return {
