@@ -55,6 +55,8 @@ def tiny_model_stage_settings() -> dict:
     stages["whole_document_qa"].update(output_format="json")
     stages["visual_qa"]["check_sampling"] = {"extra_body": NO_THINKING}
     stages["whole_document_qa"]["num_records"] = 2
+    stages["whole_document_qa"]["max_pages"] = 8
+    stages["windowed_qa"]["window_size"] = 2
     return stages
 
 
@@ -79,7 +81,7 @@ def base_config(workdir: Path, pdfs: list[Path]) -> dict:
         "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
         "sharding": {"documents_per_shard": 1},
         # Small pages keep every image near 200 tokens for the tiny model's context.
-        "seed": {"dpi": 40, "window_size": 2, "whole_document_max_pages": 8},
+        "seed": {"dpi": 40},
     }
 
 

@@ -1,12 +1,13 @@
 """Snakemake entry point of stage 01 (seed); the work is in longdoc_sdg.seed."""
 
 from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.registry import SEED_TABLES
 from longdoc_sdg.seed import run_seed_shard
 
 setup_job_logging(snakemake.log[0])
 run_seed_shard(
     manifest_path=snakemake.input.manifest,
-    outputs={name: snakemake.output[name] for name in ("pages", "documents", "windows", "failures")},
+    outputs={name: snakemake.output[name] for name in SEED_TABLES},
     params=snakemake.params.seed,
     threads=snakemake.threads,
 )

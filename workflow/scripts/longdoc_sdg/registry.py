@@ -4,7 +4,7 @@ judge, export and report need to know about it. The rules, the config schema, th
 export, report and requeue all read this table; adding a stage is one entry here, one handler
 module and its prompt.
 
-Inputs name seed tables (`pages`, `documents`, `windows`, `failures`), upstream stages, or `qa`: the output
+Inputs name seed tables (`pages`, `documents`, `failures`), upstream stages, or `qa`: the output
 of the QA stage being judged, which makes the stage run once per (judged QA stage, shard).
 """
 
@@ -17,7 +17,7 @@ from typing import Literal
 Kind = Literal["seed", "ocr", "classify", "qa", "judge", "verify"]
 Unit = Literal["page", "window", "document"]
 
-SEED_TABLES = ("pages", "documents", "windows", "failures")
+SEED_TABLES = ("pages", "documents", "failures")
 JUDGED_INPUT = "qa"
 
 
@@ -121,7 +121,7 @@ STAGES: tuple[StageSpec, ...] = (
         7,
         "qa",
         "QA needing at least two pages of a window of consecutive pages",
-        inputs=("windows", "pages"),
+        inputs=("documents", "pages"),
         handler="longdoc_sdg.stages.anchored_qa:WindowedQaStage",
         deployment="qwen3-vl-235b-thinking",
         unit="window",

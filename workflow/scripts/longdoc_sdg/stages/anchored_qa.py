@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..ids import RowId
 from ..pages import iter_page_meta
@@ -31,6 +31,7 @@ from .base import (
     user_message,
 )
 from .replies import TAGGED_REGEX, AnchoredReply, ParseError, evidence_json, from_json_reply, parse_tagged
+from .windows import make_windows
 
 TYPE_KEYS = ", ".join(t.key for t in ANCHORED_TYPES)
 
@@ -79,6 +80,27 @@ class WindowedQaConfig(AnchoredQaConfig):
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
+    window_size: int | None = Field(
+        None,
+        ge=1,
+        description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, "
+        "... 7 up to 60, 8 beyond.",
+    )
+    window_stride: int | None = Field(
+        None,
+        ge=1,
+        description="Pages between window starts; null = window size (no overlap). Never larger than the window "
+        "size, so no page is skipped. The last window is shifted back to end on the last page.",
+    )
+
+    @model_validator(mode="after")
+    def _stride_within_size(self) -> "WindowedQaConfig":
+        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
+                "pages would be skipped"
+            )
+        return self
 
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
@@ -88,9 +110,10 @@ class WholeDocumentQaConfig(AnchoredQaConfig):
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(
-        None,
+        50,
         ge=1,
-        description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit.",
+        description="Documents with more pages get no whole-document question (the reference skips them at 50); "
+        "null: no limit.",
     )
     prompt_template: str = Field("whole_document_qa.j2", description="Prompt template of the generation call.")
 
@@ -194,17 +217,26 @@ class WindowedQaStage(_AnchoredStage):
     config_model = WindowedQaConfig
 
     def window_id(self, window: dict) -> RowId:
-        return RowId.window(self.name, window["doc_id"], int(window["start_page"]), int(window["end_page"]))
+        return RowId.window(self.name, window["doc_id"], window["start_page"], window["end_page"])
 
     def plan(self, config: WindowedQaConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["windows"]
-        columns = ["doc_id", "start_page", "end_page", "total_pages"]
+        path = inputs["documents"]
 
         def eligible():
-            # A cross-page question needs two pages: one-page windows (one-page documents) are skipped.
-            for row in iter_rows(path, columns):
-                if int(row["end_page"]) - int(row["start_page"]) + 1 >= config.min_evidence_pages:
-                    yield row
+            # Each document's windows, in document order. A cross-page question needs two pages:
+            # one-page windows (one-page documents) are skipped.
+            for doc in iter_rows(path, ["doc_id", "total_pages"]):
+                total = int(doc["total_pages"] or 0)
+                if total < 1:
+                    continue
+                for window in make_windows(total, config.window_size, config.window_stride):
+                    if window.window_size >= config.min_evidence_pages:
+                        yield {
+                            "doc_id": doc["doc_id"],
+                            "start_page": window.start_page,
+                            "end_page": window.end_page,
+                            "total_pages": total,
+                        }
 
         chosen = select_records(
             (str(self.window_id(r)) for r in eligible()),
@@ -237,13 +269,12 @@ class WholeDocumentQaStage(_AnchoredStage):
 
     def plan(self, config: WholeDocumentQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["documents"]
-        columns = ["doc_id", "total_pages", "whole_document"]
 
         def eligible():
-            for row in iter_rows(path, columns):
+            for row in iter_rows(path, ["doc_id", "total_pages"]):
                 total = int(row["total_pages"] or 0)
                 enough = total >= config.min_evidence_pages  # the question must need 2+ pages
-                if row["whole_document"] and enough and (config.max_pages is None or total <= config.max_pages):
+                if enough and (config.max_pages is None or total <= config.max_pages):
                     yield row
 
         chosen = select_records((r["doc_id"] for r in eligible()), config.num_records, config.seed, False)
