@@ -32,7 +32,7 @@ log = get_logger("report.stats")
 MODEL_STAGES = ("ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
 STATS_TABLES = (
     "stage_yield", "failure_reasons", "filter_drops", "question_types", "answer_formats", "evidence_pages",
-    "judge_scores", "judge_rubric", "quality_scores", "tokens", "page_classes", "page_sources",
+    "judge_scores", "judge_rubric", "quality_scores", "tokens", "page_classes", "page_sources", "text_layers",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding",
           "format_compliance")
@@ -59,6 +59,8 @@ SCHEMAS = {
     "page_classes": [("category", pa.string()), ("evidence_source", pa.string()), ("pages", pa.int64()),
                      ("primary_pages", pa.int64()), ("share", pa.float64())],
     "page_sources": [("evidence_source", pa.string()), ("pages", pa.int64()), ("share", pa.float64())],
+    "text_layers": [("text_layer", pa.string()), ("ocr_engine", pa.string()), ("pages", pa.int64()),
+                    ("with_text", pa.int64())],
 }
 
 
@@ -144,6 +146,14 @@ def compute_stats(inputs: dict[str, list[str]], params: dict | None = None, mem_
                 coalesce(sum(completion_tokens), 0)::BIGINT AS completion_tokens,
                 coalesce(sum(reasoning_tokens), 0)::BIGINT AS reasoning_tokens
                 FROM {src} GROUP BY 1 ORDER BY 1""")])
+
+        # Pages without a text layer (scans), and which OCR engine read each kind of page.
+        if "ocr" in stage_files and "text_layer" in columns_of(con, read_parquet(stage_files["ocr"])):
+            layers = _dicts(con, f"""SELECT text_layer, coalesce(ocr_engine, '?') AS ocr_engine, count(*) AS pages,
+                count(*) FILTER (WHERE length(trim(coalesce(transcribed_texts, ''))) > 0) AS with_text
+                FROM {read_parquet(stage_files["ocr"])} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""")
+            t.add("text_layers", layers)
+            totals["pages_without_text_layer"] = sum(r["pages"] for r in layers if r["text_layer"] == "none")
 
         for stage, summary in summaries.items():
             t.add("filter_drops", [{"stage": stage, "filter": k, "rows": v} for k, v in summary["dropped"].items()
