@@ -8,6 +8,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
+
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.hub import write_hub
 from longdoc_sdg.stages import run_stage
@@ -35,9 +36,14 @@ class EvidenceServer(FakeOpenAIServer):
         if fault is None and "response_format" in req:
             self.calls = getattr(self, "calls", 0) + 1
             evidence = EVIDENCE_CYCLE[(self.calls - 1) % len(EVIDENCE_CYCLE)]
-            payload["choices"][0]["message"]["content"] = json.dumps({
-                "question": f"How many tables are on pages 1 to 3 (item {self.calls})?", "answer": "4",
-                "evidence_pages": evidence, "quality_score": 1})
+            payload["choices"][0]["message"]["content"] = json.dumps(
+                {
+                    "question": f"How many tables are on pages 1 to 3 (item {self.calls})?",
+                    "answer": "4",
+                    "evidence_pages": evidence,
+                    "quality_score": 1,
+                }
+            )
             self.grammars = getattr(self, "grammars", []) + [req["response_format"]]
         return payload
 
@@ -68,9 +74,15 @@ def test_json_mode_bad_evidence_fails_rows_and_export_succeeds(tmp_path):
     try:
         out = tmp_path / "whole_document_qa" / "00000.parquet"
         endpoint = {"base_url": server.base_url, "model": "fake-model", "request_timeout_s": 10}
-        summary = run_stage("whole_document_qa", {"documents": seed["documents"], "pages": seed["pages"]}, str(out),
-                            {"output_format": "json", "questions_per_record": 5}, endpoint, 1,
-                            str(tmp_path / ".journal" / "00000.jsonl"))
+        summary = run_stage(
+            "whole_document_qa",
+            {"documents": seed["documents"], "pages": seed["pages"]},
+            str(out),
+            {"output_format": "json", "questions_per_record": 5},
+            endpoint,
+            1,
+            str(tmp_path / ".journal" / "00000.jsonl"),
+        )
     finally:
         server.stop()
     rows = sorted(pq.read_table(out).to_pylist(), key=lambda r: r["row_id"])
@@ -88,15 +100,32 @@ def test_json_mode_bad_evidence_fails_rows_and_export_succeeds(tmp_path):
     # An older shard holding any integer still exports (with evidence checks off).
     run = SyntheticRun(tmp_path / "synthetic")
     stage = "whole_document_qa"
-    legacy = [make_row(stage, f"{stage}:d0:q{i}", "d0", [1, 2, 3, 4], question=f"Legacy question {i}?",
-                       answer="4", question_type="numerical_int", evidence_pages=json.dumps(pages),
-                       evidence_ok=True, quality_score=1, format_ok=True)
-              for i, pages in enumerate(([HUGE, 2], [-3], [FORTY_DIGITS], [1, 4]))]
+    legacy = [
+        make_row(
+            stage,
+            f"{stage}:d0:q{i}",
+            "d0",
+            [1, 2, 3, 4],
+            question=f"Legacy question {i}?",
+            answer="4",
+            question_type="numerical_int",
+            evidence_pages=json.dumps(pages),
+            evidence_ok=True,
+            quality_score=1,
+            format_ok=True,
+        )
+        for i, pages in enumerate(([HUGE, 2], [-3], [FORTY_DIGITS], [1, 4]))
+    ]
     write_rows(run.results / stage / "00000.parquet", stage, legacy)
     inputs = run.dataset_inputs(stage, judged=False)
     datasets = run.results / "export" / "datasets"
-    summary = build_dataset(stage, inputs, str(datasets / f"{stage}.parquet"), str(datasets / f"{stage}.summary.json"),
-                            {"filters": {"require_evidence_ok": False}})
+    summary = build_dataset(
+        stage,
+        inputs,
+        str(datasets / f"{stage}.parquet"),
+        str(datasets / f"{stage}.summary.json"),
+        {"filters": {"require_evidence_ok": False}},
+    )
     hub = tmp_path / "hub"
     write_hub({stage: str(datasets / f"{stage}.parquet")}, {stage: summary}, run.seed_files("pages"), str(hub), {})
     exported = [r for f in sorted((hub / stage).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]

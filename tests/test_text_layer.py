@@ -7,12 +7,12 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pymupdf
 import pytest
-from test_stages_support import TaggedFakeServer, build_seed
 
 from longdoc_sdg.report.figures import summary_html
 from longdoc_sdg.report.stats import compute_stats
 from longdoc_sdg.stages import run_stage
 from longdoc_sdg.stages.ocr import has_text_layer
+from test_stages_support import TaggedFakeServer, build_seed
 
 
 def scanned_pdf(path) -> None:
@@ -72,7 +72,11 @@ def test_auto_sends_only_image_pages_to_the_ocr_model(tmp_path, seed):
 def test_pdf_text_marks_scans_text_qa_records_the_skip_report_counts(tmp_path, seed):
     _, ocr = run(tmp_path, "ocr", {"pages": seed["pages"]}, {"engine": "pdf-text"})
     assert [(r["text_layer"], bool(r["transcribed_texts"].strip())) for r in ocr] == [
-        ("text", True), ("none", False), ("text", True), ("none", False)]
+        ("text", True),
+        ("none", False),
+        ("text", True),
+        ("none", False),
+    ]
 
     server = TaggedFakeServer()
     server.start()
@@ -88,8 +92,9 @@ def test_pdf_text_marks_scans_text_qa_records_the_skip_report_counts(tmp_path, s
     assert sorted(r["pages"][0] for r in qa if r["status"] == "ok") == [1, 3]
     assert summary["rows"] == 4
 
-    stats = compute_stats({"ocr": [str(tmp_path / "ocr" / "00000.parquet")],
-                           "text_qa": [str(tmp_path / "text_qa" / "00000.parquet")]})
+    stats = compute_stats(
+        {"ocr": [str(tmp_path / "ocr" / "00000.parquet")], "text_qa": [str(tmp_path / "text_qa" / "00000.parquet")]}
+    )
     assert stats["totals"]["pages_without_text_layer"] == 2
     layers = {(r["text_layer"], r["ocr_engine"]): r["pages"] for r in stats["tables"]["text_layers"]}
     assert layers == {("none", "pdf-text"): 2, ("text", "pdf-text"): 2}

@@ -77,7 +77,8 @@ class AnchoredQaConfig(ModelStageConfig):
 
 class SinglePageQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["single_page_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["single_page_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(1, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("single_page_qa.j2", description="Prompt template of the generation call.")
@@ -85,7 +86,8 @@ class SinglePageQaConfig(AnchoredQaConfig):
 
 class WindowedQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["windowed_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["windowed_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
@@ -93,11 +95,14 @@ class WindowedQaConfig(AnchoredQaConfig):
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["whole_document_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["whole_document_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(
-        None, ge=1, description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit."
+        None,
+        ge=1,
+        description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit.",
     )
     prompt_template: str = Field("whole_document_qa.j2", description="Prompt template of the generation call.")
 
@@ -135,8 +140,9 @@ class _AnchoredStage(Stage):
         if cfg.output_format == "json":
             # The grammar sent names only the pages shown; the reply is read with the open model.
             grammar = {"response_format": response_format(json_reply_model(tuple(task.pages)))}
-            result = await calls.chat(messages, response_model=AnchoredReply, sampling=sampling,
-                                      max_tokens=cfg.max_tokens, extra_body=grammar)
+            result = await calls.chat(
+                messages, response_model=AnchoredReply, sampling=sampling, max_tokens=cfg.max_tokens, extra_body=grammar
+            )
             item = from_json_reply(result.parsed)
         else:
             if cfg.constrain_output:
@@ -166,9 +172,7 @@ class _AnchoredStage(Stage):
         }
 
     def render_common(self, ctx: StageContext, qtype, **context) -> str:
-        return ctx.templates["prompt_template"].render(
-            qtype=qtype, output_format=ctx.config.output_format, **context
-        )
+        return ctx.templates["prompt_template"].render(qtype=qtype, output_format=ctx.config.output_format, **context)
 
 
 class SinglePageQaStage(_AnchoredStage):
@@ -226,7 +230,9 @@ class WindowedQaStage(_AnchoredStage):
 
         chosen = select_records(
             (f"{self.name}:{r['window_id']}" for r in eligible()),
-            config.num_records, config.seed, shuffled=True,
+            config.num_records,
+            config.seed,
+            shuffled=True,
         )
 
         def tasks():

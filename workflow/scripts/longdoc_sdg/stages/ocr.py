@@ -35,9 +35,7 @@ class OcrConfig(ModelStageConfig):
     )
     max_tokens: int = Field(8000, ge=1, description="Completion token budget per page (Nemotron-Parse).")
     sampling: SamplingConfig = Field(
-        SamplingConfig(
-            temperature=0.0, top_k=1, repetition_penalty=1.1, extra_body={"skip_special_tokens": False}
-        ),
+        SamplingConfig(temperature=0.0, top_k=1, repetition_penalty=1.1, extra_body={"skip_special_tokens": False}),
         description="Nemotron-Parse sampling: greedy, mild repetition penalty, special tokens kept "
         "(the coordinate and class tags are special tokens).",
     )
@@ -75,9 +73,7 @@ def has_text_layer(pdf_text: str | None, text_blocks: str | None) -> bool:
         blocks = json.loads(text_blocks) if text_blocks else []
     except ValueError:
         return False
-    return isinstance(blocks, list) and any(
-        isinstance(b, dict) and str(b.get("text") or "").strip() for b in blocks
-    )
+    return isinstance(blocks, list) and any(isinstance(b, dict) and str(b.get("text") or "").strip() for b in blocks)
 
 
 def pdf_text_columns(pdf_text: str | None, text_blocks: str | None, class_label: str = "Text") -> dict:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 TAGS = ("question", "answer", "evidence_pages", "quality_score")
 
+
 def tagged_regex(pages: list[int]) -> str:
     """vLLM structured_outputs regex for the tagged layout: guarantees a parseable reply (the
     grammar applies after thinking ends) whose evidence pages are among the pages shown.
@@ -100,9 +101,9 @@ def check_evidence(evidence: list[int], shown: list[int]) -> None:
         low, high = min(shown), max(shown)
         listed = ", ".join(str(p)[:24] for p in bad[:5])
         raise BadEvidence(
-            f"evidence pages [{listed}{', ...' if len(bad) > 5 else ''}] are not among the pages shown "
-            f"({low}-{high})" if allowed == set(range(low, high + 1)) else
-            f"evidence pages [{listed}] are not among the pages shown {sorted(allowed)[:64]}"
+            f"evidence pages [{listed}{', ...' if len(bad) > 5 else ''}] are not among the pages shown ({low}-{high})"
+            if allowed == set(range(low, high + 1))
+            else f"evidence pages [{listed}] are not among the pages shown {sorted(allowed)[:64]}"
         )
 
 

@@ -37,7 +37,8 @@ class TextQaConfig(ModelStageConfig):
     )
     questions_per_record: int = Field(1, ge=1, description="Questions generated per OCR page.")
     min_text_chars: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="Pages with less OCR text than this get no question: each is one failed row with reason "
         "`no_text` (image-only page) or `too_little_text`, sent to no model.",
     )
@@ -97,12 +98,11 @@ class TextQaStage(Stage):
         def has_text(row) -> bool:
             return len((row["transcribed_texts"] or "").strip()) >= config.min_text_chars
 
-        chosen = select_records((r["row_id"] for r in ok_rows() if has_text(r)), config.num_records, config.seed,
-                                False)
+        chosen = select_records((r["row_id"] for r in ok_rows() if has_text(r)), config.num_records, config.seed, False)
 
         def base_id(row) -> str:
             # The OCR id is "ocr:<doc>:p<page>": keep its document/page part.
-            return self.name + row["row_id"][row["row_id"].index(":"):]
+            return self.name + row["row_id"][row["row_id"].index(":") :]
 
         def tasks():
             for row in ok_rows():
@@ -110,8 +110,11 @@ class TextQaStage(Stage):
                 if not has_text(row):
                     # Recorded, not dropped: the report counts what could not be asked about.
                     chars = len((row["transcribed_texts"] or "").strip())
-                    skip = {"skip": "no_text" if chars == 0 else "too_little_text", "chars": chars,
-                            "source_row_id": row["row_id"]}
+                    skip = {
+                        "skip": "no_text" if chars == 0 else "too_little_text",
+                        "chars": chars,
+                        "source_row_id": row["row_id"],
+                    }
                     yield RowTask(qa_row_ids(base_id(row), 1)[0], row["doc_id"], pages, skip)
                     continue
                 if chosen is not None and row["row_id"] not in chosen:
@@ -130,9 +133,11 @@ class TextQaStage(Stage):
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: TextQaConfig = ctx.config
         if "skip" in task.data:
-            why = ("OCR found no text on the page (no text layer: a scan or an image-only page)"
-                   if task.data["skip"] == "no_text"
-                   else f"OCR text has {task.data['chars']} characters, fewer than min_text_chars={cfg.min_text_chars}")
+            why = (
+                "OCR found no text on the page (no text layer: a scan or an image-only page)"
+                if task.data["skip"] == "no_text"
+                else f"OCR text has {task.data['chars']} characters, fewer than min_text_chars={cfg.min_text_chars}"
+            )
             raise StageFailure(task.data["skip"], f"{task.data['source_row_id']}: {why}; no question asked")
         qtype = find_type(task.data["question_type"], "text")
         text = task.data["text"].strip()[: cfg.max_text_chars]
@@ -152,10 +157,18 @@ class TextQaStage(Stage):
         correctness_prompt = ctx.templates["correctness_template"].render(text=text, question=question, answer=answer)
         # The two checks are independent: run them side by side.
         relevance, correctness = await gather_or_cancel(
-            calls.chat(user_message(relevance_prompt), response_model=RelevanceVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
-            calls.chat(user_message(correctness_prompt), response_model=CorrectnessVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
+            calls.chat(
+                user_message(relevance_prompt),
+                response_model=RelevanceVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
+            calls.chat(
+                user_message(correctness_prompt),
+                response_model=CorrectnessVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
         )
         ok, reason = validate_answer(qtype.answer_format, answer, question)
         return {
