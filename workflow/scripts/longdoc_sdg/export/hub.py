@@ -302,8 +302,11 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     lines += [
         "",
         "`images` holds the pages in `pages` order (PNG); `evidence_pages` the pages the answer rests on; "
-        "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) read from the answer; "
+        "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) of the question type "
+        "(table below; mixed types read from the answer); "
         "`weighted_quality_score` the judge's score (0-1) where the judge ran.",
+        "",
+        *_format_table(),
         "",
     ]
     source = params.get("source") or {}
@@ -321,3 +324,13 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         "",
     ]
     return "\n".join(lines)
+
+
+def _format_table() -> list[str]:
+    """Our question types next to the benchmark answer formats they are scored by."""
+    from ..taxonomy import QUESTION_TYPE_FORMATS
+
+    lines = ["| question type | MMLongBench-Doc format |", "|---|---|"]
+    for key, fmt in QUESTION_TYPE_FORMATS.items():
+        lines.append(f"| `{key}` | {fmt or 'read from the answer'} |")
+    return lines

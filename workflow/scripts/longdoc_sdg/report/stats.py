@@ -284,16 +284,17 @@ def compute_stats(
                     FROM ok FULL OUTER JOIN ex ON ok.k IS NOT DISTINCT FROM ex.k ORDER BY 2 DESC, 1""",
                 )
 
+            formats = answer_format_sql("answer", "question_type" if "question_type" in cols else None)
             t.add(
                 "question_types", [dict(r, stage=stage) for r in mix("question_type", "question_type", "question_type")]
             )
             t.add(
                 "answer_formats",
-                [dict(r, stage=stage) for r in mix("answer_format", answer_format_sql("answer"), "answer_format")],
+                [dict(r, stage=stage) for r in mix("answer_format", formats, "answer_format")],
             )
             ev = mix(
                 "ev",
-                f"{evidence_ok_rows} || '|' || ({answer_format_sql('answer')} = 'None')",
+                f"{evidence_ok_rows} || '|' || ({formats} = 'None')",
                 "num_evidence_pages || '|' || (answer_format = 'None')",
             )
             rows = []
