@@ -95,14 +95,24 @@ def card_features(schema: pa.Schema) -> list[dict]:
     return out
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _evidence(row: dict) -> list[int]:
+    """Evidence pages as int32s. Rows written before evidence was checked at parse time may hold
+    any integer: values that are no page number (< 1 or past int32) are left out instead of
+    failing the export (a failed job would cost the previous export folder)."""
     value = row.get("evidence_pages")
     if value is None:
-        return [int(p) for p in row.get("pages") or []]
-    try:
-        return [int(p) for p in json.loads(value)]
-    except (TypeError, ValueError):
+        candidates = row.get("pages") or []
+    else:
+        try:
+            candidates = json.loads(value)
+        except (TypeError, ValueError):
+            return []
+    if not isinstance(candidates, list):
         return []
+    return [p for p in candidates if isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= _INT32_MAX]
 
 
 def write_hub(

@@ -43,6 +43,7 @@ STATS_TABLES = (
     "tokens",
     "page_classes",
     "page_sources",
+    "text_layers",
     "verify_agreement",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding", "format_compliance")
@@ -116,6 +117,12 @@ SCHEMAS = {
         ("share", pa.float64()),
     ],
     "page_sources": [("evidence_source", pa.string()), ("pages", pa.int64()), ("share", pa.float64())],
+    "text_layers": [
+        ("text_layer", pa.string()),
+        ("ocr_engine", pa.string()),
+        ("pages", pa.int64()),
+        ("with_text", pa.int64()),
+    ],
 }
 
 
@@ -239,6 +246,17 @@ def compute_stats(
                     )
                 ],
             )
+
+        # Pages without a text layer (scans), and which OCR engine read each kind of page.
+        if "ocr" in stage_files and "text_layer" in columns_of(con, read_parquet(stage_files["ocr"])):
+            layers = _dicts(
+                con,
+                f"""SELECT text_layer, coalesce(ocr_engine, '?') AS ocr_engine, count(*) AS pages,
+                count(*) FILTER (WHERE length(trim(coalesce(transcribed_texts, ''))) > 0) AS with_text
+                FROM {read_parquet(stage_files["ocr"])} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""",
+            )
+            t.add("text_layers", layers)
+            totals["pages_without_text_layer"] = sum(r["pages"] for r in layers if r["text_layer"] == "none")
 
         for stage, summary in summaries.items():
             t.add(
