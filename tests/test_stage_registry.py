@@ -88,6 +88,8 @@ def test_registry_is_consistent():
     names = [s.name for s in STAGES]
     assert len(names) == len(set(names)) and [s.number for s in STAGES] == sorted(s.number for s in STAGES)
     for spec in STAGES:
+        if not spec.in_workflow:
+            continue  # run by its own command (evaluate): its inputs are not workflow files
         for upstream in spec.upstream:
             assert names.index(upstream) < names.index(spec.name), f"{spec.name} reads a later stage"
         if spec.is_qa:

@@ -3,9 +3,7 @@
 # (the judge: one per judged QA stage and shard, judge/{qa_stage}/{shard}.parquet).
 
 
-for spec in STAGES:
-    if not spec.handler:
-        continue
+for spec in map(get_spec, model_stages()):
 
     rule:
         name:

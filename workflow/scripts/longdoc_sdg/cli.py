@@ -211,10 +211,10 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .io import setup_job_logging
-    from .registry import model_stages
+    from .registry import handler_stages
     from .stages import get_stage, run_stage, stage_config_hash
 
-    if args.name is None or args.name not in model_stages():
+    if args.name is None or args.name not in handler_stages():
         print(stages_help())
         if args.name is not None:
             print(f"\nerror: unknown stage {args.name!r}", file=sys.stderr)
@@ -301,6 +301,26 @@ def _score_command(args: argparse.Namespace) -> int:
 
 register(
     "score", "score predictions by MMLongBench-Doc's rules (official or fixed mode)", _score_arguments, _score_command
+)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_arguments
+
+    add_arguments(parser)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .evaluate import run_command
+
+    return run_command(args)
+
+
+register(
+    "evaluate",
+    "score a served model on a benchmark in MMLongBench-Doc's layout",
+    _evaluate_arguments,
+    _evaluate_command,
 )
 
 

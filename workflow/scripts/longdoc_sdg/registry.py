@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["seed", "ocr", "classify", "qa", "judge", "verify"]
+Kind = Literal["seed", "ocr", "classify", "qa", "judge", "verify", "evaluate"]
 Unit = Literal["page", "window", "document"]
 
 SEED_TABLES = ("pages", "documents", "failures")
@@ -36,6 +36,7 @@ class StageSpec:
     question_types: str | None = None
     carries: tuple[str, str] | None = None
     enabled_by_default: bool = True  # the default of stages.NAME.enabled
+    in_workflow: bool = True  # a rule and a config section; False: run by its own command
 
     @property
     def is_qa(self) -> bool:
@@ -155,6 +156,15 @@ STAGES: tuple[StageSpec, ...] = (
         handler="longdoc_sdg.stages.verify:VerifyStage",
         enabled_by_default=False,
     ),
+    StageSpec(
+        "evaluate",
+        11,
+        "evaluate",
+        "Answers a benchmark's questions (MMLongBench-Doc layout) from their documents' pages",
+        inputs=("samples", "documents", "pages"),
+        handler="longdoc_sdg.stages.evaluate:EvaluateStage",
+        in_workflow=False,
+    ),
 )
 
 
@@ -166,7 +176,12 @@ def get_spec(name: str) -> StageSpec:
 
 
 def model_stages() -> tuple[str, ...]:
-    """Stages with a row handler (everything after the seed), in pipeline order."""
+    """The workflow's stages with a row handler (everything after the seed), in pipeline order."""
+    return tuple(s.name for s in STAGES if s.handler and s.in_workflow)
+
+
+def handler_stages() -> tuple[str, ...]:
+    """Every stage with a row handler, those run by their own command (evaluate) included."""
     return tuple(s.name for s in STAGES if s.handler)
 
 

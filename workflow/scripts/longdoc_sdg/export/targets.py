@@ -4,8 +4,8 @@ statuses and the shard list, so the Snakemake input functions stay one-liners an
 from __future__ import annotations
 
 from .. import __version__
-from ..plan import judged_stages
-from ..registry import get_spec, judge_stage, model_stages, qa_stages
+from ..plan import qa_inputs
+from ..registry import get_spec, model_stages, qa_stages
 from .common import dataset_path, hub_dir, publish_record, reference_dir, summary_path
 
 REPORT_FIGURES = (
@@ -30,6 +30,10 @@ def export_stages(config: dict, statuses: dict) -> list[str]:
     return [s for s in qa_stages() if statuses[s].active and (chosen is None or s in chosen)]
 
 
+def _per_qa_stages() -> list[str]:
+    return [s for s in model_stages() if get_spec(s).per_qa_stage]
+
+
 def _shards(results: str, stage: str, shards: list[str]) -> list[str]:
     return [f"{results}/{stage}/{shard}.parquet" for shard in shards]
 
@@ -40,8 +44,10 @@ def _seed(results: str, table: str, shards: list[str]) -> list[str]:
 
 def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str], stage: str) -> dict:
     inputs = {"qa": _shards(results, stage, shards), "documents": _seed(results, "documents", shards)}
-    if stage in judged_stages(config, statuses):
-        inputs["judge"] = _shards(results, f"{judge_stage()}/{stage}", shards)
+    # the verdicts of the stages run per QA stage (judge, verify), by their name
+    for name in _per_qa_stages():
+        if stage in qa_inputs(config, name, statuses):
+            inputs[name] = _shards(results, f"{name}/{stage}", shards)
     upstream = (get_spec(stage).carries or (None,))[0]
     if upstream and statuses[upstream].active:
         inputs["upstream"] = _shards(results, upstream, shards)
@@ -96,9 +102,8 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
     for stage in model_stages():
         if statuses[stage].active and not get_spec(stage).per_qa_stage:
             inputs[stage] = _shards(results, stage, shards)
-    inputs["judge"] = [
-        f for qa in judged_stages(config, statuses) for f in _shards(results, f"{judge_stage()}/{qa}", shards)
-    ]
+    for name in _per_qa_stages():
+        inputs[name] = [f for qa in qa_inputs(config, name, statuses) for f in _shards(results, f"{name}/{qa}", shards)]
     stages = export_stages(config, statuses)
     inputs["export_datasets"] = [dataset_path(results, s) for s in stages]
     inputs["export_summaries"] = [summary_path(results, s) for s in stages]
@@ -111,6 +116,7 @@ def report_settings(config: dict) -> dict:
     return {
         "judge_score_bins": report["judge_score_bins"],
         "min_judge_score": config["export"]["filters"]["min_judge_score"],
+        "min_verify_score": config["export"]["filters"]["min_verify_score"],
         "code_version": __version__,
     }
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..io import get_logger
-from ..registry import load_handler, model_stages
+from ..registry import handler_stages, load_handler
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .ocr import PDF_TEXT_MODEL
 
@@ -25,8 +25,8 @@ log = get_logger("stages")
 
 def get_stage(name: str) -> Stage:
     """The row handler of a model stage (see longdoc_sdg.registry)."""
-    if name not in model_stages():
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(model_stages())}")
+    if name not in handler_stages():
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(handler_stages())}")
     return load_handler(name)
 
 
@@ -137,7 +137,11 @@ def run_stage(
 
     async def process_model(row: dict, engine) -> dict:
         task: RowTask = row["task"]
-        return validated(task, await spec.process(task, ctx, RowCalls(engine)))
+        columns = await spec.process(task, ctx, RowCalls(engine))
+        # A row answered without the model (OCR 'auto' on a page with a text layer) says so.
+        model = columns.pop("model", None)
+        out = validated(task, columns)
+        return out if model is None else {**out, "model": model}
 
     async def process_local(row: dict, engine) -> dict:
         task: RowTask = row["task"]
