@@ -134,6 +134,29 @@ def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
     assert stage_jobs(result.stdout) == {"judge": 2, "windowed_qa": 2}
 
 
+def changed_dry_run(fake_run, tmp_path, change) -> dict[str, int]:
+    workdir, env, _ = fake_run
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    change(config)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", configfile=changed, env=env)
+    assert result.returncode == 0, result.stderr
+    return planned_jobs(result.stdout)
+
+
+def test_window_size_change_reruns_only_windowed_qa_and_what_reads_it(fake_run, tmp_path):
+    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["stages"]["windowed_qa"].update(window_size=3))
+    assert {r: n for r, n in jobs.items() if r not in AGGREGATE_RULES} == {"windowed_qa": 2, "judge": 2}
+    assert jobs["export_dataset"] == jobs["export_reference"] == 1  # windowed_qa's only
+
+
+def test_dpi_change_reruns_from_the_seed(fake_run, tmp_path):
+    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"].update(dpi=60))
+    assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
+    assert jobs["judge"] == 2 * len(QA_STAGES)
+
+
 def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
     workdir, env, _ = fake_run
     config = yaml.safe_load((workdir / "config.yaml").read_text())
