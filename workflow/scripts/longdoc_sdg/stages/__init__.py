@@ -19,6 +19,7 @@ from ..io import get_logger
 from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .classify import ClassifyStage
+from .evaluate import EvaluateStage
 from .judge import JudgeStage
 from .ocr import PDF_TEXT_MODEL, OcrStage
 from .text_qa import TextQaStage
@@ -39,6 +40,7 @@ STAGES: dict[str, Stage] = {
         WholeDocumentQaStage(),
         JudgeStage(),
         VerifyStage(),
+        EvaluateStage(),
     )
 }
 
