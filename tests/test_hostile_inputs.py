@@ -535,3 +535,15 @@ def test_an_endpoint_refusing_every_request_fails_the_stage_job(tmp_path):
             )
     assert not (tmp_path / "qa.parquet").exists()
     assert len(journal.read_text().splitlines()) == 5  # header + the 4 failed rows, kept for a resume
+
+
+def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
+    import pyarrow as pa
+
+    from longdoc_sdg.rowstore import ShardWriter
+
+    (tmp_path / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial")
+    (tmp_path / ".00001.parquet.other.tmp").write_bytes(b"another shard's")
+    ShardWriter(tmp_path / "00000.parquet", tmp_path / "j.jsonl", "h", pa.schema([])).close()
+    assert not (tmp_path / ".00000.parquet.k1ll3d.tmp").exists()
+    assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
