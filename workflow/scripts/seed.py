@@ -10,4 +10,6 @@ run_seed_shard(
     outputs={name: snakemake.output[name] for name in SEED_TABLES},
     params=snakemake.params.seed,
     threads=snakemake.threads,
+    decontamination=snakemake.params.decontamination,
+    cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",
 )

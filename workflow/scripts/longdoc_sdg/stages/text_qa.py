@@ -94,7 +94,9 @@ class TextQaStage(Stage):
         def has_text(row) -> bool:
             return len((row["transcribed_texts"] or "").strip()) >= config.min_text_chars
 
-        chosen = select_records((r["row_id"] for r in ok_rows() if has_text(r)), config.num_records, config.seed, False)
+        chosen = select_records(
+            ((r["doc_id"], r["row_id"]) for r in ok_rows() if has_text(r)), config.num_records, config.seed, False
+        )
 
         def tasks():
             for row in ok_rows():
@@ -107,7 +109,8 @@ class TextQaStage(Stage):
                         "chars": chars,
                         "source_row_id": row["row_id"],
                     }
-                    yield RowTask(qa_row_ids(base_id(row), 1)[0], row["doc_id"], pages, skip)
+                    row_id = str(RowId.parse(row["row_id"]).for_stage(self.name).questions(1)[0])
+                    yield RowTask(row_id, row["doc_id"], pages, skip)
                     continue
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
