@@ -145,6 +145,11 @@ def journal_path(stage):
 
 
 def get_final_outputs(wildcards):
+    """Everything a full run makes; the closing summary comes last, after all the rest."""
+    return get_run_outputs(wildcards) + [SUMMARY]
+
+
+def get_run_outputs(wildcards):
     outputs = []
     for shard in SHARDS:
         outputs += [
@@ -295,3 +300,49 @@ def get_export_targets():
 def get_report_targets():
     """Statistics, figures and summary page: for get_final_outputs."""
     return export_plan.report_targets(config, RESULTS)
+
+
+# The closing summary (rule summary; printed by onsuccess).
+from longdoc_sdg.report import summary as run_summary
+
+SUMMARY = f"{RESULTS}/summary.json"
+RUN_STARTED = {}
+
+
+def get_summary_plan():
+    """What the run planned, for the summary: skipped stages with what they need, served
+    deployments with their GPUs, where the export is."""
+    return export_plan.summary_plan(config, STATUSES, RESULTS, served_deployments())
+
+
+def start_run():
+    import time
+
+    RUN_STARTED["at"] = time.time()
+    start_heartbeat()
+
+
+def print_summary(failed=False):
+    """Print the closing summary; apply the yield floor (summary.*, run settings). A summary
+    older than this run (targets without the summary, or a failed run) is labelled so."""
+    summary = run_summary.load_summary(SUMMARY)
+    if summary is None:
+        return
+    floor = config["summary"]
+    text = run_summary.render_text(
+        summary, floor["min_ok_rows"], floor["fail_below_floor"]
+    )
+    if failed or os.path.getmtime(SUMMARY) < RUN_STARTED.get("at", 0):
+        text = (
+            f"(summary of an earlier run, {summary['generated']}: this run did not rebuild {SUMMARY})\n"
+            + text
+        )
+    print(text, file=sys.stderr)
+    low = run_summary.below_floor(summary, floor["min_ok_rows"])
+    if low and floor["fail_below_floor"] and not failed:
+        print(
+            f"longdoc-sdg: failing the run: {', '.join(s['stage'] for s in low)} below "
+            f"summary.min_ok_rows={floor['min_ok_rows']} (summary.fail_below_floor: true)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)

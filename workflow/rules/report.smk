@@ -102,3 +102,24 @@ rule report_figures:
         settings=get_report_settings(),
     script:
         "../scripts/stats.py"
+
+
+rule summary:
+    input:
+        stats=rules.stats.output.json,
+        run=get_run_outputs,
+    output:
+        SUMMARY,
+    log:
+        f"{RESULTS}/logs/summary/summary.log",
+    localrule: True
+    conda:
+        "../../environment.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        plan=get_summary_plan(),
+    script:
+        "../scripts/stats.py"

@@ -1,4 +1,4 @@
-"""Snakemake entry point of the stats and report_figures rules; the work is in longdoc_sdg.report."""
+"""Snakemake entry point of the stats, report_figures and summary rules; the work is in longdoc_sdg.report."""
 
 import json
 
@@ -25,5 +25,11 @@ elif rule == "report_figures":
         stats = json.load(handle)
     draw_figures(stats, {name: snakemake.output[name] for name in FIGURES}, snakemake.params.settings)
     write_summary(stats, snakemake.output.summary)
+elif rule == "summary":
+    from longdoc_sdg.report.summary import build_summary, write_summary_json
+
+    with open(snakemake.input.stats, encoding="utf-8") as handle:
+        stats = json.load(handle)
+    write_summary_json(snakemake.output[0], build_summary(stats, snakemake.params.plan))
 else:
     raise ValueError(f"stats.py does not handle rule {rule}")

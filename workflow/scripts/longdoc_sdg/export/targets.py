@@ -131,3 +131,27 @@ def report_targets(config: dict, results: str) -> list[str]:
     return [f"{results}/report/stats.json", f"{results}/report/summary.html"] + [
         f"{results}/report/figures/{name}.png" for name in REPORT_FIGURES
     ]
+
+
+def summary_plan(config: dict, statuses: dict, results: str, served: list[str]) -> dict:
+    """What the closing summary tells beyond the statistics: skipped stages and what they need,
+    the GPUs of the served deployments, where the export and the report are."""
+    from ..endpoints import deployment_gpus
+
+    stages = export_stages(config, statuses)
+    export = {}
+    if stages:
+        export["datasets"] = f"{results}/export/datasets/"
+        layouts = config["export"]["layouts"]
+        if "reference" in layouts:
+            export["reference"] = f"{results}/export/reference/"
+        if "hub" in layouts:
+            export["hub"] = f"{results}/export/hub/"
+    return {
+        "results": results,
+        "demo": bool(config.get("demo")),
+        "skipped": [{"stage": s.stage, "why": s.why} for s in statuses.values() if not s.active],
+        "served": {name: deployment_gpus(config, name) for name in served},
+        "export": export,
+        "report": bool(config["report"]["enabled"]),
+    }
