@@ -38,7 +38,7 @@ pytestmark = pytest.mark.workflow
 PDFS = ("MVT_Rnews.pdf", "residual-shadings.pdf")
 MODEL_RULES = {"seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa",
                "whole_document_qa", "judge", "serve"}
-EXPORT_RULES = {"export_dataset", "export_reference", "export_hub", "publish", "stats", "report_figures",
+EXPORT_RULES = {"export_dataset", "export_reference", "export_hub", "publish", "stats", "report_figures", "report_samples",
                 "export_and_report", "all"}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run")
@@ -225,7 +225,7 @@ def report_results(wf) -> dict:
 def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
     results = report_results(wf)
     by_name = {Path(path).name: entry for path, entry in results.items()}
-    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html"}
+    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html", "samples.html"}
     for name in FIGURES:
         uri = by_name[f"{name}.png"]["data_uri"]
         data = base64.b64decode(uri.split("base64,", 1)[1])

@@ -299,7 +299,40 @@ def get_export_targets():
 
 def get_report_targets():
     """Statistics, figures and summary page: for get_final_outputs."""
-    return export_plan.report_targets(config, RESULTS)
+    return export_plan.report_targets(config, STATUSES, RESULTS)
+
+
+FIGURE_CAPTIONS = {
+    "stage_yield": ("Yield", "rows per stage"),
+    "failures": ("Yield", "failure reasons and filter drops"),
+    "question_types": ("Question mix", "question types"),
+    "answer_formats": ("Question mix", "answer formats vs MMLongBench-Doc"),
+    "evidence_pages": ("Question mix", "evidence pages"),
+    "judge_scores": ("Quality", "judge scores"),
+    "quality_scores": ("Quality", "self-checked quality scores"),
+    "tokens": ("Cost", "token usage"),
+    "page_classes": ("Pages", "page classes"),
+}
+
+
+def report_figure_outputs():
+    """The figures of the stages that run (no placeholders for the others), and the summary."""
+    outputs = {
+        name: report(
+            f"{RESULTS}/report/figures/{name}.png",
+            caption=f"../report/{name}.rst",
+            category=FIGURE_CAPTIONS[name][0],
+            labels={"figure": FIGURE_CAPTIONS[name][1]},
+        )
+        for name in export_plan.report_figures(config, STATUSES)
+    }
+    outputs["summary"] = report(
+        f"{RESULTS}/report/summary.html",
+        caption="../report/summary.rst",
+        category="Summary",
+        labels={"figure": "run summary"},
+    )
+    return outputs
 
 
 # The closing summary (rule summary; printed by onsuccess).
@@ -324,7 +357,8 @@ def start_run():
 
 def print_summary(failed=False):
     """Print the closing summary; apply the yield floor (summary.*, run settings). A summary
-    older than this run (targets without the summary, or a failed run) is labelled so."""
+    older than this run (targets without the summary, or a failed run) is labelled so.
+    """
     summary = run_summary.load_summary(SUMMARY)
     if summary is None:
         return

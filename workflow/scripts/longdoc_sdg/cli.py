@@ -260,6 +260,22 @@ register("requeue", "requeue failed rows of finished stage shards (then snakemak
          _requeue_arguments, _requeue_command)
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import add_arguments
+
+    add_arguments(parser)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+register("demo", "the whole pipeline on the sample PDFs against a local stand-in server (DEMO data)",
+         _demo_arguments, _demo_command)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

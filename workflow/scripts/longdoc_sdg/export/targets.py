@@ -61,7 +61,7 @@ def hub_settings(config: dict) -> dict:
     if kind == "finepdfs":
         described.update(dataset=source["finepdfs"]["dataset"], subset=source["finepdfs"]["subset"])
     return {"card": config["export"]["card"], "max_file_mb": config["export"]["max_file_mb"],
-            "source": described, "code_version": __version__}
+            "source": described, "demo": bool(config.get("demo")), "code_version": __version__}
 
 
 def publish_settings(config: dict) -> dict:
@@ -89,7 +89,8 @@ def report_settings(config: dict) -> dict:
     """Params of the figures: report settings and the judge threshold drawn on the histograms."""
     report = config["report"]
     return {"judge_score_bins": report["judge_score_bins"],
-            "min_judge_score": config["export"]["filters"]["min_judge_score"], "code_version": __version__}
+            "min_judge_score": config["export"]["filters"]["min_judge_score"], "demo": bool(config.get("demo")),
+            "code_version": __version__}
 
 
 def export_targets(config: dict, statuses: dict, results: str) -> list[str]:
@@ -125,12 +126,39 @@ def check_publish(config: dict) -> None:
         raise ValueError("publish.enabled is true, but " + "; ".join(problems))
 
 
-def report_targets(config: dict, results: str) -> list[str]:
+def report_figures(config: dict, statuses: dict) -> list[str]:
+    """The figures with something to show: a view of stages that did not run is left out rather
+    than drawn as a placeholder."""
+    active = {s for s, status in statuses.items() if status.active}
+    qa = active & set(QA_STAGES)
+    wanted = {
+        "stage_yield": True,
+        "failures": True,
+        "question_types": bool(qa),
+        "answer_formats": bool(qa),
+        "evidence_pages": bool(qa),
+        "judge_scores": bool(judged_stages(config)),
+        "quality_scores": bool(qa & {"single_page_qa", "windowed_qa", "whole_document_qa"}),
+        "tokens": any(statuses[s].mode not in ("none",) for s in active),
+        "page_classes": "classify" in active,
+    }
+    return [name for name in REPORT_FIGURES if wanted[name]]
+
+
+def report_samples(config: dict, statuses: dict) -> bool:
+    """Whether the report has a page of sample QA rows (some QA stage ran)."""
+    return any(statuses[s].active for s in QA_STAGES)
+
+
+def report_targets(config: dict, statuses: dict, results: str) -> list[str]:
     if not config["report"]["enabled"]:
         return []
-    return [f"{results}/report/stats.json", f"{results}/report/summary.html"] + [
-        f"{results}/report/figures/{name}.png" for name in REPORT_FIGURES
+    targets = [f"{results}/report/stats.json", f"{results}/report/summary.html"] + [
+        f"{results}/report/figures/{name}.png" for name in report_figures(config, statuses)
     ]
+    if report_samples(config, statuses):
+        targets.append(f"{results}/report/samples.html")
+    return targets
 
 
 def summary_plan(config: dict, statuses: dict, results: str, served: list[str]) -> dict:

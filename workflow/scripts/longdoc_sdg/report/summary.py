@@ -104,8 +104,8 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     title = "longdoc-sdg run summary" + ("  [DEMO DATA: made by a test-double model server]" if summary["demo"] else "")
     docs = summary["documents"]
     lines = [bar, title, bar,
-             f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
-             f"{summary['pages']:,} pages",
+             (f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
+              f"{summary['pages']:,} pages"),
              f"{'stage':<26}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons"]
     for s in summary["stages"]:
         reasons = ", ".join(f"{r} {n:,}" for r, n in s["top_failure_reasons"]) or "-"
@@ -130,8 +130,8 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
                  f"HTML report: {report['html']}")
     if low:
         lines += ["", "!" * 78,
-                  f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) "
-                  "(summary.min_ok_rows):"]
+                  (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) "
+                   "(summary.min_ok_rows):")]
         for s in low:
             lines.append(f"  {s['stage']}: {s['ok']:,} ok of {s['rows']:,}"
                          + (f"; failures: {', '.join(r for r, _ in s['top_failure_reasons'])}"
