@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
 from conftest import REPO, SAMPLE_PDF_DIR, copy_pdfs
 from longdoc_sdg.plan import QA_STAGES
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
@@ -36,9 +37,23 @@ def demo(tmp_path_factory):
     """One demo run (umask 022) shared by the checks below."""
     workdir = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
-        [sys.executable, "-m", "longdoc_sdg.cli", "demo", "--directory", str(workdir), "--port", str(free_port()),
-         "--cores", "2"],
-        capture_output=True, text=True, timeout=1500, cwd=workdir, preexec_fn=with_umask(0o022),
+        [
+            sys.executable,
+            "-m",
+            "longdoc_sdg.cli",
+            "demo",
+            "--directory",
+            str(workdir),
+            "--port",
+            str(free_port()),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=workdir,
+        preexec_fn=with_umask(0o022),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return workdir, workdir / "results-demo", result
@@ -98,9 +113,21 @@ def small_run(workdir: Path, base_url: str, **extra) -> Path:
 
 def snakemake(workdir: Path, configfile: Path, *args: str):
     return subprocess.run(
-        ["snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(configfile), "--cores", "2", *args],
-        capture_output=True, text=True, timeout=900,
+        [
+            "snakemake",
+            "--snakefile",
+            str(REPO / "workflow" / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(configfile),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

@@ -2,7 +2,8 @@
 
 import json
 
-from longdoc_sdg.io import as_list as files, setup_job_logging
+from longdoc_sdg.io import as_list as files
+from longdoc_sdg.io import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
 
@@ -23,14 +24,21 @@ elif rule == "report_figures":
 
     with open(snakemake.input.stats, encoding="utf-8") as handle:
         stats = json.load(handle)
-    draw_figures(stats, {name: snakemake.output[name] for name in FIGURES if name in snakemake.output.keys()},
-                 snakemake.params.settings)
+    draw_figures(
+        stats,
+        {name: snakemake.output[name] for name in FIGURES if name in snakemake.output.keys()},
+        snakemake.params.settings,
+    )
     write_summary(stats, snakemake.output.summary, demo=snakemake.params.settings.get("demo", False))
 elif rule == "report_samples":
     from longdoc_sdg.report.samples import write_samples
 
-    write_samples({key: files(value) for key, value in snakemake.input.items()}, snakemake.output[0],
-                  demo=snakemake.params.demo, mem_mb=snakemake.resources.mem_mb)
+    write_samples(
+        {key: files(value) for key, value in snakemake.input.items()},
+        snakemake.output[0],
+        demo=snakemake.params.demo,
+        mem_mb=snakemake.resources.mem_mb,
+    )
 elif rule == "summary":
     from longdoc_sdg.report.summary import build_summary, write_summary_json
 

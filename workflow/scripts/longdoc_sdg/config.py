@@ -176,7 +176,9 @@ def _stage_section(stage_name: str):
         endpoint=(ManualEndpoint, Field(ManualEndpoint(), description="A manual endpoint; bypasses serving.")),
         concurrency=(
             ConcurrencyConfig,
-            Field(ConcurrencyConfig(), description="Adaptive request concurrency (AIMD) limits; does not change results."),
+            Field(
+                ConcurrencyConfig(), description="Adaptive request concurrency (AIMD) limits; does not change results."
+            ),
         ),
         retry=(RetryConfig, Field(RetryConfig(), description="Retries of failed requests; does not change results.")),
         error_budget=(
@@ -217,13 +219,33 @@ def workflow_config_model():
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
         stages=(stages, Field(stages(), description="Model stages 02-09.")),
-        export=(ExportConfig, Field(ExportConfig(), description="Final datasets per QA stage and their export layouts.")),
-        publish=(PublishConfig, Field(PublishConfig(), description="Uploading the Hub-ready export folder to the Hugging Face Hub.")),
-        report=(ReportConfig, Field(ReportConfig(), description="Run statistics and the figures of `snakemake --report`.")),
-        summary=(SummaryConfig, Field(SummaryConfig(), description="The closing summary printed at the end of a run "
-                                      "(and written to results_dir/summary.json).")),
-        demo=(bool, Field(False, description="Label every output (summary, report, dataset card) as demo data: "
-                          "set by config/demo.yaml, whose answers come from a test-double model server.")),
+        export=(
+            ExportConfig,
+            Field(ExportConfig(), description="Final datasets per QA stage and their export layouts."),
+        ),
+        publish=(
+            PublishConfig,
+            Field(PublishConfig(), description="Uploading the Hub-ready export folder to the Hugging Face Hub."),
+        ),
+        report=(
+            ReportConfig,
+            Field(ReportConfig(), description="Run statistics and the figures of `snakemake --report`."),
+        ),
+        summary=(
+            SummaryConfig,
+            Field(
+                SummaryConfig(),
+                description="The closing summary printed at the end of a run (and written to results_dir/summary.json).",
+            ),
+        ),
+        demo=(
+            bool,
+            Field(
+                False,
+                description="Label every output (summary, report, dataset card) as demo data: set by "
+                "config/demo.yaml, whose answers come from a test-double model server.",
+            ),
+        ),
     )
 
 
@@ -260,7 +282,9 @@ def build_schema() -> dict:
     schema = _inline_refs(raw, raw.get("$defs", {}))
     _fill_defaults(schema, model().model_dump(mode="json"))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["description"] = "Configuration of the longdoc-sdg workflow (generated from longdoc_sdg.config; do not edit by hand)."
+    schema["description"] = (
+        "Configuration of the longdoc-sdg workflow (generated from longdoc_sdg.config; do not edit by hand)."
+    )
     return schema
 
 
@@ -293,7 +317,9 @@ class ExportFilters(Section):
         description="Anchored QA (06-08): keep rows whose self-checked quality_score (0/1/2) is at least this; null: all.",
     )
     require_relevant: bool = Field(True, description="Text and visual QA (03, 05): keep rows judged 'Relevant'.")
-    require_correct: bool = Field(True, description="Text and visual QA (03, 05): keep rows whose answer was judged 'Correct'.")
+    require_correct: bool = Field(
+        True, description="Text and visual QA (03, 05): keep rows whose answer was judged 'Correct'."
+    )
     require_evidence_ok: bool = Field(
         True,
         description="Anchored QA (06-08): keep rows whose cited evidence pages are among the pages shown and "
@@ -371,11 +397,14 @@ class ExportConfig(Section):
 
 
 class PublishConfig(Section):
-    enabled: bool = Field(False, description="Upload the Hub folder (export.layouts must include 'hub') at the end of a run.")
+    enabled: bool = Field(
+        False, description="Upload the Hub folder (export.layouts must include 'hub') at the end of a run."
+    )
     repo_id: str | None = Field(None, description="Target dataset repository, e.g. my-org/longdoc-qa.")
     private: bool = Field(True, description="Create the repository as private (an existing one keeps its visibility).")
     token_env: str = Field(
-        "HF_TOKEN", description="NAME of the environment variable holding the Hub token (the token never goes in config)."
+        "HF_TOKEN",
+        description="NAME of the environment variable holding the Hub token (the token never goes in config).",
     )
     dry_run: bool = Field(
         False, description="Only record (and log) what would be uploaded, without contacting the Hub."
@@ -394,8 +423,10 @@ class ReportConfig(Section):
 
 class SummaryConfig(Section):
     min_ok_rows: int = Field(
-        1, ge=0, description="Yield floor: the closing summary warns loudly about every stage (the seed: documents) "
-        "with fewer ok rows than this; 0 turns the check off. A run setting: never reruns anything."
+        1,
+        ge=0,
+        description="Yield floor: the closing summary warns loudly about every stage (the seed: documents) "
+        "with fewer ok rows than this; 0 turns the check off. A run setting: never reruns anything.",
     )
     fail_below_floor: bool = Field(
         False, description="Make the run fail (exit status 1, after the summary) when a stage is below min_ok_rows."
@@ -407,6 +438,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 
 def render_schema() -> str:
     header = "# Generated by `python -m longdoc_sdg.config --write-schema`; edit longdoc_sdg/config.py instead.\n"
+
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data):  # shared default objects must stay separate copies
             return True

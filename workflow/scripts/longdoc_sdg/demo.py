@@ -26,16 +26,30 @@ LOCAL_PROFILE = REPO / "profiles" / "local"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--directory", "-d", default=".",
-                        help="working directory of the run (default: here; results go to its results-demo/)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="loopback port of the fake server (default: the one in config/demo.yaml, 18765)")
+    parser.add_argument(
+        "--directory",
+        "-d",
+        default=".",
+        help="working directory of the run (default: here; results go to its results-demo/)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="loopback port of the fake server (default: the one in config/demo.yaml, 18765)",
+    )
     parser.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
-    parser.add_argument("--vllm", action="store_true",
-                        help="real calls: serve the tiny CPU vLLM deployment (bash tests/vllm/install.sh first)")
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="real calls: serve the tiny CPU vLLM deployment (bash tests/vllm/install.sh first)",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report (snakemake --report)")
-    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER,
-                        help="further snakemake arguments, after `--` (e.g. -- -n for a dry run)")
+    parser.add_argument(
+        "snakemake_args",
+        nargs=argparse.REMAINDER,
+        help="further snakemake arguments, after `--` (e.g. -- -n for a dry run)",
+    )
 
 
 def demo_port(config_path: Path = DEMO_CONFIG) -> int:
@@ -44,7 +58,9 @@ def demo_port(config_path: Path = DEMO_CONFIG) -> int:
     urls = {(s.get("endpoint") or {}).get("base_url") for s in config["stages"].values()} - {None}
     ports = {urlparse(u).port for u in urls}
     if len(ports) != 1:
-        raise ValueError(f"{config_path}: the demo expects every stages.NAME.endpoint.base_url on one port, got {sorted(urls)}")
+        raise ValueError(
+            f"{config_path}: the demo expects every stages.NAME.endpoint.base_url on one port, got {sorted(urls)}"
+        )
     return ports.pop()
 
 
@@ -59,14 +75,27 @@ def overrides(workdir: Path, port: int | None, vllm: bool) -> dict:
         config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
         out["stages"] = {
             name: {"endpoint": {"base_url": f"http://127.0.0.1:{port}/v1"}}
-            for name, section in config["stages"].items() if (section.get("endpoint") or {}).get("base_url")
+            for name, section in config["stages"].items()
+            if (section.get("endpoint") or {}).get("base_url")
         }
     return out
 
 
 def snakemake_command(workdir: Path, configfiles: list[Path], cores: str, extra: list[str]) -> list[str]:
-    return ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--profile", str(LOCAL_PROFILE),
-            "--cores", str(cores), "--configfile", *map(str, configfiles), *extra]
+    return [
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--cores",
+        str(cores),
+        "--configfile",
+        *map(str, configfiles),
+        *extra,
+    ]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -100,11 +129,16 @@ def run_demo(args: argparse.Namespace) -> int:
     if shutil.which("snakemake") is None:
         print("error: snakemake is not on PATH: pip install -e .", file=sys.stderr)
         return 2
-    print(f"longdoc-sdg demo: starting the FAKE OpenAI-compatible server (a test double, not a model) "
-          f"on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    print(
+        f"longdoc-sdg demo: starting the FAKE OpenAI-compatible server (a test double, not a model) "
+        f"on 127.0.0.1:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        server = spawn_fake_server("--host", "127.0.0.1", "--port", str(port), "--model", "demo-test-double",
-                                   "--reasoning")
+        server = spawn_fake_server(
+            "--host", "127.0.0.1", "--port", str(port), "--model", "demo-test-double", "--reasoning"
+        )
         with server:
             return run()
     except RuntimeError as exc:

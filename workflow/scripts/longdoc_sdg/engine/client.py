@@ -252,7 +252,14 @@ class ChatEngine:
                 delay = self.retry.delay(attempt, self._rng.random())
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, self.retry.backoff_max_s))
-                log.debug("%s: attempt %d failed (%s: %s); retry in %.2f s", where, attempt, failure.kind, failure.message, delay)
+                log.debug(
+                    "%s: attempt %d failed (%s: %s); retry in %.2f s",
+                    where,
+                    attempt,
+                    failure.kind,
+                    failure.message,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         assert failure is not None
         if self._failed is not None:
@@ -332,7 +339,9 @@ class ChatEngine:
                 raise RecordError("length", f"reply truncated at {budget}", usage)
             if content is None or not content.strip():
                 if reasoning:
-                    raise RecordError("reasoning_only", "the reply has reasoning but no answer (thinking never ended)", usage)
+                    raise RecordError(
+                        "reasoning_only", "the reply has reasoning but no answer (thinking never ended)", usage
+                    )
                 raise RecordError("empty", "the reply has no content", usage)
             parsed = parse_reply(response_model, content, usage) if response_model is not None else None
         except RecordError as exc:

@@ -64,8 +64,9 @@ def shard_of(path: str) -> str:
 
 
 @contextlib.contextmanager
-def duckdb_connection(mem_mb: int | None = None, spill_dir: str | os.PathLike | None = None,
-                      threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def duckdb_connection(
+    mem_mb: int | None = None, spill_dir: str | os.PathLike | None = None, threads: int | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with a memory limit (75% of the job's mem_mb) and a private spill dir."""
     import duckdb
 
@@ -109,21 +110,36 @@ def columns_of(con, relation: str) -> list[str]:
 def normalised_question_sql(column: str = "question") -> str:
     """SQL: the question reduced for near-duplicate detection — Unicode NFC, lower case, every run
     of characters other than letters and digits (any script) collapsed to one space, trimmed."""
-    return (
-        f"trim(regexp_replace(lower(nfc_normalize(coalesce({column}, ''))), '[^\\p{{L}}\\p{{N}}]+', ' ', 'g'))"
-    )
+    return f"trim(regexp_replace(lower(nfc_normalize(coalesce({column}, ''))), '[^\\p{{L}}\\p{{N}}]+', ' ', 'g'))"
 
 
-def answer_format_sql(column: str = "answer") -> str:
-    """SQL: the benchmark answer format of an answer (MMLongBench-Doc: Int, Float, Str, List, None),
-    read from the answer itself as the benchmark's extractor does. Percentages count as Float."""
+def answer_format_sql(column: str = "answer", question_type: str | None = None) -> str:
+    """SQL: the benchmark answer format of a row (MMLongBench-Doc: Int, Float, Str, List, None).
+
+    With a question type column: the format of the type (`taxonomy.QUESTION_TYPE_FORMATS`, the
+    table verify scores by). Mixed types (text QA's numerical, visual QA's short), unknown types and
+    rows without a type are read from the answer as the benchmark's extractor does (percentages
+    are Float; `taxonomy.format_of_answer` is the same rule in Python)."""
     a = f"trim(coalesce({column}, ''))"
-    return f"""CASE
+    from_answer = f"""CASE
         WHEN {a} = {sql_str(NOT_ANSWERABLE)} THEN 'None'
         WHEN regexp_full_match({a}, '\\[.*\\]') THEN 'List'
         WHEN regexp_full_match({a}, '[-+]?[0-9]{{1,3}}(,[0-9]{{3}})+|[-+]?[0-9]+') THEN 'Int'
         WHEN regexp_full_match({a}, '[-+]?([0-9]+(,[0-9]{{3}})*)?\\.[0-9]+ ?%?|[-+]?[0-9]+(,[0-9]{{3}})* ?%') THEN 'Float'
         ELSE 'Str' END"""
+    if question_type is None:
+        return from_answer
+    from ..taxonomy import QUESTION_TYPE_FORMATS
+
+    by_format: dict[str, list[str]] = {}
+    for key, fmt in QUESTION_TYPE_FORMATS.items():
+        if fmt is not None:
+            by_format.setdefault(fmt, []).append(key)
+    whens = " ".join(
+        f"WHEN {question_type} IN ({', '.join(sql_str(k) for k in keys)}) THEN {sql_str(fmt)}"
+        for fmt, keys in by_format.items()
+    )
+    return f"CASE {whens} ELSE {from_answer} END"
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:

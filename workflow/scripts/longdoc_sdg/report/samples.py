@@ -50,8 +50,7 @@ def pick_rows(con, stage: str, dataset: str | None, shards: list[str], n: int) -
                 {score} AS judge_score, {evidence} AS evidence_pages FROM {src} WHERE {where}
                 ORDER BY hash(row_id) LIMIT {int(n)}""").fetchall()
         if rows:
-            keys = ("row_id", "doc_id", "pages", "question_type", "question", "answer", "judge_score",
-                    "evidence_pages")
+            keys = ("row_id", "doc_id", "pages", "question_type", "question", "answer", "judge_score", "evidence_pages")
             return [dict(zip(keys, r)) for r in rows], source
     return [], "no ok rows"
 
@@ -68,17 +67,22 @@ def page_images(con, pages_files: list[str], wanted: set[tuple[str, int]]) -> di
 def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>longdoc-sdg sample rows</title>",
-        ("<style>body{font-family:sans-serif;font-size:14px;margin:1.5em}.row{border:1px solid #ccc;"
-         "padding:.6em;margin:.8em 0}.row img{border:1px solid #999;margin:2px}.meta{color:#555;font-size:12px}"
-         ".demo{background:#fff3cd;border:2px solid #d39e00;padding:.6em;font-weight:bold}</style></head><body>"),
+        (
+            "<style>body{font-family:sans-serif;font-size:14px;margin:1.5em}.row{border:1px solid #ccc;"
+            "padding:.6em;margin:.8em 0}.row img{border:1px solid #999;margin:2px}.meta{color:#555;font-size:12px}"
+            ".demo{background:#fff3cd;border:2px solid #d39e00;padding:.6em;font-weight:bold}</style></head><body>"
+        ),
         "<h2>Sample QA rows</h2>",
     ]
     if demo:
-        parts.append("<p class='demo'>DEMO DATA: these questions and answers come from a test-double model "
-                     "server, not from a real model.</p>")
+        parts.append(
+            "<p class='demo'>DEMO DATA: these questions and answers come from a test-double model "
+            "server, not from a real model.</p>"
+        )
     for section in sections:
-        parts.append(f"<h3>{html.escape(section['stage'])} <span class='meta'>({html.escape(section['source'])})"
-                     "</span></h3>")
+        parts.append(
+            f"<h3>{html.escape(section['stage'])} <span class='meta'>({html.escape(section['source'])})</span></h3>"
+        )
         if not section["rows"]:
             parts.append("<p class='meta'>No rows to show.</p>")
         for row in section["rows"]:
@@ -86,7 +90,9 @@ def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
             thumbs = "".join(
                 f"<img alt='page {p}' title='page {p}' width='{THUMBNAIL_WIDTH}' "
                 f"src='data:image/png;base64,{base64.b64encode(images[(row['doc_id'], p)]).decode()}'>"
-                for p in pages[:MAX_THUMBNAILS] if (row["doc_id"], p) in images)
+                for p in pages[:MAX_THUMBNAILS]
+                if (row["doc_id"], p) in images
+            )
             more = f" (+{len(pages) - MAX_THUMBNAILS} more pages)" if len(pages) > MAX_THUMBNAILS else ""
             score = "" if row["judge_score"] is None else f"; judge score {row['judge_score']:.2f}"
             evidence = f"; evidence pages {row['evidence_pages']}" if row["evidence_pages"] else ""
@@ -96,13 +102,19 @@ def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
                 f"<p><b>A:</b> {html.escape(str(row['answer']))}</p>"
                 f"<p class='meta'>{html.escape(str(row['question_type']))}; document {html.escape(row['doc_id'])}, "
                 f"pages {html.escape(str(pages))}{html.escape(evidence)}{score}; row {html.escape(row['row_id'])}</p>"
-                f"<div>{thumbs}{html.escape(more)}</div></div>")
+                f"<div>{thumbs}{html.escape(more)}</div></div>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_samples(inputs: dict[str, list[str]], output: str, demo: bool = False, mem_mb: int | None = None,
-                  rows_per_stage: int = ROWS_PER_STAGE) -> None:
+def write_samples(
+    inputs: dict[str, list[str]],
+    output: str,
+    demo: bool = False,
+    mem_mb: int | None = None,
+    rows_per_stage: int = ROWS_PER_STAGE,
+) -> None:
     """inputs: one key per QA stage with its shards, `export_datasets`, `pages` (seed shards)."""
     datasets = {Path(f).name.split(".")[0]: f for f in inputs.get("export_datasets") or []}
     with duckdb_connection(mem_mb, str(Path(output).resolve().parent)) as con:
@@ -112,7 +124,9 @@ def write_samples(inputs: dict[str, list[str]], output: str, demo: bool = False,
                 continue
             rows, source = pick_rows(con, stage, datasets.get(stage), list(inputs[stage]), rows_per_stage)
             sections.append({"stage": stage, "rows": rows, "source": source})
-        wanted = {(r["doc_id"], p) for s in sections for r in s["rows"] for p in list(r["pages"] or [])[:MAX_THUMBNAILS]}
+        wanted = {
+            (r["doc_id"], p) for s in sections for r in s["rows"] for p in list(r["pages"] or [])[:MAX_THUMBNAILS]
+        }
         images = page_images(con, list(inputs.get("pages") or []), wanted)
     write_text_atomic(output, samples_html(sections, images, demo))
     log.info("samples: %s rows, %d thumbnails", {s["stage"]: len(s["rows"]) for s in sections}, len(images))

@@ -36,21 +36,25 @@ def build_summary(stats: dict, plan: dict) -> dict:
     stages = []
     for row in tables["stage_yield"]:
         stage = row["stage"]
-        stages.append({
-            "stage": stage,
-            "unit": row["unit"],
-            "rows": row["rows"] or 0,
-            "ok": row["ok"] or 0,
-            "failed": row["failed"] or 0,
-            "top_failure_reasons": sorted(reasons.get(stage, []), key=lambda r: (-r[1], r[0]))[:TOP_REASONS],
-            "exported": row["exported"],
-            "train": row["train"],
-            "validation": row["validation"],
-            "tokens": dict(tokens.get(stage, {})),
-        })
+        stages.append(
+            {
+                "stage": stage,
+                "unit": row["unit"],
+                "rows": row["rows"] or 0,
+                "ok": row["ok"] or 0,
+                "failed": row["failed"] or 0,
+                "top_failure_reasons": sorted(reasons.get(stage, []), key=lambda r: (-r[1], r[0]))[:TOP_REASONS],
+                "exported": row["exported"],
+                "train": row["train"],
+                "validation": row["validation"],
+                "tokens": dict(tokens.get(stage, {})),
+            }
+        )
     totals = stats["totals"]
-    token_totals = {key: sum(t.get(key, 0) for t in tokens.values())
-                    for key in ("prompt_tokens", "completion_tokens", "reasoning_tokens")}
+    token_totals = {
+        key: sum(t.get(key, 0) for t in tokens.values())
+        for key in ("prompt_tokens", "completion_tokens", "reasoning_tokens")
+    }
     results = plan["results"]
     return {
         "results": results,
@@ -85,11 +89,15 @@ def next_command(summary: dict, low: list[dict], profile: str = "profiles/local"
         if stage == "seed":
             return f"look at the seed failures in {summary['logs']}seed/ and the source settings (source.*)"
         name = stage.split("/")[-1] if stage.startswith("judge/") else stage
-        return (f"read {summary['logs']}{'judge' if stage.startswith('judge/') else name}/*.log, fix the cause, "
-                f"then: longdoc-sdg requeue {stage} --results-dir {summary['results']}")
+        return (
+            f"read {summary['logs']}{'judge' if stage.startswith('judge/') else name}/*.log, fix the cause, "
+            f"then: longdoc-sdg requeue {stage} --results-dir {summary['results']}"
+        )
     if summary["skipped"]:
-        return ("give the skipped stages a model: stages.NAME.endpoint (base_url, model, api_key_env) or "
-                "serving.enabled: true in a --configfile; or try the whole pipeline on the samples: longdoc-sdg demo")
+        return (
+            "give the skipped stages a model: stages.NAME.endpoint (base_url, model, api_key_env) or "
+            "serving.enabled: true in a --configfile; or try the whole pipeline on the samples: longdoc-sdg demo"
+        )
     return f"snakemake --profile {profile} --report report.html   (then open report.html)"
 
 
@@ -103,20 +111,30 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     bar = "=" * 78
     title = "longdoc-sdg run summary" + ("  [DEMO DATA: made by a test-double model server]" if summary["demo"] else "")
     docs = summary["documents"]
-    lines = [bar, title, bar,
-             (f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
-              f"{summary['pages']:,} pages"),
-             f"{'stage':<26}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons"]
+    lines = [
+        bar,
+        title,
+        bar,
+        (
+            f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
+            f"{summary['pages']:,} pages"
+        ),
+        f"{'stage':<26}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons",
+    ]
     for s in summary["stages"]:
         reasons = ", ".join(f"{r} {n:,}" for r, n in s["top_failure_reasons"]) or "-"
-        lines.append(f"{s['stage'] + ' (' + s['unit'] + ')':<26}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
-                     f"{_count(s['exported']):>10}  {reasons}")
+        lines.append(
+            f"{s['stage'] + ' (' + s['unit'] + ')':<26}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
+            f"{_count(s['exported']):>10}  {reasons}"
+        )
     for skipped in summary["skipped"]:
         lines.append(f"{skipped['stage'] + ' (skipped)':<26}{skipped['why']}")
     tokens = summary["tokens"]
     if any(tokens.values()):
-        lines.append(f"tokens: {tokens['prompt_tokens']:,} prompt, {tokens['completion_tokens']:,} completion "
-                     f"({tokens['reasoning_tokens']:,} reasoning)")
+        lines.append(
+            f"tokens: {tokens['prompt_tokens']:,} prompt, {tokens['completion_tokens']:,} completion "
+            f"({tokens['reasoning_tokens']:,} reasoning)"
+        )
     if summary["gpus"]:
         lines.append("GPUs of served deployments: " + ", ".join(f"{d} {g}" for d, g in summary["gpus"].items()))
     if summary["exported"]:
@@ -126,18 +144,30 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     else:
         lines.append("export: nothing exported (no QA stage ran)")
     report = summary["report"]
-    lines.append(f"report: {report['figures'] or 'figures off (report.enabled: false)'}; statistics {report['stats']}; "
-                 f"HTML report: {report['html']}")
+    lines.append(
+        f"report: {report['figures'] or 'figures off (report.enabled: false)'}; statistics {report['stats']}; "
+        f"HTML report: {report['html']}"
+    )
     if low:
-        lines += ["", "!" * 78,
-                  (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) "
-                   "(summary.min_ok_rows):")]
+        lines += [
+            "",
+            "!" * 78,
+            (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.min_ok_rows):"),
+        ]
         for s in low:
-            lines.append(f"  {s['stage']}: {s['ok']:,} ok of {s['rows']:,}"
-                         + (f"; failures: {', '.join(r for r, _ in s['top_failure_reasons'])}"
-                            if s["top_failure_reasons"] else ""))
-        lines.append("  the run fails (summary.fail_below_floor: true)" if fail_below_floor
-                     else "  set summary.fail_below_floor: true to make such a run fail")
+            lines.append(
+                f"  {s['stage']}: {s['ok']:,} ok of {s['rows']:,}"
+                + (
+                    f"; failures: {', '.join(r for r, _ in s['top_failure_reasons'])}"
+                    if s["top_failure_reasons"]
+                    else ""
+                )
+            )
+        lines.append(
+            "  the run fails (summary.fail_below_floor: true)"
+            if fail_below_floor
+            else "  set summary.fail_below_floor: true to make such a run fail"
+        )
         lines.append("!" * 78)
     if summary["demo"]:
         lines.append("DEMO DATA: the answers come from the fake OpenAI-compatible server (a test double), not a model.")

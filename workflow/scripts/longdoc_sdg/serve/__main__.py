@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_wrapper(args.spec)
 
     from ..io import setup_job_logging
-    from . import ServeError, EndpointGoneError, identity, load_deployment, serve, teardown, verify_endpoint
+    from . import EndpointGoneError, ServeError, identity, load_deployment, serve, teardown, verify_endpoint
 
     setup_job_logging(None)
     try:

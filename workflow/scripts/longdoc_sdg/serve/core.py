@@ -212,7 +212,10 @@ def serve(
     total = time.monotonic() - t0
     log.info(
         "deployment %s ready at %s after %.1fs (%.1fs since the process started)",
-        dep.name, runtime["base_url"], total, waited,
+        dep.name,
+        runtime["base_url"],
+        total,
+        waited,
     )
     return {
         **identity(dep),
@@ -411,7 +414,9 @@ def verify_endpoint(runtime_path: str | Path, timeout_s: float = 10.0) -> dict[s
         if runtime["model"] not in ids:
             problem = f"/v1/models lists {ids} (HTTP {models_status}), not {runtime['model']!r}"
     if problem:
-        raise EndpointGoneError(f"server for deployment {name} at {runtime['base_url']} is gone ({problem}); {RERUN_HINT}")
+        raise EndpointGoneError(
+            f"server for deployment {name} at {runtime['base_url']} is gone ({problem}); {RERUN_HINT}"
+        )
     return read_endpoint(runtime_path)
 
 
