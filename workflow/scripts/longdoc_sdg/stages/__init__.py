@@ -22,6 +22,7 @@ from .classify import ClassifyStage
 from .judge import JudgeStage
 from .ocr import PDF_TEXT_MODEL, OcrStage
 from .text_qa import TextQaStage
+from .verify import VerifyStage
 from .visual_qa import VisualQaStage
 
 log = get_logger("stages")
@@ -37,6 +38,7 @@ STAGES: dict[str, Stage] = {
         WindowedQaStage(),
         WholeDocumentQaStage(),
         JudgeStage(),
+        VerifyStage(),
     )
 }
 
