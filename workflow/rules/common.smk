@@ -183,6 +183,28 @@ if workflow.is_main_process:
     announce_plan()
 
 
+def check_before_running(launcher):
+    """Plan-time checks (longdoc_sdg.preflight): missing key variables, a served deployment
+    that cannot start here. `launcher` None: not known yet (auto), checked at onstart.
+    """
+    from longdoc_sdg import preflight
+
+    problems = preflight.missing_api_keys(config, STATUSES)
+    if config["serving"]["enabled"] and launcher is not None:
+        problems += preflight.check_serving(
+            config,
+            STATUSES,
+            launcher,
+            lambda name: endpoints.load_deployment_of(config, name),
+        )
+    preflight.fail_on(problems)
+
+
+if workflow.is_main_process:
+    configured_launcher = config["serving"]["launcher"]
+    check_before_running(None if configured_launcher == "auto" else configured_launcher)
+
+
 def served_deployments():
     """Deployments this run serves: those of the active stages in serve mode."""
     names = []
@@ -351,6 +373,8 @@ def get_summary_plan():
 def start_run():
     import time
 
+    if config["serving"]["launcher"] == "auto" and config["serving"]["enabled"]:
+        check_before_running(get_serve_launcher(None, None))
     RUN_STARTED["at"] = time.time()
     start_heartbeat()
 
