@@ -5,7 +5,7 @@ the workflow validates against at start."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -310,6 +310,15 @@ class ExportFilters(Section):
         "(the judge row failed, or stages.judge.num_records left the row out).",
     )
     require_format_ok: bool = Field(True, description="Drop rows whose answer failed its question type's format check.")
+    min_verify_score: (
+        dict[Literal["Int", "Float", "Str", "None", "List"], Annotated[float, Field(ge=0, le=1)]] | None
+    ) = Field(
+        {"Int": 1.0, "Float": 1.0, "None": 1.0, "Str": 0.5, "List": 0.5},
+        description="Per MMLongBench-Doc answer format: keep a verified row when its verify_score (the independent "
+        "answer scored against the generated one by the benchmark's fixed rules, 0-1) is at least this. 1.0 for "
+        "the exactly scored formats; Str and List score by ANLS, whose cut-off is already 0.5. A format left out, "
+        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.verify_stages.",
+    )
     min_quality_score: int | None = Field(
         1,
         ge=0,

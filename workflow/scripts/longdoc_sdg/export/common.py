@@ -149,11 +149,22 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
 
 
 def replace_dir(tmp_dir: Path, target: str | os.PathLike) -> None:
-    """Move a finished temporary folder into place (the old one, if any, is removed first)."""
+    """Move a finished temporary folder into place. The old folder is moved aside first and
+    removed only once the new one is in place, so no moment leaves neither."""
     target = Path(target)
+    aside = None
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp_dir, target)
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, aside / target.name)
+    try:
+        os.replace(tmp_dir, target)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside / target.name, target)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def fresh_tmp_dir(target: str | os.PathLike) -> Path:

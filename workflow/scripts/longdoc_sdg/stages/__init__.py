@@ -157,7 +157,11 @@ def run_stage(
 
     async def process_model(row: dict, engine) -> dict:
         task: RowTask = row["task"]
-        return validated(task, await spec.process(task, ctx, RowCalls(engine)))
+        columns = await spec.process(task, ctx, RowCalls(engine))
+        # A row answered without the model (OCR 'auto' on a page with a text layer) says so.
+        model = columns.pop("model", None)
+        out = validated(task, columns)
+        return out if model is None else {**out, "model": model}
 
     async def process_local(row: dict, engine) -> dict:
         task: RowTask = row["task"]
