@@ -75,6 +75,17 @@ def test_demo_exports_qa_rows_of_every_stage_and_labels_them(demo):
     assert "QA pairs exported:" in result.stderr
 
 
+def test_demo_console_shows_whole_run_progress(demo):
+    _, results, result = demo
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[progress] ")]
+    plan = json.loads((results / "logs" / "progress" / "plan.json").read_text())["planned"]
+    # One line per seed and stage job, the last one counting every tracked job of the run.
+    assert len(lines) == sum(plan.values())
+    assert f"run {len(lines)}/{len(lines)} tracked jobs" in lines[-1]
+    assert any(line.startswith("[progress] seed 00000 done: seed 1/1 shard(s), 111 pages") for line in lines)
+    assert all("ETA" in line and "/s per job" in line for line in lines)
+
+
 def test_demo_report_has_sample_rows_with_page_images_and_the_demo_label(demo):
     _, results, _ = demo
     report = (results / "report.html").read_text()

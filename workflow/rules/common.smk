@@ -376,7 +376,21 @@ def start_run():
     if config["serving"]["launcher"] == "auto" and config["serving"]["enabled"]:
         check_before_running(get_serve_launcher(None, None))
     RUN_STARTED["at"] = time.time()
+    record_progress_plan()
     start_heartbeat()
+
+
+def record_progress_plan():
+    """The jobs of this run per seed/stage rule, for the progress lines the jobs print."""
+    from collections import Counter
+
+    from longdoc_sdg import progress
+
+    tracked = {"seed", *run_plan.ALL_MODEL_STAGES}
+    planned = Counter(
+        job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
+    )
+    progress.record_plan(RESULTS, dict(planned))
 
 
 def print_summary(failed=False):
