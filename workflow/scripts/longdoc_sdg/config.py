@@ -18,6 +18,12 @@ class Section(BaseModel):
 class LocalSource(Section):
     path: str = Field("resources/sample_pdfs", description="Folder searched recursively for PDFs.")
     suffix: str = Field(".pdf", description="File-name ending (case-insensitive) of the documents to take.")
+    symlinks: Literal["inside", "follow", "refuse"] = Field(
+        "inside",
+        description="Symbolic links to files: 'inside' reads those whose target stays in the folder, 'follow' "
+        "reads any, 'refuse' none. Refused entries, link loops and broken links become `refused_entry` failure "
+        "rows; linked folders are never entered.",
+    )
 
 
 class UrlSource(Section):
@@ -127,6 +133,25 @@ def check_config(config: dict, schema_path: str | Path) -> None:
             f"Invalid configuration (checked against {schema_path}):\n{lines}\n"
             "Fix these keys in your config file or --configfile override (see config/README.md)."
         )
+
+
+def check_paths(config: dict) -> None:
+    """Checks the schema cannot express: where results go, relative to the filesystem and the
+    source folder. Raises ValueError naming the key and the fix."""
+    raw = str(config.get("results_dir") or "").strip()
+    if not raw:
+        raise ValueError("results_dir: empty; name the folder for results, logs and manifests (e.g. results)")
+    results = Path(raw).expanduser().resolve()
+    if results == Path(results.anchor):
+        raise ValueError(f"results_dir: {raw!r} is the filesystem root; name a folder of its own (e.g. results)")
+    source = config.get("source") or {}
+    if source.get("kind") == "local":
+        folder = Path(str(source.get("local", {}).get("path", ""))).expanduser().resolve()
+        if results == folder or results.is_relative_to(folder):
+            raise ValueError(
+                f"results_dir: {raw!r} is inside source.local.path ({str(folder)!r}); the run would read its own "
+                "outputs as documents. Move results_dir out of the source folder."
+            )
 
 
 class ManualEndpoint(Section):
