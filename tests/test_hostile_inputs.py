@@ -501,3 +501,49 @@ def test_a_shard_failing_alike_for_a_setting_fails_the_job():
     check_not_all_failed("text_qa", collections.Counter({"length": 5, None: 1}))  # some rows worked
     check_not_all_failed("text_qa", collections.Counter({"length": 2}))  # too few to tell
     check_not_all_failed("text_qa", collections.Counter({"server_error": 9}))  # not a setting
+
+
+def test_an_endpoint_refusing_every_request_fails_the_stage_job(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.engine.errors import AllRowsFailed
+    from longdoc_sdg.seed import run_seed_shard
+    from longdoc_sdg.stages import run_stage
+    from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
+
+    manifest = [
+        {"doc_id": "d", "source_kind": "local", "source": str(SAMPLE), "url": None, "date": None, "extra": "{}"}
+    ]
+    pq.write_table(pa.Table.from_pylist(manifest), tmp_path / "m.parquet")
+    seed = {name: str(tmp_path / "seed" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    run_seed_shard(str(tmp_path / "m.parquet"), seed, {"dpi": 36}, threads=1)
+    ocr = tmp_path / "ocr.parquet"
+    run_stage("ocr", {"pages": seed["pages"]}, str(ocr), {}, None, 1, str(tmp_path / "j" / "ocr.jsonl"))
+    with FakeOpenAIServer(faults={"400": 1.0}) as server:
+        endpoint = {"base_url": server.base_url, "model": "fake-model"}
+        journal = tmp_path / "j" / "text_qa.jsonl"
+        with pytest.raises(AllRowsFailed, match="all 4 rows of the shard failed with bad_request"):
+            run_stage(
+                "text_qa",
+                {"ocr": str(ocr)},
+                str(tmp_path / "qa.parquet"),
+                {"num_records": 4},
+                endpoint,
+                1,
+                str(journal),
+            )
+    assert not (tmp_path / "qa.parquet").exists()
+    assert len(journal.read_text().splitlines()) == 5  # header + the 4 failed rows, kept for a resume
+
+
+def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
+    import pyarrow as pa
+
+    from longdoc_sdg.rowstore import ShardWriter
+
+    (tmp_path / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial")
+    (tmp_path / ".00001.parquet.other.tmp").write_bytes(b"another shard's")
+    ShardWriter(tmp_path / "00000.parquet", tmp_path / "j.jsonl", "h", pa.schema([])).close()
+    assert not (tmp_path / ".00000.parquet.k1ll3d.tmp").exists()
+    assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
