@@ -66,6 +66,8 @@ def test_demo_exports_qa_rows_of_every_stage_and_labels_them(demo):
     exported = summary["exported"]
     assert set(exported) == set(QA_STAGES)
     assert sum(exported.values()) > 0
+    # Every stage and the judge of every QA stage made ok rows: the demo shows the whole product.
+    assert all(stage["ok"] > 0 for stage in summary["stages"]), summary["stages"]
     for stage, kept in exported.items():
         assert pq.read_metadata(results / "export" / "datasets" / f"{stage}.parquet").num_rows == kept
     card = (results / "export" / "hub" / "README.md").read_text()
@@ -92,8 +94,11 @@ def test_demo_report_has_sample_rows_with_page_images_and_the_demo_label(demo):
     assert "DEMO DATA" in report
     samples = (results / "report" / "samples.html").read_text()
     assert "DEMO DATA" in samples
-    assert samples.count("<div class='row'>") >= len(QA_STAGES)
-    assert samples.count("src='data:image/png;base64,") >= len(QA_STAGES)
+    sections = samples.split("<h3>")[1:]
+    assert [section.split(" ", 1)[0] for section in sections] == list(QA_STAGES)
+    for section in sections:  # every QA stage shows rows, each with its page images
+        assert section.count("<div class='row'>") >= 1, section[:300]
+        assert section.count("src='data:image/png;base64,") >= section.count("<div class='row'>")
     assert "samples.html" in report
 
 
