@@ -233,6 +233,7 @@ def workflow_config_model():
     from pydantic import create_model
 
     from .seed.config import SeedParams
+    from .seed.decontaminate import DecontaminationConfig
 
     stages = _stages_model()
     return create_model(
@@ -242,6 +243,14 @@ def workflow_config_model():
         source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
+        decontamination=(
+            DecontaminationConfig,
+            Field(
+                DecontaminationConfig(),
+                description="Benchmarks kept out of the data: their documents are not seeded (failure reason "
+                "`contaminated`), questions overlapping theirs are dropped at export.",
+            ),
+        ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
         stages=(stages, Field(stages(), description="Model stages 02-09.")),
         export=(
