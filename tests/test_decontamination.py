@@ -143,9 +143,8 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
 
 
 def test_questions_overlapping_the_benchmark_are_dropped_at_export(folders, tmp_path):
-    from test_export_support import SyntheticRun, make_row, write_rows
-
     from longdoc_sdg.export.dataset import build_dataset
+    from test_export_support import SyntheticRun, make_row, write_rows
 
     run = SyntheticRun(tmp_path / "synthetic")
     stage = "whole_document_qa"

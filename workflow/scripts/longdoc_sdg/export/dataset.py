@@ -76,7 +76,9 @@ def _contaminated_questions(con, decontamination: dict | None, columns: set[str]
     if not index:
         return None
     hits = []
-    for row_id, question in con.execute("SELECT row_id, question FROM joined WHERE status = 'ok' ORDER BY row_id").fetchall():
+    for row_id, question in con.execute(
+        "SELECT row_id, question FROM joined WHERE status = 'ok' ORDER BY row_id"
+    ).fetchall():
         message = index.match(question)
         if message:
             hits.append({"row_id": row_id, "message": message})
