@@ -547,3 +547,44 @@ def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
     ShardWriter(tmp_path / "00000.parquet", tmp_path / "j.jsonl", "h", pa.schema([])).close()
     assert not (tmp_path / ".00000.parquet.k1ll3d.tmp").exists()
     assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
+
+
+def test_hostile_urls_in_a_shard_end_as_one_row_each(server, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.seed import run_seed_shard
+
+    server.routes["/good.pdf"] = lambda h: send(h, 200, PDF)
+    server.routes["/to-metadata"] = lambda h: send(h, 302, b"", {"Location": "http://169.254.169.254/"})
+    server.routes["/trickle.pdf"] = drip
+
+    def cut(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PDF)))
+        handler.end_headers()
+        handler.wfile.write(PDF[:1000])
+
+    server.routes["/short.pdf"] = cut
+    cases = {
+        "good": (server.url("/good.pdf"), None),
+        "metadata": (server.url("/to-metadata"), "blocked_address"),
+        "private": ("http://10.0.0.1/a.pdf", "blocked_address"),
+        "decimal": ("http://2130706433/a.pdf", "blocked_address"),
+        "trickle": (server.url("/trickle.pdf"), "timeout"),
+        "short": (server.url("/short.pdf"), "http_error"),
+        "scheme": ("file:///etc/passwd", "bad_url"),
+    }
+    rows = [{**row(url), "doc_id": doc_id} for doc_id, (url, _) in cases.items()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    outputs = {
+        name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")
+    }
+    settings = {**params(deadline_s=1.0, min_bytes_per_s=0), "dpi": 36}
+    run_seed_shard(str(tmp_path / "m.parquet"), outputs, settings, threads=1)
+    failures = pq.read_table(outputs["failures"]).to_pylist()
+    documents = pq.read_table(outputs["documents"]).to_pylist()
+    assert [d["doc_id"] for d in documents] == ["good"]
+    assert sorted((f["doc_id"], f["reason"]) for f in failures) == sorted(
+        (doc_id, reason) for doc_id, (_, reason) in cases.items() if reason
+    )
