@@ -64,6 +64,7 @@ def dataset_settings(config: dict) -> dict:
         "filters": export["filters"],
         "dedup": export["dedup"],
         "split": export["split"],
+        "decontamination": config.get("decontamination") or {},
         "code_version": __version__,
     }
 
