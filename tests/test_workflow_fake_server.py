@@ -21,7 +21,16 @@ QA_STAGES = qa_stages()
 # Stages with one output per shard (judge and verify: one per QA stage and shard).
 MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
-AGGREGATE_RULES = {"all", "stats", "report_figures", "export_dataset", "export_reference", "export_hub"}
+AGGREGATE_RULES = {
+    "all",
+    "stats",
+    "report_figures",
+    "report_samples",
+    "summary",
+    "export_dataset",
+    "export_reference",
+    "export_hub",
+}
 
 
 def stage_jobs(output: str) -> dict[str, int]:

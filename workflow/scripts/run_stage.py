@@ -1,5 +1,8 @@
 """Snakemake entry point of the model stages (longdoc_sdg.registry); the work is in longdoc_sdg.stages."""
 
+import time
+
+from longdoc_sdg import progress
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.plan import stage_config_section
@@ -7,6 +10,7 @@ from longdoc_sdg.stages import run_stage
 from longdoc_sdg.stages.base import deep_merge
 
 setup_job_logging(snakemake.log[0])
+started = time.monotonic()
 stage = snakemake.params.stage
 endpoint = resolve_endpoint(snakemake.params.endpoint)
 if endpoint is not None:
@@ -24,3 +28,11 @@ inputs = {key: value for key, value in snakemake.input.items() if key != "servin
 
 with keep_server_alive(snakemake.params.endpoint):
     run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
+
+progress.report_job(
+    snakemake.config["results_dir"],
+    snakemake.rule,
+    snakemake.wildcards.shard,
+    progress.output_rows(snakemake.output),
+    time.monotonic() - started,
+)

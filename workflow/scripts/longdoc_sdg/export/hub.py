@@ -16,7 +16,7 @@ import pyarrow as pa
 import yaml
 
 from ..io import get_logger, write_text_atomic
-from ..registry import qa_stages
+from ..registry import get_spec, qa_stages
 from .common import fresh_tmp_dir, replace_dir
 from .dataset import DROP_ORDER
 from .layout import arrow_fields, write_layout
@@ -38,14 +38,6 @@ LEADING = (
     "num_evidence_pages",
 )
 DROPPED = {"shard", "split", "prompt_tokens", "completion_tokens", "reasoning_tokens"}
-
-STAGE_TITLES = {
-    "text_qa": "Text QA: questions from a page's OCR text, checked for relevance and correctness",
-    "visual_qa": "Visual QA: one-step reasoning over charts, tables and diagrams on one page",
-    "single_page_qa": "Single-page QA: anchored questions answerable from one page",
-    "windowed_qa": "Windowed QA: questions that need two or more pages of a window",
-    "whole_document_qa": "Whole-document QA: questions over all pages of a document",
-}
 
 
 def hub_schema(dataset: str) -> pa.Schema:
@@ -185,6 +177,8 @@ def card_metadata(configs: dict[str, dict], summaries: dict[str, dict], card, pa
     source = params.get("source") or {}
     if source.get("kind") == "finepdfs" and source.get("dataset"):
         meta["source_datasets"] = [source["dataset"]]
+    if params.get("demo"):
+        meta["tags"] = [*meta["tags"], "demo-data"]
     meta["configs"] = []
     meta["dataset_info"] = []
     first = True
@@ -218,7 +212,15 @@ def _models_line(summary: dict) -> str:
 
 def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict], card, params: dict) -> str:
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", "", card.description, ""]
+    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", ""]
+    if params.get("demo"):
+        lines += [
+            "> **DEMO DATA.** Made by `longdoc-sdg demo`: the questions, answers and judge scores come "
+            "from a test-double server (or a tiny random-weight model), not from a real model. Do not "
+            "train on it or publish it as a dataset.",
+            "",
+        ]
+    lines += [card.description, ""]
     lines += [
         "## Configurations",
         "",
@@ -229,7 +231,7 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         s = summaries[stage]
         rows = {k: v.rows for k, v in c["splits"].items()}
         lines.append(
-            f"| `{stage}` | {STAGE_TITLES[stage]} | {rows.get('train', 0)} | {rows.get('validation', 0)} | "
+            f"| `{stage}` | {get_spec(stage).summary} | {rows.get('train', 0)} | {rows.get('validation', 0)} | "
             f"{s['documents']['train']} / {s['documents']['validation']} |"
         )
     total = sum(f.rows for c in configs.values() for f in c["splits"].values())
