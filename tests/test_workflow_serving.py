@@ -147,7 +147,7 @@ class Watcher:
             self.published = True
             self.keys.add(runtime["api_key"])
             if self.kill_when is not None and self.killed_pid is None and self.kill_when():
-                bound_path = serve_dir(self.workdir) / "servers" / DEPLOYMENT / "bound.json"
+                bound_path = serve_dir(self.workdir) / "servers" / DEPLOYMENT / "replica-0" / "bound.json"
                 server_pid = json.loads(bound_path.read_text())["server_pid"]
                 # Like a crashed engine: the server's whole group, not the wrapper.
                 os.killpg(server_pid, signal.SIGKILL)
