@@ -45,7 +45,9 @@ def find_pdf() -> Path | None:
     # any sizeable PDF on the machine (documentation packages ship some)
     found = subprocess.run(
         "find / -xdev -name '*.pdf' -size +100k -not -path '/proc/*' 2>/dev/null | head -20",
-        shell=True, capture_output=True, text=True,
+        shell=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     return Path(found[0]) if found else None
 
@@ -61,7 +63,11 @@ def page_png(target_bytes: int = 200_000) -> tuple[bytes, str]:
         page = doc.new_page()
         for i in range(60):
             page.insert_text((40, 40 + i * 12), f"Line {i}: revenue grew {i * 1.7:.1f}% in region {i % 7}", fontsize=9)
-            page.draw_rect(pymupdf.Rect(300 + i % 10 * 20, 500 + i // 10 * 20, 315 + i % 10 * 20, 515 + i // 10 * 20), color=(i % 3 / 2, 0.2, 0.6), fill=(0.1 * (i % 9), 0.5, 0.3))
+            page.draw_rect(
+                pymupdf.Rect(300 + i % 10 * 20, 500 + i // 10 * 20, 315 + i % 10 * 20, 515 + i // 10 * 20),
+                color=(i % 3 / 2, 0.2, 0.6),
+                fill=(0.1 * (i % 9), 0.5, 0.3),
+            )
         source = "synthetic page"
     else:
         doc = pymupdf.open(pdf)
@@ -128,11 +134,17 @@ class Window:
                 work += inside / max(end - begin, 1e-9)
         rate = work / self.measure
         cpu_ms = (self.cpu1 - self.cpu0) / max(work, 1.0) * 1000
-        return {"requests": round(work, 1), "rps": round(rate, 1), "ratio": round(rate / (concurrency / latency), 3),
-                "cpu_ms_per_request": round(cpu_ms, 3)}
+        return {
+            "requests": round(work, 1),
+            "rps": round(rate, 1),
+            "ratio": round(rate / (concurrency / latency), 3),
+            "cpu_ms_per_request": round(cpu_ms, 3),
+        }
 
 
-async def bare_openai(base_url: str, kind: str, png: bytes | None, c: int, latency: float, warmup: float, measure: float) -> dict:
+async def bare_openai(
+    base_url: str, kind: str, png: bytes | None, c: int, latency: float, warmup: float, measure: float
+) -> dict:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="bench")
@@ -154,12 +166,23 @@ async def bare_openai(base_url: str, kind: str, png: bytes | None, c: int, laten
     return window.result(c, latency)
 
 
-async def engine_run(base_url: str, kind: str, png: bytes | None, c: int, latency: float, warmup: float, measure: float,
-                     workdir: str, transport: str = "aiohttp") -> dict:
+async def engine_run(
+    base_url: str,
+    kind: str,
+    png: bytes | None,
+    c: int,
+    latency: float,
+    warmup: float,
+    measure: float,
+    workdir: str,
+    transport: str = "aiohttp",
+) -> dict:
     endpoint = EndpointConfig(base_url=base_url, model="fake-model", api_key="bench")
     engine = ChatEngine(endpoint, concurrency=ConcurrencyConfig(min=1, max=c), transport=transport)
     writer = ShardWriter(
-        os.path.join(workdir, f"{kind}-{transport}.parquet"), os.path.join(workdir, f"{kind}-{transport}.jsonl"), "bench",
+        os.path.join(workdir, f"{kind}-{transport}.parquet"),
+        os.path.join(workdir, f"{kind}-{transport}.jsonl"),
+        "bench",
         pa.schema([("answer", pa.string())]),
     )
     window = Window(warmup, measure)
@@ -189,8 +212,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter windows (noisier)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--json", help="also write the figures here")
-    parser.add_argument("--compare-transports", action="store_true",
-                        help="also run the engine on its 'openai' (httpx) transport, for reference")
+    parser.add_argument(
+        "--compare-transports",
+        action="store_true",
+        help="also run the engine on its 'openai' (httpx) transport, for reference",
+    )
     args = parser.parse_args()
     png, png_source = page_png()
     print(f"image: {len(png) / 1000:.0f} KB PNG from {png_source}")
@@ -203,29 +229,48 @@ def main() -> int:
             with spawn_fake_server("--latency", str(latency), "--max-num-seqs", str(4 * c)) as (_, base_url):
                 image = png if kind == "image" else None
                 base = asyncio.run(bare_openai(base_url, kind, image, c, latency, warmup * scale, measure * scale))
-                ours = asyncio.run(engine_run(base_url, kind, image, c, latency, warmup * scale, measure * scale, workdir))
-                results[kind] = {"concurrency": c, "latency_s": latency, "ideal_rps": c / latency,
-                                 "bare_openai": base, "engine": ours, "target": TARGETS[kind]}
+                ours = asyncio.run(
+                    engine_run(base_url, kind, image, c, latency, warmup * scale, measure * scale, workdir)
+                )
+                results[kind] = {
+                    "concurrency": c,
+                    "latency_s": latency,
+                    "ideal_rps": c / latency,
+                    "bare_openai": base,
+                    "engine": ours,
+                    "target": TARGETS[kind],
+                }
                 if args.compare_transports:
-                    results[kind]["engine_openai_transport"] = asyncio.run(engine_run(
-                        base_url, kind, image, c, latency, warmup * scale, measure * scale, workdir, "openai"))
+                    results[kind]["engine_openai_transport"] = asyncio.run(
+                        engine_run(
+                            base_url, kind, image, c, latency, warmup * scale, measure * scale, workdir, "openai"
+                        )
+                    )
 
-    print(f"\n{'scenario':<8} {'C':>3} {'L':>5} {'ideal/s':>8} | {'bare AsyncOpenAI':>22} | {'engine (run_rows)':>22} | target")
+    print(
+        f"\n{'scenario':<8} {'C':>3} {'L':>5} {'ideal/s':>8} | {'bare AsyncOpenAI':>22} | {'engine (run_rows)':>22} | target"
+    )
     print(f"{'':<8} {'':>3} {'':>5} {'':>8} | {'ratio':>8} {'CPU ms/req':>13} | {'ratio':>8} {'CPU ms/req':>13} |")
     failed = False
     for kind, r in results.items():
         b, e = r["bare_openai"], r["engine"]
         ok = e["ratio"] >= r["target"]
         failed |= not ok
-        print(f"{kind:<8} {r['concurrency']:>3} {r['latency_s']:>5.1f} {r['ideal_rps']:>8.0f} | "
-              f"{b['ratio']:>8.3f} {b['cpu_ms_per_request']:>13.3f} | {e['ratio']:>8.3f} {e['cpu_ms_per_request']:>13.3f} | "
-              f">= {r['target']:.2f} {'ok' if ok else 'MISSED'}")
+        print(
+            f"{kind:<8} {r['concurrency']:>3} {r['latency_s']:>5.1f} {r['ideal_rps']:>8.0f} | "
+            f"{b['ratio']:>8.3f} {b['cpu_ms_per_request']:>13.3f} | {e['ratio']:>8.3f} {e['cpu_ms_per_request']:>13.3f} | "
+            f">= {r['target']:.2f} {'ok' if ok else 'MISSED'}"
+        )
         if "engine_openai_transport" in r:
             o = r["engine_openai_transport"]
-            print(f"{'':<8} {'':>3} {'':>5} {'':>8} | engine on openai transport: ratio {o['ratio']:.3f}, "
-                  f"CPU {o['cpu_ms_per_request']:.3f} ms/req")
+            print(
+                f"{'':<8} {'':>3} {'':>5} {'':>8} | engine on openai transport: ratio {o['ratio']:.3f}, "
+                f"CPU {o['cpu_ms_per_request']:.3f} ms/req"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"png_bytes": len(png), "png_source": png_source, "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"png_bytes": len(png), "png_source": png_source, "results": results}, indent=2)
+        )
     return 1 if failed else 0
 
 

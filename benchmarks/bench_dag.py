@@ -69,8 +69,16 @@ def build_workdir(workdir: Path, shards: int) -> None:
         for doc in range(DOCS_PER_SHARD):
             url = f"https://example.org/docs/{index:05d}/{doc:02d}.pdf"
             urls.append(url)
-            rows.append({"doc_id": stable_id("url", url), "source_kind": "urls", "source": url, "url": url,
-                         "date": None, "extra": "{}"})
+            rows.append(
+                {
+                    "doc_id": stable_id("url", url),
+                    "source_kind": "urls",
+                    "source": url,
+                    "url": url,
+                    "date": None,
+                    "extra": "{}",
+                }
+            )
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest / f"{shard_name(index)}.parquet")
     (workdir / "urls.txt").write_text("\n".join(urls) + "\n")
 
@@ -100,10 +108,14 @@ def write_config(workdir: Path, all_stages: bool) -> None:
 def snakemake_args(workdir: Path) -> list[str]:
     # The local profile, as users run it (rerun triggers, latency wait, cores).
     return [
-        "--snakefile", str(ROOT / "workflow" / "Snakefile"),
-        "--profile", str(ROOT / "profiles" / "local"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--profile",
+        str(ROOT / "profiles" / "local"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
         "-n",
     ]
 
@@ -125,15 +137,21 @@ def _children_cpu() -> float:
 def dry_run(workdir: Path) -> dict:
     # CPU time next to wall time: on a loaded machine wall time overstates what the run costs.
     cpu, start = _children_cpu(), time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "snakemake", *snakemake_args(workdir)],
-                            capture_output=True, text=True, cwd=workdir)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *snakemake_args(workdir)], capture_output=True, text=True, cwd=workdir
+    )
     wall = time.monotonic() - start
     cpu = _children_cpu() - cpu
     if result.returncode != 0:
         raise RuntimeError(f"dry run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     jobs = planned_jobs(result.stdout + result.stderr)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "jobs": jobs, "ms_per_job": round(wall / jobs * 1000, 3),
-            "ratio_to_target": round(wall / TARGET_S, 3)}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "jobs": jobs,
+        "ms_per_job": round(wall / jobs * 1000, 3),
+        "ratio_to_target": round(wall / TARGET_S, 3),
+    }
 
 
 def case(tmp: Path, name: str, shards: int, all_stages: bool) -> dict:
@@ -193,7 +211,7 @@ def profile(workdir: Path, top: int) -> str:
     out.write("  everything, by own time:\n")
     lines = stream.getvalue().splitlines()
     header = next(i for i, line in enumerate(lines) if "ncalls" in line)
-    out.write("\n".join("  " + line for line in lines[header:header + top + 1]))
+    out.write("\n".join("  " + line for line in lines[header : header + top + 1]))
     return out.getvalue()
 
 
@@ -208,8 +226,10 @@ def main() -> int:
 
     import snakemake
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-          f"snakemake {snakemake.__version__}; {DOCS_PER_SHARD} documents per shard")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+        f"snakemake {snakemake.__version__}; {DOCS_PER_SHARD} documents per shard"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         tmp_path = Path(tmp)
         runs = [
@@ -219,23 +239,33 @@ def main() -> int:
         ]
         print(f"\n{'case':<14} {'shards':>6} {'jobs':>7} {'wall s':>8} {'CPU s':>7} {'ms/job':>8} {'/ 20 s':>7}")
         for run in runs:
-            print(f"{run['name']:<14} {run['shards']:>6} {run['jobs']:>7} {run['wall_s']:>8.2f} {run['cpu_s']:>7.2f} "
-                  f"{run['ms_per_job']:>8.3f} {run['ratio_to_target']:>7.3f}")
+            print(
+                f"{run['name']:<14} {run['shards']:>6} {run['jobs']:>7} {run['wall_s']:>8.2f} {run['cpu_s']:>7.2f} "
+                f"{run['ms_per_job']:>8.3f} {run['ratio_to_target']:>7.3f}"
+            )
         baseline, seed_only, target = runs
         scale = target["wall_s"] / baseline["wall_s"]
-        print(f"\nall stages {args.shards} vs {args.baseline_shards} shards: {scale:.2f}x the time for "
-              f"{target['jobs'] / baseline['jobs']:.1f}x the jobs")
-        print(f"all stages vs seed only ({args.shards} shards): {target['wall_s'] / seed_only['wall_s']:.2f}x the time for "
-              f"{target['jobs'] / seed_only['jobs']:.1f}x the jobs")
+        print(
+            f"\nall stages {args.shards} vs {args.baseline_shards} shards: {scale:.2f}x the time for "
+            f"{target['jobs'] / baseline['jobs']:.1f}x the jobs"
+        )
+        print(
+            f"all stages vs seed only ({args.shards} shards): {target['wall_s'] / seed_only['wall_s']:.2f}x the time for "
+            f"{target['jobs'] / seed_only['jobs']:.1f}x the jobs"
+        )
         if args.profile:
             print()
             print(profile(tmp_path / "all_target", args.top))
     ok = target["wall_s"] <= TARGET_S
-    print(f"\n{'PASS' if ok else 'FAIL'}: {target['jobs']} jobs planned in {target['wall_s']:.1f}s wall, "
-          f"{target['cpu_s']:.1f}s CPU (ratio {target['ratio_to_target']:.2f} of the {TARGET_S:.0f} s target); "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: {target['jobs']} jobs planned in {target['wall_s']:.1f}s wall, "
+        f"{target['cpu_s']:.1f}s CPU (ratio {target['ratio_to_target']:.2f} of the {TARGET_S:.0f} s target); "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "target_s": TARGET_S, "load_average": os.getloadavg()[0]}, indent=2))
+        args.json.write_text(
+            json.dumps({"runs": runs, "target_s": TARGET_S, "load_average": os.getloadavg()[0]}, indent=2)
+        )
     return 0 if ok else 1
 
 

@@ -55,9 +55,22 @@ def render_pool(dpi: float) -> list[dict]:
         with pymupdf.open(pdf) as doc:
             for page in doc:
                 rendered = render_page(page, options)
-                pool.append({k: getattr(rendered, k) for k in (
-                    "png", "width", "height", "dpi", "is_gray", "page_width_pt", "page_height_pt",
-                    "pdf_text", "text_blocks")})
+                pool.append(
+                    {
+                        k: getattr(rendered, k)
+                        for k in (
+                            "png",
+                            "width",
+                            "height",
+                            "dpi",
+                            "is_gray",
+                            "page_width_pt",
+                            "page_height_pt",
+                            "pdf_text",
+                            "text_blocks",
+                        )
+                    }
+                )
     return pool
 
 
@@ -73,8 +86,9 @@ def build_shard(directory: Path, pool: list[dict], docs: int, pages: int) -> dic
     documents = []
     png_bytes = 0
     # Same writer settings as the seed's _PagesWriter: one row group per document.
-    with pq.ParquetWriter(directory / "pages.parquet", PAGES_SCHEMA, compression="zstd",
-                          use_dictionary=["doc_id"]) as writer:
+    with pq.ParquetWriter(
+        directory / "pages.parquet", PAGES_SCHEMA, compression="zstd", use_dictionary=["doc_id"]
+    ) as writer:
         for index in range(docs):
             doc_id = f"bench{index:04d}"
             rows = []
@@ -83,11 +97,25 @@ def build_shard(directory: Path, pool: list[dict], docs: int, pages: int) -> dic
                 rows.append({"doc_id": doc_id, "page_number": number + 1, **page})
                 png_bytes += len(page["png"])
             writer.write_table(pa.Table.from_pylist(rows, schema=PAGES_SCHEMA), row_group_size=pages)
-            documents.append({"doc_id": doc_id, "source_kind": "local", "source": f"/bench/{doc_id}.pdf", "url": None,
-                              "date": None, "total_pages": pages, "whole_document": True, "extra": "{}"})
+            documents.append(
+                {
+                    "doc_id": doc_id,
+                    "source_kind": "local",
+                    "source": f"/bench/{doc_id}.pdf",
+                    "url": None,
+                    "date": None,
+                    "total_pages": pages,
+                    "whole_document": True,
+                    "extra": "{}",
+                }
+            )
     pq.write_table(pa.Table.from_pylist(documents, schema=DOCUMENTS_SCHEMA), directory / "documents.parquet")
-    return {"docs": docs, "pages": docs * pages, "png_mb": png_bytes / 1e6,
-            "pages_parquet_mb": (directory / "pages.parquet").stat().st_size / 1e6}
+    return {
+        "docs": docs,
+        "pages": docs * pages,
+        "png_mb": png_bytes / 1e6,
+        "pages_parquet_mb": (directory / "pages.parquet").stat().st_size / 1e6,
+    }
 
 
 def job(directory: Path, base_url: str, variant: dict) -> None:
@@ -119,22 +147,38 @@ def measure(directory: Path, base_url: str, variant: str) -> None:
     done = subprocess.run([sys.executable, __file__, "--job", str(directory), base_url, variant])
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"returncode": done.returncode, "maxrss_kb": usage.ru_maxrss, "wall_s": wall,
-                      "cpu_s": usage.ru_utime + usage.ru_stime}))
+    print(
+        json.dumps(
+            {
+                "returncode": done.returncode,
+                "maxrss_kb": usage.ru_maxrss,
+                "wall_s": wall,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+            }
+        )
+    )
 
 
 def run_case(directory: Path, base_url: str, variant: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", str(directory), base_url, json.dumps(variant)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", str(directory), base_url, json.dumps(variant)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"measuring wrapper failed:\n{out.stderr[-4000:]}")
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     if figures["returncode"] != 0:
         raise SystemExit(f"the stage job failed (exit {figures['returncode']}):\n{out.stderr[-4000:]}")
     summary = json.loads((directory / "summary.json").read_text())
-    return {"peak_rss_mb": figures["maxrss_kb"] / 1024, "wall_s": round(figures["wall_s"], 2),
-            "cpu_s": round(figures["cpu_s"], 2), "rows": summary.get("rows"), "ok": summary.get("ok"),
-            "failed": summary.get("failed")}
+    return {
+        "peak_rss_mb": figures["maxrss_kb"] / 1024,
+        "wall_s": round(figures["wall_s"], 2),
+        "cpu_s": round(figures["cpu_s"], 2),
+        "rows": summary.get("rows"),
+        "ok": summary.get("ok"),
+        "failed": summary.get("failed"),
+    }
 
 
 def main() -> int:
@@ -145,7 +189,9 @@ def main() -> int:
     parser.add_argument("--dpi", type=float, default=144.0)
     parser.add_argument("--latency", type=float, default=5.0, help="fake server seconds per request")
     parser.add_argument("--concurrency", type=int, help="engine concurrency max (default: the workflow's, 256)")
-    parser.add_argument("--image-transport", choices=["base64", "file"], help="stage image_transport.mode (default base64)")
+    parser.add_argument(
+        "--image-transport", choices=["base64", "file"], help="stage image_transport.mode (default base64)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     # internal: the wrapper and the job processes
     parser.add_argument("--measure", nargs=3, metavar=("DIR", "URL", "VARIANT"), help=argparse.SUPPRESS)
@@ -161,14 +207,18 @@ def main() -> int:
 
     from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-          f"concurrency max {args.concurrency or 'default (256)'}, images {args.image_transport or 'base64'}, "
-          f"fake server latency {args.latency:g}s")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+        f"concurrency max {args.concurrency or 'default (256)'}, images {args.image_transport or 'base64'}, "
+        f"fake server latency {args.latency:g}s"
+    )
     start = time.monotonic()
     pool = render_pool(args.dpi)
     png_kb = sum(len(p["png"]) for p in pool) / len(pool) / 1000
-    print(f"rendered {len(pool)} distinct pages at {args.dpi:g} dpi in {time.monotonic() - start:.1f}s; "
-          f"mean PNG {png_kb:.0f} KB, {sum(p['is_gray'] for p in pool)} gray")
+    print(
+        f"rendered {len(pool)} distinct pages at {args.dpi:g} dpi in {time.monotonic() - start:.1f}s; "
+        f"mean PNG {png_kb:.0f} KB, {sum(p['is_gray'] for p in pool)} gray"
+    )
     cases = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         shards = [build_shard(Path(tmp) / f"docs{n}", pool, n, args.pages) for n in (args.baseline_docs, args.docs)]
@@ -178,21 +228,40 @@ def main() -> int:
             for shard in shards:
                 cases.append({**shard, **run_case(Path(tmp) / f"docs{shard['docs']}", base_url, variant)})
 
-    print(f"\n{'documents':>9} {'pages':>6} {'PNG MB':>7} {'rows ok/all':>11} {'wall s':>7} {'CPU s':>6} {'peak RSS MB':>12}")
+    print(
+        f"\n{'documents':>9} {'pages':>6} {'PNG MB':>7} {'rows ok/all':>11} {'wall s':>7} {'CPU s':>6} {'peak RSS MB':>12}"
+    )
     for c in cases:
-        print(f"{c['docs']:>9} {c['pages']:>6} {c['png_mb']:>7.0f} {str(c['ok']) + '/' + str(c['rows']):>11} "
-              f"{c['wall_s']:>7.1f} {c['cpu_s']:>6.1f} {c['peak_rss_mb']:>12.0f}")
+        print(
+            f"{c['docs']:>9} {c['pages']:>6} {c['png_mb']:>7.0f} {str(c['ok']) + '/' + str(c['rows']):>11} "
+            f"{c['wall_s']:>7.1f} {c['cpu_s']:>6.1f} {c['peak_rss_mb']:>12.0f}"
+        )
     baseline, large = cases
     ratio = large["peak_rss_mb"] / baseline["peak_rss_mb"]
-    print(f"\npeak RSS {large['docs']} vs {baseline['docs']} documents: {ratio:.2f}x "
-          f"(flat: <= {FLAT_RATIO}x) for {large['pages'] / baseline['pages']:.0f}x the pages")
+    print(
+        f"\npeak RSS {large['docs']} vs {baseline['docs']} documents: {ratio:.2f}x "
+        f"(flat: <= {FLAT_RATIO}x) for {large['pages'] / baseline['pages']:.0f}x the pages"
+    )
     ok = large["peak_rss_mb"] <= TARGET_MB and ratio <= FLAT_RATIO
-    print(f"\n{'PASS' if ok else 'FAIL'}: {large['peak_rss_mb']:.0f} MB for {large['docs']} x {args.pages} pages "
-          f"(<= {TARGET_MB:.0f} MB), {ratio:.2f}x the {baseline['docs']}-document job (<= {FLAT_RATIO}x); "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: {large['peak_rss_mb']:.0f} MB for {large['docs']} x {args.pages} pages "
+        f"(<= {TARGET_MB:.0f} MB), {ratio:.2f}x the {baseline['docs']}-document job (<= {FLAT_RATIO}x); "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"variant": variant, "cases": cases, "ratio": ratio, "target_mb": TARGET_MB,
-                                         "flat_ratio": FLAT_RATIO, "load_average": os.getloadavg()[0]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "variant": variant,
+                    "cases": cases,
+                    "ratio": ratio,
+                    "target_mb": TARGET_MB,
+                    "flat_ratio": FLAT_RATIO,
+                    "load_average": os.getloadavg()[0],
+                },
+                indent=2,
+            )
+        )
     return 0 if ok else 1
 
 

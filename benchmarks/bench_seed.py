@@ -105,7 +105,14 @@ def reference_layout_bytes(pdfs: list[Path]) -> tuple[int, int]:
 
 def end_to_end(pdfs: list[Path], copies: int, threads: int, workdir: Path) -> dict:
     rows = [
-        {"doc_id": f"c{copy:03d}-{index:03d}", "source_kind": "local", "source": str(pdf), "url": None, "date": None, "extra": "{}"}
+        {
+            "doc_id": f"c{copy:03d}-{index:03d}",
+            "source_kind": "local",
+            "source": str(pdf),
+            "url": None,
+            "date": None,
+            "extra": "{}",
+        }
         for copy in range(copies)
         for index, pdf in enumerate(pdfs)
     ]
@@ -142,12 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     pdfs = sorted((ROOT / "resources" / "sample_pdfs").glob("*.pdf")) + list(args.pdfs)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; PyMuPDF {pymupdf.VersionBind}; deflate: {DEFLATE_BACKEND}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; PyMuPDF {pymupdf.VersionBind}; deflate: {DEFLATE_BACKEND}"
+    )
 
     page = per_page(pdfs, args.rounds)
-    print(f"\n[1] per page, in process, {page['pages']} page renders ({page['unique_pages']} distinct pages, {page['gray_pages']} stored gray)")
-    print(f"    reference get_pixmap(dpi=144).tobytes('png'): {page['reference_pages_per_cpu_s']:7.1f} pages/s per core")
-    print(f"    ours render_page (+ text layer):              {page['ours_pages_per_cpu_s']:7.1f} pages/s per core   ratio {page['ratio']:.2f}x")
+    print(
+        f"\n[1] per page, in process, {page['pages']} page renders ({page['unique_pages']} distinct pages, {page['gray_pages']} stored gray)"
+    )
+    print(
+        f"    reference get_pixmap(dpi=144).tobytes('png'): {page['reference_pages_per_cpu_s']:7.1f} pages/s per core"
+    )
+    print(
+        f"    ours render_page (+ text layer):              {page['ours_pages_per_cpu_s']:7.1f} pages/s per core   ratio {page['ratio']:.2f}x"
+    )
 
     layout_bytes, layout_pages = reference_layout_bytes(pdfs)
     reference_per_page = layout_bytes / layout_pages
@@ -158,11 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     ratio = one["pages_per_cpu_s"] / page["reference_pages_per_cpu_s"]
     print(f"\n[2] end to end run_seed_shard, {one['pages']} pages ({args.copies} copies of each PDF)")
     for run in runs:
-        print(f"    {run['threads']} worker(s): {run['pages_per_cpu_s']:7.1f} pages/s per core (CPU {run['cpu_s']:.1f}s), {run['pages_per_wall_s']:7.1f} pages/s wall ({run['wall_s']:.1f}s)")
+        print(
+            f"    {run['threads']} worker(s): {run['pages_per_cpu_s']:7.1f} pages/s per core (CPU {run['cpu_s']:.1f}s), {run['pages_per_wall_s']:7.1f} pages/s wall ({run['wall_s']:.1f}s)"
+        )
     print(f"    ratio vs reference (per core, 1 worker): {ratio:.2f}x   (target >= {SPEED_TARGET})")
     efficiency = two["pages_per_cpu_s"] / one["pages_per_cpu_s"]
-    print(f"    scaling 1 -> 2 workers: {one['wall_s'] / two['wall_s']:.2f}x wall-clock; CPU efficiency {efficiency:.2f} "
-          f"(= {2 * efficiency:.2f}x on 2 otherwise idle cores)")
+    print(
+        f"    scaling 1 -> 2 workers: {one['wall_s'] / two['wall_s']:.2f}x wall-clock; CPU efficiency {efficiency:.2f} "
+        f"(= {2 * efficiency:.2f}x on 2 otherwise idle cores)"
+    )
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print("    note: the machine is busy with other work, so wall-clock figures understate the scaling")
 
@@ -171,14 +190,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    reference PNG (MuPDF, zlib default): {page['reference_png_bytes_per_page'] / 1e3:8.1f} KB")
     print(f"    reference layout (3 x base64 PNG):   {reference_per_page / 1e3:8.1f} KB")
     print(f"    ours PNG (before parquet):           {page['ours_png_bytes_per_page'] / 1e3:8.1f} KB")
-    print(f"    ours stored (4 seed tables, zstd):   {one['stored_bytes_per_page'] / 1e3:8.1f} KB   ratio {storage:.3f}   (target <= {STORAGE_TARGET})")
+    print(
+        f"    ours stored (4 seed tables, zstd):   {one['stored_bytes_per_page'] / 1e3:8.1f} KB   ratio {storage:.3f}   (target <= {STORAGE_TARGET})"
+    )
 
-    figures = {"per_page": page, "end_to_end": runs, "speed_ratio": ratio, "storage_ratio": storage, "cpu_efficiency_2": efficiency,
-               "reference_layout_bytes_per_page": reference_per_page, "load_average": os.getloadavg()[0]}
+    figures = {
+        "per_page": page,
+        "end_to_end": runs,
+        "speed_ratio": ratio,
+        "storage_ratio": storage,
+        "cpu_efficiency_2": efficiency,
+        "reference_layout_bytes_per_page": reference_per_page,
+        "load_average": os.getloadavg()[0],
+    }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     ok = ratio >= SPEED_TARGET and storage <= STORAGE_TARGET
-    print(f"\n{'PASS' if ok else 'FAIL'}: speed {ratio:.2f}x (>= {SPEED_TARGET}), storage {storage:.3f} (<= {STORAGE_TARGET})")
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: speed {ratio:.2f}x (>= {SPEED_TARGET}), storage {storage:.3f} (<= {STORAGE_TARGET})"
+    )
     return 0 if ok else 1
 
 

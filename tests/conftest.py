@@ -79,7 +79,9 @@ def tiny_vlm():
     model_dir = Path(os.environ.get("LONGDOC_TINY_VLM_DIR", server.vllm_venv() / "tiny-vlm"))
     built = subprocess.run(
         [python, str(REPO / "tests" / "vllm" / "build_tiny_vlm.py"), str(model_dir)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     return python, model_dir, server
@@ -90,8 +92,9 @@ def slurm_cluster():
     """The real local Slurm (ci/slurm/up.sh) must be up."""
     import subprocess
 
-    ok = shutil.which("sinfo") is not None and subprocess.run(
-        ["sinfo", "-h"], capture_output=True, timeout=30
-    ).returncode == 0
+    ok = (
+        shutil.which("sinfo") is not None
+        and subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+    )
     require(ok, "no Slurm cluster answers: run bash ci/slurm/up.sh")
     return True

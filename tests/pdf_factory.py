@@ -40,8 +40,12 @@ def text_pdf(pages: int = 3, size: tuple[float, float] = (612, 792), colour: boo
     doc = pymupdf.open()
     for number in range(1, pages + 1):
         page = doc.new_page(width=size[0], height=size[1])
-        page.insert_text((72, 72), f"Page {number} of a generated test document", fontsize=14,
-                         color=(0, 0, 1) if colour else (0, 0, 0))
+        page.insert_text(
+            (72, 72),
+            f"Page {number} of a generated test document",
+            fontsize=14,
+            color=(0, 0, 1) if colour else (0, 0, 0),
+        )
     return doc.tobytes()
 
 
@@ -69,7 +73,12 @@ def giant_page_pdf(inches: float = 200.0) -> bytes:
     side = inches * 72
     doc = pymupdf.open()
     page = doc.new_page(width=side, height=side)
-    page.draw_rect(pymupdf.Rect(side * 0.1, side * 0.1, side * 0.6, side * 0.6), color=(1, 0, 0), fill=(0, 0.5, 0), width=side / 200)
+    page.draw_rect(
+        pymupdf.Rect(side * 0.1, side * 0.1, side * 0.6, side * 0.6),
+        color=(1, 0, 0),
+        fill=(0, 0.5, 0),
+        width=side / 200,
+    )
     page.insert_text((side * 0.1, side * 0.8), "giant", fontsize=side / 20)
     return doc.tobytes()
 
@@ -108,11 +117,13 @@ def page_bomb_pdf(pages: int = 2500) -> bytes:
 
 def lying_page_count_pdf(claimed: int = 1_000_000) -> bytes:
     """One real page under a page tree that claims `claimed` pages."""
-    return build_pdf([
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count %d >>" % claimed,
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
-    ])
+    return build_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count %d >>" % claimed,
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        ]
+    )
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -205,8 +205,12 @@ def test_unknown_model_404_fails_job_at_once(fake, transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(
     "fault, reason",
-    [("length", "length"), ("reasoning_only", "reasoning_only"), ("invalid_json", "invalid_json"),
-     ("schema_invalid", "schema_invalid")],
+    [
+        ("length", "length"),
+        ("reasoning_only", "reasoning_only"),
+        ("invalid_json", "invalid_json"),
+        ("schema_invalid", "schema_invalid"),
+    ],
 )
 def test_content_failures(fake, transport, fault, reason):
     engine = engine_for(fake, transport)
@@ -253,7 +257,10 @@ def test_usage_summed(fake):
 def test_sampling_and_extra_body_reach_the_request(fake):
     engine = engine_for(fake)
     body = engine.build_body(
-        [{"role": "user", "content": "x"}], Answer, {"temperature": 0.3, "seed": 7}, 99,
+        [{"role": "user", "content": "x"}],
+        Answer,
+        {"temperature": 0.3, "seed": 7},
+        99,
         {"chat_template_kwargs": {"enable_thinking": False}, "top_k": 20},
     )
     assert body["temperature"] == 0.3 and body["seed"] == 7 and body["max_tokens"] == 99
@@ -297,6 +304,7 @@ def test_wrong_key_is_endpoint_error_and_key_never_logged(server, tmp_path, monk
     for name in ("longdoc_sdg.engine", "longdoc_sdg.engine.runner", "longdoc_sdg"):
         logging.getLogger(name).addFilter(capture)
     try:
+
         async def good():
             async with engine_for(server, key=secret) as engine:
                 await engine.verify()
@@ -347,10 +355,22 @@ def _lazy_and_eager(png: bytes, text: str):
         loads.append(1)
         return png
 
-    lazy = [{"role": "user", "content": [
-        {"type": "text", "text": "Page 1:"}, lazy_image_part(len(png), load), {"type": "text", "text": text}]}]
-    eager = [{"role": "user", "content": [
-        {"type": "text", "text": "Page 1:"}, image_part(png), {"type": "text", "text": text}]}]
+    lazy = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Page 1:"},
+                lazy_image_part(len(png), load),
+                {"type": "text", "text": text},
+            ],
+        }
+    ]
+    eager = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Page 1:"}, image_part(png), {"type": "text", "text": text}],
+        }
+    ]
     return lazy, eager, loads
 
 

@@ -103,7 +103,9 @@ def test_api_key_and_unknown_model(server):
     assert status == 401
     status, reply = post(server.base_url + "/chat/completions", chat_body("x"), key="sk-fake-right")
     assert status == 200
-    status, reply = post(server.base_url + "/chat/completions", {**chat_body("x"), "model": "nope"}, key="sk-fake-right")
+    status, reply = post(
+        server.base_url + "/chat/completions", {**chat_body("x"), "model": "nope"}, key="sk-fake-right"
+    )
     assert status == 404 and "does not exist" in reply["error"]["message"]
 
 
@@ -111,10 +113,15 @@ def test_api_key_and_unknown_model(server):
     "kind, check",
     [
         ("length", lambda s, r: r["choices"][0]["finish_reason"] == "length"),
-        ("reasoning_only", lambda s, r: r["choices"][0]["message"]["content"] is None
-         and r["choices"][0]["message"]["reasoning"]),
+        (
+            "reasoning_only",
+            lambda s, r: r["choices"][0]["message"]["content"] is None and r["choices"][0]["message"]["reasoning"],
+        ),
         ("invalid_json", lambda s, r: r["choices"][0]["message"]["content"].startswith('{"answer": "unterminated')),
-        ("schema_invalid", lambda s, r: json.loads(r["choices"][0]["message"]["content"]) == {"__fake_invalid__": True}),
+        (
+            "schema_invalid",
+            lambda s, r: json.loads(r["choices"][0]["message"]["content"]) == {"__fake_invalid__": True},
+        ),
         ("400", lambda s, r: s == 400 and r["error"]["code"] == 400),
         ("503", lambda s, r: s == 503),
     ],
@@ -160,6 +167,7 @@ def test_queue_limits_parallel_requests(server):
         import aiohttp
 
         async with aiohttp.ClientSession() as session:
+
             async def one(i):
                 async with session.post(server.base_url + "/chat/completions", json=chat_body(f"p{i}")) as resp:
                     return resp.status
@@ -172,7 +180,9 @@ def test_queue_limits_parallel_requests(server):
 
 def test_subprocess_cli_and_stats():
     with spawn_fake_server("--latency", "0", "--model", "m1", "--fault", "length=1.0") as (proc, base_url):
-        status, reply = post(base_url + "/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}]})
+        status, reply = post(
+            base_url + "/chat/completions", {"model": "m1", "messages": [{"role": "user", "content": "x"}]}
+        )
         assert status == 200 and reply["choices"][0]["finish_reason"] == "length"
         with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/_stats") as resp:
             assert json.loads(resp.read())["requests"] == 1

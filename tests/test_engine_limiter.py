@@ -85,6 +85,7 @@ def test_engine_adapts_to_server_errors():
 
         async def go():
             async with engine:
+
                 async def one(i):
                     seen.append(engine.limiter.limit)
                     try:

@@ -38,20 +38,21 @@ class QA(BaseModel):
 
 
 async def process(row, engine):
-    result = await engine.chat(
-        [{"role": "user", "content": row["text"]}], response_model=QA, max_tokens=64
-    )
+    result = await engine.chat([{"role": "user", "content": row["text"]}], response_model=QA, max_tokens=64)
     return {"question": result.parsed.question, "answer": result.parsed.answer, "score": result.parsed.score}
 
 
 def rows_with(texts):
-    return [{"row_id": f"r{i:04d}", "doc_id": f"d{i // 10}", "pages": [i % 7 + 1], "text": t} for i, t in enumerate(texts)]
+    return [
+        {"row_id": f"r{i:04d}", "doc_id": f"d{i // 10}", "pages": [i % 7 + 1], "text": t} for i, t in enumerate(texts)
+    ]
 
 
 def make_engine(base_url, timeout=5.0, retry=FAST_RETRY, breaker=None, concurrency=None):
     endpoint = EndpointConfig(base_url=base_url, model="fake-model", request_timeout_s=timeout)
-    return ChatEngine(endpoint, concurrency=concurrency or ConcurrencyConfig(max=32), retry=retry,
-                      breaker=breaker or BreakerConfig())
+    return ChatEngine(
+        endpoint, concurrency=concurrency or ConcurrencyConfig(max=32), retry=retry, breaker=breaker or BreakerConfig()
+    )
 
 
 def run_shard(tmp_path, base_url, rows, **engine_kw):
@@ -97,15 +98,25 @@ def test_fault_suite_by_directive_exact_reasons(server, tmp_path):
     """Every row ends exactly once, as a result or as a failure with the reason its fault implies."""
     server.reset(hang_s=5)
     plan = {
-        "ok": "ok", "500*2": "ok", "502*1": "ok", "503*3": "ok", "reset*2": "ok", "timeout*1": "ok",
-        "malformed_body*1": "ok", "length": "length", "reasoning_only": "reasoning_only",
-        "invalid_json": "invalid_json", "schema_invalid": "schema_invalid", "400": "bad_request",
+        "ok": "ok",
+        "500*2": "ok",
+        "502*1": "ok",
+        "503*3": "ok",
+        "reset*2": "ok",
+        "timeout*1": "ok",
+        "malformed_body*1": "ok",
+        "length": "length",
+        "reasoning_only": "reasoning_only",
+        "invalid_json": "invalid_json",
+        "schema_invalid": "schema_invalid",
+        "400": "bad_request",
         "503*99": "server_error",
     }
     kinds = list(plan) * 6
     rows = rows_with([f"row {i} [[fake:{kind}]]" if kind != "ok" else f"row {i}" for i, kind in enumerate(kinds)])
-    table, summary, _ = run_shard(tmp_path, server.base_url, rows, timeout=0.5,
-                                  breaker=BreakerConfig(max_error_rate=0.5))
+    table, summary, _ = run_shard(
+        tmp_path, server.base_url, rows, timeout=0.5, breaker=BreakerConfig(max_error_rate=0.5)
+    )
     assert table.num_rows == len(rows) and len(set(table.column("row_id").to_pylist())) == len(rows)
     for row, kind, status, reason in zip(rows, kinds, table["status"].to_pylist(), table["failure_reason"].to_pylist()):
         expected = plan[kind]
@@ -120,9 +131,21 @@ def test_fault_suite_by_directive_exact_reasons(server, tmp_path):
 
 def test_fault_suite_by_share_matches_server_counts(server, tmp_path):
     server.reset(
-        seed=11, hang_s=5,
-        faults={"500": 0.05, "502": 0.03, "503": 0.03, "reset": 0.03, "timeout": 0.02, "malformed_body": 0.03,
-                "length": 0.05, "reasoning_only": 0.05, "invalid_json": 0.05, "schema_invalid": 0.05, "400": 0.03},
+        seed=11,
+        hang_s=5,
+        faults={
+            "500": 0.05,
+            "502": 0.03,
+            "503": 0.03,
+            "reset": 0.03,
+            "timeout": 0.02,
+            "malformed_body": 0.03,
+            "length": 0.05,
+            "reasoning_only": 0.05,
+            "invalid_json": 0.05,
+            "schema_invalid": 0.05,
+            "400": 0.03,
+        },
     )
     rows = rows_with([f"share row {i}" for i in range(300)])
     table, summary, _ = run_shard(tmp_path, server.base_url, rows, timeout=0.5)
@@ -130,9 +153,13 @@ def test_fault_suite_by_share_matches_server_counts(server, tmp_path):
     reasons = pa.compute.value_counts(table["failure_reason"].drop_null()).to_pylist()
     reasons = {r["values"]: r["counts"] for r in reasons}
     content = server.stats()["content_faults"]
-    assert reasons == {"length": content["length"], "reasoning_only": content["reasoning_only"],
-                       "invalid_json": content["invalid_json"], "schema_invalid": content["schema_invalid"],
-                       "bad_request": content["400"]}
+    assert reasons == {
+        "length": content["length"],
+        "reasoning_only": content["reasoning_only"],
+        "invalid_json": content["invalid_json"],
+        "schema_invalid": content["schema_invalid"],
+        "bad_request": content["400"],
+    }
     assert summary.ok == 300 - sum(reasons.values()) > 200
     assert server.stats()["repeated_requests"] > 0  # transient faults were retried
 
@@ -166,7 +193,9 @@ def test_endpoint_down_fails_in_seconds_and_rerun_succeeds(tmp_path):
     rows = rows_with([f"down {i}" for i in range(30)])
     started = time.monotonic()
     with pytest.raises(EndpointError) as err:
-        run_shard(tmp_path, f"http://127.0.0.1:{port}/v1", rows, retry=RetryConfig(max_attempts=3, backoff_initial_s=0.2))
+        run_shard(
+            tmp_path, f"http://127.0.0.1:{port}/v1", rows, retry=RetryConfig(max_attempts=3, backoff_initial_s=0.2)
+        )
     assert time.monotonic() - started < 10
     assert f"127.0.0.1:{port}" in str(err.value) and "fake-model" in str(err.value)
     assert not (tmp_path / "out.parquet").exists()

@@ -15,13 +15,13 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_export_support import SyntheticRun, load_hub_offline, png_bytes
 
 from longdoc_sdg.export.common import QA_STAGES, answer_format_sql, normalised_question_sql
 from longdoc_sdg.export.dataset import DROP_ORDER, build_dataset
 from longdoc_sdg.export.hub import write_hub
 from longdoc_sdg.export.reference import decode_images, write_reference
 from longdoc_sdg.export.split import assign_splits
+from test_export_support import SyntheticRun, load_hub_offline, png_bytes
 
 SETTINGS = {"filters": {"min_judge_score": 0.6}, "split": {"validation_fraction": 0.3, "seed": "t"}}
 
@@ -36,8 +36,13 @@ def exported(run) -> dict:
     out = run.results / "export" / "datasets"
     summaries = {}
     for stage in QA_STAGES:
-        summaries[stage] = build_dataset(stage, run.dataset_inputs(stage), str(out / f"{stage}.parquet"),
-                                         str(out / f"{stage}.summary.json"), SETTINGS)
+        summaries[stage] = build_dataset(
+            stage,
+            run.dataset_inputs(stage),
+            str(out / f"{stage}.parquet"),
+            str(out / f"{stage}.summary.json"),
+            SETTINGS,
+        )
     return {"dir": out, "summaries": summaries}
 
 
@@ -48,13 +53,22 @@ def rows(path) -> list[dict]:
 def test_each_filter_drops_its_rows_once(exported):
     s = exported["summaries"]["single_page_qa"]
     dropped = {k: v for k, v in s["dropped"].items() if v}
-    assert dropped == {"duplicate": 1, "failed": 1, "judge_score": 1, "judge_missing": 1, "format": 1,
-                       "quality_score": 1, "evidence": 1}
+    assert dropped == {
+        "duplicate": 1,
+        "failed": 1,
+        "judge_score": 1,
+        "judge_missing": 1,
+        "format": 1,
+        "quality_score": 1,
+        "evidence": 1,
+    }
     assert s["rows"] == s["kept"] + sum(s["dropped"].values())
     kept = rows(exported["dir"] / "single_page_qa.parquet")
     assert len(kept) == s["kept"] == 1 + 3 * 3  # d0 keeps one row, d1-d3 keep three each
-    assert all(r["weighted_quality_score"] >= 0.6 and r["format_ok"] and r["quality_score"] >= 1
-               and r["evidence_ok"] for r in kept)
+    assert all(
+        r["weighted_quality_score"] >= 0.6 and r["format_ok"] and r["quality_score"] >= 1 and r["evidence_ok"]
+        for r in kept
+    )
     assert [f["name"] for f in s["filters"]] == [n for n in DROP_ORDER if n not in ("relevance", "correctness")]
 
 
@@ -80,24 +94,42 @@ def test_near_duplicates_are_removed_within_a_document_only(exported):
 
 def test_dedup_keep_first_keeps_the_lowest_row_id(run, tmp_path):
     settings = {**SETTINGS, "dedup": {"keep": "first"}}
-    build_dataset("single_page_qa", run.dataset_inputs("single_page_qa"), str(tmp_path / "d.parquet"),
-                  str(tmp_path / "s.json"), settings)
+    build_dataset(
+        "single_page_qa",
+        run.dataset_inputs("single_page_qa"),
+        str(tmp_path / "d.parquet"),
+        str(tmp_path / "s.json"),
+        settings,
+    )
     d0 = [r for r in rows(tmp_path / "d.parquet") if r["doc_id"] == "d0"]
     assert [r["row_id"] for r in d0] == ["single_page_qa:d0:p0001:q0"]
 
 
 def test_disabling_a_filter_or_dedup_keeps_more(run, tmp_path):
-    loose = {"filters": {"min_judge_score": None, "require_format_ok": False}, "dedup": {"enabled": False},
-             "split": SETTINGS["split"]}
-    s = build_dataset("single_page_qa", run.dataset_inputs("single_page_qa"), str(tmp_path / "d.parquet"),
-                      str(tmp_path / "s.json"), loose)
+    loose = {
+        "filters": {"min_judge_score": None, "require_format_ok": False},
+        "dedup": {"enabled": False},
+        "split": SETTINGS["split"],
+    }
+    s = build_dataset(
+        "single_page_qa",
+        run.dataset_inputs("single_page_qa"),
+        str(tmp_path / "d.parquet"),
+        str(tmp_path / "s.json"),
+        loose,
+    )
     assert s["dropped"]["judge_score"] == s["dropped"]["format"] == s["dropped"]["duplicate"] == 0
     assert s["kept"] == 10 + 3
 
 
 def test_unjudged_stage_skips_judge_filters(run, tmp_path):
-    s = build_dataset("single_page_qa", run.dataset_inputs("single_page_qa", judged=False),
-                      str(tmp_path / "d.parquet"), str(tmp_path / "s.json"), SETTINGS)
+    s = build_dataset(
+        "single_page_qa",
+        run.dataset_inputs("single_page_qa", judged=False),
+        str(tmp_path / "d.parquet"),
+        str(tmp_path / "s.json"),
+        SETTINGS,
+    )
     assert not s["judged"] and "judge" not in s["models"]
     assert s["dropped"]["judge_missing"] == s["dropped"]["judge_score"] == 0
     assert "weighted_quality_score" not in pq.read_schema(tmp_path / "d.parquet").names
@@ -125,10 +157,22 @@ def test_assign_splits_is_stable_as_the_run_grows():
     assert set(assign_splits(docs, 0.0, "s", min_validation=1).values()) == {"train"}
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("42", "Int"), ("-3", "Int"), ("1,234", "Int"), ("3.5", "Float"), ("12%", "Float"), ("12.5 %", "Float"),
-    ('["a", "b"]', "List"), ("Not answerable", "None"), ("B. 42 units", "Str"), ("Yes", "Str"), ("", "Str"),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("42", "Int"),
+        ("-3", "Int"),
+        ("1,234", "Int"),
+        ("3.5", "Float"),
+        ("12%", "Float"),
+        ("12.5 %", "Float"),
+        ('["a", "b"]', "List"),
+        ("Not answerable", "None"),
+        ("B. 42 units", "Str"),
+        ("Yes", "Str"),
+        ("", "Str"),
+    ],
+)
 def test_answer_format_follows_the_benchmark(answer, expected):
     got = duckdb.execute(f"SELECT {answer_format_sql('a')} FROM (SELECT ?::VARCHAR AS a)", [answer]).fetchall()[0][0]
     assert got == expected
@@ -136,10 +180,15 @@ def test_answer_format_follows_the_benchmark(answer, expected):
 
 def test_question_normalisation():
     def norm(q):
-        return duckdb.execute(f"SELECT {normalised_question_sql('q')} FROM (SELECT ?::VARCHAR AS q)", [q]).fetchall()[0][0]
+        return duckdb.execute(f"SELECT {normalised_question_sql('q')} FROM (SELECT ?::VARCHAR AS q)", [q]).fetchall()[
+            0
+        ][0]
 
-    assert norm("What is the TOTAL revenue, in 2020?") == norm("what is the total revenue in 2020") \
+    assert (
+        norm("What is the TOTAL revenue, in 2020?")
+        == norm("what is the total revenue in 2020")
         == "what is the total revenue in 2020"
+    )
     assert norm("Quelle est la marge brute ?") == "quelle est la marge brute"
     assert norm("表1的总额是多少？") == "表1的总额是多少"
     assert norm("Revenue in 2020?") != norm("Revenue in 2021?")
@@ -151,8 +200,11 @@ def test_reference_layout_round_trips_the_pngs(run, exported, tmp_path):
         out = tmp_path / stage
         manifest = write_reference(stage, str(exported["dir"] / f"{stage}.parquet"), pages, str(out), 500)
         table_rows = [r for f in sorted(out.glob("*.parquet")) for r in rows(f)]
-        assert len(table_rows) == exported["summaries"][stage]["kept"] == sum(
-            s["rows"] for s in manifest["splits"].values())
+        assert (
+            len(table_rows)
+            == exported["summaries"][stage]["kept"]
+            == sum(s["rows"] for s in manifest["splits"].values())
+        )
         for r in table_rows:
             assert r["id"] == f"<urn:uuid:{r['doc_id']}>" and r["url"].endswith(f"{r['doc_id']}.pdf")
             assert r["total_pages"] == 4
@@ -173,9 +225,12 @@ def test_reference_layout_round_trips_the_pngs(run, exported, tmp_path):
 def hub(run, exported, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hub") / "hub"
     datasets = {s: str(exported["dir"] / f"{s}.parquet") for s in QA_STAGES}
-    params = {"card": {"license": "cc-by-4.0"}, "max_file_mb": 500,
-              "source": {"kind": "finepdfs", "dataset": "HuggingFaceFW/finepdfs", "subset": "eng_Latn"},
-              "code_version": "9.9.9"}
+    params = {
+        "card": {"license": "cc-by-4.0"},
+        "max_file_mb": 500,
+        "source": {"kind": "finepdfs", "dataset": "HuggingFaceFW/finepdfs", "subset": "eng_Latn"},
+        "code_version": "9.9.9",
+    }
     meta = write_hub(datasets, exported["summaries"], run.seed_files("pages"), str(folder), params)
     return {"folder": folder, "meta": meta}
 
@@ -190,7 +245,13 @@ def test_hub_folder_loads_offline_with_images(hub, exported, tmp_path):
             for r in part["rows"]:
                 doc = int(r["doc_id"][1:])
                 assert r["images"] == [sha256(png_bytes(doc, p)).hexdigest() for p in r["pages"]]
-                assert isinstance(r["evidence_pages"], list) and r["answer_format"] in ("Int", "Float", "Str", "List", "None")
+                assert isinstance(r["evidence_pages"], list) and r["answer_format"] in (
+                    "Int",
+                    "Float",
+                    "Str",
+                    "List",
+                    "None",
+                )
 
 
 def test_dataset_card_states_counts_models_filters(hub, exported):
@@ -202,7 +263,8 @@ def test_dataset_card_states_counts_models_filters(hub, exported):
     for info in meta["dataset_info"]:
         summary = exported["summaries"][info["config_name"]]
         assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
-            k: v for k, v in summary["splits"].items() if v}
+            k: v for k, v in summary["splits"].items() if v
+        }
     assert "`gen-model`" in text and "`judge-model`" in text and "`cls-model`" in text and "`pdf-text`" in text
     assert "judge weighted quality score ≥ 0.6" in text
     single = next(line for line in text.splitlines() if line.startswith("| `single_page_qa` | 17 |"))
@@ -221,12 +283,20 @@ def test_files_rotate_at_the_size_cap(run, exported, tmp_path):
         return {"row_id": row["row_id"], "png": records[0].png}
 
     # row groups of 2 rows; a 1-byte cap closes the file after every row group
-    splits = write_layout(str(exported["dir"] / "single_page_qa.parquet"), run.seed_files("pages"), tmp_path, schema,
-                          make_row, max_file_bytes=1, row_group_rows=2)
+    splits = write_layout(
+        str(exported["dir"] / "single_page_qa.parquet"),
+        run.seed_files("pages"),
+        tmp_path,
+        schema,
+        make_row,
+        max_file_bytes=1,
+        row_group_rows=2,
+    )
     for split, files in splits.items():
         n = len(files.files)
         assert files.files == [f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
         assert [pq.read_metadata(tmp_path / f).num_rows for f in files.files] == [2] * (files.rows // 2) + (
-            [1] if files.rows % 2 else [])
+            [1] if files.rows % 2 else []
+        )
     assert sum(f.rows for f in splits.values()) == exported["summaries"]["single_page_qa"]["kept"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left

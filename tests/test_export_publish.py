@@ -23,8 +23,10 @@ TOKEN = "hf_standin_secret_token_123"
 def make_folder(root: Path) -> Path:
     folder = root / "hub"
     (folder / "single_page_qa").mkdir(parents=True)
-    (folder / "README.md").write_text("---\nlicense: other\nconfigs:\n- config_name: single_page_qa\n"
-                                      "  data_files: single_page_qa/train-*.parquet\n---\n# card\n")
+    (folder / "README.md").write_text(
+        "---\nlicense: other\nconfigs:\n- config_name: single_page_qa\n"
+        "  data_files: single_page_qa/train-*.parquet\n---\n# card\n"
+    )
     (folder / "single_page_qa" / "train-00000-of-00001.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 8 + b"PAR1")
     return folder
 
@@ -68,7 +70,9 @@ class HubStandIn:
         if not self._auth(request):
             return web.json_response({"error": "Invalid credentials"}, status=401)
         body = await request.json()
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in body["files"]]
+        files = [
+            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in body["files"]
+        ]
         return web.json_response({"files": files, "commitOid": "0" * 40})
 
     async def commit(self, request):
@@ -83,8 +87,9 @@ class HubStandIn:
                 stored[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
         self.commits.append({"repo_id": repo_id, "revision": request.match_info["rev"], "header": header})
         oid = f"{len(self.commits):040x}"
-        return web.json_response({"commitUrl": f"{self.url}/datasets/{repo_id}/commit/{oid}", "commitOid": oid,
-                                  "pullRequestUrl": None})
+        return web.json_response(
+            {"commitUrl": f"{self.url}/datasets/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+        )
 
 
 @pytest.fixture
@@ -123,9 +128,16 @@ def test_dry_run_records_what_would_be_uploaded(tmp_path, monkeypatch):
     log_path = tmp_path / "publish.log"
     setup_job_logging(str(log_path))
     try:
-        record = publish_folder(str(folder), {"repo_id": "org/longdoc", "private": True, "dry_run": True,
-                                              "endpoint": "http://127.0.0.1:9"},  # nothing listens there
-                                str(tmp_path / "publish.json"))
+        record = publish_folder(
+            str(folder),
+            {
+                "repo_id": "org/longdoc",
+                "private": True,
+                "dry_run": True,
+                "endpoint": "http://127.0.0.1:9",
+            },  # nothing listens there
+            str(tmp_path / "publish.json"),
+        )
     finally:
         logging.getLogger("longdoc_sdg").handlers.clear()
     saved = json.loads((tmp_path / "publish.json").read_text())
@@ -157,8 +169,13 @@ def test_upload_folder_to_a_local_hub_stand_in(tmp_path, monkeypatch, standin):
     try:
         record = publish_folder(
             str(folder),
-            {"repo_id": "org/longdoc-qa", "private": True, "token_env": "MY_HUB_TOKEN", "endpoint": standin.url,
-             "commit_message": "test upload"},
+            {
+                "repo_id": "org/longdoc-qa",
+                "private": True,
+                "token_env": "MY_HUB_TOKEN",
+                "endpoint": standin.url,
+                "commit_message": "test upload",
+            },
             str(tmp_path / "publish.json"),
         )
         logging.getLogger("longdoc_sdg").info("the token is %s", TOKEN)  # the redactor must catch it

@@ -26,12 +26,21 @@ from longdoc_sdg.stages.base import arrow_schema
 from longdoc_sdg.taxonomy import ANCHORED_TYPES, JUDGE_RUBRIC
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
-PAGE_SCHEMA = pa.schema([
-    ("doc_id", pa.string()), ("page_number", pa.int32()), ("png", pa.binary()),
-    ("width", pa.int32()), ("height", pa.int32()), ("dpi", pa.float32()), ("is_gray", pa.bool_()),
-    ("page_width_pt", pa.float32()), ("page_height_pt", pa.float32()),
-    ("pdf_text", pa.string()), ("text_blocks", pa.string()),
-])
+PAGE_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("page_number", pa.int32()),
+        ("png", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("dpi", pa.float32()),
+        ("is_gray", pa.bool_()),
+        ("page_width_pt", pa.float32()),
+        ("page_height_pt", pa.float32()),
+        ("pdf_text", pa.string()),
+        ("text_blocks", pa.string()),
+    ]
+)
 
 
 def png_bytes(doc_index: int, page: int) -> bytes:
@@ -65,16 +74,34 @@ def make_row(stage: str, row_id: str, doc_id: str, pages: list[int], status: str
     """A full output row of `stage`: common columns, then defaults for every generated column."""
     schema = stage_schema(stage)
     row = {f.name: _default(f.type) for f in schema}
-    row.update(row_id=row_id, doc_id=doc_id, pages=pages, status=status, failure_reason=None,
-               failure_message=None, model="gen-model", prompt_tokens=100, completion_tokens=40,
-               reasoning_tokens=10)
+    row.update(
+        row_id=row_id,
+        doc_id=doc_id,
+        pages=pages,
+        status=status,
+        failure_reason=None,
+        failure_message=None,
+        model="gen-model",
+        prompt_tokens=100,
+        completion_tokens=40,
+        reasoning_tokens=10,
+    )
     if stage == "judge":
         row["model"] = "judge-model"
     row.update(values)
     if status != "ok":
-        generated = {f.name for f in schema} - {"row_id", "doc_id", "pages", "status", "failure_reason",
-                                                  "failure_message", "model", "prompt_tokens",
-                                                  "completion_tokens", "reasoning_tokens"}
+        generated = {f.name for f in schema} - {
+            "row_id",
+            "doc_id",
+            "pages",
+            "status",
+            "failure_reason",
+            "failure_message",
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+        }
         row.update({name: None for name in generated})
         row["failure_reason"] = values.get("failure_reason", "length")
         row["failure_message"] = "synthetic failure"
@@ -90,14 +117,21 @@ def judge_row(qa_row: dict, qa_stage: str, score: float | None, status: str = "o
     """A judge row for a QA row whose rubric scores give (about) `score`."""
     row_id = f"judge:{qa_row['row_id']}"
     if status != "ok" or score is None:
-        return make_row("judge", row_id, qa_row["doc_id"], qa_row["pages"], status="failed",
-                        failure_reason="schema_invalid")
+        return make_row(
+            "judge", row_id, qa_row["doc_id"], qa_row["pages"], status="failed", failure_reason="schema_invalid"
+        )
     level = max(0, min(5, round(score * 5)))
     scores = {item.key: level for item in JUDGE_RUBRIC}
     details = {k: {"score": v, "reason": "synthetic"} for k, v in scores.items()}
     return make_row(
-        "judge", row_id, qa_row["doc_id"], qa_row["pages"], qa_row_id=qa_row["row_id"], qa_stage=qa_stage,
-        question_type=qa_row.get("question_type") or "string", qa_quality_judge=json.dumps(details),
+        "judge",
+        row_id,
+        qa_row["doc_id"],
+        qa_row["pages"],
+        qa_row_id=qa_row["row_id"],
+        qa_stage=qa_stage,
+        question_type=qa_row.get("question_type") or "string",
+        qa_quality_judge=json.dumps(details),
         weighted_quality_score=float(score),
         **{f"{k}_score": v for k, v in scores.items()},
     )
@@ -134,34 +168,103 @@ class SyntheticRun:
     def _seed(self, shard: str, docs: list[str]) -> None:
         seed = self.results / "seed" / shard
         seed.mkdir(parents=True, exist_ok=True)
-        manifest = [{"doc_id": d, "source_kind": "urls", "source": f"https://example.org/{d}.pdf",
-                     "url": f"https://example.org/{d}.pdf", "date": "2024-01-01",
-                     "extra": json.dumps({"id": f"<urn:uuid:{d}>"})} for d in docs]
+        manifest = [
+            {
+                "doc_id": d,
+                "source_kind": "urls",
+                "source": f"https://example.org/{d}.pdf",
+                "url": f"https://example.org/{d}.pdf",
+                "date": "2024-01-01",
+                "extra": json.dumps({"id": f"<urn:uuid:{d}>"}),
+            }
+            for d in docs
+        ]
         if shard == "00001":
-            manifest.append({"doc_id": "dead", "source_kind": "urls", "source": "https://example.org/dead.pdf",
-                             "url": "https://example.org/dead.pdf", "date": None, "extra": "{}"})
+            manifest.append(
+                {
+                    "doc_id": "dead",
+                    "source_kind": "urls",
+                    "source": "https://example.org/dead.pdf",
+                    "url": "https://example.org/dead.pdf",
+                    "date": None,
+                    "extra": "{}",
+                }
+            )
         (self.results / "manifest").mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(manifest), self.results / "manifest" / f"{shard}.parquet")
         with pq.ParquetWriter(seed / "pages.parquet", PAGE_SCHEMA) as writer:
             for d in docs:
-                rows = [{"doc_id": d, "page_number": p, "png": png_bytes(self.doc_index(d), p), "width": 24,
-                         "height": 32, "dpi": 10.0, "is_gray": False, "page_width_pt": 612.0,
-                         "page_height_pt": 792.0, "pdf_text": f"text of {d} page {p}", "text_blocks": "[]"}
-                        for p in range(1, self.PAGES + 1)]
+                rows = [
+                    {
+                        "doc_id": d,
+                        "page_number": p,
+                        "png": png_bytes(self.doc_index(d), p),
+                        "width": 24,
+                        "height": 32,
+                        "dpi": 10.0,
+                        "is_gray": False,
+                        "page_width_pt": 612.0,
+                        "page_height_pt": 792.0,
+                        "pdf_text": f"text of {d} page {p}",
+                        "text_blocks": "[]",
+                    }
+                    for p in range(1, self.PAGES + 1)
+                ]
                 writer.write_table(pa.Table.from_pylist(rows, schema=PAGE_SCHEMA))
-        pq.write_table(pa.Table.from_pylist([
-            {"doc_id": d, "source_kind": "urls", "source": f"https://example.org/{d}.pdf",
-             "url": f"https://example.org/{d}.pdf", "date": "2024-01-01", "total_pages": self.PAGES,
-             "whole_document": True, "extra": json.dumps({"id": f"<urn:uuid:{d}>"})} for d in docs]),
-            seed / "documents.parquet")
-        pq.write_table(pa.Table.from_pylist([
-            {"window_id": f"{d}:w{s:04d}", "doc_id": d, "start_page": s, "end_page": s + 1, "window_size": 2,
-             "total_pages": self.PAGES} for d in docs for s in (1, 3)]), seed / "windows.parquet")
-        failures = [{"doc_id": "dead", "source": "https://example.org/dead.pdf", "reason": "http_error",
-                     "message": "404"}] if shard == "00001" else []
-        pq.write_table(pa.Table.from_pylist(failures, schema=pa.schema([
-            ("doc_id", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("message", pa.string())])),
-            seed / "failures.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(
+                [
+                    {
+                        "doc_id": d,
+                        "source_kind": "urls",
+                        "source": f"https://example.org/{d}.pdf",
+                        "url": f"https://example.org/{d}.pdf",
+                        "date": "2024-01-01",
+                        "total_pages": self.PAGES,
+                        "whole_document": True,
+                        "extra": json.dumps({"id": f"<urn:uuid:{d}>"}),
+                    }
+                    for d in docs
+                ]
+            ),
+            seed / "documents.parquet",
+        )
+        pq.write_table(
+            pa.Table.from_pylist(
+                [
+                    {
+                        "window_id": f"{d}:w{s:04d}",
+                        "doc_id": d,
+                        "start_page": s,
+                        "end_page": s + 1,
+                        "window_size": 2,
+                        "total_pages": self.PAGES,
+                    }
+                    for d in docs
+                    for s in (1, 3)
+                ]
+            ),
+            seed / "windows.parquet",
+        )
+        failures = (
+            [{"doc_id": "dead", "source": "https://example.org/dead.pdf", "reason": "http_error", "message": "404"}]
+            if shard == "00001"
+            else []
+        )
+        pq.write_table(
+            pa.Table.from_pylist(
+                failures,
+                schema=pa.schema(
+                    [
+                        ("doc_id", pa.string()),
+                        ("source", pa.string()),
+                        ("reason", pa.string()),
+                        ("message", pa.string()),
+                    ]
+                ),
+            ),
+            seed / "failures.parquet",
+        )
 
     # -- stages
 
@@ -170,27 +273,57 @@ class SyntheticRun:
         ocr, classify = [], []
         for d in docs:
             for p in range(1, self.PAGES + 1):
-                ocr.append(make_row("ocr", f"ocr:{d}:p{p:04d}", d, [p], model="pdf-text", prompt_tokens=0,
-                                    completion_tokens=0, reasoning_tokens=0, ocr_engine="pdf-text",
-                                    transcribed_texts=f"text of {d} page {p}", num_elements=1,
-                                    transcribed_texts__metadata="[]"))
+                ocr.append(
+                    make_row(
+                        "ocr",
+                        f"ocr:{d}:p{p:04d}",
+                        d,
+                        [p],
+                        model="pdf-text",
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        reasoning_tokens=0,
+                        ocr_engine="pdf-text",
+                        transcribed_texts=f"text of {d} page {p}",
+                        num_elements=1,
+                        transcribed_texts__metadata="[]",
+                    )
+                )
                 cats = ["TABULAR", "QUANTITATIVE"] if p == 1 else ["NONE"] if p > 2 else ["INFOGRAPHIC"]
-                classify.append(make_row(
-                    "classify", f"classify:{d}:p{p:04d}", d, [p], model="cls-model",
-                    page_classification=json.dumps({"primary_categories": cats}),
-                    contains_reasoning_content=cats != ["NONE"], primary_categories=json.dumps(cats),
-                    reasoning_complexity_score=3))
+                classify.append(
+                    make_row(
+                        "classify",
+                        f"classify:{d}:p{p:04d}",
+                        d,
+                        [p],
+                        model="cls-model",
+                        page_classification=json.dumps({"primary_categories": cats}),
+                        contains_reasoning_content=cats != ["NONE"],
+                        primary_categories=json.dumps(cats),
+                        reasoning_complexity_score=3,
+                    )
+                )
         write_rows(r / "ocr" / f"{shard}.parquet", "ocr", ocr)
         write_rows(r / "classify" / f"{shard}.parquet", "classify", classify)
 
         single: list[dict] = []
-        judge: dict[str, list[dict]] = {s: [] for s in ("single_page_qa", "text_qa", "visual_qa", "windowed_qa",
-                                                            "whole_document_qa")}
+        judge: dict[str, list[dict]] = {
+            s: [] for s in ("single_page_qa", "text_qa", "visual_qa", "windowed_qa", "whole_document_qa")
+        }
 
         def anchored(stage, d, pages, k, question, answer, qtype="numerical_int", **kw):
-            values = {"question_type": qtype, "question": question, "answer": answer, "reasoning": "because",
-                      "evidence_pages": json.dumps(pages[:2]), "evidence_ok": True, "quality_score": 1,
-                      "format_ok": True, "format_reason": "ok", **kw}
+            values = {
+                "question_type": qtype,
+                "question": question,
+                "answer": answer,
+                "reasoning": "because",
+                "evidence_pages": json.dumps(pages[:2]),
+                "evidence_ok": True,
+                "quality_score": 1,
+                "format_ok": True,
+                "format_reason": "ok",
+                **kw,
+            }
             return make_row(stage, f"{stage}:{d}:p{pages[0]:04d}:q{k}", d, pages, **values)
 
         for d in docs:
@@ -200,31 +333,97 @@ class SyntheticRun:
                     (anchored("single_page_qa", d, [2], 0, "what is the TOTAL revenue, in 2020", "41"), 0.9),
                     (make_row("single_page_qa", f"single_page_qa:{d}:p0003:q0", d, [3], status="failed"), None),
                     (anchored("single_page_qa", d, [4], 0, "How many rows does Table 2 list?", "7"), 0.2),
-                    (anchored("single_page_qa", d, [1], 1, "Which year had the lowest cost?", "2019",
-                              qtype="string"), "missing"),
-                    (anchored("single_page_qa", d, [2], 1, "What share of staff are remote?", "12 percent",
-                              qtype="numerical_percentage", format_ok=False, format_reason="expected_percentage"), 0.9),
-                    (anchored("single_page_qa", d, [3], 1, "Is the chart on page 3 rising?", "Yes",
-                              qtype="yes_no", quality_score=0), 0.9),
-                    (anchored("single_page_qa", d, [4], 1, "List the columns of Table 4.", '["a", "b"]',
-                              qtype="list", evidence_ok=False), 0.9),
+                    (
+                        anchored(
+                            "single_page_qa", d, [1], 1, "Which year had the lowest cost?", "2019", qtype="string"
+                        ),
+                        "missing",
+                    ),
+                    (
+                        anchored(
+                            "single_page_qa",
+                            d,
+                            [2],
+                            1,
+                            "What share of staff are remote?",
+                            "12 percent",
+                            qtype="numerical_percentage",
+                            format_ok=False,
+                            format_reason="expected_percentage",
+                        ),
+                        0.9,
+                    ),
+                    (
+                        anchored(
+                            "single_page_qa",
+                            d,
+                            [3],
+                            1,
+                            "Is the chart on page 3 rising?",
+                            "Yes",
+                            qtype="yes_no",
+                            quality_score=0,
+                        ),
+                        0.9,
+                    ),
+                    (
+                        anchored(
+                            "single_page_qa",
+                            d,
+                            [4],
+                            1,
+                            "List the columns of Table 4.",
+                            '["a", "b"]',
+                            qtype="list",
+                            evidence_ok=False,
+                        ),
+                        0.9,
+                    ),
                 ]
                 self.expected_drops["single_page_qa"] = {
-                    "duplicate": 1, "failed": 1, "judge_score": 1, "judge_missing": 1, "format": 1,
-                    "quality_score": 1, "evidence": 1}
+                    "duplicate": 1,
+                    "failed": 1,
+                    "judge_score": 1,
+                    "judge_missing": 1,
+                    "format": 1,
+                    "quality_score": 1,
+                    "evidence": 1,
+                }
             else:
                 i = self.doc_index(d)
                 rows = [
                     (anchored("single_page_qa", d, [1], 0, "What is the total revenue in 2020?", "42"), 0.9),
-                    (anchored("single_page_qa", d, [2], 0, f"What is the growth rate of unit {i}?", "3.5",
-                              qtype="numerical_float"), 0.8),
-                    (anchored("single_page_qa", d, [3], 0, f"Which region does figure {i} omit?",
-                              "Not answerable", qtype="not_answerable"), 0.7),
+                    (
+                        anchored(
+                            "single_page_qa",
+                            d,
+                            [2],
+                            0,
+                            f"What is the growth rate of unit {i}?",
+                            "3.5",
+                            qtype="numerical_float",
+                        ),
+                        0.8,
+                    ),
+                    (
+                        anchored(
+                            "single_page_qa",
+                            d,
+                            [3],
+                            0,
+                            f"Which region does figure {i} omit?",
+                            "Not answerable",
+                            qtype="not_answerable",
+                        ),
+                        0.7,
+                    ),
                 ]
             for row, score in rows:
                 single.append(row)
                 if row["status"] == "ok":
-                    judge["single_page_qa"].append(judge_row(row, "single_page_qa", None if score == "missing" else score))
+                    judge["single_page_qa"].append(
+                        judge_row(row, "single_page_qa", None if score == "missing" else score)
+                    )
                 elif score is None:
                     pass  # failed QA rows are not judged
         write_rows(r / "single_page_qa" / f"{shard}.parquet", "single_page_qa", single)
@@ -235,27 +434,71 @@ class SyntheticRun:
                 relevance = "Irrelevant" if (d, p) == ("d0", 2) else "Relevant"
                 correctness = "Incorrect" if (d, p) == ("d1", 2) else "Correct"
                 q = f"What does section {p} of {d} define?"
-                text.append(make_row(
-                    "text_qa", f"text_qa:{d}:p{p:04d}:q0", d, [p], question_type="short_answer",
-                    question_and_answer=json.dumps({"question": q, "answer": "a term"}), question=q, answer="a term",
-                    question_relevance=relevance, question_relevance_reason="r", answer_correctness=correctness,
-                    answer_correctness_reason="r", format_ok=True, format_reason="ok"))
-                visual.append(make_row(
-                    "visual_qa", f"visual_qa:{d}:p{p:04d}:q0", d, [p], model="vis-model", question_type="short",
-                    question=f"By how much did sales grow on chart {p}?", answer=f"{p * 10}%", reasoning="r",
-                    question_relevance="Relevant", question_relevance_reason="r", answer_correctness="Correct",
-                    answer_correctness_reason="r", page_categories='["QUANTITATIVE"]', format_ok=True,
-                    format_reason="ok"))
+                text.append(
+                    make_row(
+                        "text_qa",
+                        f"text_qa:{d}:p{p:04d}:q0",
+                        d,
+                        [p],
+                        question_type="short_answer",
+                        question_and_answer=json.dumps({"question": q, "answer": "a term"}),
+                        question=q,
+                        answer="a term",
+                        question_relevance=relevance,
+                        question_relevance_reason="r",
+                        answer_correctness=correctness,
+                        answer_correctness_reason="r",
+                        format_ok=True,
+                        format_reason="ok",
+                    )
+                )
+                visual.append(
+                    make_row(
+                        "visual_qa",
+                        f"visual_qa:{d}:p{p:04d}:q0",
+                        d,
+                        [p],
+                        model="vis-model",
+                        question_type="short",
+                        question=f"By how much did sales grow on chart {p}?",
+                        answer=f"{p * 10}%",
+                        reasoning="r",
+                        question_relevance="Relevant",
+                        question_relevance_reason="r",
+                        answer_correctness="Correct",
+                        answer_correctness_reason="r",
+                        page_categories='["QUANTITATIVE"]',
+                        format_ok=True,
+                        format_reason="ok",
+                    )
+                )
             for s in (1, 3):
-                windowed.append(anchored("windowed_qa", d, [s, s + 1], 0, f"What is the sum over pages {s}-{s + 1}?",
-                                         str(s * 11)))
-            whole.append(make_row(
-                "whole_document_qa", f"whole_document_qa:{d}:q0", d, list(range(1, self.PAGES + 1)),
-                question_type="list", question=f"Which tables appear in {d}?", answer='["T1", "T2", "T3"]',
-                reasoning="r", evidence_pages="[1, 2, 4]", evidence_ok=True, quality_score=2, format_ok=True,
-                format_reason="ok"))
-        for stage, rows in (("text_qa", text), ("visual_qa", visual), ("windowed_qa", windowed),
-                            ("whole_document_qa", whole)):
+                windowed.append(
+                    anchored("windowed_qa", d, [s, s + 1], 0, f"What is the sum over pages {s}-{s + 1}?", str(s * 11))
+                )
+            whole.append(
+                make_row(
+                    "whole_document_qa",
+                    f"whole_document_qa:{d}:q0",
+                    d,
+                    list(range(1, self.PAGES + 1)),
+                    question_type="list",
+                    question=f"Which tables appear in {d}?",
+                    answer='["T1", "T2", "T3"]',
+                    reasoning="r",
+                    evidence_pages="[1, 2, 4]",
+                    evidence_ok=True,
+                    quality_score=2,
+                    format_ok=True,
+                    format_reason="ok",
+                )
+            )
+        for stage, rows in (
+            ("text_qa", text),
+            ("visual_qa", visual),
+            ("windowed_qa", windowed),
+            ("whole_document_qa", whole),
+        ):
             write_rows(r / stage / f"{shard}.parquet", stage, rows)
             judge[stage] = [judge_row(row, stage, 0.8) for row in rows if row["status"] == "ok"]
         for stage, rows in judge.items():
@@ -346,7 +589,7 @@ class ExportFakeServer(FakeOpenAIServer):
 # ---------------------------------------------------------------------------------------------
 # Loading the Hub folder with `datasets`, offline, in a clean process.
 
-_LOAD_SCRIPT = r'''
+_LOAD_SCRIPT = r"""
 import hashlib, json, sys
 import datasets
 folder, cache, configs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -369,7 +612,7 @@ for name in configs:
                       "images": [hashlib.sha256(i["bytes"]).hexdigest() for i in r["images"]]} for r in raw],
         }
 print(json.dumps(out))
-'''
+"""
 
 
 def load_hub_offline(folder: Path, configs: list[str], cache: Path) -> dict:
@@ -381,8 +624,13 @@ def load_hub_offline(folder: Path, configs: list[str], cache: Path) -> dict:
     import sys
 
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache / "hf")}
-    result = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(folder), str(cache / "ds"), json.dumps(configs)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_SCRIPT, str(folder), str(cache / "ds"), json.dumps(configs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if result.returncode != 0:
         raise AssertionError(f"load_dataset failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

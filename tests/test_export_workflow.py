@@ -12,36 +12,60 @@ from __future__ import annotations
 
 import base64
 import json
-from hashlib import sha256
 import re
 import shutil
 import subprocess
 import unicodedata
+from hashlib import sha256
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-
-from test_workflow import planned_jobs
 import yaml
-from conftest import REPO, SAMPLE_PDF_DIR, require
-from test_export_support import ExportFakeServer, load_hub_offline
 
+from conftest import REPO, SAMPLE_PDF_DIR, require
 from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.reference import decode_images
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.report.figures import FIGURES
+from test_export_support import ExportFakeServer, load_hub_offline
+from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 
 PDFS = ("MVT_Rnews.pdf", "residual-shadings.pdf")
-MODEL_RULES = {"seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa",
-               "whole_document_qa", "judge", "serve"}
-EXPORT_RULES = {"export_dataset", "export_reference", "export_hub", "publish", "stats", "report_figures",
-                "export_and_report", "all"}
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run")
+MODEL_RULES = {
+    "seed",
+    "ocr",
+    "text_qa",
+    "classify",
+    "visual_qa",
+    "single_page_qa",
+    "windowed_qa",
+    "whole_document_qa",
+    "judge",
+    "serve",
+}
+EXPORT_RULES = {
+    "export_dataset",
+    "export_reference",
+    "export_hub",
+    "publish",
+    "stats",
+    "report_figures",
+    "export_and_report",
+    "all",
+}
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 
 
 def snakefile(workdir: Path) -> Path:
@@ -52,16 +76,33 @@ def snakefile(workdir: Path) -> Path:
     for name in ("export", "report"):
         if f"rules/{name}.smk" not in main:
             lines.append(f'include: "{REPO / "workflow" / "rules" / f"{name}.smk"}"')
-    lines += ["", "", "rule export_and_report:", "    input:", "        get_export_targets(),",
-              "        get_report_targets(),", ""]
+    lines += [
+        "",
+        "",
+        "rule export_and_report:",
+        "    input:",
+        "        get_export_targets(),",
+        "        get_report_targets(),",
+        "",
+    ]
     path = workdir / "Snakefile"
     path.write_text("\n".join(lines))
     return path
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: int = 900, check: bool = True):
-    cmd = ["snakemake", "--snakefile", str(workdir / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / config), "--cores", "4", *args]
+    cmd = [
+        "snakemake",
+        "--snakefile",
+        str(workdir / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / config),
+        "--cores",
+        "4",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
@@ -71,8 +112,10 @@ def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: i
 def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:
     endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": None}
     fast = {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
-    stages = {s: {"endpoint": endpoint, "retry": fast} for s in
-              ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")}
+    stages = {
+        s: {"endpoint": endpoint, "retry": fast}
+        for s in ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
+    }
     stages["ocr"] = {"engine": "pdf-text"}
     for stage, n in (("text_qa", 5), ("visual_qa", 4), ("single_page_qa", 6), ("windowed_qa", 4)):
         stages[stage]["num_records"] = n
@@ -126,8 +169,7 @@ def expected_counts(wf, stage: str) -> dict[str, int]:
     judge = shard_files(wf, f"judge/{stage}")
     con = duckdb.connect()
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({qa})").fetchall()}
-    where = ["q.status = 'ok'", "j.status = 'ok'", f"j.weighted_quality_score >= {f['min_judge_score']}",
-             "q.format_ok"]
+    where = ["q.status = 'ok'", "j.status = 'ok'", f"j.weighted_quality_score >= {f['min_judge_score']}", "q.format_ok"]
     if "quality_score" in cols:
         where += [f"q.quality_score >= {f['min_quality_score']}", "q.evidence_ok"]
     if "question_relevance" in cols:
@@ -135,14 +177,18 @@ def expected_counts(wf, stage: str) -> dict[str, int]:
     order = "j.weighted_quality_score DESC" + (", q.quality_score DESC" if "quality_score" in cols else "")
     rows = con.execute(f"""SELECT q.doc_id, q.question FROM read_parquet({qa}) q
         JOIN read_parquet({judge}) j ON j.row_id = 'judge:' || q.row_id
-        WHERE {' AND '.join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
+        WHERE {" AND ".join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
     seen, kept = set(), []
     for doc_id, question in rows:
         if (doc_id, norm(question)) not in seen:
             seen.add((doc_id, norm(question)))
             kept.append(doc_id)
-    docs = [r[0] for r in con.execute(
-        f"SELECT doc_id FROM read_parquet({sorted(str(p) for p in wf['results'].glob('seed/*/documents.parquet'))})").fetchall()]
+    docs = [
+        r[0]
+        for r in con.execute(
+            f"SELECT doc_id FROM read_parquet({sorted(str(p) for p in wf['results'].glob('seed/*/documents.parquet'))})"
+        ).fetchall()
+    ]
     splits = assign_splits(docs, 0.5, "longdoc-sdg", 1)
     counts = {"train": 0, "validation": 0}
     for doc_id in kept:
@@ -174,7 +220,8 @@ def test_hub_folder_loads_every_split_with_images_and_duckdb_counts(wf, tmp_path
     loaded = load_hub_offline(wf["results"] / "export" / "hub", loadable, tmp_path)
     for stage in loadable:
         assert {s: v["num_rows"] for s, v in loaded[stage].items()} == {
-            s: n for s, n in expected[stage].items() if n}, stage
+            s: n for s, n in expected[stage].items() if n
+        }, stage
         for part in loaded[stage].values():
             assert part["image_feature"] == "Image" and part["first_image"][0] == "PIL.PngImagePlugin"
             for r in part["rows"]:
@@ -190,8 +237,15 @@ def test_reference_layout_round_trips_the_pngs(wf):
         assert len(rows) == summary["kept"]
         for r in rows:
             assert decode_images(r["png_images_base64"]) == [pngs[(r["doc_id"], p)] for p in r["pages"]]
-            assert {"id", "url", "date", "total_pages", "question_type", "weighted_quality_score",
-                    "qa_quality_judge"} <= set(r)
+            assert {
+                "id",
+                "url",
+                "date",
+                "total_pages",
+                "question_type",
+                "weighted_quality_score",
+                "qa_quality_judge",
+            } <= set(r)
 
 
 def test_dataset_card_states_counts_models_and_filters(wf):
@@ -200,7 +254,8 @@ def test_dataset_card_states_counts_models_and_filters(wf):
     for info in meta["dataset_info"]:
         stage = info["config_name"]
         assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
-            k: v for k, v in expected_counts(wf, stage).items() if v}
+            k: v for k, v in expected_counts(wf, stage).items() if v
+        }
         row = next(line for line in text.splitlines() if line.startswith(f"| `{stage}` |") and "judge:" in line)
         assert "`fake-model`" in row
     assert "ocr: `pdf-text`" in text
@@ -212,7 +267,9 @@ def test_publish_dry_run_records_the_hub_folder(wf):
     record = json.loads((wf["results"] / "export" / "publish.json").read_text())
     hub = wf["results"] / "export" / "hub"
     assert record["dry_run"] is True and record["repo_id"] == "org/longdoc-test" and record["private"] is True
-    assert {f["path"] for f in record["files"]} == {p.relative_to(hub).as_posix() for p in hub.rglob("*") if p.is_file()}
+    assert {f["path"] for f in record["files"]} == {
+        p.relative_to(hub).as_posix() for p in hub.rglob("*") if p.is_file()
+    }
 
 
 def report_results(wf) -> dict:
@@ -236,12 +293,14 @@ def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
     for stage in ("ocr", "classify", *QA_STAGES):
         rows, ok, failed = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE status <> 'ok') "
-            f"FROM read_parquet({shard_files(wf, stage)})").fetchall()[0]
+            f"FROM read_parquet({shard_files(wf, stage)})"
+        ).fetchall()[0]
         cells = f"<td>{stage}</td><td>rows</td><td>{rows:,}</td><td>{ok:,}</td><td>{failed:,}</td>"
         assert cells in summary, (stage, cells)
     stats = json.loads((wf["results"] / "report" / "stats.json").read_text())
-    judge_ok = con.execute(f"SELECT count(*) FROM read_parquet({shard_files(wf, 'judge/single_page_qa')}) "
-                           "WHERE status = 'ok'").fetchall()[0][0]
+    judge_ok = con.execute(
+        f"SELECT count(*) FROM read_parquet({shard_files(wf, 'judge/single_page_qa')}) WHERE status = 'ok'"
+    ).fetchall()[0][0]
     assert sum(r["rows"] for r in stats["tables"]["judge_scores"] if r["stage"] == "single_page_qa") == judge_ok
     assert "threshold (0.5)" in by_name["judge_scores.png"]["caption"]  # the threshold, through params
 
@@ -250,8 +309,14 @@ def chromium(args: list[str], tmp: Path, timeout: int = 90) -> subprocess.Comple
     binary = shutil.which("chromium")
     require(binary is not None, "Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
-           "--virtual-time-budget=10000", *args]
+    cmd = [
+        binary,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -49,7 +49,9 @@ def test_ids_are_stable_across_manifest_rebuilds(tmp_path, real_pdfs):
 
 def test_url_list_dedupes_and_skips_comments(tmp_path):
     urls = tmp_path / "urls.txt"
-    urls.write_text("# papers\nhttp://127.0.0.1:9/a.pdf\n\nhttp://127.0.0.1:9/b.pdf  # second\nhttp://127.0.0.1:9/a.pdf\n")
+    urls.write_text(
+        "# papers\nhttp://127.0.0.1:9/a.pdf\n\nhttp://127.0.0.1:9/b.pdf  # second\nhttp://127.0.0.1:9/a.pdf\n"
+    )
     source = {"kind": "urls", "urls": {"path": str(urls)}, "max_documents": None}
     sync_manifest(source, tmp_path / "m", documents_per_shard=10)
     rows = pq.read_table(tmp_path / "m" / "00000.parquet").to_pylist()
@@ -68,9 +70,16 @@ def test_finepdfs_local_copy_in_the_dataset_layout(tmp_path):
     data.mkdir(parents=True)
     rows = [
         {
-            "text": "t", "id": f"<urn:uuid:{i}>", "dump": "CC-MAIN-2024-10", "url": f"http://127.0.0.1:9/{i}.pdf",
-            "date": "2024-02-20", "file_path": f"crawl-data/x/{i}.warc.gz", "offset": 100 * i,
-            "language": "eng_Latn", "token_count": 10, "is_truncated": False,
+            "text": "t",
+            "id": f"<urn:uuid:{i}>",
+            "dump": "CC-MAIN-2024-10",
+            "url": f"http://127.0.0.1:9/{i}.pdf",
+            "date": "2024-02-20",
+            "file_path": f"crawl-data/x/{i}.warc.gz",
+            "offset": 100 * i,
+            "language": "eng_Latn",
+            "token_count": 10,
+            "is_truncated": False,
         }
         for i in range(5)
     ]
@@ -78,13 +87,19 @@ def test_finepdfs_local_copy_in_the_dataset_layout(tmp_path):
     source = {
         "kind": "finepdfs",
         "finepdfs": {
-            "dataset": str(tmp_path / "finepdfs"), "subset": "eng_Latn", "split": "train",
-            "data_files": "data/{subset}/{split}/*.parquet", "num_documents": 3,
+            "dataset": str(tmp_path / "finepdfs"),
+            "subset": "eng_Latn",
+            "split": "train",
+            "data_files": "data/{subset}/{split}/*.parquet",
+            "num_documents": 3,
         },
         "max_documents": None,
     }
     shards = sync_manifest(source, tmp_path / "m", documents_per_shard=2)
-    table = pq.read_table(tmp_path / "m" / "00000.parquet").to_pylist() + pq.read_table(tmp_path / "m" / "00001.parquet").to_pylist()
+    table = (
+        pq.read_table(tmp_path / "m" / "00000.parquet").to_pylist()
+        + pq.read_table(tmp_path / "m" / "00001.parquet").to_pylist()
+    )
     assert shards == ["00000", "00001"]
     assert [r["url"] for r in table] == [f"http://127.0.0.1:9/{i}.pdf" for i in range(3)]
     assert '"file_path": "crawl-data/x/0.warc.gz"' in table[0]["extra"]

@@ -23,7 +23,10 @@ def test_request_is_one_image_and_an_empty_text_with_greedy_sampling():
     messages = build_messages(part)
     assert messages == [{"role": "user", "content": [part, {"type": "text", "text": ""}]}]
     assert REQUEST_SAMPLING == {
-        "temperature": 0.0, "top_k": 1, "repetition_penalty": 1.1, "skip_special_tokens": False,
+        "temperature": 0.0,
+        "top_k": 1,
+        "repetition_penalty": 1.1,
+        "skip_special_tokens": False,
     }
 
 
@@ -52,7 +55,7 @@ def test_multiline_body_tables_and_markup_inside_text_are_kept():
 
 
 def test_integer_and_out_of_range_coordinates_are_clamped_and_ordered():
-    (element,) = parse_markup(el(0.9, 1.2, "x", 0.1, 0, "Text") )
+    (element,) = parse_markup(el(0.9, 1.2, "x", 0.1, 0, "Text"))
     assert element.bbox == (0.1, 0.0, 0.9, 1.0)
     (element,) = parse_markup(el(0, 0, "y", 1, 1, "Text"))
     assert element.bbox == (0.0, 0.0, 1.0, 1.0)

@@ -19,20 +19,37 @@ from longdoc_sdg.reprocess import RequeueError, requeue_shard, shard_paths
 from longdoc_sdg.rowstore import ShardWriter, shard_provenance
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 from test_reliability_workflow import (
-    ENV, KEY_ENV, LARGER, assert_no_key_leak, classify_settings, make_workdir, ok, rows_by_id,
-    server_post, server_stats, snakemake,
+    ENV,
+    KEY_ENV,
+    LARGER,
+    assert_no_key_leak,
+    classify_settings,
+    make_workdir,
+    ok,
+    rows_by_id,
+    server_post,
+    server_stats,
+    snakemake,
 )
 from test_workflow import planned_jobs
 
 # Float, bool and list columns: kept rows must come back from the journal with the same values.
-STAGE = pa.schema([("answer", pa.string()), ("score", pa.float64()), ("flag", pa.bool_()),
-                   ("tags", pa.list_(pa.string()))])
+STAGE = pa.schema(
+    [("answer", pa.string()), ("score", pa.float64()), ("flag", pa.bool_()), ("tags", pa.list_(pa.string()))]
+)
 FAILURES = {3: "length", 5: "schema_invalid", 7: "reasoning_only", 8: "length"}
 
 
 def row(i: int, reason: str | None = None) -> dict:
-    base = {"row_id": f"r{i:03d}", "doc_id": f"d{i % 2}", "pages": [i + 1], "model": "m",
-            "prompt_tokens": 10 + i, "completion_tokens": 3, "reasoning_tokens": 0}
+    base = {
+        "row_id": f"r{i:03d}",
+        "doc_id": f"d{i % 2}",
+        "pages": [i + 1],
+        "model": "m",
+        "prompt_tokens": 10 + i,
+        "completion_tokens": 3,
+        "reasoning_tokens": 0,
+    }
     if reason:
         return {**base, "status": "failed", "failure_reason": reason, "failure_message": f"{reason} at {i}"}
     return {**base, "status": "ok", "answer": f"a{i} ü", "score": i / 3, "flag": i % 2 == 0, "tags": ["x", str(i)]}
@@ -121,8 +138,13 @@ def test_shards_without_provenance_and_missing_shards_are_refused(tmp_path):
 
 def test_stage_targets_name_every_shard(tmp_path):
     results = tmp_path / "results"
-    for rel in ("classify/00000.parquet", "classify/00001.parquet", "classify/notes.parquet",
-                "judge/text_qa/00000.parquet", "judge/visual_qa/00002.parquet"):
+    for rel in (
+        "classify/00000.parquet",
+        "classify/00001.parquet",
+        "classify/notes.parquet",
+        "judge/text_qa/00000.parquet",
+        "judge/visual_qa/00002.parquet",
+    ):
         (results / rel).parent.mkdir(parents=True, exist_ok=True)
         (results / rel).write_bytes(b"")
     classify = results / "classify"
@@ -158,12 +180,20 @@ def test_requeue_then_forcerun_requests_only_the_requeued_rows(tmp_path):
     requested, every other row of both shards keeps its values, downstream visual_qa reruns."""
     started = time.monotonic()
     faults = ["--fault", "length=0.2", "--fault", "schema_invalid=0.15", "--fault", "reasoning_only=0.15"]
-    with spawn_fake_server("--api-key-env", KEY_ENV, *faults, env=ENV) as (_, faulty), \
-            spawn_fake_server("--api-key-env", KEY_ENV, env=ENV) as (_, clean):
+    with (
+        spawn_fake_server("--api-key-env", KEY_ENV, *faults, env=ENV) as (_, faulty),
+        spawn_fake_server("--api-key-env", KEY_ENV, env=ENV) as (_, clean),
+    ):
         visual = classify_settings(clean)
-        workdir = make_workdir(tmp_path / "wf", LARGER, {
-            "classify": classify_settings(faulty), "visual_qa": {**visual, "num_records": 3},
-        }, documents_per_shard=2)
+        workdir = make_workdir(
+            tmp_path / "wf",
+            LARGER,
+            {
+                "classify": classify_settings(faulty),
+                "visual_qa": {**visual, "num_records": 3},
+            },
+            documents_per_shard=2,
+        )
         ok(snakemake(workdir))
         results = workdir / "results"
         shard0, shard1 = results / "classify" / "00000.parquet", results / "classify" / "00001.parquet"
@@ -175,7 +205,11 @@ def test_requeue_then_forcerun_requests_only_the_requeued_rows(tmp_path):
 
         requeue = subprocess.run(
             ["longdoc-sdg", "requeue", "results/classify/00000.parquet", "--reasons", "length,schema_invalid"],
-            cwd=workdir, capture_output=True, text=True, timeout=60, env=ENV,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
         )
         assert requeue.returncode == 0, requeue.stderr
         assert "  snakemake --forcerun results/classify/00000.parquet\n" in requeue.stdout

@@ -46,10 +46,13 @@ def test_seed_job_with_bad_pdfs_exits_0_in_time_with_one_failure_each(tmp_path):
     config = {
         "results_dir": "results",
         "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "seed": {"dpi": 50, "max_pixels_per_page": PIXEL_BUDGET,
-                 # a tight CPU budget so the hanging file is stopped in seconds (a task's budget
-                 # is base + per page x chunk pages: 4 s here)
-                 "worker": {"cpu_seconds_base": 2.0, "cpu_seconds_per_page": 0.25, "chunk_pages": 8}},
+        "seed": {
+            "dpi": 50,
+            "max_pixels_per_page": PIXEL_BUDGET,
+            # a tight CPU budget so the hanging file is stopped in seconds (a task's budget
+            # is base + per page x chunk pages: 4 s here)
+            "worker": {"cpu_seconds_base": 2.0, "cpu_seconds_per_page": 0.25, "chunk_pages": 8},
+        },
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 

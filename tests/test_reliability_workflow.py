@@ -56,11 +56,16 @@ def make_workdir(root: Path, pdfs: tuple[str, ...], stages: dict, documents_per_
     return root
 
 
-def classify_settings(base_url: str, request_timeout_s: float = 30.0, concurrency: dict | None = None,
-                      retry: dict | None = None) -> dict:
+def classify_settings(
+    base_url: str, request_timeout_s: float = 30.0, concurrency: dict | None = None, retry: dict | None = None
+) -> dict:
     return {
-        "endpoint": {"base_url": base_url, "model": "fake-model", "api_key_env": KEY_ENV,
-                     "request_timeout_s": request_timeout_s},
+        "endpoint": {
+            "base_url": base_url,
+            "model": "fake-model",
+            "api_key_env": KEY_ENV,
+            "request_timeout_s": request_timeout_s,
+        },
         "concurrency": concurrency or {},
         # quick retries: the tests wait for them
         "retry": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **(retry or {})},
@@ -69,8 +74,16 @@ def classify_settings(base_url: str, request_timeout_s: float = 30.0, concurrenc
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
     return [
-        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args,
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
     ]
 
 
@@ -93,8 +106,12 @@ def server_stats(base_url: str) -> dict:
 
 
 def server_post(base_url: str, path: str, payload: dict | None = None) -> None:
-    request = urllib.request.Request(f"{server_root(base_url)}{path}", data=json.dumps(payload or {}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{server_root(base_url)}{path}",
+        data=json.dumps(payload or {}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
@@ -126,8 +143,9 @@ def journal_rows(path: Path) -> list[str]:
 
 def assert_no_key_leak(workdir: Path) -> None:
     """The key in no log, output, journal or Snakemake metadata (.snakemake/ included)."""
-    leaks = [str(p.relative_to(workdir)) for p in workdir.rglob("*")
-             if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    leaks = [
+        str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()
+    ]
     assert leaks == []
 
 
@@ -145,14 +163,23 @@ def test_killed_job_resumes_and_redoes_at_most_the_requests_in_flight(tmp_path):
     only the rows missing from the journal, and the shard equals a clean run's."""
     concurrency = 2
     with spawn_fake_server("--api-key-env", KEY_ENV, "--latency", "0.3", env=ENV) as (_, base_url):
-        workdir = make_workdir(tmp_path / "wf", SMALL, {
-            "classify": classify_settings(base_url, concurrency={"max": concurrency, "initial": concurrency}),
-        })
+        workdir = make_workdir(
+            tmp_path / "wf",
+            SMALL,
+            {
+                "classify": classify_settings(base_url, concurrency={"max": concurrency, "initial": concurrency}),
+            },
+        )
         journal = workdir / "results" / ".journal" / "classify" / "00000.jsonl"
         started = time.monotonic()
         # own session: killpg reaches snakemake and the job processes it started
-        run = subprocess.Popen(snakemake_cmd(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=ENV, start_new_session=True)
+        run = subprocess.Popen(
+            snakemake_cmd(workdir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=ENV,
+            start_new_session=True,
+        )
         try:
             while len(journal_rows(journal)) < 5:
                 assert run.poll() is None, "the run ended before the kill"
@@ -236,14 +263,32 @@ def test_endpoint_down_fails_fast_naming_it_then_succeeds_once_it_is_up(tmp_path
 
 # Every fault kind at least once (the schedule covers the first requests), then shares of all
 # of them; transient kinds are retried away, content kinds become failure rows.
-SCHEDULE = ("500,ok,502,ok,503,ok,reset,ok,timeout,ok,malformed_body,ok,"
-            "400,ok,length,ok,reasoning_only,ok,invalid_json,ok,schema_invalid")
-SHARES = {"500": 0.03, "502": 0.03, "503": 0.03, "reset": 0.03, "timeout": 0.02, "malformed_body": 0.03,
-          "400": 0.03, "length": 0.04, "reasoning_only": 0.04, "invalid_json": 0.04, "schema_invalid": 0.04}
+SCHEDULE = (
+    "500,ok,502,ok,503,ok,reset,ok,timeout,ok,malformed_body,ok,"
+    "400,ok,length,ok,reasoning_only,ok,invalid_json,ok,schema_invalid"
+)
+SHARES = {
+    "500": 0.03,
+    "502": 0.03,
+    "503": 0.03,
+    "reset": 0.03,
+    "timeout": 0.02,
+    "malformed_body": 0.03,
+    "400": 0.03,
+    "length": 0.04,
+    "reasoning_only": 0.04,
+    "invalid_json": 0.04,
+    "schema_invalid": 0.04,
+}
 TRANSIENT = ("500", "502", "503", "reset", "timeout", "malformed_body")
 # fake server fault kind -> the failure_reason the engine reports
-CONTENT_REASON = {"400": "bad_request", "length": "length", "reasoning_only": "reasoning_only",
-                  "invalid_json": "invalid_json", "schema_invalid": "schema_invalid"}
+CONTENT_REASON = {
+    "400": "bad_request",
+    "length": "length",
+    "reasoning_only": "reasoning_only",
+    "invalid_json": "invalid_json",
+    "schema_invalid": "schema_invalid",
+}
 
 
 def test_fault_mix_leaves_every_row_exactly_once_with_the_injected_reasons(tmp_path):
@@ -252,17 +297,23 @@ def test_fault_mix_leaves_every_row_exactly_once_with_the_injected_reasons(tmp_p
         args += ["--fault", f"{kind}={share}"]
     started = time.monotonic()
     with spawn_fake_server(*args, env=ENV) as (_, base_url):
-        workdir = make_workdir(tmp_path / "wf", LARGER, {
-            # a short request timeout turns the stalled replies into client timeouts quickly;
-            # 8 attempts make a row failing every one of them vanishingly unlikely
-            "classify": classify_settings(base_url, request_timeout_s=1.0, concurrency={"max": 4},
-                                          retry={"max_attempts": 8}),
-        })
+        workdir = make_workdir(
+            tmp_path / "wf",
+            LARGER,
+            {
+                # a short request timeout turns the stalled replies into client timeouts quickly;
+                # 8 attempts make a row failing every one of them vanishingly unlikely
+                "classify": classify_settings(
+                    base_url, request_timeout_s=1.0, concurrency={"max": 4}, retry={"max_attempts": 8}
+                ),
+            },
+        )
         ok(snakemake(workdir))
         stats = server_stats(base_url)
     rows = pq.read_table(workdir / "results" / "classify" / "00000.parquet").to_pylist()
-    pages = pq.read_table(workdir / "results" / "seed" / "00000" / "pages.parquet",
-                          columns=["doc_id", "page_number"]).to_pylist()
+    pages = pq.read_table(
+        workdir / "results" / "seed" / "00000" / "pages.parquet", columns=["doc_id", "page_number"]
+    ).to_pylist()
     # every input row exactly once, as a result or a failure
     assert len(rows) == len(pages) == 33
     assert sorted((r["doc_id"], r["pages"]) for r in rows) == sorted((p["doc_id"], [p["page_number"]]) for p in pages)

@@ -9,12 +9,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from test_export_support import SyntheticRun
 
 from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.report.figures import FIGURES, draw_figures, summary_html
 from longdoc_sdg.report.stats import MODEL_STAGES, STATS_TABLES, compute_stats, write_stats
+from test_export_support import SyntheticRun
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +22,27 @@ def run(tmp_path_factory):
     run = SyntheticRun(tmp_path_factory.mktemp("synthetic"))
     out = run.results / "export" / "datasets"
     for stage in QA_STAGES:
-        build_dataset(stage, run.dataset_inputs(stage), str(out / f"{stage}.parquet"),
-                      str(out / f"{stage}.summary.json"), {"filters": {"min_judge_score": 0.6}})
+        build_dataset(
+            stage,
+            run.dataset_inputs(stage),
+            str(out / f"{stage}.parquet"),
+            str(out / f"{stage}.summary.json"),
+            {"filters": {"min_judge_score": 0.6}},
+        )
     return run
 
 
 def stats_inputs(run: SyntheticRun) -> dict:
     out = run.results / "export" / "datasets"
-    inputs = {"manifest": [str(run.results / "manifest" / f"{s}.parquet") for s in run.shards],
-              "documents": run.seed_files("documents"), "failures": run.seed_files("failures"),
-              "pages": run.seed_files("pages"),
-              "judge": [f for s in QA_STAGES for f in run.files(f"judge/{s}")],
-              "export_datasets": [str(out / f"{s}.parquet") for s in QA_STAGES],
-              "export_summaries": [str(out / f"{s}.summary.json") for s in QA_STAGES]}
+    inputs = {
+        "manifest": [str(run.results / "manifest" / f"{s}.parquet") for s in run.shards],
+        "documents": run.seed_files("documents"),
+        "failures": run.seed_files("failures"),
+        "pages": run.seed_files("pages"),
+        "judge": [f for s in QA_STAGES for f in run.files(f"judge/{s}")],
+        "export_datasets": [str(out / f"{s}.parquet") for s in QA_STAGES],
+        "export_summaries": [str(out / f"{s}.summary.json") for s in QA_STAGES],
+    }
     inputs.update({s: run.files(s) for s in MODEL_STAGES})
     return inputs
 
@@ -58,14 +66,24 @@ def files(run, stage):
 def test_yield_matches_duckdb_over_the_shards(run, stats):
     by_stage = {r["stage"]: r for r in stats["stats"]["tables"]["stage_yield"]}
     for stage in MODEL_STAGES + tuple(f"judge/{s}" for s in QA_STAGES):
-        rows, ok, failed = q(f"SELECT count(*), count(*) FILTER (WHERE status = 'ok'), "
-                             f"count(*) FILTER (WHERE status = 'failed') FROM read_parquet({files(run, stage)})")[0]
+        rows, ok, failed = q(
+            f"SELECT count(*), count(*) FILTER (WHERE status = 'ok'), "
+            f"count(*) FILTER (WHERE status = 'failed') FROM read_parquet({files(run, stage)})"
+        )[0]
         assert (by_stage[stage]["rows"], by_stage[stage]["ok"], by_stage[stage]["failed"]) == (rows, ok, failed)
     for stage in QA_STAGES:
         exported = q(f"SELECT count(*) FROM '{run.results}/export/datasets/{stage}.parquet'")[0][0]
         assert by_stage[stage]["exported"] == exported == by_stage[stage]["train"] + by_stage[stage]["validation"]
-    assert by_stage["seed"] == {"stage": "seed", "unit": "documents", "rows": 5, "ok": 4, "failed": 1,
-                                "exported": None, "train": None, "validation": None}
+    assert by_stage["seed"] == {
+        "stage": "seed",
+        "unit": "documents",
+        "rows": 5,
+        "ok": 4,
+        "failed": 1,
+        "exported": None,
+        "train": None,
+        "validation": None,
+    }
     assert stats["stats"]["totals"]["pages"] == 16
 
 
@@ -75,9 +93,12 @@ def test_failures_drops_and_tokens(run, stats):
     assert {"stage": "single_page_qa", "reason": "length", "rows": 1} in tables["failure_reasons"]
     drops = {(r["stage"], r["filter"]): r["rows"] for r in tables["filter_drops"]}
     assert {k[1]: v for k, v in drops.items() if k[0] == "single_page_qa"} == {
-        k: v for k, v in run.expected_drops["single_page_qa"].items() if k != "failed"}
+        k: v for k, v in run.expected_drops["single_page_qa"].items() if k != "failed"
+    }
     tokens = {(r["stage"], r["model"]): r for r in tables["tokens"]}
-    prompt, reasoning = q(f"SELECT sum(prompt_tokens), sum(reasoning_tokens) FROM read_parquet({files(run, 'visual_qa')})")[0]
+    prompt, reasoning = q(
+        f"SELECT sum(prompt_tokens), sum(reasoning_tokens) FROM read_parquet({files(run, 'visual_qa')})"
+    )[0]
     assert tokens[("visual_qa", "vis-model")]["prompt_tokens"] == prompt
     assert tokens[("visual_qa", "vis-model")]["reasoning_tokens"] == reasoning
     assert ("judge/single_page_qa", "judge-model") in tokens
@@ -94,8 +115,12 @@ def test_question_mix_tables(run, stats):
     assert evidence[("windowed_qa", 2, "cross-page")]["ok_rows"] == 8
     assert evidence[("single_page_qa", 1, "unanswerable")]["exported_rows"] == 3
     types = {(r["stage"], r["question_type"]): r for r in tables["question_types"]}
-    assert types[("text_qa", "short_answer")] == {"stage": "text_qa", "question_type": "short_answer",
-                                                  "ok_rows": 8, "exported_rows": 6}
+    assert types[("text_qa", "short_answer")] == {
+        "stage": "text_qa",
+        "question_type": "short_answer",
+        "ok_rows": 8,
+        "exported_rows": 6,
+    }
     quality = {(r["stage"], r["quality_score"]): r["ok_rows"] for r in tables["quality_scores"]}
     assert quality[("whole_document_qa", 2)] == 4 and quality[("single_page_qa", 0)] == 1
 
@@ -103,8 +128,12 @@ def test_question_mix_tables(run, stats):
 def test_judge_and_page_class_tables(run, stats):
     tables = stats["stats"]["tables"]
     scores = {r["score"]: r for r in tables["judge_scores"] if r["stage"] == "single_page_qa"}
-    assert scores[0.9]["rows"] == q(
-        f"SELECT count(*) FROM read_parquet({files(run, 'judge/single_page_qa')}) WHERE weighted_quality_score = 0.9")[0][0]
+    assert (
+        scores[0.9]["rows"]
+        == q(
+            f"SELECT count(*) FROM read_parquet({files(run, 'judge/single_page_qa')}) WHERE weighted_quality_score = 0.9"
+        )[0][0]
+    )
     assert sum(r["rows"] for r in tables["judge_rubric"] if r["stage"] == "text_qa") == 8 * 5
     classes = {r["category"]: r for r in tables["page_classes"]}
     assert classes["TABULAR"]["pages"] == 4 and classes["QUANTITATIVE"]["primary_pages"] == 0

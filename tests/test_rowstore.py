@@ -12,8 +12,16 @@ STAGE = pa.schema([("answer", pa.string()), ("score", pa.int32()), ("tags", pa.l
 
 
 def row(i: int, status: str = "ok", **extra) -> dict:
-    base = {"row_id": f"r{i:03d}", "doc_id": f"d{i % 3}", "pages": [i % 5 + 1], "status": status,
-            "model": "m", "prompt_tokens": 10, "completion_tokens": 5, "reasoning_tokens": 0}
+    base = {
+        "row_id": f"r{i:03d}",
+        "doc_id": f"d{i % 3}",
+        "pages": [i % 5 + 1],
+        "status": status,
+        "model": "m",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "reasoning_tokens": 0,
+    }
     if status == "ok":
         base.update(answer=f"a{i}", score=i % 3, tags=["x"])
     else:
@@ -35,7 +43,7 @@ def test_write_finalize_in_input_order(tmp_path):
     summary = writer.finalize(ids)
     table = pq.read_table(out)
     assert table.column_names[: len(BASE_COLUMNS)] == list(BASE_COLUMNS)
-    assert table.column_names[len(BASE_COLUMNS):] == ["answer", "score", "tags"]
+    assert table.column_names[len(BASE_COLUMNS) :] == ["answer", "score", "tags"]
     assert table.column("row_id").to_pylist() == ids
     assert table.schema.field("pages").type == pa.list_(pa.int32())
     assert summary["ok"] == 9 and summary["failed"] == 1 and summary["reasons"] == {"length": 1}

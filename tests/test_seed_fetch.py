@@ -24,13 +24,18 @@ FAST = {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}}
 
 def warc_record(payload: bytes, extra_warc_headers: bytes = b"", http_headers: bytes = b"") -> bytes:
     response = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n" + http_headers
-        + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n"
+        + http_headers
+        + b"Content-Length: %d\r\n\r\n" % len(payload)
+        + payload
     )
     return (
         b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://dead.invalid/doc.pdf\r\n"
-        + extra_warc_headers + b"Content-Type: application/http; msgtype=response\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(response) + response + b"\r\n\r\n"
+        + extra_warc_headers
+        + b"Content-Type: application/http; msgtype=response\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(response)
+        + response
+        + b"\r\n\r\n"
     )
 
 
@@ -101,7 +106,9 @@ class Server:
             # No Content-Length: the client must count while reading.
             self.send(h, 200, b"%PDF-1.7\n" + b"0" * 300_000, length=False)
         elif path == "/page.pdf":
-            self.send(h, 200, b"<!DOCTYPE html><html><body>Sign in to download</body></html>", {"Content-Type": "text/html"})
+            self.send(
+                h, 200, b"<!DOCTYPE html><html><body>Sign in to download</body></html>", {"Content-Type": "text/html"}
+            )
         elif path == "/slow.pdf":
             time.sleep(2.0)
             self.send(h, 200, PDF)
@@ -121,7 +128,7 @@ class Server:
             self.ranges.append(h.headers["Range"])
             start = int(match.group(1))
             end = min(len(data) - 1, int(match.group(2)) if match.group(2) else len(data) - 1)
-            self.send(h, 206, data[start: end + 1], {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+            self.send(h, 206, data[start : end + 1], {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
         else:
             self.send(h, 404, b"no route")
 
@@ -262,14 +269,41 @@ def test_parse_warc_handles_raw_chunked_and_gzip_payloads():
 
 def test_shard_downloads_concurrently_and_records_failures(server, warc, tmp_path):
     rows = [
-        {"doc_id": f"u{i}", "source_kind": "urls", "source": server.url(f"/delay/{i}.pdf"), "url": server.url(f"/delay/{i}.pdf"), "date": None, "extra": "{}"}
+        {
+            "doc_id": f"u{i}",
+            "source_kind": "urls",
+            "source": server.url(f"/delay/{i}.pdf"),
+            "url": server.url(f"/delay/{i}.pdf"),
+            "date": None,
+            "extra": "{}",
+        }
         for i in range(6)
     ]
-    rows.append({"doc_id": "dead", "source_kind": "urls", "source": server.url("/gone.pdf"), "url": server.url("/gone.pdf"), "date": None, "extra": "{}"})
+    rows.append(
+        {
+            "doc_id": "dead",
+            "source_kind": "urls",
+            "source": server.url("/gone.pdf"),
+            "url": server.url("/gone.pdf"),
+            "date": None,
+            "extra": "{}",
+        }
+    )
     finepdfs_extra = json.dumps({"id": "<urn:uuid:x>", "file_path": warc["file_path"], "offset": warc["good_offset"]})
-    rows.append({"doc_id": "from-warc", "source_kind": "finepdfs", "source": server.url("/gone.pdf"), "url": server.url("/gone.pdf"), "date": "2024-02-01", "extra": finepdfs_extra})
+    rows.append(
+        {
+            "doc_id": "from-warc",
+            "source_kind": "finepdfs",
+            "source": server.url("/gone.pdf"),
+            "url": server.url("/gone.pdf"),
+            "date": "2024-02-01",
+            "extra": finepdfs_extra,
+        }
+    )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
-    outputs = {name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {
+        name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")
+    }
     server.max_active = 0
     params = {**warc_params(server), "dpi": 36}
     run_seed_shard(str(tmp_path / "m.parquet"), outputs, params, threads=1)

@@ -97,10 +97,16 @@ def test_text_blocks_of_a_rotated_page_line_up_with_the_image(tmp_path):
     image = decode_png(rendered.png)
     x0, y0, x1, y1 = blocks[0]["bbox"]
     assert x1 - x0 < y1 - y0  # vertical text on the rotated page
-    inside = image[int(y0 * rendered.height): int(y1 * rendered.height) + 1, int(x0 * rendered.width): int(x1 * rendered.width) + 1]
+    inside = image[
+        int(y0 * rendered.height) : int(y1 * rendered.height) + 1,
+        int(x0 * rendered.width) : int(x1 * rendered.width) + 1,
+    ]
     assert (inside < 128).sum() > 100  # the glyphs are inside the box...
     outside = image.copy()
-    outside[int(y0 * rendered.height): int(y1 * rendered.height) + 1, int(x0 * rendered.width): int(x1 * rendered.width) + 1] = 255
+    outside[
+        int(y0 * rendered.height) : int(y1 * rendered.height) + 1,
+        int(x0 * rendered.width) : int(x1 * rendered.width) + 1,
+    ] = 255
     assert (outside < 128).sum() == 0  # ...and nowhere else
     assert "Rotated anchor text" in rendered.pdf_text
 
@@ -132,7 +138,8 @@ def test_open_pdf_classifies_bad_documents(tmp_path, builder, reason):
 
 def test_owner_password_only_pdf_is_not_refused(tmp_path):
     data = pymupdf.open(stream=pdf_factory.text_pdf(2), filetype="pdf").tobytes(
-        encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw="")
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw=""
+    )
     doc = open_pdf(pdf_factory.write(tmp_path / "owner.pdf", data), 10)
     assert doc.page_count == 2
 

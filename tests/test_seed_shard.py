@@ -173,7 +173,10 @@ def test_text_layer_and_normalised_blocks(seeded):
             x0, y0, x1, y1 = block["bbox"]
             assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
             assert block["text"] and block["text"] == block["text"].strip()
-            box = image[int(y0 * page["height"]): int(np.ceil(y1 * page["height"])), int(x0 * page["width"]): int(np.ceil(x1 * page["width"]))]
+            box = image[
+                int(y0 * page["height"]) : int(np.ceil(y1 * page["height"])),
+                int(x0 * page["width"]) : int(np.ceil(x1 * page["width"])),
+            ]
             assert box.size and box.min() < 200, block["text"][:40]  # ink where the text is
 
 
@@ -185,14 +188,25 @@ def test_windows_cover_every_page(seeded):
         covered = {p for w in mine for p in range(w["start_page"], w["end_page"] + 1)}
         assert covered == set(range(1, total + 1))
         assert {w["window_size"] for w in mine} == {window_size_for(total)}
-        assert [(w["start_page"], w["end_page"]) for w in mine] == [(w.start_page, w.end_page) for w in make_windows(total)]
+        assert [(w["start_page"], w["end_page"]) for w in mine] == [
+            (w.start_page, w.end_page) for w in make_windows(total)
+        ]
         assert all(w["total_pages"] == total for w in mine)
     assert len({w["window_id"] for w in windows}) == len(windows)
 
 
 def test_documents_table(seeded):
     documents = seeded["tables"]["documents"]
-    assert documents.schema.names == ["doc_id", "source_kind", "source", "url", "date", "total_pages", "whole_document", "extra"]
+    assert documents.schema.names == [
+        "doc_id",
+        "source_kind",
+        "source",
+        "url",
+        "date",
+        "total_pages",
+        "whole_document",
+        "extra",
+    ]
     rows = {r["doc_id"]: r for r in seeded["rows"]}
     for document in documents.to_pylist():
         assert document["whole_document"] == (document["total_pages"] <= 50)
@@ -202,22 +216,51 @@ def test_documents_table(seeded):
 
 def test_schemas_follow_the_contract(seeded):
     pages = pq.read_schema(seeded["outputs"]["pages"])
-    assert pages.names == ["doc_id", "page_number", "png", "width", "height", "dpi", "is_gray", "page_width_pt", "page_height_pt", "pdf_text", "text_blocks"]
+    assert pages.names == [
+        "doc_id",
+        "page_number",
+        "png",
+        "width",
+        "height",
+        "dpi",
+        "is_gray",
+        "page_width_pt",
+        "page_height_pt",
+        "pdf_text",
+        "text_blocks",
+    ]
     assert pages.field("page_number").type == pa.int32() and pages.field("png").type == pa.binary()
     assert pages.field("dpi").type == pa.float32()
-    assert pq.read_schema(seeded["outputs"]["windows"]).names == ["window_id", "doc_id", "start_page", "end_page", "window_size", "total_pages"]
+    assert pq.read_schema(seeded["outputs"]["windows"]).names == [
+        "window_id",
+        "doc_id",
+        "start_page",
+        "end_page",
+        "window_size",
+        "total_pages",
+    ]
     assert pq.read_schema(seeded["outputs"]["failures"]).names == ["doc_id", "source", "reason", "message"]
 
 
 def test_no_temporary_files_left(seeded):
     out = Path(seeded["outputs"]["pages"]).parent
-    assert sorted(p.name for p in out.iterdir()) == ["documents.parquet", "failures.parquet", "pages.parquet", "windows.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "documents.parquet",
+        "failures.parquet",
+        "pages.parquet",
+        "windows.parquet",
+    ]
 
 
 def test_whole_document_limit_and_window_params(tmp_path):
     rows = write_manifest(tmp_path / "m.parquet", SAMPLES)
     outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
-    run_seed_shard(str(tmp_path / "m.parquet"), outputs, {"whole_document_max_pages": 12, "window_size": 4, "window_stride": 2, "dpi": 36}, threads=1)
+    run_seed_shard(
+        str(tmp_path / "m.parquet"),
+        outputs,
+        {"whole_document_max_pages": 12, "window_size": 4, "window_stride": 2, "dpi": 36},
+        threads=1,
+    )
     documents = pq.read_table(outputs["documents"]).to_pylist()
     assert len(documents) == len(rows)
     assert {d["total_pages"] <= 12 for d in documents} == {True, False}
@@ -232,7 +275,12 @@ def test_whole_document_limit_and_window_params(tmp_path):
 
 
 def test_empty_manifest_writes_empty_tables(tmp_path):
-    pq.write_table(pa.Table.from_pylist([], schema=pa.schema([("doc_id", pa.string()), ("source_kind", pa.string()), ("source", pa.string())])), tmp_path / "m.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [], schema=pa.schema([("doc_id", pa.string()), ("source_kind", pa.string()), ("source", pa.string())])
+        ),
+        tmp_path / "m.parquet",
+    )
     outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
     summary = run_seed_shard(str(tmp_path / "m.parquet"), outputs, {}, threads=2)
     assert summary["documents"] == summary["failures"] == 0

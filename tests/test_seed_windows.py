@@ -7,8 +7,24 @@ from longdoc_sdg.seed import SeedParams, make_windows, window_size_for, within_w
 
 # (pages, size): the reference's rule with its fall-through at exact multiples of ten fixed.
 RULE = [
-    (1, 1), (2, 2), (9, 2), (10, 2), (11, 3), (19, 3), (20, 3), (21, 4), (30, 4), (31, 5),
-    (40, 5), (41, 6), (50, 6), (51, 7), (60, 7), (61, 8), (100, 8), (2000, 8),
+    (1, 1),
+    (2, 2),
+    (9, 2),
+    (10, 2),
+    (11, 3),
+    (19, 3),
+    (20, 3),
+    (21, 4),
+    (30, 4),
+    (31, 5),
+    (40, 5),
+    (41, 6),
+    (50, 6),
+    (51, 7),
+    (60, 7),
+    (61, 8),
+    (100, 8),
+    (2000, 8),
 ]
 
 

@@ -61,7 +61,7 @@ def test_worker_renders_a_chunk_into_its_blob(pool, tmp_path):
     blob = Path(task["blob_path"]).read_bytes()
     assert sum(p["png_size"] for p in answer["pages"]) == len(blob)
     first = answer["pages"][0]
-    assert blob[first["png_offset"]: first["png_offset"] + 8] == b"\x89PNG\r\n\x1a\n"
+    assert blob[first["png_offset"] : first["png_offset"] + 8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cpu_limit_turns_a_hang_into_timeout_and_the_pool_recovers(pool, tmp_path):

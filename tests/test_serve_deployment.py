@@ -42,7 +42,11 @@ def test_shipped_deployments_match_the_reference():
 
     ocr = deps["nemotron-parse"]
     assert (ocr.model, ocr.tensor_parallel_size, ocr.max_model_len, ocr.max_num_seqs) == (
-        "nvidia/NVIDIA-Nemotron-Parse-v1.1", 1, 9000, 128)
+        "nvidia/NVIDIA-Nemotron-Parse-v1.1",
+        1,
+        9000,
+        128,
+    )
     assert ocr.trust_remote_code and "<predict_bbox><predict_classes><output_markdown>" in ocr.chat_template
 
     text = deps["gpt-oss-120b"]
@@ -53,7 +57,11 @@ def test_shipped_deployments_match_the_reference():
 
     qa = deps["qwen3-vl-235b-thinking"]
     assert (qa.model, qa.tensor_parallel_size, qa.reasoning_parser, qa.max_model_len) == (
-        "Qwen/Qwen3-VL-235B-A22B-Thinking-FP8", 4, "deepseek_r1", 50000)
+        "Qwen/Qwen3-VL-235B-A22B-Thinking-FP8",
+        4,
+        "deepseek_r1",
+        50000,
+    )
     i = qa.extra_args.index("--limit-mm-per-prompt")
     assert json.loads(qa.extra_args[i + 1]) == {"video": 0}
 
@@ -82,22 +90,41 @@ def test_overrides_and_relative_paths(tmp_path):
 def test_config_hash_covers_results_not_placement():
     base = _dep()
     same = [
-        {"port": 1234}, {"walltime": 5}, {"partition": "other"}, {"gpus": 8}, {"nodes": 2},
-        {"mem_mb": 1}, {"cpus": 1}, {"ready_timeout_s": 5}, {"idle_timeout_s": None},
-        {"tensor_parallel_size": 8}, {"max_num_seqs": 4}, {"env_vars": {"HF_HOME": "/x"}},
-        {"pre_cmd": "module load cuda"}, {"serve_command": "apptainer exec {image} vllm serve {model}", "image": "i.sif"},
+        {"port": 1234},
+        {"walltime": 5},
+        {"partition": "other"},
+        {"gpus": 8},
+        {"nodes": 2},
+        {"mem_mb": 1},
+        {"cpus": 1},
+        {"ready_timeout_s": 5},
+        {"idle_timeout_s": None},
+        {"tensor_parallel_size": 8},
+        {"max_num_seqs": 4},
+        {"env_vars": {"HF_HOME": "/x"}},
+        {"pre_cmd": "module load cuda"},
+        {"serve_command": "apptainer exec {image} vllm serve {model}", "image": "i.sif"},
         {"served_model_name": "d"},  # null means the deployment name
     ]
     for change in same:
         assert config_hash(_dep(**change)) == config_hash(base), change
     different = [
-        {"model": "org/other"}, {"served_model_name": "x"}, {"max_model_len": 100},
-        {"reasoning_parser": "qwen3"}, {"chat_template": "{{ 1 }}"}, {"extra_args": ["--dtype", "half"]},
+        {"model": "org/other"},
+        {"served_model_name": "x"},
+        {"max_model_len": 100},
+        {"reasoning_parser": "qwen3"},
+        {"chat_template": "{{ 1 }}"},
+        {"extra_args": ["--dtype", "half"]},
         {"trust_remote_code": True},
     ]
     for change in different:
         assert config_hash(_dep(**change)) != config_hash(base), change
-    assert identity(base) == {"deployment": "d", "model": "org/model", "served_name": "d", "config_hash": config_hash(base)}
+    assert identity(base) == {
+        "deployment": "d",
+        "model": "org/model",
+        "served_name": "d",
+        "config_hash": config_hash(base),
+    }
 
 
 def test_command_line():
@@ -121,7 +148,16 @@ def test_command_line():
     assert not any("api-key" in a for a in argv)
     # Defaults add nothing a stand-in server would not understand.
     assert build_command(_dep(), "h", 1, None) == [
-        "vllm", "serve", "org/model", "--host", "h", "--port", "1", "--served-model-name", "d"]
+        "vllm",
+        "serve",
+        "org/model",
+        "--host",
+        "h",
+        "--port",
+        "1",
+        "--served-model-name",
+        "d",
+    ]
 
 
 def test_pre_cmd_runs_in_the_same_shell_then_execs():

@@ -6,12 +6,12 @@ import http.server
 import json
 import logging
 import os
-import threading
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,9 +94,17 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
 
     endpoint = read_endpoint(runtime_file)
     assert endpoint == {
-        "base_url": runtime["base_url"], "model": "fake-served", "api_key": key,
-        "replicas": [{"base_url": runtime["base_url"], "capacity": None, "server_log": runtime["server_log"],
-                      "name": "replica 0"}],
+        "base_url": runtime["base_url"],
+        "model": "fake-served",
+        "api_key": key,
+        "replicas": [
+            {
+                "base_url": runtime["base_url"],
+                "capacity": None,
+                "server_log": runtime["server_log"],
+                "name": "replica 0",
+            }
+        ],
     }
     assert verify_endpoint(runtime_file) == endpoint
     # The server really holds the key: without it, /v1/models is refused.
@@ -256,9 +264,23 @@ def test_cli_serve_and_teardown(tmp_path):
     base = [sys.executable, "-m", "longdoc_sdg.serve"]
     try:
         result = subprocess.run(
-            base + ["serve", str(dep_file), "--sentinel", str(sentinel), "--runtime", str(runtime),
-                    "--state-dir", str(state), "--set", "stop_grace_s=1"],
-            capture_output=True, text=True, timeout=90, env=env,
+            base
+            + [
+                "serve",
+                str(dep_file),
+                "--sentinel",
+                str(sentinel),
+                "--runtime",
+                str(runtime),
+                "--state-dir",
+                str(state),
+                "--set",
+                "stop_grace_s=1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         key = json.loads(runtime.read_text())["api_key"]
@@ -266,7 +288,9 @@ def test_cli_serve_and_teardown(tmp_path):
         check = subprocess.run(base + ["verify", str(runtime)], capture_output=True, text=True, timeout=30, env=env)
         assert check.returncode == 0 and key not in check.stdout
     finally:
-        stop = subprocess.run(base + ["teardown", "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=env)
+        stop = subprocess.run(
+            base + ["teardown", "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=env
+        )
     assert json.loads(stop.stdout) == ["clitest"]
     assert not runtime.exists() and sentinel.exists()
 
@@ -279,9 +303,23 @@ def test_sigterm_while_waiting_stops_the_half_started_server(tmp_path):
     state = tmp_path / "state"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "workflow" / "scripts")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "longdoc_sdg.serve", "serve", str(dep_file), "--sentinel", str(tmp_path / "s"),
-         "--runtime", str(tmp_path / "r"), "--state-dir", str(state)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "longdoc_sdg.serve",
+            "serve",
+            str(dep_file),
+            "--sentinel",
+            str(tmp_path / "s"),
+            "--runtime",
+            str(tmp_path / "r"),
+            "--state-dir",
+            str(state),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     record_path = state / "servers" / "slowload.json"
     try:
@@ -321,9 +359,11 @@ def test_metrics_tell_a_busy_server_from_an_idle_one():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        _Metrics.body = b"# HELP vllm:num_requests_running x\nvllm:num_requests_running{model_name=\"m\"} 0.0\nvllm:num_requests_waiting{model_name=\"m\"} 0.0\n"
+        _Metrics.body = b'# HELP vllm:num_requests_running x\nvllm:num_requests_running{model_name="m"} 0.0\nvllm:num_requests_waiting{model_name="m"} 0.0\n'
         assert _metrics_busy(url) is False
-        _Metrics.body = b"vllm:num_requests_running{model_name=\"m\"} 0.0\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n"
+        _Metrics.body = (
+            b'vllm:num_requests_running{model_name="m"} 0.0\nvllm:num_requests_waiting{model_name="m"} 3.0\n'
+        )
         assert _metrics_busy(url) is True
         _Metrics.body = b""
         assert _metrics_busy(url) is None

@@ -37,7 +37,9 @@ def _sacct(job_id: str, fields: str) -> str:
 
 
 def _squeue(job_id: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.strip()
+    return subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
 
 
 def test_serve_job_in_gpu_partition_with_gres_and_teardown(tmp_path, paths):
@@ -57,9 +59,10 @@ def test_serve_job_in_gpu_partition_with_gres_and_teardown(tmp_path, paths):
     partition, tres, state = _sacct(job_id, "Partition,AllocTRES,State").split("|")
     assert partition == "gpu" and "gres/gpu=1" in tres and state == "RUNNING"
     # Nothing Slurm records about the job may show the key.
-    everything = _sacct(job_id, "JobName,SubmitLine,WorkDir,Comment,AllocTRES") + subprocess.run(
-        ["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=30
-    ).stdout
+    everything = (
+        _sacct(job_id, "JobName,SubmitLine,WorkDir,Comment,AllocTRES")
+        + subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=30).stdout
+    )
     assert "longdoc-serve-slurmfake" in everything and key not in everything
     assert key not in paths["sentinel"].read_text()
     assert key not in open(runtime["server_log"]).read()

@@ -22,7 +22,7 @@ from longdoc_sdg.serve.procs import proc_start_time
 REPO = Path(__file__).resolve().parents[1]
 VLLM_VENV = Path(os.environ.get("LONGDOC_VLLM_VENV", REPO / ".venv-vllm"))
 
-SHIM = r'''
+SHIM = r"""
 import argparse, os, signal, subprocess, sys, time
 
 parser = argparse.ArgumentParser()
@@ -58,7 +58,7 @@ argv = ["--host", args.host, "--port", args.port, "--api-key-env", "VLLM_API_KEY
 for name in names:
     argv += ["--model", name]
 main(argv)
-'''
+"""
 
 
 def in_ci() -> bool:

@@ -30,18 +30,22 @@ def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "tiny-vlm"
     subprocess.run(
         [str(vllm_python()), str(REPO / "tests" / "vllm" / "build_tiny_vlm.py"), str(out)],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     return out
 
 
 def _chat(runtime: dict, api_key: str | None) -> tuple[int, dict]:
-    body = json.dumps({
-        "model": runtime["model"],
-        "messages": [{"role": "user", "content": "Say something."}],
-        "max_tokens": 8,
-        "temperature": 0,
-    }).encode()
+    body = json.dumps(
+        {
+            "model": runtime["model"],
+            "messages": [{"role": "user", "content": "Say something."}],
+            "max_tokens": 8,
+            "temperature": 0,
+        }
+    ).encode()
     request = urllib.request.Request(f"{runtime['base_url']}/chat/completions", data=body, method="POST")
     request.add_header("Content-Type", "application/json")
     if api_key:
@@ -100,13 +104,17 @@ def test_real_vllm_slurm(tmp_path, tiny_model):
         runtime = _check_served(paths, info)
         submit = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-j", info["job_id"], "-o", "Partition,SubmitLine"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
         assert submit.startswith("gpu|") and runtime["api_key"] not in submit
     finally:
         t0 = time.monotonic()
         teardown(paths["state"])
         print(f"real vLLM (slurm) teardown in {time.monotonic() - t0:.1f}s")
-    queued = subprocess.run(["squeue", "-h", "-j", info["job_id"], "-o", "%T"], capture_output=True, text=True, timeout=30)
+    queued = subprocess.run(
+        ["squeue", "-h", "-j", info["job_id"], "-o", "%T"], capture_output=True, text=True, timeout=30
+    )
     assert queued.stdout.strip() == ""
     assert http_get(f"{runtime['url']}/health", timeout=2)[0] == 0

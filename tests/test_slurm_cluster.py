@@ -99,9 +99,7 @@ def _sacct(job_ids: list[str], deadline_s: float = 60) -> dict[str, dict[str, st
         for line in res.stdout.splitlines():
             row = dict(zip(fields, line.split("|")))
             rows[row["JobID"]] = row
-        done = all(
-            jid in rows and rows[jid]["State"].split()[0] in FINAL_STATES for jid in job_ids
-        )
+        done = all(jid in rows and rows[jid]["State"].split()[0] in FINAL_STATES for jid in job_ids)
         if done or time.monotonic() > deadline:
             return rows
         time.sleep(1)

@@ -8,10 +8,9 @@ import shutil
 
 import pymupdf
 import pytest
-from conftest import require
 from pydantic import BaseModel, ValidationError
-from test_stages_support import build_seed, page_row, real_pdfs
 
+from conftest import require
 from longdoc_sdg import taxonomy
 from longdoc_sdg.engine.schema import parse_reply
 from longdoc_sdg.pages import PageStore
@@ -20,6 +19,7 @@ from longdoc_sdg.stages.base import PROMPTS_DIR, select_records
 from longdoc_sdg.stages.classify import PageClassification, classification_dict
 from longdoc_sdg.stages.ocr import pdf_text_columns
 from longdoc_sdg.stages.replies import ParseError, parse_tagged
+from test_stages_support import build_seed, page_row, real_pdfs
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,13 @@ def test_weighted_quality_score():
     best = {item.key: 5 for item in taxonomy.JUDGE_RUBRIC}
     assert taxonomy.weighted_quality_score(best) == 1.0
     assert sum(item.weight for item in taxonomy.JUDGE_RUBRIC) == pytest.approx(1.0)
-    scores = {"answer_correctness": 4, "training_signal_strength": 3, "question_quality": 5,
-              "visual_grounding": 2, "format_compliance": 5}
+    scores = {
+        "answer_correctness": 4,
+        "training_signal_strength": 3,
+        "question_quality": 5,
+        "visual_grounding": 2,
+        "format_compliance": 5,
+    }
     # (4*.35 + 3*.30 + 5*.15 + 2*.10 + 5*.10) / 5 = 3.75 / 5
     assert taxonomy.weighted_quality_score(scores) == 0.75
 
@@ -187,14 +192,23 @@ def test_unknown_template_names_are_refused():
 
 def test_classification_enforces_none_exclusivity():
     def reply(**fields):
-        base = {"primary_categories": ["TABULAR"], "subcategories": ["pivot_table"],
-                "contains_reasoning_content": True, "reasoning_complexity_score": 4, "justification": "A table."}
+        base = {
+            "primary_categories": ["TABULAR"],
+            "subcategories": ["pivot_table"],
+            "contains_reasoning_content": True,
+            "reasoning_complexity_score": 4,
+            "justification": "A table.",
+        }
         return json.dumps({**base, **fields})
 
     ok = classification_dict(parse_reply(PageClassification, reply()))
     assert ok["primary_categories"] == ["TABULAR"] and ok["contains_reasoning_content"] is True
-    none = classification_dict(parse_reply(PageClassification, reply(
-        primary_categories=["NONE"], subcategories=["plain_text"], contains_reasoning_content=False)))
+    none = classification_dict(
+        parse_reply(
+            PageClassification,
+            reply(primary_categories=["NONE"], subcategories=["plain_text"], contains_reasoning_content=False),
+        )
+    )
     assert none["contains_reasoning_content"] is False
     deduped = classification_dict(parse_reply(PageClassification, reply(primary_categories=["TABULAR", "TABULAR"])))
     assert deduped["primary_categories"] == ["TABULAR"]
@@ -220,13 +234,23 @@ def test_tagged_reply_parser():
         "<answer> B. South </answer>\n<evidence_pages>[3, 5, 3]</evidence_pages>\n<quality_score>2</quality_score>"
     )
     item = parse_tagged(good)
-    assert item == {"question": "Which region grew most?\nA. North\nB. South", "answer": "B. South",
-                    "evidence_pages": [3, 5], "quality_score": 2}
-    assert parse_tagged("<question>Q?</question><answer>Answer: 4</answer><quality_score>1/2</quality_score>")[
-        "answer"] == "4"
-    for bad in ("", "no tags at all", "<question>Q?</question><quality_score>1</quality_score>",
-                "<question>Q?</question><answer>1</answer>",
-                "<question>Q?</question><answer>1</answer><quality_score>3</quality_score>"):
+    assert item == {
+        "question": "Which region grew most?\nA. North\nB. South",
+        "answer": "B. South",
+        "evidence_pages": [3, 5],
+        "quality_score": 2,
+    }
+    assert (
+        parse_tagged("<question>Q?</question><answer>Answer: 4</answer><quality_score>1/2</quality_score>")["answer"]
+        == "4"
+    )
+    for bad in (
+        "",
+        "no tags at all",
+        "<question>Q?</question><quality_score>1</quality_score>",
+        "<question>Q?</question><answer>1</answer>",
+        "<question>Q?</question><answer>1</answer><quality_score>3</quality_score>",
+    ):
         with pytest.raises(ParseError):
             parse_tagged(bad)
 
@@ -279,8 +303,13 @@ def test_page_images_send_the_same_bytes_as_eager_parts_without_holding_pages(se
 
     store = PageStore(seed["pages"])
     first, second = store.doc_ids()
-    ctx = StageContext(config=stage_config("whole_document_qa", {}), templates={}, page_store=store,
-                       output_path=str(tmp_path / "out.parquet"), model="m")
+    ctx = StageContext(
+        config=stage_config("whole_document_qa", {}),
+        templates={},
+        page_store=store,
+        output_path=str(tmp_path / "out.parquet"),
+        model="m",
+    )
     parts = ctx.page_images(first, [2, 1], labelled=True)
     assert all(isinstance(p["image_url"]["url"], LazyImage) for p in parts if p["type"] == "image_url")
     eager = []
@@ -288,6 +317,8 @@ def test_page_images_send_the_same_bytes_as_eager_parts_without_holding_pages(se
         eager += [{"type": "text", "text": f"Page {record.page_number}:"}, image_part(record.png)]
     store.get_page(second, 1)  # another document cached since: building reads the first again
     assert bytes(encode_body({"content": parts}).build()) == dumps({"content": eager})
-    assert ctx.image_parts(store.get_pages(second, [3]))[0]["image_url"]["url"].size == len(store.get_page(second, 3).png)
+    assert ctx.image_parts(store.get_pages(second, [3]))[0]["image_url"]["url"].size == len(
+        store.get_page(second, 3).png
+    )
     with pytest.raises(StageFailure, match="pages \\[99\\]"):
         ctx.page_images(first, [1, 99])

@@ -10,15 +10,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import require
-from test_stages_support import TaggedFakeServer, build_seed, real_pdfs
 
+from conftest import require
 from longdoc_sdg.cli import main as cli_main
 from longdoc_sdg.engine import EndpointError
 from longdoc_sdg.rowstore import output_schema
 from longdoc_sdg.stages import get_stage, run_stage
 from longdoc_sdg.stages.base import arrow_schema
 from longdoc_sdg.taxonomy import JUDGE_RUBRIC
+from test_stages_support import TaggedFakeServer, build_seed, real_pdfs
 
 FAST_RETRY = {"max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 
@@ -44,11 +44,19 @@ def endpoint(server):
     return {"base_url": server.base_url, "model": "fake-model", "retry": FAST_RETRY, "request_timeout_s": 10}
 
 
-def run(tmp: Path, stage: str, inputs: dict, params: dict | None = None, endpoint: dict | None = None,
-        name: str | None = None):
+def run(
+    tmp: Path,
+    stage: str,
+    inputs: dict,
+    params: dict | None = None,
+    endpoint: dict | None = None,
+    name: str | None = None,
+):
     name = name or stage
     out = tmp / name / "00000.parquet"
-    summary = run_stage(stage, inputs, str(out), params or {}, endpoint, 1, str(tmp / ".journal" / name / "00000.jsonl"))
+    summary = run_stage(
+        stage, inputs, str(out), params or {}, endpoint, 1, str(tmp / ".journal" / name / "00000.jsonl")
+    )
     return out, summary, pq.read_table(out)
 
 
@@ -138,8 +146,10 @@ def test_question_type_plan_is_the_same_on_rerun(tmp_path, seed, endpoint):
 def test_faults_end_as_results_or_failures_with_reasons(tmp_path, seed, endpoint, server):
     # the first requests (one per row) fail for sure; later ones by share
     server.reset_stats()
-    server.configure(schedule=["schema_invalid", "length", "reasoning_only", "500"],
-                     faults={"500": 0.2, "schema_invalid": 0.2, "length": 0.1, "reasoning_only": 0.1})
+    server.configure(
+        schedule=["schema_invalid", "length", "reasoning_only", "500"],
+        faults={"500": 0.2, "schema_invalid": 0.2, "length": 0.1, "reasoning_only": 0.1},
+    )
     _, s, t = run(tmp_path, "classify", {"pages": seed["pages"]}, {}, {**endpoint, "breaker": {"max_error_rate": 1.0}})
     rows = check_shard("classify", t, s, 6)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -148,7 +158,9 @@ def test_faults_end_as_results_or_failures_with_reasons(tmp_path, seed, endpoint
         assert r["failure_reason"] in ("schema_invalid", "length", "reasoning_only", "server_error")
 
     server.reset_stats()
-    _, s, t = run(tmp_path, "single_page_qa", {"pages": seed["pages"]}, {}, {**endpoint, "breaker": {"max_error_rate": 1.0}})
+    _, s, t = run(
+        tmp_path, "single_page_qa", {"pages": seed["pages"]}, {}, {**endpoint, "breaker": {"max_error_rate": 1.0}}
+    )
     rows = check_shard("single_page_qa", t, s, 6)
     assert sum(r["status"] == "failed" for r in rows) >= 3
 
@@ -157,15 +169,28 @@ def test_unparseable_free_text_is_a_failed_row(tmp_path, seed, endpoint, server)
     # the fake answers free text with random words unless the prompt asks for our tagged layout;
     # a custom template without the layout therefore gets unparseable replies
     template = tmp_path / "bare.j2"
-    template.write_text("Ask one question about page {{ page_number }} of {{ total_pages }} ({{ qtype.label }}, {{ output_format }}).")
-    _, s, t = run(tmp_path, "single_page_qa", {"pages": seed["pages"]}, {"num_records": 2, "prompt_template": str(template)}, endpoint)
+    template.write_text(
+        "Ask one question about page {{ page_number }} of {{ total_pages }} ({{ qtype.label }}, {{ output_format }})."
+    )
+    _, s, t = run(
+        tmp_path,
+        "single_page_qa",
+        {"pages": seed["pages"]},
+        {"num_records": 2, "prompt_template": str(template)},
+        endpoint,
+    )
     rows = check_shard("single_page_qa", t, s, 2)
     assert {r["failure_reason"] for r in rows} == {"unparseable"}
 
 
 def test_json_output_format_for_anchored_qa(tmp_path, seed, endpoint):
-    _, s, t = run(tmp_path, "whole_document_qa", {"documents": seed["documents"], "pages": seed["pages"]},
-                  {"output_format": "json"}, endpoint)
+    _, s, t = run(
+        tmp_path,
+        "whole_document_qa",
+        {"documents": seed["documents"], "pages": seed["pages"]},
+        {"output_format": "json"},
+        endpoint,
+    )
     rows = check_shard("whole_document_qa", t, s, 2)
     assert all(r["status"] == "ok" for r in rows)
 
@@ -208,19 +233,31 @@ def test_api_key_is_read_from_the_named_env_var(tmp_path, seed, endpoint, server
     try:
         monkeypatch.setenv("FAKE_JUDGE_KEY", "sekrit")
         ocr, _, _ = run(tmp_path, "ocr", {"pages": seed["pages"]})
-        _, s, t = run(tmp_path, "text_qa", {"ocr": str(ocr)}, {"num_records": 1}, {**endpoint, "api_key_env": "FAKE_JUDGE_KEY"})
+        _, s, t = run(
+            tmp_path, "text_qa", {"ocr": str(ocr)}, {"num_records": 1}, {**endpoint, "api_key_env": "FAKE_JUDGE_KEY"}
+        )
         assert s["ok"] == 1
         monkeypatch.delenv("FAKE_JUDGE_KEY")
         with pytest.raises(ValueError, match="FAKE_JUDGE_KEY"):
-            run(tmp_path, "text_qa", {"ocr": str(ocr)}, {"num_records": 1}, {**endpoint, "api_key_env": "FAKE_JUDGE_KEY"}, name="x")
+            run(
+                tmp_path,
+                "text_qa",
+                {"ocr": str(ocr)},
+                {"num_records": 1},
+                {**endpoint, "api_key_env": "FAKE_JUDGE_KEY"},
+                name="x",
+            )
     finally:
         server.configure(api_key=None)
 
 
 def test_cli_runs_a_stage_from_yaml_with_overrides(tmp_path, seed, capsys):
     run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump({"inputs": {"pages": seed["pages"]}, "output": str(tmp_path / "o.parquet"),
-                                        "params": {"num_records": 5}}))
+    run_file.write_text(
+        yaml.safe_dump(
+            {"inputs": {"pages": seed["pages"]}, "output": str(tmp_path / "o.parquet"), "params": {"num_records": 5}}
+        )
+    )
     assert cli_main(["stage", "ocr", "--config", str(run_file), "num_records=2"]) == 0
     assert pq.read_table(tmp_path / "o.parquet").num_rows == 2
     assert json.loads(capsys.readouterr().out)["rows"] == 2

@@ -21,12 +21,21 @@ from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 REPO = Path(__file__).resolve().parents[1]
 PDF_DIRS = (REPO / "resources" / "sample_pdfs", REPO / "tests" / "data" / "real_pdfs")
 
-PAGE_SCHEMA = pa.schema([
-    ("doc_id", pa.string()), ("page_number", pa.int32()), ("png", pa.binary()),
-    ("width", pa.int32()), ("height", pa.int32()), ("dpi", pa.float32()), ("is_gray", pa.bool_()),
-    ("page_width_pt", pa.float32()), ("page_height_pt", pa.float32()),
-    ("pdf_text", pa.string()), ("text_blocks", pa.string()),
-])
+PAGE_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("page_number", pa.int32()),
+        ("png", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("dpi", pa.float32()),
+        ("is_gray", pa.bool_()),
+        ("page_width_pt", pa.float32()),
+        ("page_height_pt", pa.float32()),
+        ("pdf_text", pa.string()),
+        ("text_blocks", pa.string()),
+    ]
+)
 
 
 def real_pdfs() -> list[Path]:
@@ -45,10 +54,17 @@ def page_row(doc_id: str, page: pymupdf.Page, number: int, dpi: float = 40) -> d
         if text.strip():
             blocks.append({"bbox": [x1 / w, y1 / h, x2 / w, y2 / h], "text": text.strip()})
     return {
-        "doc_id": doc_id, "page_number": number, "png": pix.tobytes("png"),
-        "width": pix.width, "height": pix.height, "dpi": dpi, "is_gray": True,
-        "page_width_pt": w, "page_height_pt": h,
-        "pdf_text": page.get_text() or None, "text_blocks": json.dumps(blocks),
+        "doc_id": doc_id,
+        "page_number": number,
+        "png": pix.tobytes("png"),
+        "width": pix.width,
+        "height": pix.height,
+        "dpi": dpi,
+        "is_gray": True,
+        "page_width_pt": w,
+        "page_height_pt": h,
+        "pdf_text": page.get_text() or None,
+        "text_blocks": json.dumps(blocks),
     }
 
 
@@ -65,11 +81,29 @@ def build_seed(out_dir: Path, pdfs: list[Path], max_pages: int = 3, window: int 
                 rows = [page_row(doc_id, doc[i], i + 1) for i in range(n)]
             # one row group per document, as the seed writes it
             writer.write_table(pa.Table.from_pylist(rows, schema=PAGE_SCHEMA))
-            docs.append({"doc_id": doc_id, "source_kind": "local", "source": str(pdf), "url": None,
-                         "date": None, "total_pages": n, "whole_document": True, "extra": "{}"})
+            docs.append(
+                {
+                    "doc_id": doc_id,
+                    "source_kind": "local",
+                    "source": str(pdf),
+                    "url": None,
+                    "date": None,
+                    "total_pages": n,
+                    "whole_document": True,
+                    "extra": "{}",
+                }
+            )
             for start in range(1, n - window + 2, window):
-                windows.append({"window_id": f"{doc_id}:w{start:04d}", "doc_id": doc_id, "start_page": start,
-                                "end_page": start + window - 1, "window_size": window, "total_pages": n})
+                windows.append(
+                    {
+                        "window_id": f"{doc_id}:w{start:04d}",
+                        "doc_id": doc_id,
+                        "start_page": start,
+                        "end_page": start + window - 1,
+                        "window_size": window,
+                        "total_pages": n,
+                    }
+                )
     pq.write_table(pa.Table.from_pylist(docs), paths["documents"])
     pq.write_table(pa.Table.from_pylist(windows), paths["windows"])
     return paths

@@ -76,8 +76,16 @@ class Server:
         self.log_path = log_path
         self.latencies: list[tuple[str, float]] = []
 
-    def request(self, method: str, path: str, body: dict | None = None, *,
-                api_key: str | None = API_KEY, label: str = "", timeout: float = 120) -> tuple[int, dict]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        *,
+        api_key: str | None = API_KEY,
+        label: str = "",
+        timeout: float = 120,
+    ) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -117,19 +125,18 @@ def _report(config, line: str) -> None:
 def vllm(request, tmp_path_factory):
     python = srv.vllm_python()
     if python is None:
-        why = (f"vLLM venv not found at {srv.vllm_venv()}: run `bash tests/vllm/install.sh` "
-               "(or set LONGDOC_VLLM_VENV)")
+        why = f"vLLM venv not found at {srv.vllm_venv()}: run `bash tests/vllm/install.sh` (or set LONGDOC_VLLM_VENV)"
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but " + why, pytrace=False)
         pytest.skip(why)
 
     model_dir = Path(os.environ.get("LONGDOC_TINY_VLM_DIR", srv.vllm_venv() / "tiny-vlm"))
     t0 = time.monotonic()
-    built = subprocess.run([python, str(HERE / "vllm" / "build_tiny_vlm.py"), str(model_dir)],
-                           capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [python, str(HERE / "vllm" / "build_tiny_vlm.py"), str(model_dir)], capture_output=True, text=True, timeout=600
+    )
     if built.returncode != 0:
-        pytest.fail(f"building the tiny model failed:\n{built.stdout[-2000:]}\n{built.stderr[-4000:]}",
-                    pytrace=False)
+        pytest.fail(f"building the tiny model failed:\n{built.stdout[-2000:]}\n{built.stderr[-4000:]}", pytrace=False)
     t_build = time.monotonic() - t0
 
     log_dir = tmp_path_factory.mktemp("vllm")
@@ -138,8 +145,16 @@ def vllm(request, tmp_path_factory):
         log_path = log_dir / f"server-{attempt}.log"
         port = srv.free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = srv.start_vllm_server(python, model_dir, port, SERVED, api_key=API_KEY, log_path=log_path,
-                                     reasoning_parser="qwen3", max_images=MAX_IMAGES)
+        proc = srv.start_vllm_server(
+            python,
+            model_dir,
+            port,
+            SERVED,
+            api_key=API_KEY,
+            log_path=log_path,
+            reasoning_parser="qwen3",
+            max_images=MAX_IMAGES,
+        )
         try:
             ready = srv.wait_ready(base, SERVED, proc, timeout=600, api_key=API_KEY, log_path=log_path)
             break
@@ -151,14 +166,14 @@ def vllm(request, tmp_path_factory):
             srv.stop_server(proc)
             raise
     try:
-        _report(request.config, f"\n[vllm] model build/check {t_build:.1f}s, server ready in {ready:.1f}s "
-                                f"(log {log_path})")
+        _report(
+            request.config, f"\n[vllm] model build/check {t_build:.1f}s, server ready in {ready:.1f}s (log {log_path})"
+        )
         server = Server(base, log_path)
         yield server
         if server.latencies:
             lat = sorted(t for _, t in server.latencies)
-            _report(request.config, f"[vllm] {len(lat)} requests: median {lat[len(lat) // 2]:.3f}s, "
-                                    f"max {lat[-1]:.3f}s")
+            _report(request.config, f"[vllm] {len(lat)} requests: median {lat[len(lat) // 2]:.3f}s, max {lat[-1]:.3f}s")
     finally:
         srv.stop_server(proc)
 
@@ -191,8 +206,9 @@ def test_api_key_is_enforced(vllm):
 
 
 def test_chat_with_one_image(vllm):
-    status, body = vllm.chat(label="chat 1 image", messages=_user("What does this page show?", 1),
-                             max_tokens=24, seed=1, **NO_THINK)
+    status, body = vllm.chat(
+        label="chat 1 image", messages=_user("What does this page show?", 1), max_tokens=24, seed=1, **NO_THINK
+    )
     assert status == 200, body
     assert body["model"] == SERVED
     (choice,) = body["choices"]
@@ -205,8 +221,9 @@ def test_chat_with_one_image(vllm):
     assert usage["completion_tokens"] <= 24
 
     # the image is counted in the prompt (81 tokens for 256x256 on this model)
-    status, plain = vllm.chat(label="chat text only", messages=_user("What does this page show?"),
-                              max_tokens=4, **NO_THINK)
+    status, plain = vllm.chat(
+        label="chat text only", messages=_user("What does this page show?"), max_tokens=4, **NO_THINK
+    )
     assert status == 200, plain
     assert usage["prompt_tokens"] > plain["usage"]["prompt_tokens"]
 
@@ -214,8 +231,7 @@ def test_chat_with_one_image(vllm):
 def test_chat_with_max_images_and_text(vllm):
     # the budget documented in tests/vllm/server.py: 2 images + a few hundred tokens
     text = "Compare the two pages and list every table and figure. " * 25
-    status, body = vllm.chat(label="chat 2 images", messages=_user(text, MAX_IMAGES), max_tokens=32,
-                             **NO_THINK)
+    status, body = vllm.chat(label="chat 2 images", messages=_user(text, MAX_IMAGES), max_tokens=32, **NO_THINK)
     assert status == 200, body
     assert body["choices"][0]["finish_reason"] in {"stop", "length"}
     assert body["usage"]["prompt_tokens"] > 2 * 81
@@ -250,9 +266,13 @@ def test_json_schema_output_is_valid(vllm, seed):
     status, body = vllm.chat(
         label="json_schema",
         messages=_user("Answer in JSON: is there a table on the page?", 1),
-        max_tokens=256, seed=seed, temperature=1.0,
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}},
+        max_tokens=256,
+        seed=seed,
+        temperature=1.0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True},
+        },
         **NO_THINK,
     )
     assert status == 200, body
@@ -275,8 +295,9 @@ def test_too_many_images_is_400(vllm):
 
 def test_bad_base64_image_is_400(vllm):
     bad = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@not-base64@@"}}
-    status, body = vllm.chat(label="bad image", max_tokens=4,
-                             messages=[{"role": "user", "content": [bad, {"type": "text", "text": "hi"}]}])
+    status, body = vllm.chat(
+        label="bad image", max_tokens=4, messages=[{"role": "user", "content": [bad, {"type": "text", "text": "hi"}]}]
+    )
     assert status == 400
     _error(body)
 
@@ -289,16 +310,20 @@ def test_prompt_over_context_is_400(vllm):
 
 
 def test_reasoning_field_when_thinking_on(vllm):
-    status, body = vllm.chat(label="thinking on", messages=_user("Think, then answer.", 1), max_tokens=32,
-                             seed=3, chat_template_kwargs={"enable_thinking": True})
+    status, body = vllm.chat(
+        label="thinking on",
+        messages=_user("Think, then answer.", 1),
+        max_tokens=32,
+        seed=3,
+        chat_template_kwargs={"enable_thinking": True},
+    )
     assert status == 200, body
     msg = body["choices"][0]["message"]
     reasoning = _reasoning(msg)
     assert isinstance(reasoning, str) and reasoning
 
     # thinking off: the parser must leave everything as content
-    status, body = vllm.chat(label="thinking off", messages=_user("Answer.", 1), max_tokens=16, seed=3,
-                             **NO_THINK)
+    status, body = vllm.chat(label="thinking off", messages=_user("Answer.", 1), max_tokens=16, seed=3, **NO_THINK)
     assert status == 200, body
     msg = body["choices"][0]["message"]
     assert not _reasoning(msg)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pymupdf as fitz
 import pyarrow.parquet as pq
+import pymupdf as fitz
 import pytest
 import yaml
 
@@ -21,10 +21,14 @@ pytestmark = pytest.mark.workflow
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [
         "snakemake",
-        "--snakefile", str(REPO / "workflow" / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
-        "--cores", "2",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--cores",
+        "2",
         *args,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -81,7 +85,13 @@ def test_seed_tables_match_the_pdfs(seeded):
     documents += pq.read_table(results / "seed" / "00001" / "documents.parquet").to_pylist()
     assert len(documents) == 4
     for doc in documents:
-        shard = "00000" if (results / "seed" / "00000" / "pages.parquet").exists() and doc["doc_id"] in pq.read_table(results / "seed" / "00000" / "documents.parquet").column("doc_id").to_pylist() else "00001"
+        shard = (
+            "00000"
+            if (results / "seed" / "00000" / "pages.parquet").exists()
+            and doc["doc_id"]
+            in pq.read_table(results / "seed" / "00000" / "documents.parquet").column("doc_id").to_pylist()
+            else "00001"
+        )
         pages = pq.read_table(results / "seed" / shard / "pages.parquet", filters=[("doc_id", "=", doc["doc_id"])])
         with fitz.open(doc["source"]) as pdf:
             assert doc["total_pages"] == pdf.page_count == pages.num_rows
@@ -91,7 +101,9 @@ def test_seed_tables_match_the_pdfs(seeded):
             assert abs(first["height"] - rect.height * first["dpi"] / 72) <= 1
             decoded = fitz.Pixmap(first["png"])
             assert (decoded.width, decoded.height) == (first["width"], first["height"])
-        windows = pq.read_table(results / "seed" / shard / "windows.parquet", filters=[("doc_id", "=", doc["doc_id"])]).to_pylist()
+        windows = pq.read_table(
+            results / "seed" / shard / "windows.parquet", filters=[("doc_id", "=", doc["doc_id"])]
+        ).to_pylist()
         covered = {p for w in windows for p in range(w["start_page"], w["end_page"] + 1)}
         assert covered == set(range(1, doc["total_pages"] + 1))
 
@@ -117,9 +129,21 @@ def test_dpi_change_reruns_seed_and_dependents_only(seeded):
     changed = seeded / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        ["snakemake", "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(seeded),
-         "--configfile", str(changed), "--cores", "2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(REPO / "workflow" / "Snakefile"),
+            "--directory",
+            str(seeded),
+            "--configfile",
+            str(changed),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}

@@ -24,6 +24,7 @@ def stage_jobs(output: str) -> dict[str, int]:
     """Planned per-shard jobs, without the run-wide export/report aggregates."""
     return {rule: n for rule, n in planned_jobs(output).items() if rule not in AGGREGATE_RULES}
 
+
 pytestmark = pytest.mark.workflow
 
 FAKE_KEY = "fake-key-7c1d0f8e2b9a4c36"
@@ -31,8 +32,16 @@ FAKE_KEY = "fake-key-7c1d0f8e2b9a4c36"
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=None, timeout=900):
     cmd = [
-        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile or workdir / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -159,8 +168,11 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     workdir, env, base_url = fake_run
     results = workdir / "results"
     unchanged = [s for s in QA_STAGES if s != "windowed_qa"]
-    before = {(s, shard): pq.read_table(results / "judge" / s / f"{shard}.parquet").to_pylist()
-              for s in unchanged for shard in ("00000", "00001")}
+    before = {
+        (s, shard): pq.read_table(results / "judge" / s / f"{shard}.parquet").to_pylist()
+        for s in unchanged
+        for shard in ("00000", "00001")
+    }
     prompts = REPO / "workflow" / "scripts" / "longdoc_sdg" / "prompts"
     edited = tmp_path / "windowed_qa.j2"
     edited.write_text((prompts / "windowed_qa.j2").read_text() + "\n{# another edit #}\n")
@@ -179,7 +191,8 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
         assert pq.read_table(results / "judge" / stage / f"{shard}.parquet").to_pylist() == rows
     windowed_rows = sum(pq.read_table(results / "windowed_qa" / f"{s}.parquet").num_rows for s in ("00000", "00001"))
     windowed_ok = sum(
-        r == "ok" for s in ("00000", "00001")
+        r == "ok"
+        for s in ("00000", "00001")
         for r in pq.read_table(results / "windowed_qa" / f"{s}.parquet").column("status").to_pylist()
     )
     new_requests = requests_after["requests"] - requests_before["requests"]

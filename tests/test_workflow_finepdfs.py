@@ -29,9 +29,17 @@ def http_server():
 
 def finepdfs_row(index: int, url: str, file_path: str = WARC_PATH, offset: int = 0) -> dict:
     return {
-        "text": "extracted text of the document", "id": f"<urn:uuid:0000-{index}>", "dump": "CC-MAIN-2024-10",
-        "url": url, "date": "2024-02-21T10:00:00Z", "file_path": file_path, "offset": offset,
-        "language": "eng_Latn", "language_score": 0.98, "token_count": 1234, "is_truncated": False,
+        "text": "extracted text of the document",
+        "id": f"<urn:uuid:0000-{index}>",
+        "dump": "CC-MAIN-2024-10",
+        "url": url,
+        "date": "2024-02-21T10:00:00Z",
+        "file_path": file_path,
+        "offset": offset,
+        "language": "eng_Latn",
+        "language_score": 0.98,
+        "token_count": 1234,
+        "is_truncated": False,
     }
 
 

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-import pymupdf
 import pyarrow.parquet as pq
+import pymupdf
 import pytest
 import yaml
 
@@ -38,9 +38,18 @@ OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_
 
 def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml", timeout: float = 300):
     cmd = [
-        "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-        "--profile", str(REPO / "profiles" / "local"), "--directory", str(workdir),
-        "--configfile", str(workdir / configfile), "--cores", "2", *args,
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / configfile),
+        "--cores",
+        "2",
+        *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -187,9 +196,13 @@ def served_run(seeded, tmp_path_factory):
     """One complete run: serve -> OCR on three shards -> teardown, with slow clients so the
     runtime file (and its key) can be read while they work."""
     template, pdf_dir = seeded
-    workdir = workdir_from(template, tmp_path_factory.mktemp("served"), pdf_dir,
-                           extra_args=["--latency", "0.1"],
-                           env_vars={"FAKE_OPENAI_SERVER_STATS": str(template.parent / "served-stats.json")})
+    workdir = workdir_from(
+        template,
+        tmp_path_factory.mktemp("served"),
+        pdf_dir,
+        extra_args=["--latency", "0.1"],
+        env_vars={"FAKE_OPENAI_SERVER_STATS": str(template.parent / "served-stats.json")},
+    )
     t0 = time.monotonic()
     with Watcher(workdir) as watcher:
         result = snakemake(workdir)
@@ -262,8 +275,10 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     config = yaml.safe_load((workdir / "config.yaml").read_text())
 
     renamed = dict(config)
-    renamed["serving"] = {**config["serving"], "overrides": {DEPLOYMENT: {
-        **config["serving"]["overrides"][DEPLOYMENT], "served_model_name": "another-model"}}}
+    renamed["serving"] = {
+        **config["serving"],
+        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "served_model_name": "another-model"}},
+    }
     (workdir / "renamed.yaml").write_text(yaml.safe_dump(renamed))
     result = snakemake(workdir, "-n", configfile="renamed.yaml")
     assert result.returncode == 0, output_of(result)[-4000:]
@@ -272,8 +287,11 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
 
     # Moving the server (launcher, walltime, port, latency of the double's environment) does not.
     moved = dict(config)
-    moved["serving"] = {**config["serving"], "launcher": "local", "overrides": {DEPLOYMENT: {
-        **config["serving"]["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}}}
+    moved["serving"] = {
+        **config["serving"],
+        "launcher": "local",
+        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}},
+    }
     (workdir / "moved.yaml").write_text(yaml.safe_dump(moved))
     result = snakemake(workdir, "-n", configfile="moved.yaml")
     assert "Nothing to be done" in output_of(result), output_of(result)[-4000:]
@@ -308,8 +326,9 @@ def test_forced_shard_gets_a_server(served_run, tmp_path):
 
 def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
     template, pdf_dir = seeded
-    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=["--startup-delay", "1", "--crash-on-start"],
-                           ready_timeout_s=600)
+    workdir = workdir_from(
+        template, tmp_path, pdf_dir, extra_args=["--startup-delay", "1", "--crash-on-start"], ready_timeout_s=600
+    )
     t0 = time.monotonic()
     result = snakemake(workdir)
     elapsed = time.monotonic() - t0
@@ -328,8 +347,9 @@ def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
 def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
     template, pdf_dir = seeded
     # The double answers /health but lists another model; the ready timeout ends the wait.
-    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"],
-                           ready_timeout_s=5)
+    workdir = workdir_from(
+        template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"], ready_timeout_s=5
+    )
     t0 = time.monotonic()
     with Watcher(workdir) as watcher:
         result = snakemake(workdir)
@@ -349,8 +369,9 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     stats = [tmp_path / "stats-1.json", tmp_path / "stats-2.json"]
     # One request at a time, 0.3 s each: the 2-page shard finishes while the 14-page one works.
     slow = ["--latency", "0.3", "--max-num-seqs", "1"]
-    workdir = workdir_from(template, tmp_path, pdf_dir, extra_args=slow,
-                           env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[0])})
+    workdir = workdir_from(
+        template, tmp_path, pdf_dir, extra_args=slow, env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[0])}
+    )
     pages = shard_pages(workdir)
 
     t0 = time.monotonic()

@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.vllm, pytest.mark.workflow]
 def sacct_jobs(job_ids: list[str]) -> list[dict]:
     out = subprocess.run(
         ["sacct", "-X", "-n", "--parsable2", "-j", ",".join(job_ids), "-o", "JobID,JobName,Partition,AllocTRES,State"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     fields = ("job_id", "name", "partition", "tres", "state")
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
@@ -54,13 +57,30 @@ def test_slurm_profile_serves_on_gpu_and_runs_clients_on_cpu(slurm_cluster, tiny
 
     def snakemake(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
         cmd = [
-            "timeout", "-s", "INT", "-k", "60", str(timeout),
-            "snakemake", "--profile", "profiles/slurm", "--snakefile", "workflow/Snakefile",
-            "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), *args,
+            "timeout",
+            "-s",
+            "INT",
+            "-k",
+            "60",
+            str(timeout),
+            "snakemake",
+            "--profile",
+            "profiles/slurm",
+            "--snakefile",
+            "workflow/Snakefile",
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            *args,
         ]
         # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
         return subprocess.run(
-            cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout + 200,
+            cmd,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 200,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
@@ -98,7 +118,9 @@ def test_slurm_profile_serves_on_gpu_and_runs_clients_on_cpu(slurm_cluster, tiny
         queued = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True, timeout=30)
         assert queued.stdout.strip() == "", f"jobs of this run left in the queue:\n{queued.stdout}"
         assert "every client of tiny-cpu-vlm is done; stopped its server" in output
-        assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], "the server outlived the run"
+        assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], (
+            "the server outlived the run"
+        )
         assert processes_with("longdoc_sdg.serve", str(tmp_path)) == [], "the serve wrapper outlived the run"
         assert not (tmp_path / "results" / "serve" / "tiny-cpu-vlm.runtime.json").exists()
 

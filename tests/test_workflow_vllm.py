@@ -11,8 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pymupdf
 import pyarrow.parquet as pq
+import pymupdf
 import pytest
 import yaml
 
@@ -55,8 +55,16 @@ def tiny_model_stage_settings() -> dict:
 
 
 def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.CompletedProcess:
-    cmd = ["snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
+    cmd = [
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -77,8 +85,16 @@ def vllm_endpoint(tiny_vlm, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     port = server.free_port()
     proc = server.start_vllm_server(
-        python, model_dir, port, SERVED, api_key=VLLM_KEY, log_path=log,
-        reasoning_parser="qwen3", max_model_len=16384, max_images=8, extra_args=GUIDED_JSON,
+        python,
+        model_dir,
+        port,
+        SERVED,
+        api_key=VLLM_KEY,
+        log_path=log,
+        reasoning_parser="qwen3",
+        max_model_len=16384,
+        max_images=8,
+        extra_args=GUIDED_JSON,
     )
     try:
         server.wait_ready(f"http://127.0.0.1:{port}", SERVED, proc, timeout=900, api_key=VLLM_KEY, log_path=log)
@@ -158,8 +174,14 @@ def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: P
                 "model": str(model_dir),
                 "max_model_len": 16384,
                 "reasoning_parser": "qwen3",
-                "extra_args": ["--dtype", "bfloat16", "--enforce-eager", "--limit-mm-per-prompt",
-                               '{"image": 8}', *GUIDED_JSON],
+                "extra_args": [
+                    "--dtype",
+                    "bfloat16",
+                    "--enforce-eager",
+                    "--limit-mm-per-prompt",
+                    '{"image": 8}',
+                    *GUIDED_JSON,
+                ],
             }
         },
     }
@@ -176,7 +198,11 @@ def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
     assert dry.returncode == 0, dry.stderr
     jobs = planned_jobs(dry.stdout)
     assert {rule: jobs.get(rule) for rule in ("ocr", "seed", "serve", "single_page_qa")} == {
-        "ocr": 1, "seed": 1, "serve": 1, "single_page_qa": 1}
+        "ocr": 1,
+        "seed": 1,
+        "serve": 1,
+        "single_page_qa": 1,
+    }
     assert vllm_processes() == before, "a dry run must not start a server"
 
     result = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))

@@ -77,21 +77,35 @@ CORPUS = [
     "A long document has many pages, figures, tables and footnotes.",
     "The model reads the page image and answers in short JSON.",
     "Figure 2 plots accuracy against the number of training steps.",
-    "{\"answer\": \"yes\", \"page\": 3, \"evidence\": [\"table\", \"chart\"]}",
+    '{"answer": "yes", "page": 3, "evidence": ["table", "chart"]}',
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024 3.14 -7",
     "Let me think step by step before giving the final answer.",
     "Das Dokument enthält Grafiken; le tableau montre les résultats.",
 ]
 
 TOKENIZER_VOCAB = 640  # bytes (256) + merges + added tokens
-TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=32768, rms_norm_eps=1e-6)  # room for many page images
+TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+)  # room for many page images
 # head_dim 32 -> 16 rotary pairs split over (time, height, width)
 MROPE_SECTION = [4, 6, 6]
-VISION = dict(depth=1, embed_dim=64, num_heads=2, mlp_ratio=2,
-              hidden_size=TEXT["hidden_size"], patch_size=14,
-              spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+VISION = dict(
+    depth=1,
+    embed_dim=64,
+    num_heads=2,
+    mlp_ratio=2,
+    hidden_size=TEXT["hidden_size"],
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    in_channels=3,
+)
 SEED = 1234
 
 
@@ -144,10 +158,14 @@ def build(out: Path) -> None:
         assert tok.encode(t, add_special_tokens=False) == [ids[t]], t
     vocab = (len(tok) + 63) // 64 * 64  # room for every id, padded
 
-    text_cfg = dict(TEXT, vocab_size=vocab, bos_token_id=ids["<|endoftext|>"],
-                    eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                    rope_scaling={"type": "mrope", "mrope_section": MROPE_SECTION,
-                                  "rope_theta": 1e6})
+    text_cfg = dict(
+        TEXT,
+        vocab_size=vocab,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        rope_scaling={"type": "mrope", "mrope_section": MROPE_SECTION, "rope_theta": 1e6},
+    )
     config = Qwen2VLConfig(
         text_config=text_cfg,
         vision_config=dict(VISION),
@@ -171,17 +189,24 @@ def build(out: Path) -> None:
         pad_token_id=ids["<|endoftext|>"],
     )
 
-    image_proc = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
-                                       patch_size=VISION["patch_size"],
-                                       merge_size=VISION["spatial_merge_size"],
-                                       temporal_patch_size=VISION["temporal_patch_size"])
+    image_proc = Qwen2VLImageProcessor(
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+        patch_size=VISION["patch_size"],
+        merge_size=VISION["spatial_merge_size"],
+        temporal_patch_size=VISION["temporal_patch_size"],
+    )
     # The processor insists on a video processor even though no video is served.
-    video_proc = Qwen2VLVideoProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
-                                       patch_size=VISION["patch_size"],
-                                       merge_size=VISION["spatial_merge_size"],
-                                       temporal_patch_size=VISION["temporal_patch_size"])
-    processor = Qwen2VLProcessor(image_processor=image_proc, tokenizer=tok,
-                                 video_processor=video_proc, chat_template=CHAT_TEMPLATE)
+    video_proc = Qwen2VLVideoProcessor(
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+        patch_size=VISION["patch_size"],
+        merge_size=VISION["spatial_merge_size"],
+        temporal_patch_size=VISION["temporal_patch_size"],
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_proc, tokenizer=tok, video_processor=video_proc, chat_template=CHAT_TEMPLATE
+    )
 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
@@ -189,10 +214,20 @@ def build(out: Path) -> None:
     # A plain jinja file is what vLLM and transformers both look for first.
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     n_params = sum(p.numel() for p in model.parameters())
-    (out / "tiny_vlm_info.json").write_text(json.dumps(
-        {"build": BUILD_VERSION, "params": n_params, "vocab_size": vocab,
-         "special_ids": ids, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS},
-        indent=1, sort_keys=True))
+    (out / "tiny_vlm_info.json").write_text(
+        json.dumps(
+            {
+                "build": BUILD_VERSION,
+                "params": n_params,
+                "vocab_size": vocab,
+                "special_ids": ids,
+                "min_pixels": MIN_PIXELS,
+                "max_pixels": MAX_PIXELS,
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )
 
 
 def main(argv: list[str]) -> int:

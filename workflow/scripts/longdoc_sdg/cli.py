@@ -45,8 +45,12 @@ RUN_KEYS = ("inputs", "output", "endpoint", "params", "journal", "threads")
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def register(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-             handler: Callable[[argparse.Namespace], int]) -> None:
+def register(
+    name: str,
+    help_text: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
     SUBCOMMANDS[name] = (help_text, add_arguments, handler)
 
 
@@ -77,7 +81,9 @@ def _default(info) -> Any:
     return "(required)"
 
 
-def field_rows(model: type[BaseModel], prefix: str = "", values: BaseModel | None = None) -> list[tuple[str, str, str, str]]:
+def field_rows(
+    model: type[BaseModel], prefix: str = "", values: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
     """(name, type, default, description) for every setting; nested models become dotted names
     and show the stage's own defaults (e.g. its sampling), not the nested model's."""
     rows = []
@@ -100,7 +106,7 @@ def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> str:
     widths = [min(max(len(r[i]) for r in rows), 40) for i in range(len(headers) - 1)]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[i][:widths[i]].ljust(widths[i]) for i in range(len(widths))]
+        cells = [row[i][: widths[i]].ljust(widths[i]) for i in range(len(widths))]
         indent = sum(widths) + 2 * len(widths)
         desc = textwrap.wrap(row[-1], width=max(40, 110 - indent)) or [""]
         lines.append("  ".join(cells + [desc[0]]))
@@ -133,7 +139,8 @@ def stages_help() -> str:
         "longdoc-sdg stage NAME --config RUN.yaml [key=value ...]\n"
         "longdoc-sdg stage NAME --help   (settings of one stage)\n\n"
         + format_table(rows, ("stage", "inputs", "description"))
-        + "\n\n" + RUN_FILE_HELP
+        + "\n\n"
+        + RUN_FILE_HELP
     )
 
 
@@ -178,7 +185,9 @@ def load_run_file(path: str | None) -> dict:
         raise ValueError(f"{path}: expected a mapping with {', '.join(RUN_KEYS)}")
     unknown = sorted(set(data) - set(RUN_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {unknown}; allowed: {list(RUN_KEYS)} (settings go under params:)")
+        raise ValueError(
+            f"{path}: unknown top-level keys {unknown}; allowed: {list(RUN_KEYS)} (settings go under params:)"
+        )
     return data
 
 
@@ -189,8 +198,11 @@ def load_run_file(path: str | None) -> dict:
 def _stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="stage name (see `longdoc-sdg stage --help`)")
     parser.add_argument("--config", "-c", help="RUN.yaml: inputs, output, endpoint, params")
-    parser.add_argument("--show-config", action="store_true",
-                        help="print the validated settings (defaults filled) and their hash, then exit")
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the validated settings (defaults filled) and their hash, then exit",
+    )
     parser.add_argument("-h", "--help", action="store_true", help="show the stage's settings table")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -224,8 +236,11 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     endpoint = run.get("endpoint") or None
     if args.show_config:
         model = (endpoint or {}).get("model") if stage.needs_endpoint(config) else "pdf-text"
-        print(yaml.safe_dump({"params": params, "config_hash": stage_config_hash(args.name, params, model)},
-                             sort_keys=False))
+        print(
+            yaml.safe_dump(
+                {"params": params, "config_hash": stage_config_hash(args.name, params, model)}, sort_keys=False
+            )
+        )
         return 0
     missing = [k for k in ("inputs", "output") if not run.get(k)]
     if missing:
@@ -234,8 +249,15 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     output = str(run["output"])
     journal = run.get("journal") or str(Path(output).parent / ".journal" / f"{Path(output).stem}.jsonl")
     setup_job_logging(None)
-    summary = run_stage(args.name, {k: str(v) for k, v in run["inputs"].items()}, output, params,
-                        endpoint, int(run.get("threads") or 1), journal)
+    summary = run_stage(
+        args.name,
+        {k: str(v) for k, v in run["inputs"].items()},
+        output,
+        params,
+        endpoint,
+        int(run.get("threads") or 1),
+        journal,
+    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -256,8 +278,12 @@ def _requeue_command(args: argparse.Namespace) -> int:
 
 
 # imported lazily: pyarrow and the engine load only when requeue runs
-register("requeue", "requeue failed rows of finished stage shards (then snakemake --forcerun them)",
-         _requeue_arguments, _requeue_command)
+register(
+    "requeue",
+    "requeue failed rows of finished stage shards (then snakemake --forcerun them)",
+    _requeue_arguments,
+    _requeue_command,
+)
 
 
 # ---------------------------------------------------------------------------------------------

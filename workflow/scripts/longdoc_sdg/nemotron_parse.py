@@ -15,8 +15,19 @@ from dataclasses import dataclass
 
 # The model's classes (v1.1); anything else is passed through as emitted.
 KNOWN_CLASSES = (
-    "Text", "Title", "Section-header", "List-item", "Table", "Picture", "Caption", "Formula",
-    "Footnote", "Page-header", "Page-footer", "Bibliography", "TOC",
+    "Text",
+    "Title",
+    "Section-header",
+    "List-item",
+    "Table",
+    "Picture",
+    "Caption",
+    "Formula",
+    "Footnote",
+    "Page-header",
+    "Page-footer",
+    "Bibliography",
+    "TOC",
 )
 # Labels older checkpoints emit for the same thing.
 CLASS_ALIASES = {"Inline-formula": "Formula"}
@@ -39,9 +50,7 @@ _ELEMENT = re.compile(
     re.DOTALL,
 )
 # Tokens that carry no content: task prompts, sequence markers, padding, continuation marks.
-_NOISE = re.compile(
-    r"</?s>|<pad>|<unk>|<tbc>|<predict_[a-z_]+>|<output_[a-z_]+>|<no_[a-z_]+>|\\<\|unk\|\\>"
-)
+_NOISE = re.compile(r"</?s>|<pad>|<unk>|<tbc>|<predict_[a-z_]+>|<output_[a-z_]+>|<no_[a-z_]+>|\\<\|unk\|\\>")
 # Half elements: a coordinate pair without its partner, or a class tag on its own.
 _ORPHAN_TAG = re.compile(rf"<x_{_NUM}>|<y_{_NUM}>|<class_[^<>]*>")
 
@@ -69,8 +78,9 @@ def _clamp(v: float) -> float:
     return min(1.0, max(0.0, v))
 
 
-def _box(x1: float, y1: float, x2: float, y2: float,
-         canvas: tuple[int, int] | None, page_size: tuple[int, int] | None) -> tuple[float, float, float, float]:
+def _box(
+    x1: float, y1: float, x2: float, y2: float, canvas: tuple[int, int] | None, page_size: tuple[int, int] | None
+) -> tuple[float, float, float, float]:
     if canvas and page_size:
         x1, y1, x2, y2 = unpad_bbox((x1, y1, x2, y2), canvas, page_size)
     # Order the corners and keep the box on the page.
@@ -100,8 +110,9 @@ def _clean(text: str) -> str:
     return text.strip()
 
 
-def parse_markup(raw: str | None, canvas: tuple[int, int] | None = None,
-                 page_size: tuple[int, int] | None = None) -> list[Element]:
+def parse_markup(
+    raw: str | None, canvas: tuple[int, int] | None = None, page_size: tuple[int, int] | None = None
+) -> list[Element]:
     """Parse the model's reply into elements, in reading order.
 
     `canvas` + `page_size` (pixels) undo central padding when the coordinates refer to a canvas.
@@ -118,7 +129,7 @@ def parse_markup(raw: str | None, canvas: tuple[int, int] | None = None,
             elements.append(Element(text, UNLABELED, None))
 
     for m in _ELEMENT.finditer(raw):
-        stray(raw[last:m.start()])
+        stray(raw[last : m.start()])
         last = m.end()
         x1, y1, body, x2, y2, label = m.groups()
         label = label.strip() or UNLABELED

@@ -18,8 +18,16 @@ import pyarrow.parquet as pq
 
 # Columns besides the image: cheap to stream when a stage only needs to know which pages exist.
 META_COLUMNS = (
-    "doc_id", "page_number", "width", "height", "dpi", "is_gray", "page_width_pt",
-    "page_height_pt", "pdf_text", "text_blocks",
+    "doc_id",
+    "page_number",
+    "width",
+    "height",
+    "dpi",
+    "is_gray",
+    "page_width_pt",
+    "page_height_pt",
+    "pdf_text",
+    "text_blocks",
 )
 
 
@@ -121,19 +129,21 @@ class PageStore:
         out = []
         for row in rows:
             values = doc.table.slice(row, 1).to_pylist()[0]
-            out.append(PageRecord(
-                doc_id=doc_id,
-                page_number=int(values["page_number"]),
-                png=values["png"],
-                width=int(values["width"]),
-                height=int(values["height"]),
-                dpi=values.get("dpi"),
-                is_gray=values.get("is_gray"),
-                page_width_pt=values.get("page_width_pt"),
-                page_height_pt=values.get("page_height_pt"),
-                pdf_text=values.get("pdf_text"),
-                text_blocks=values.get("text_blocks"),
-            ))
+            out.append(
+                PageRecord(
+                    doc_id=doc_id,
+                    page_number=int(values["page_number"]),
+                    png=values["png"],
+                    width=int(values["width"]),
+                    height=int(values["height"]),
+                    dpi=values.get("dpi"),
+                    is_gray=values.get("is_gray"),
+                    page_width_pt=values.get("page_width_pt"),
+                    page_height_pt=values.get("page_height_pt"),
+                    pdf_text=values.get("pdf_text"),
+                    text_blocks=values.get("text_blocks"),
+                )
+            )
         return out
 
     def get_page(self, doc_id: str, page: int) -> PageRecord:
@@ -152,8 +162,9 @@ class PageStore:
         return memoryview(buffer if buffer is not None else b"")
 
 
-def iter_page_meta(path: str, columns: tuple[str, ...] = ("doc_id", "page_number"),
-                   batch_size: int = 1024) -> Iterator[dict]:
+def iter_page_meta(
+    path: str, columns: tuple[str, ...] = ("doc_id", "page_number"), batch_size: int = 1024
+) -> Iterator[dict]:
     """Stream page rows without their images."""
     pf = pq.ParquetFile(path)
     names = set(pf.schema_arrow.names)

@@ -69,8 +69,9 @@ class RequeueResult:
         return text
 
 
-def requeue_shard(output_path: str | os.PathLike, reasons: Collection[str] | None = None,
-                  dry_run: bool = False) -> RequeueResult:
+def requeue_shard(
+    output_path: str | os.PathLike, reasons: Collection[str] | None = None, dry_run: bool = False
+) -> RequeueResult:
     """Turn one finished shard back into a journal without its failed rows of `reasons`
     (None: every failed row) and remove the shard. Nothing changes when no row matches."""
     output = Path(output_path)
@@ -156,13 +157,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "failures not selected), then remove the shard. Then run `snakemake --forcerun SHARD...` "
         "(printed at the end): only the requeued rows are requested again."
     )
-    parser.add_argument("targets", nargs="+", metavar="TARGET",
-                        help="a shard (results/classify/00003.parquet) or a stage (classify, "
-                             "judge/text_qa, judge) for all its shards under --results-dir")
-    parser.add_argument("--results-dir", default="results",
-                        help="the workflow's results_dir, for stage targets (default: results)")
-    parser.add_argument("--reasons", default=None,
-                        help="comma-separated failure reasons to requeue (default: every failed row)")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="a shard (results/classify/00003.parquet) or a stage (classify, "
+        "judge/text_qa, judge) for all its shards under --results-dir",
+    )
+    parser.add_argument(
+        "--results-dir", default="results", help="the workflow's results_dir, for stage targets (default: results)"
+    )
+    parser.add_argument(
+        "--reasons", default=None, help="comma-separated failure reasons to requeue (default: every failed row)"
+    )
     parser.add_argument("--dry-run", "-n", action="store_true", help="report what would be requeued; change nothing")
 
 
@@ -193,16 +200,21 @@ def run_command(args: argparse.Namespace) -> int:
     infra_kept = sum(n for r in results for k, n in r.kept_failures.items() if k in INFRA_REASONS)
     if infra_kept:
         # run_rows always retries these on resume, whatever --reasons says
-        print(f"note: {infra_kept} kept rows failed with an infrastructure reason "
-              f"({', '.join(INFRA_REASONS)}); a resumed shard retries those too")
+        print(
+            f"note: {infra_kept} kept rows failed with an infrastructure reason "
+            f"({', '.join(INFRA_REASONS)}); a resumed shard retries those too"
+        )
     if not selected:
         print("nothing to requeue")
     elif args.dry_run:
-        print(f"dry run: would requeue {sum(sum(r.requeued.values()) for r in selected)} rows "
-              f"in {len(selected)} shard(s)")
+        print(
+            f"dry run: would requeue {sum(sum(r.requeued.values()) for r in selected)} rows in {len(selected)} shard(s)"
+        )
     else:
         files = " ".join(str(r.output) for r in selected)
-        print(f"requeued {sum(sum(r.requeued.values()) for r in selected)} rows in {len(selected)} shard(s); "
-              f"now run (with your usual options, from the workflow directory):\n"
-              f"  snakemake --forcerun {files}")
+        print(
+            f"requeued {sum(sum(r.requeued.values()) for r in selected)} rows in {len(selected)} shard(s); "
+            f"now run (with your usual options, from the workflow directory):\n"
+            f"  snakemake --forcerun {files}"
+        )
     return 2 if errors else 0

@@ -176,9 +176,7 @@ class ShardWriter:
             except ValueError:
                 header = None
             if header != self._header:
-                log.warning(
-                    "journal %s belongs to another stage config or schema: discarding it", self.journal_path
-                )
+                log.warning("journal %s belongs to another stage config or schema: discarding it", self.journal_path)
                 self.journal_path.unlink()
                 return
             good = len(header_line)
@@ -199,7 +197,9 @@ class ShardWriter:
                 if previous is None or previous[2] is not None:
                     self._index[row_id] = (good, len(line), row.get("failure_reason"))
                 else:
-                    log.warning("journal %s: row %s repeats a finished row; keeping the first", self.journal_path, row_id)
+                    log.warning(
+                        "journal %s: row %s repeats a finished row; keeping the first", self.journal_path, row_id
+                    )
                 good += len(line)
         if good < self.journal_path.stat().st_size:
             os.truncate(self.journal_path, good)
@@ -252,7 +252,9 @@ class ShardWriter:
             if value is not None:
                 check, type_name = self._checks[name]
                 if not check(value):
-                    raise ValueError(f"row {row_id}: column {name} wants {type_name}, got {type(value).__name__} {value!r:.80}")
+                    raise ValueError(
+                        f"row {row_id}: column {name} wants {type_name}, got {type(value).__name__} {value!r:.80}"
+                    )
         line = _row_line(row)
         self._file.write(line)
         self._index[row_id] = (self._size, len(line), row.get("failure_reason") if status == "failed" else None)
@@ -310,7 +312,14 @@ class ShardWriter:
         self.journal_path.unlink(missing_ok=True)
         summary["reasons"] = dict(summary["reasons"])
         summary.update(tokens)
-        log.info("%s: %d rows (%d ok, %d failed %s)", self.output_path, summary["rows"], summary["ok"], summary["failed"], summary["reasons"])
+        log.info(
+            "%s: %d rows (%d ok, %d failed %s)",
+            self.output_path,
+            summary["rows"],
+            summary["ok"],
+            summary["failed"],
+            summary["reasons"],
+        )
         return summary
 
     def __enter__(self) -> "ShardWriter":

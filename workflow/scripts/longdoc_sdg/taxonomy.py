@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
-
 # ---------------------------------------------------------------------------------------------
 # Page classification (stage 04): 8 categories, 45 subcategories.
 
@@ -28,27 +27,51 @@ class Category(str, enum.Enum):
 
 SUBCATEGORIES: dict[Category, tuple[str, ...]] = {
     Category.QUANTITATIVE: (
-        "bar_chart", "line_graph", "scatter_plot", "pie_chart", "area_graph", "histogram",
-        "box_plot", "heatmap", "bubble_chart",
+        "bar_chart",
+        "line_graph",
+        "scatter_plot",
+        "pie_chart",
+        "area_graph",
+        "histogram",
+        "box_plot",
+        "heatmap",
+        "bubble_chart",
     ),
     Category.LOGIC_DIAGRAMS: (
-        "flowchart", "decision_tree", "process_map", "algorithm_diagram", "state_diagram",
+        "flowchart",
+        "decision_tree",
+        "process_map",
+        "algorithm_diagram",
+        "state_diagram",
         "sequence_diagram",
     ),
     Category.HIERARCHICAL: ("org_chart", "mind_map", "tree_structure", "taxonomy", "dendrogram"),
     Category.SPATIAL_RELATIONAL: (
-        "floor_plan", "blueprint", "choropleth_map", "point_map", "topographic_map",
+        "floor_plan",
+        "blueprint",
+        "choropleth_map",
+        "point_map",
+        "topographic_map",
         "network_diagram",
     ),
     Category.SCHEMATIC: (
-        "circuit_diagram", "mechanical_diagram", "anatomical_diagram", "wiring_diagram",
+        "circuit_diagram",
+        "mechanical_diagram",
+        "anatomical_diagram",
+        "wiring_diagram",
         "plumbing_diagram",
     ),
     Category.TABULAR: (
-        "simple_table", "nested_table", "pivot_table", "comparison_table", "financial_table",
+        "simple_table",
+        "nested_table",
+        "pivot_table",
+        "comparison_table",
+        "financial_table",
     ),
     Category.INFOGRAPHIC: (
-        "timeline_infographic", "statistical_infographic", "process_infographic",
+        "timeline_infographic",
+        "statistical_infographic",
+        "process_infographic",
         "comparison_infographic",
     ),
     Category.NONE: ("decorative_image", "photograph", "plain_text", "generic_icon", "other"),
@@ -74,9 +97,7 @@ NoneSubcategory = enum.Enum(  # type: ignore[misc]
     "NoneSubcategory", {n.upper(): n for n in SUBCATEGORIES[Category.NONE]}, type=str
 )
 
-SUBCATEGORY_PARENT: dict[str, Category] = {
-    name: cat for cat, names in SUBCATEGORIES.items() for name in names
-}
+SUBCATEGORY_PARENT: dict[str, Category] = {name: cat for cat, names in SUBCATEGORIES.items() for name in names}
 
 CATEGORY_HINTS: dict[Category, str] = {
     Category.QUANTITATIVE: "charts and plots that encode numbers graphically",
@@ -124,7 +145,7 @@ def _qt(key, label, fmt, guidance, hint) -> QuestionType:
 
 
 _MC_HINT = (
-    'List four options labelled A. to D. inside the question; the answer is the correct letter, '
+    "List four options labelled A. to D. inside the question; the answer is the correct letter, "
     'a dot, a space and the option text, e.g. "B. 42 units".'
 )
 _YN_HINT = 'The answer is exactly "Yes" or "No".'
@@ -132,66 +153,127 @@ _NA_HINT = f'The answer is exactly "{NOT_ANSWERABLE}".'
 
 # Anchored QA (stages 06/07/08): nine types shared by the three stages.
 ANCHORED_TYPES: tuple[QuestionType, ...] = (
-    _qt("multiple_choice", "multiple choice", AnswerFormat.MULTIPLE_CHOICE,
-        "A question with four labelled options of which exactly one is right.", _MC_HINT),
-    _qt("yes_no", "yes or no", AnswerFormat.YES_NO,
-        "A question whose truthful answer is a plain yes or no.", _YN_HINT),
-    _qt("string", "string (word, phrase or short sentence)", AnswerFormat.SHORT_TEXT,
+    _qt(
+        "multiple_choice",
+        "multiple choice",
+        AnswerFormat.MULTIPLE_CHOICE,
+        "A question with four labelled options of which exactly one is right.",
+        _MC_HINT,
+    ),
+    _qt("yes_no", "yes or no", AnswerFormat.YES_NO, "A question whose truthful answer is a plain yes or no.", _YN_HINT),
+    _qt(
+        "string",
+        "string (word, phrase or short sentence)",
+        AnswerFormat.SHORT_TEXT,
         "A question answered by a name, term, phrase or one short sentence taken from the document.",
-        "The answer is a word, phrase or short sentence on one line, no trailing explanation."),
-    _qt("layout", "layout", AnswerFormat.SHORT_TEXT,
+        "The answer is a word, phrase or short sentence on one line, no trailing explanation.",
+    ),
+    _qt(
+        "layout",
+        "layout",
+        AnswerFormat.SHORT_TEXT,
         "A question about where or how content is laid out: which element sits above, beside or "
         "inside another, what a header, caption, legend or column contains, how many columns or "
         "panels there are.",
-        "The answer is a word, number or short phrase on one line."),
-    _qt("numerical_int", "numerical (integer)", AnswerFormat.INT,
-        "A question whose answer is a whole number: a count or a value read or computed from the "
-        "content.",
-        "Ask for an integer; the answer is digits only, without units, separators or words."),
-    _qt("numerical_float", "numerical (float)", AnswerFormat.FLOAT,
+        "The answer is a word, number or short phrase on one line.",
+    ),
+    _qt(
+        "numerical_int",
+        "numerical (integer)",
+        AnswerFormat.INT,
+        "A question whose answer is a whole number: a count or a value read or computed from the content.",
+        "Ask for an integer; the answer is digits only, without units, separators or words.",
+    ),
+    _qt(
+        "numerical_float",
+        "numerical (float)",
+        AnswerFormat.FLOAT,
         "A question whose answer is a decimal number, read or computed from the content.",
         "State the rounding in the question (e.g. two decimal places); the answer is the bare "
-        "decimal number, without units."),
-    _qt("numerical_percentage", "numerical (percentage)", AnswerFormat.PERCENT,
+        "decimal number, without units.",
+    ),
+    _qt(
+        "numerical_percentage",
+        "numerical (percentage)",
+        AnswerFormat.PERCENT,
         "A question whose answer is a percentage, read or computed from the content.",
-        "Ask for a percentage and the rounding; the answer is the number followed by %, e.g. 12.5%."),
-    _qt("list", "list of items", AnswerFormat.LIST,
+        "Ask for a percentage and the rounding; the answer is the number followed by %, e.g. 12.5%.",
+    ),
+    _qt(
+        "list",
+        "list of items",
+        AnswerFormat.LIST,
         "A question whose answer is several items: names, values or labels collected from the content.",
-        'Ask for the items as a JSON array; the answer is a one-line JSON array such as ["a", "b"].'),
-    _qt("not_answerable", "not answerable", AnswerFormat.NOT_ANSWERABLE,
+        'Ask for the items as a JSON array; the answer is a one-line JSON array such as ["a", "b"].',
+    ),
+    _qt(
+        "not_answerable",
+        "not answerable",
+        AnswerFormat.NOT_ANSWERABLE,
         "A near-miss: a question that looks answerable from the content but is not, because one "
         "qualifier (year, unit, entity, category, page) was changed so the content no longer "
         "supports it.",
-        _NA_HINT),
+        _NA_HINT,
+    ),
 )
 
 # Visual QA (stage 05).
 VISUAL_TYPES: tuple[QuestionType, ...] = (
-    _qt("multiple_choice", "multiple choices", AnswerFormat.MULTIPLE_CHOICE,
-        "A question with four labelled options of which exactly one is right.", _MC_HINT),
-    _qt("yes_no", "yes or no", AnswerFormat.YES_NO,
-        "A question whose truthful answer is a plain yes or no.", _YN_HINT),
-    _qt("short", "number, word, phrase, short sentence, list of items", AnswerFormat.SHORT_TEXT,
+    _qt(
+        "multiple_choice",
+        "multiple choices",
+        AnswerFormat.MULTIPLE_CHOICE,
+        "A question with four labelled options of which exactly one is right.",
+        _MC_HINT,
+    ),
+    _qt("yes_no", "yes or no", AnswerFormat.YES_NO, "A question whose truthful answer is a plain yes or no.", _YN_HINT),
+    _qt(
+        "short",
+        "number, word, phrase, short sentence, list of items",
+        AnswerFormat.SHORT_TEXT,
         "A question answered by a number, a word, a phrase, a short sentence or a list of items.",
         "Say in the question what form the answer takes (a number with its rounding, a name, a "
-        "JSON array for several items); the answer is one line."),
-    _qt("not_answerable", "not answerable", AnswerFormat.NOT_ANSWERABLE,
-        "A near-miss question that the page seems to cover but cannot actually answer.", _NA_HINT),
+        "JSON array for several items); the answer is one line.",
+    ),
+    _qt(
+        "not_answerable",
+        "not answerable",
+        AnswerFormat.NOT_ANSWERABLE,
+        "A near-miss question that the page seems to cover but cannot actually answer.",
+        _NA_HINT,
+    ),
 )
 
 # Text QA (stage 03): four types sampled uniformly.
 TEXT_TYPES: tuple[QuestionType, ...] = (
-    _qt("multiple_choice", "multiple choice", AnswerFormat.MULTIPLE_CHOICE,
-        "A question with four labelled options of which exactly one is right.", _MC_HINT),
-    _qt("true_false", "true or false", AnswerFormat.TRUE_FALSE,
+    _qt(
+        "multiple_choice",
+        "multiple choice",
+        AnswerFormat.MULTIPLE_CHOICE,
+        "A question with four labelled options of which exactly one is right.",
+        _MC_HINT,
+    ),
+    _qt(
+        "true_false",
+        "true or false",
+        AnswerFormat.TRUE_FALSE,
         "A statement about the text to be judged true or false.",
-        'The answer is exactly "True" or "False".'),
-    _qt("short_answer", "short answer", AnswerFormat.SHORT_TEXT,
+        'The answer is exactly "True" or "False".',
+    ),
+    _qt(
+        "short_answer",
+        "short answer",
+        AnswerFormat.SHORT_TEXT,
         "A question answered by a word, a name or a short phrase from the text.",
-        "The answer is a word, phrase or short sentence on one line."),
-    _qt("numerical", "numerical question", AnswerFormat.NUMBER,
+        "The answer is a word, phrase or short sentence on one line.",
+    ),
+    _qt(
+        "numerical",
+        "numerical question",
+        AnswerFormat.NUMBER,
         "A question whose answer is a number read or computed from the text.",
-        "The answer is a bare number (a % sign is allowed for percentages), without units."),
+        "The answer is a bare number (a % sign is allowed for percentages), without units.",
+    ),
 )
 
 TYPE_SETS: dict[str, tuple[QuestionType, ...]] = {
@@ -211,9 +293,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "visual_qa": _weights(VISUAL_TYPES, (0.05, 0.1, 2.0, 0.01)),
     "single_page_qa": _weights(ANCHORED_TYPES, (0.025, 0.025, 1, 2, 2, 2, 2, 2, 0.2)),
     "windowed_qa": _weights(ANCHORED_TYPES, (0.025, 0.025, 2, 2, 2, 2, 2, 2, 0.2)),
-    "whole_document_qa": _weights(
-        ANCHORED_TYPES, (0.0019, 0.0019, 0.074, 0.149, 0.223, 0.149, 0.149, 0.223, 0.030)
-    ),
+    "whole_document_qa": _weights(ANCHORED_TYPES, (0.0019, 0.0019, 0.074, 0.149, 0.223, 0.149, 0.149, 0.223, 0.030)),
 }
 
 
@@ -285,21 +365,39 @@ class RubricItem:
 
 
 JUDGE_RUBRIC: tuple[RubricItem, ...] = (
-    RubricItem("answer_correctness", "Answer Correctness", 0.35,
-               "Is the answer right according to the pages? 5 = exactly right and complete; "
-               "0 = wrong or unsupported."),
-    RubricItem("training_signal_strength", "Training Signal Strength", 0.30,
-               "How much would a model learn from this item? High for multi-step reasoning over "
-               "charts, tables, layouts or several pages; low for trivial lookups or guessable answers."),
-    RubricItem("question_quality", "Question Quality", 0.15,
-               "Is the question clear, unambiguous, self-contained and natural, with exactly one "
-               "defensible answer?"),
-    RubricItem("visual_grounding", "Visual Grounding", 0.10,
-               "Does answering require looking at the pages (values, figures, layout), and is the "
-               "question anchored to identifiable content?"),
-    RubricItem("format_compliance", "Format Compliance", 0.10,
-               "Does the answer follow the format the question type requires (letter option, "
-               "Yes/No, bare number, percent sign, JSON list, exactly 'Not answerable')?"),
+    RubricItem(
+        "answer_correctness",
+        "Answer Correctness",
+        0.35,
+        "Is the answer right according to the pages? 5 = exactly right and complete; 0 = wrong or unsupported.",
+    ),
+    RubricItem(
+        "training_signal_strength",
+        "Training Signal Strength",
+        0.30,
+        "How much would a model learn from this item? High for multi-step reasoning over "
+        "charts, tables, layouts or several pages; low for trivial lookups or guessable answers.",
+    ),
+    RubricItem(
+        "question_quality",
+        "Question Quality",
+        0.15,
+        "Is the question clear, unambiguous, self-contained and natural, with exactly one defensible answer?",
+    ),
+    RubricItem(
+        "visual_grounding",
+        "Visual Grounding",
+        0.10,
+        "Does answering require looking at the pages (values, figures, layout), and is the "
+        "question anchored to identifiable content?",
+    ),
+    RubricItem(
+        "format_compliance",
+        "Format Compliance",
+        0.10,
+        "Does the answer follow the format the question type requires (letter option, "
+        "Yes/No, bare number, percent sign, JSON list, exactly 'Not answerable')?",
+    ),
 )
 
 

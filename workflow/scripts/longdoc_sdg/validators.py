@@ -89,8 +89,9 @@ def validate_answer(fmt: AnswerFormat | str, answer: str | None, question: str |
     raise ValueError(f"unhandled answer format {fmt}")  # pragma: no cover
 
 
-def validate_for_type(question_type: str, answer: str | None, question: str | None = None,
-                      type_set: str | None = None) -> tuple[bool, str]:
+def validate_for_type(
+    question_type: str, answer: str | None, question: str | None = None, type_set: str | None = None
+) -> tuple[bool, str]:
     """Validate against the answer format of a question-type key (see taxonomy)."""
     qt = find_type(question_type, type_set)
     if qt is None:

@@ -151,8 +151,13 @@ class ChatEngine:
         self.budget = ByteBudget(self.concurrency.max_inflight_bytes)
         self.breaker = CircuitBreaker(breaker or BreakerConfig())
         self.pool = ReplicaPool(
-            endpoint, self.concurrency.max, transport, source=replicas, policy=balance,
-            max_waiting=self.concurrency.replica_max_waiting, lost_grace_s=lost_grace_s,
+            endpoint,
+            self.concurrency.max,
+            transport,
+            source=replicas,
+            policy=balance,
+            max_waiting=self.concurrency.replica_max_waiting,
+            lost_grace_s=lost_grace_s,
             on_resize=self.limiter.resize,
         )
         self.limiter.resize(max(1, self.pool.total_capacity()))
@@ -192,7 +197,9 @@ class ChatEngine:
         raise EndpointError(f"{self.endpoint.describe()}: no replica is listed")
 
     async def _verify_one(self, replica) -> dict:
-        where = self.endpoint.describe() if not self.pool.elastic else f"{self.endpoint.describe()} {replica.describe()}"
+        where = (
+            self.endpoint.describe() if not self.pool.elastic else f"{self.endpoint.describe()} {replica.describe()}"
+        )
         last = ""
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
@@ -297,7 +304,14 @@ class ChatEngine:
                 delay = self.retry.delay(attempt, self._rng.random())
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, self.retry.backoff_max_s))
-                log.debug("%s: attempt %d failed (%s: %s); retry in %.2f s", where, attempt, failure.kind, failure.message, delay)
+                log.debug(
+                    "%s: attempt %d failed (%s: %s); retry in %.2f s",
+                    where,
+                    attempt,
+                    failure.kind,
+                    failure.message,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         assert failure is not None
         if self._failed is not None:
@@ -388,7 +402,9 @@ class ChatEngine:
                 raise RecordError("length", f"reply truncated at {budget}", usage)
             if content is None or not content.strip():
                 if reasoning:
-                    raise RecordError("reasoning_only", "the reply has reasoning but no answer (thinking never ended)", usage)
+                    raise RecordError(
+                        "reasoning_only", "the reply has reasoning but no answer (thinking never ended)", usage
+                    )
                 raise RecordError("empty", "the reply has no content", usage)
             parsed = parse_reply(response_model, content, usage) if response_model is not None else None
         except RecordError as exc:

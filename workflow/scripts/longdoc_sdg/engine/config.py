@@ -38,7 +38,8 @@ class ConcurrencyConfig(BaseModel):
 
     min: int = Field(default=1, ge=1, description="the limit never shrinks below this")
     max: int = Field(
-        default=256, ge=1,
+        default=256,
+        ge=1,
         description="near the server's --max-num-seqs; per replica when a deployment runs several",
     )
     initial: int | None = Field(default=None, description="starting limit; None = max")

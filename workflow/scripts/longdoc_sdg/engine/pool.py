@@ -154,8 +154,9 @@ class ReplicaPool:
                 added.append(self._add(info))
         if added:
             if len(self.replicas) > len(added):  # not the first listing
-                log.info("%s: new replica(s) ready: %s", self.endpoint.describe(),
-                         ", ".join(r.describe() for r in added))
+                log.info(
+                    "%s: new replica(s) ready: %s", self.endpoint.describe(), ", ".join(r.describe() for r in added)
+                )
             self._changed()
 
     def admitted(self) -> list[Replica]:
@@ -177,7 +178,9 @@ class ReplicaPool:
         replica.ejected_reason = reason
         replica.ejections += 1
         left = len(self.admitted())
-        log.warning("%s: ejected %s (%s); %d replica(s) left", self.endpoint.describe(), replica.describe(), reason, left)
+        log.warning(
+            "%s: ejected %s (%s); %d replica(s) left", self.endpoint.describe(), replica.describe(), reason, left
+        )
         self._changed()
 
     def readmit(self, replica: Replica) -> None:
@@ -250,10 +253,7 @@ class ReplicaPool:
 
     def lost_message(self) -> str:
         details = "; ".join(f"{r.describe()}: {r.ejected_reason or 'not answering'}" for r in self.replicas)
-        return (
-            f"{self.endpoint.describe()}: no replica left for {self.lost_grace_s:g}s "
-            f"({details or 'none listed'})"
-        )
+        return f"{self.endpoint.describe()}: no replica left for {self.lost_grace_s:g}s ({details or 'none listed'})"
 
     # -- background: new replicas, metrics, probes of ejected ones
 
@@ -329,9 +329,15 @@ class ReplicaPool:
     def stats(self) -> list[dict]:
         return [
             {
-                "name": r.name, "base_url": r.base_url, "capacity": r.capacity, "requests": r.requests,
-                "answered": r.answered, "admitted": r.admitted, "ejections": r.ejections,
-                "prompt_tokens": r.tokens["prompt"], "completion_tokens": r.tokens["completion"],
+                "name": r.name,
+                "base_url": r.base_url,
+                "capacity": r.capacity,
+                "requests": r.requests,
+                "answered": r.answered,
+                "admitted": r.admitted,
+                "ejections": r.ejections,
+                "prompt_tokens": r.tokens["prompt"],
+                "completion_tokens": r.tokens["completion"],
             }
             for r in self.replicas
         ]

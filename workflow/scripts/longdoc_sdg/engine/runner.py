@@ -77,8 +77,13 @@ async def run_rows(
             out.setdefault("model", model)
             summary.ok += 1
         except RecordError as exc:
-            out = {**keys, "status": "failed", "failure_reason": exc.reason,
-                   "failure_message": exc.message[:4000], "model": model}
+            out = {
+                **keys,
+                "status": "failed",
+                "failure_reason": exc.reason,
+                "failure_message": exc.message[:4000],
+                "model": model,
+            }
             summary.failed += 1
             summary.reasons[exc.reason] += 1
         out.update(usage.as_columns())
@@ -128,7 +133,13 @@ async def run_rows(
         bar.close()
         log.info(
             "%s: %d rows (%d resumed, %d ok, %d failed %s); tokens %s; engine %s",
-            desc, len(summary.expected_ids), summary.resumed, summary.ok, summary.failed,
-            dict(summary.reasons), summary.usage.as_columns(), engine.stats() if engine is not None else None,
+            desc,
+            len(summary.expected_ids),
+            summary.resumed,
+            summary.ok,
+            summary.failed,
+            dict(summary.reasons),
+            summary.usage.as_columns(),
+            engine.stats() if engine is not None else None,
         )
     return summary

@@ -74,7 +74,7 @@ class EncodedBody:
 
         def put(data: bytes) -> None:
             nonlocal pos
-            view[pos:pos + len(data)] = data
+            view[pos : pos + len(data)] = data
             pos += len(data)
 
         for piece, image in zip(self._pieces, self._images):
@@ -143,7 +143,7 @@ class _BodyPayload(aiohttp.payload.Payload):
             view = memoryview(self._value.build())
             end = len(view) if content_length is None else min(len(view), content_length)
             for start in range(0, end, _SLICE):
-                await writer.write(view[start:min(end, start + _SLICE)])
+                await writer.write(view[start : min(end, start + _SLICE)])
             del view
         finally:
             if self._sent is not None:
@@ -154,7 +154,7 @@ async def _stream(body: EncodedBody, sent: Callable[[], None] | None):
     try:
         view = memoryview(body.build())
         for start in range(0, len(view), _SLICE):
-            yield bytes(view[start:start + _SLICE])
+            yield bytes(view[start : start + _SLICE])
         del view
     finally:
         if sent is not None:
@@ -191,9 +191,7 @@ class AiohttpTransport:
         if endpoint.api_key is not None:
             self._headers["Authorization"] = f"Bearer {endpoint.api_key.get_secret_value()}"
         # sock_connect, not connect: waiting for a pooled connection is not a connect failure
-        self._timeout = aiohttp.ClientTimeout(
-            total=endpoint.request_timeout_s, sock_connect=endpoint.connect_timeout_s
-        )
+        self._timeout = aiohttp.ClientTimeout(total=endpoint.request_timeout_s, sock_connect=endpoint.connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
 
@@ -277,7 +275,9 @@ class OpenAITransport:
                     # built as it goes out and dropped once sent, as with aiohttp; the length
                     # header keeps the request as it would be with the bytes (not chunked)
                     resp = await client.post(
-                        path, cast_to=httpx2.Response, content=_stream(body, sent),
+                        path,
+                        cast_to=httpx2.Response,
+                        content=_stream(body, sent),
                         options={"headers": {"Content-Length": str(body.size)}},
                     )
                 else:
@@ -290,7 +290,9 @@ class OpenAITransport:
             raise TransportError("timeout", f"no answer within {self.endpoint.request_timeout_s:g} s") from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__
-            kind = "unreachable" if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)) else "connection_error"
+            kind = (
+                "unreachable" if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout)) else "connection_error"
+            )
             raise TransportError(kind, f"{type(cause or exc).__name__}: {cause or exc}") from None
 
     async def close(self) -> None:

@@ -62,8 +62,9 @@ def shard_of(path: str) -> str:
 
 
 @contextlib.contextmanager
-def duckdb_connection(mem_mb: int | None = None, spill_dir: str | os.PathLike | None = None,
-                      threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def duckdb_connection(
+    mem_mb: int | None = None, spill_dir: str | os.PathLike | None = None, threads: int | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with a memory limit (75% of the job's mem_mb) and a private spill dir."""
     import duckdb
 
@@ -107,9 +108,7 @@ def columns_of(con, relation: str) -> list[str]:
 def normalised_question_sql(column: str = "question") -> str:
     """SQL: the question reduced for near-duplicate detection — Unicode NFC, lower case, every run
     of characters other than letters and digits (any script) collapsed to one space, trimmed."""
-    return (
-        f"trim(regexp_replace(lower(nfc_normalize(coalesce({column}, ''))), '[^\\p{{L}}\\p{{N}}]+', ' ', 'g'))"
-    )
+    return f"trim(regexp_replace(lower(nfc_normalize(coalesce({column}, ''))), '[^\\p{{L}}\\p{{N}}]+', ' ', 'g'))"
 
 
 def answer_format_sql(column: str = "answer") -> str:

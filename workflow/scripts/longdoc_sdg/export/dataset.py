@@ -31,14 +31,24 @@ log = get_logger("export.dataset")
 
 # Filter names in the order they are checked (a row counts under the first that drops it).
 DROP_ORDER = (
-    "failed", "judge_missing", "judge_score", "format", "quality_score", "relevance", "correctness",
-    "evidence", "duplicate",
+    "failed",
+    "judge_missing",
+    "judge_score",
+    "format",
+    "quality_score",
+    "relevance",
+    "correctness",
+    "evidence",
+    "duplicate",
 )
 # Columns of the QA shards the dataset leaves out (all kept rows are ok rows).
 INTERNAL_COLUMNS = ("status", "failure_reason", "failure_message")
 JUDGE_SCORE_COLUMNS = (
-    "answer_correctness_score", "training_signal_strength_score", "question_quality_score",
-    "visual_grounding_score", "format_compliance_score",
+    "answer_correctness_score",
+    "training_signal_strength_score",
+    "question_quality_score",
+    "visual_grounding_score",
+    "format_compliance_score",
 )
 
 
@@ -158,7 +168,7 @@ def build_dataset(
             SELECT q.*, d.url, d.date, d.total_pages, coalesce(d.source_id, q.doc_id) AS source_id{judge_cols}{up_cols},
                    {answer_format} AS answer_format, {evidence} AS num_evidence_pages,
                    {question_norm} AS _qnorm
-            FROM qa q LEFT JOIN docs d ON d.doc_id = q.doc_id{f' LEFT JOIN judge j ON j.qa_row_id = q.row_id' if judged else ''}{up_join}"""
+            FROM qa q LEFT JOIN docs d ON d.doc_id = q.doc_id{" LEFT JOIN judge j ON j.qa_row_id = q.row_id" if judged else ""}{up_join}"""
         )
 
         conds = filter_conditions(filters, colset, judged)
@@ -174,9 +184,7 @@ def build_dataset(
             order = ["row_id"]
         dup = "false"
         if dedup.enabled:
-            dup = (
-                f"row_number() OVER (PARTITION BY doc_id, _qnorm, (_drop IS NULL) ORDER BY {', '.join(order)}) > 1"
-            )
+            dup = f"row_number() OVER (PARTITION BY doc_id, _qnorm, (_drop IS NULL) ORDER BY {', '.join(order)}) > 1"
         con.execute(f"CREATE TEMP TABLE reasons AS SELECT *, {case} AS _drop FROM joined")
         con.execute(
             f"CREATE TEMP TABLE decided AS SELECT * EXCLUDE (_drop), "
@@ -185,20 +193,26 @@ def build_dataset(
 
         # The split is a property of the document, decided over all seeded documents so it is the
         # same for every QA stage (the small-run fallback looks at the whole set).
-        all_docs = [r[0] for r in con.execute(
-            "SELECT DISTINCT doc_id FROM (SELECT doc_id FROM docs UNION ALL SELECT doc_id FROM qa) "
-            "WHERE doc_id IS NOT NULL ORDER BY doc_id"
-        ).fetchall()]
+        all_docs = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT doc_id FROM (SELECT doc_id FROM docs UNION ALL SELECT doc_id FROM qa) "
+                "WHERE doc_id IS NOT NULL ORDER BY doc_id"
+            ).fetchall()
+        ]
         splits = assign_splits(all_docs, split.validation_fraction, split.seed, split.min_validation_documents)
         con.register("doc_splits", pa.table({"doc_id": list(splits), "split": list(splits.values())}))
 
-        drops = dict(con.execute(
-            "SELECT drop_reason, count(*) FROM decided WHERE drop_reason IS NOT NULL GROUP BY 1"
-        ).fetchall())
+        drops = dict(
+            con.execute("SELECT drop_reason, count(*) FROM decided WHERE drop_reason IS NOT NULL GROUP BY 1").fetchall()
+        )
         total, ok = con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM qa").fetchall()[0]
 
-        keep_cols = [c for c in columns_of(con, "decided")
-                     if c not in INTERNAL_COLUMNS and c not in ("_qnorm", "drop_reason", "judge_status")]
+        keep_cols = [
+            c
+            for c in columns_of(con, "decided")
+            if c not in INTERNAL_COLUMNS and c not in ("_qnorm", "drop_reason", "judge_status")
+        ]
         select = ", ".join(f"k.{c}" for c in keep_cols if c != "shard")
         con.execute(
             f"""CREATE TEMP TABLE kept AS
@@ -219,7 +233,9 @@ def build_dataset(
             models["judge"] = _distinct(con, "SELECT DISTINCT judge_model FROM judge WHERE judge_status = 'ok'")
         if stage in UPSTREAM and up_files:
             up_stage = UPSTREAM[stage][0]
-            models[up_stage] = _distinct(con, f"SELECT DISTINCT model FROM {read_parquet(up_files)} WHERE status = 'ok'")
+            models[up_stage] = _distinct(
+                con, f"SELECT DISTINCT model FROM {read_parquet(up_files)} WHERE status = 'ok'"
+            )
         kept = sum(split_rows.values())
 
     summary = {
@@ -232,16 +248,24 @@ def build_dataset(
         "splits": {s: int(split_rows.get(s, 0)) for s in ("train", "validation")},
         "documents": {s: int(split_docs.get(s, 0)) for s in ("train", "validation")},
         "models": models,
-        "filters": [
-            {"name": name, "drops_when": cond} for name, cond in conds
-        ] + ([{"name": "duplicate", "drops_when": f"near-identical question within a document (keep {dedup.keep})"}]
-             if dedup.enabled else []),
+        "filters": [{"name": name, "drops_when": cond} for name, cond in conds]
+        + (
+            [{"name": "duplicate", "drops_when": f"near-identical question within a document (keep {dedup.keep})"}]
+            if dedup.enabled
+            else []
+        ),
         "settings": {"filters": filters.model_dump(), "dedup": dedup.model_dump(), "split": split.model_dump()},
     }
     assert summary["rows"] == summary["kept"] + sum(summary["dropped"].values()), summary
     write_json_atomic(summary_output, summary)
-    log.info("%s: %d rows, %d kept (%s), dropped %s", stage, total, kept, summary["splits"],
-             {k: v for k, v in summary["dropped"].items() if v})
+    log.info(
+        "%s: %d rows, %d kept (%s), dropped %s",
+        stage,
+        total,
+        kept,
+        summary["splits"],
+        {k: v for k, v in summary["dropped"].items() if v},
+    )
     return summary
 
 

@@ -24,8 +24,18 @@ log = get_logger("export.hub")
 
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 # Leading columns, in this order, when a stage has them; the rest follow in dataset order.
-LEADING = ("row_id", "doc_id", "images", "pages", "question_type", "question", "answer", "answer_format",
-           "evidence_pages", "num_evidence_pages")
+LEADING = (
+    "row_id",
+    "doc_id",
+    "images",
+    "pages",
+    "question_type",
+    "question",
+    "answer",
+    "answer_format",
+    "evidence_pages",
+    "num_evidence_pages",
+)
 DROPPED = {"shard", "split", "prompt_tokens", "completion_tokens", "reasoning_tokens"}
 
 STAGE_TITLES = {
@@ -119,9 +129,7 @@ def write_hub(
 
             def make_row(row: dict, records, names=names) -> dict:
                 out = {name: row.get(name) for name in names}
-                out["images"] = [
-                    {"bytes": r.png, "path": f"{r.doc_id}-p{r.page_number:04d}.png"} for r in records
-                ]
+                out["images"] = [{"bytes": r.png, "path": f"{r.doc_id}-p{r.page_number:04d}.png"} for r in records]
                 out["evidence_pages"] = _evidence(row)
                 return out
 
@@ -133,14 +141,21 @@ def write_hub(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("hub folder %s: %s", output_dir,
-             {s: {k: v.rows for k, v in c["splits"].items()} for s, c in configs.items()})
+    log.info(
+        "hub folder %s: %s", output_dir, {s: {k: v.rows for k, v in c["splits"].items()} for s, c in configs.items()}
+    )
     return metadata
 
 
 def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+    ):
         if n < limit:
             return label
     return "n>100M"
@@ -171,13 +186,15 @@ def card_metadata(configs: dict[str, dict], summaries: dict[str, dict], card, pa
             entry["default"] = True
             first = False
         meta["configs"].append(entry)
-        meta["dataset_info"].append({
-            "config_name": stage,
-            "features": card_features(c["schema"]),
-            "splits": [{"name": s, "num_bytes": f.num_bytes, "num_examples": f.rows} for s, f in splits.items()],
-            "download_size": sum(f.num_bytes for f in splits.values()),
-            "dataset_size": sum(f.num_bytes for f in splits.values()),
-        })
+        meta["dataset_info"].append(
+            {
+                "config_name": stage,
+                "features": card_features(c["schema"]),
+                "splits": [{"name": s, "num_bytes": f.num_bytes, "num_examples": f.rows} for s, f in splits.items()],
+                "download_size": sum(f.num_bytes for f in splits.values()),
+                "dataset_size": sum(f.num_bytes for f in splits.values()),
+            }
+        )
     return meta
 
 
@@ -191,9 +208,12 @@ def _models_line(summary: dict) -> str:
 def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict], card, params: dict) -> str:
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     lines = [f"---\n{header}---", "", f"# {card.pretty_name}", "", card.description, ""]
-    lines += ["## Configurations", "",
-              "| config | what it is | train | validation | documents (train / validation) |",
-              "|---|---|---:|---:|---|"]
+    lines += [
+        "## Configurations",
+        "",
+        "| config | what it is | train | validation | documents (train / validation) |",
+        "|---|---|---:|---:|---|",
+    ]
     for stage, c in configs.items():
         s = summaries[stage]
         rows = {k: v.rows for k, v in c["splits"].items()}
@@ -205,9 +225,14 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     lines += ["", f"{total} question/answer pairs in all.", ""]
     default = next((c["config_name"] for c in meta["configs"] if c.get("default")), None)
     if default:
-        lines += ["```python", "from datasets import load_dataset", "",
-                  f'ds = load_dataset("<this repo or folder>", "{default}")  # one config per QA stage',
-                  "```", ""]
+        lines += [
+            "```python",
+            "from datasets import load_dataset",
+            "",
+            f'ds = load_dataset("<this repo or folder>", "{default}")  # one config per QA stage',
+            "```",
+            "",
+        ]
     empty = [s for s, c in configs.items() if not any(f.rows for f in c["splits"].values())]
     if empty:
         lines += [f"Configs with no rows after filtering (not loadable): {', '.join(f'`{s}`' for s in empty)}.", ""]
@@ -216,9 +241,14 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     for stage in configs:
         lines.append(f"| `{stage}` | {_models_line(summaries[stage])} |")
 
-    lines += ["", "## Filters", "",
-              "A generated row makes the dataset when it passes every filter below, checked in order; "
-              "each count is the rows a filter removed that passed the filters before it.", ""]
+    lines += [
+        "",
+        "## Filters",
+        "",
+        "A generated row makes the dataset when it passes every filter below, checked in order; "
+        "each count is the rows a filter removed that passed the filters before it.",
+        "",
+    ]
     applied_any = {f["name"] for stage in configs for f in summaries[stage]["filters"]}
     reasons = [r for r in DROP_ORDER if r in applied_any]
     lines.append("| config | generated | " + " | ".join(reasons) + " | kept |")
@@ -231,34 +261,53 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     settings = next(iter(summaries.values()))["settings"] if summaries else {}
     if settings:
         f = settings["filters"]
-        lines += ["", "Settings:",
-                  f"- judge weighted quality score ≥ {f['min_judge_score']} (stages the judge ran on; "
-                  f"rows without a verdict {'dropped' if f['require_judge'] else 'kept'})",
-                  f"- answer format check passed: {'required' if f['require_format_ok'] else 'not required'}",
-                  f"- self-checked quality score ≥ {f['min_quality_score']} (anchored QA)",
-                  f"- relevance 'Relevant': {'required' if f['require_relevant'] else 'not required'}; "
-                  f"correctness 'Correct': {'required' if f['require_correct'] else 'not required'} (text and visual QA)",
-                  f"- evidence pages among the pages shown: {'required' if f['require_evidence_ok'] else 'not required'} "
-                  "(anchored QA)",
-                  f"- near-duplicate questions within a document: "
-                  f"{'removed, keeping the ' + settings['dedup']['keep'] if settings['dedup']['enabled'] else 'kept'}"]
+        lines += [
+            "",
+            "Settings:",
+            f"- judge weighted quality score ≥ {f['min_judge_score']} (stages the judge ran on; "
+            f"rows without a verdict {'dropped' if f['require_judge'] else 'kept'})",
+            f"- answer format check passed: {'required' if f['require_format_ok'] else 'not required'}",
+            f"- self-checked quality score ≥ {f['min_quality_score']} (anchored QA)",
+            f"- relevance 'Relevant': {'required' if f['require_relevant'] else 'not required'}; "
+            f"correctness 'Correct': {'required' if f['require_correct'] else 'not required'} (text and visual QA)",
+            f"- evidence pages among the pages shown: {'required' if f['require_evidence_ok'] else 'not required'} "
+            "(anchored QA)",
+            f"- near-duplicate questions within a document: "
+            f"{'removed, keeping the ' + settings['dedup']['keep'] if settings['dedup']['enabled'] else 'kept'}",
+        ]
         sp = settings["split"]
-        lines += ["", "## Split", "",
-                  f"By document: a document goes to validation when sha256(`{sp['seed']}`, doc_id) falls in the "
-                  f"first {sp['validation_fraction']:g} of the hash range (at least "
-                  f"{sp['min_validation_documents']} validation document(s) when the fraction is above 0), so all "
-                  "questions of a document, in every config, share one split."]
+        lines += [
+            "",
+            "## Split",
+            "",
+            f"By document: a document goes to validation when sha256(`{sp['seed']}`, doc_id) falls in the "
+            f"first {sp['validation_fraction']:g} of the hash range (at least "
+            f"{sp['min_validation_documents']} validation document(s) when the fraction is above 0), so all "
+            "questions of a document, in every config, share one split.",
+        ]
 
     lines += ["", "## Columns", ""]
     for stage, c in configs.items():
         lines.append(f"- `{stage}`: " + ", ".join(f"`{f.name}`" for f in c["schema"]))
-    lines += ["", "`images` holds the pages in `pages` order (PNG); `evidence_pages` the pages the answer rests on; "
-              "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) read from the answer; "
-              "`weighted_quality_score` the judge's score (0-1) where the judge ran.", ""]
+    lines += [
+        "",
+        "`images` holds the pages in `pages` order (PNG); `evidence_pages` the pages the answer rests on; "
+        "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) read from the answer; "
+        "`weighted_quality_score` the judge's score (0-1) where the judge ran.",
+        "",
+    ]
     source = params.get("source") or {}
-    lines += ["## Source", "", f"Documents from source kind `{source.get('kind', '?')}`"
-              + (f" (`{source['dataset']}`, subset `{source.get('subset')}`)" if source.get("kind") == "finepdfs" else "")
-              + f"; made with longdoc-sdg {params.get('code_version', '')}.", "",
-              "## Licence", "", f"`{card.license}`. Check the licences of the source documents and the terms of "
-              "the models listed above before use.", ""]
+    lines += [
+        "## Source",
+        "",
+        f"Documents from source kind `{source.get('kind', '?')}`"
+        + (f" (`{source['dataset']}`, subset `{source.get('subset')}`)" if source.get("kind") == "finepdfs" else "")
+        + f"; made with longdoc-sdg {params.get('code_version', '')}.",
+        "",
+        "## Licence",
+        "",
+        f"`{card.license}`. Check the licences of the source documents and the terms of "
+        "the models listed above before use.",
+        "",
+    ]
     return "\n".join(lines)

@@ -34,8 +34,15 @@ class SplitFiles:
 class RotatingWriter:
     """Parquet files of one split in a folder: row groups by image bytes, files by size."""
 
-    def __init__(self, folder: Path, split: str, schema: pa.Schema, max_file_bytes: int,
-                 row_group_bytes: int = ROW_GROUP_BYTES, row_group_rows: int = ROW_GROUP_ROWS):
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        schema: pa.Schema,
+        max_file_bytes: int,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ):
         self.folder, self.split, self.schema = folder, split, schema
         self.max_file_bytes, self.row_group_bytes, self.row_group_rows = max_file_bytes, row_group_bytes, row_group_rows
         self._writer: pq.ParquetWriter | None = None

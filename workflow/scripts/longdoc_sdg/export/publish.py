@@ -30,8 +30,9 @@ def folder_files(folder: str) -> list[dict]:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        out.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
-                    "sha256": digest.hexdigest()})
+        out.append(
+            {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+        )
     return out
 
 
@@ -62,8 +63,13 @@ def publish_folder(folder: str, params: dict, record_path: str) -> dict:
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if settings.dry_run:
-        log.info("dry run: would upload %d files (%d bytes) to dataset %s (private=%s)",
-                 len(files), record["total_bytes"], settings.repo_id, settings.private)
+        log.info(
+            "dry run: would upload %d files (%d bytes) to dataset %s (private=%s)",
+            len(files),
+            record["total_bytes"],
+            settings.repo_id,
+            settings.private,
+        )
         for f in files:
             log.info("  would upload %s (%d bytes)", f["path"], f["size"])
         write_json_atomic(record_path, record)
@@ -90,7 +96,9 @@ def publish_folder(folder: str, params: dict, record_path: str) -> dict:
         revision=settings.revision,
         commit_message=settings.commit_message,
     )
-    record.update(repo_url=str(repo), commit_url=getattr(commit, "commit_url", None), commit_oid=getattr(commit, "oid", None))
+    record.update(
+        repo_url=str(repo), commit_url=getattr(commit, "commit_url", None), commit_oid=getattr(commit, "oid", None)
+    )
     log.info("uploaded: %s", record["commit_url"])
     write_json_atomic(record_path, record)
     return record

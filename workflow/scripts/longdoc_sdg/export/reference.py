@@ -21,20 +21,37 @@ from .layout import arrow_fields, write_layout
 log = get_logger("export.reference")
 
 PER_PAGE_STAGES = ("text_qa", "visual_qa", "single_page_qa")
-DROPPED = {"shard", "split", "row_id", "doc_id", "url", "date", "total_pages", "source_id",
-           "prompt_tokens", "completion_tokens", "reasoning_tokens"}
+DROPPED = {
+    "shard",
+    "split",
+    "row_id",
+    "doc_id",
+    "url",
+    "date",
+    "total_pages",
+    "source_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+}
 
 
 def seed_fields(stage: str) -> list[pa.Field]:
     fields = [
-        pa.field("id", pa.string()), pa.field("doc_id", pa.string()), pa.field("url", pa.string()),
-        pa.field("date", pa.string()), pa.field("total_pages", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("doc_id", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("date", pa.string()),
+        pa.field("total_pages", pa.int32()),
     ]
     if stage in PER_PAGE_STAGES:
         fields.append(pa.field("page_number", pa.int32()))
     if stage == "windowed_qa":
-        fields += [pa.field("start_page", pa.int32()), pa.field("end_page", pa.int32()),
-                   pa.field("window_size", pa.int32())]
+        fields += [
+            pa.field("start_page", pa.int32()),
+            pa.field("end_page", pa.int32()),
+            pa.field("window_size", pa.int32()),
+        ]
     fields.append(pa.field("png_images_base64", pa.string()))
     return fields
 

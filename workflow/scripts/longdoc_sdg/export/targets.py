@@ -7,8 +7,17 @@ from .. import __version__
 from ..plan import MODEL_STAGES, QA_STAGES, judged_stages
 from .common import UPSTREAM, dataset_path, hub_dir, publish_record, reference_dir, summary_path
 
-REPORT_FIGURES = ("stage_yield", "failures", "question_types", "answer_formats", "evidence_pages",
-                  "judge_scores", "quality_scores", "tokens", "page_classes")
+REPORT_FIGURES = (
+    "stage_yield",
+    "failures",
+    "question_types",
+    "answer_formats",
+    "evidence_pages",
+    "judge_scores",
+    "quality_scores",
+    "tokens",
+    "page_classes",
+)
 
 
 def export_stages(config: dict, statuses: dict) -> list[str]:
@@ -41,8 +50,12 @@ def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str]
 def dataset_settings(config: dict) -> dict:
     """The result-changing settings of a final dataset (rule params)."""
     export = config["export"]
-    return {"filters": export["filters"], "dedup": export["dedup"], "split": export["split"],
-            "code_version": __version__}
+    return {
+        "filters": export["filters"],
+        "dedup": export["dedup"],
+        "split": export["split"],
+        "code_version": __version__,
+    }
 
 
 def hub_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
@@ -60,8 +73,12 @@ def hub_settings(config: dict) -> dict:
     described = {"kind": kind}
     if kind == "finepdfs":
         described.update(dataset=source["finepdfs"]["dataset"], subset=source["finepdfs"]["subset"])
-    return {"card": config["export"]["card"], "max_file_mb": config["export"]["max_file_mb"],
-            "source": described, "code_version": __version__}
+    return {
+        "card": config["export"]["card"],
+        "max_file_mb": config["export"]["max_file_mb"],
+        "source": described,
+        "code_version": __version__,
+    }
 
 
 def publish_settings(config: dict) -> dict:
@@ -88,8 +105,11 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
 def report_settings(config: dict) -> dict:
     """Params of the figures: report settings and the judge threshold drawn on the histograms."""
     report = config["report"]
-    return {"judge_score_bins": report["judge_score_bins"],
-            "min_judge_score": config["export"]["filters"]["min_judge_score"], "code_version": __version__}
+    return {
+        "judge_score_bins": report["judge_score_bins"],
+        "min_judge_score": config["export"]["filters"]["min_judge_score"],
+        "code_version": __version__,
+    }
 
 
 def export_targets(config: dict, statuses: dict, results: str) -> list[str]:

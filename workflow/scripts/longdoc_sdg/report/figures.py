@@ -26,12 +26,9 @@ FIGURES = {
     "tokens": ("Cost", "Token usage per stage and model"),
     "page_classes": ("Pages", "Page classes next to MMLongBench-Doc's evidence sources"),
 }
-STAGE_ORDER = ("seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa",
-               "whole_document_qa")
-COLORS = {"rows": "#b0b7c3", "ok": "#3a9a5b", "failed": "#d1495b", "exported": "#2e6fba",
-          "benchmark": "#444444"}
-PALETTE = ("#2e6fba", "#e08e2b", "#3a9a5b", "#8e5bb5", "#d1495b", "#4bb3c4", "#a6761d", "#7f7f7f",
-           "#c9b22f", "#1b9e77")
+STAGE_ORDER = ("seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
+COLORS = {"rows": "#b0b7c3", "ok": "#3a9a5b", "failed": "#d1495b", "exported": "#2e6fba", "benchmark": "#444444"}
+PALETTE = ("#2e6fba", "#e08e2b", "#3a9a5b", "#8e5bb5", "#d1495b", "#4bb3c4", "#a6761d", "#7f7f7f", "#c9b22f", "#1b9e77")
 
 
 def _plt():
@@ -40,8 +37,9 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "axes.titlesize": 10})
+    plt.rcParams.update(
+        {"figure.dpi": 100, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 10}
+    )
     return plt
 
 
@@ -52,8 +50,9 @@ def _stage_key(stage: str) -> tuple:
 
 def _no_data(ax, message: str) -> None:
     ax.set_axis_off()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#666666", wrap=True,
-            transform=ax.transAxes)
+    ax.text(
+        0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#666666", wrap=True, transform=ax.transAxes
+    )
 
 
 def _label_bars(ax, bars, horizontal: bool = True) -> None:
@@ -62,11 +61,23 @@ def _label_bars(ax, bars, horizontal: bool = True) -> None:
         if not value:
             continue
         if horizontal:
-            ax.annotate(f"{int(value):,}", (value, bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize=7)
+            ax.annotate(
+                f"{int(value):,}",
+                (value, bar.get_y() + bar.get_height() / 2),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
         else:
-            ax.annotate(f"{value:.0f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, 2),
-                        textcoords="offset points", ha="center", fontsize=7)
+            ax.annotate(
+                f"{value:.0f}",
+                (bar.get_x() + bar.get_width() / 2, value),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
 
 
 def fig_yield(stats: dict, plt):
@@ -78,11 +89,19 @@ def fig_yield(stats: dict, plt):
     labels = [f"{r['stage']} ({r['unit']})" for r in rows]
     y = list(range(len(rows)))
     h = 0.27
-    series = [("rows", [r["rows"] or 0 for r in rows]), ("ok", [r["ok"] or 0 for r in rows]),
-              ("exported", [r["exported"] or 0 for r in rows])]
+    series = [
+        ("rows", [r["rows"] or 0 for r in rows]),
+        ("ok", [r["ok"] or 0 for r in rows]),
+        ("exported", [r["exported"] or 0 for r in rows]),
+    ]
     for i, (name, values) in enumerate(series):
-        bars = ax.barh([v + (i - 1) * h for v in y], values, height=h, color=COLORS[name],
-                       label={"rows": "processed", "ok": "ok", "exported": "exported (final dataset)"}[name])
+        bars = ax.barh(
+            [v + (i - 1) * h for v in y],
+            values,
+            height=h,
+            color=COLORS[name],
+            label={"rows": "processed", "ok": "ok", "exported": "exported (final dataset)"}[name],
+        )
         _label_bars(ax, bars)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
@@ -149,8 +168,13 @@ def fig_question_types(stats: dict, plt):
         names = [r["question_type"] or "?" for r in rows]
         y = list(range(len(rows)))
         b1 = ax.barh([v - 0.2 for v in y], [r["ok_rows"] for r in rows], height=0.4, color=COLORS["ok"], label="ok")
-        b2 = ax.barh([v + 0.2 for v in y], [r["exported_rows"] for r in rows], height=0.4, color=COLORS["exported"],
-                     label="exported")
+        b2 = ax.barh(
+            [v + 0.2 for v in y],
+            [r["exported_rows"] for r in rows],
+            height=0.4,
+            color=COLORS["exported"],
+            label="exported",
+        )
         _label_bars(ax, b1)
         _label_bars(ax, b2)
         ax.set_yticks(y, names, fontsize=8)
@@ -178,12 +202,18 @@ def fig_answer_formats(stats: dict, plt):
     for i, stage in enumerate(stages):
         column = "exported_rows" if sum(r["exported_rows"] for r in by_stage[stage]) else "ok_rows"
         shares, n = _shares(by_stage[stage], "answer_format", column)
-        series.append((f"{stage} ({'exported' if column == 'exported_rows' else 'ok'}, n={n})", shares,
-                       PALETTE[i % len(PALETTE)]))
+        series.append(
+            (f"{stage} ({'exported' if column == 'exported_rows' else 'ok'}, n={n})", shares, PALETTE[i % len(PALETTE)])
+        )
     width = 0.8 / len(series)
     for i, (label, shares, color) in enumerate(series):
-        bars = ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(formats))],
-                      [shares.get(f, 0.0) for f in formats], width=width, label=label, color=color)
+        bars = ax.bar(
+            [x + (i - (len(series) - 1) / 2) * width for x in range(len(formats))],
+            [shares.get(f, 0.0) for f in formats],
+            width=width,
+            label=label,
+            color=color,
+        )
         if i == 0:
             _label_bars(ax, bars, horizontal=False)
     ax.set_xticks(range(len(formats)), [f if f != "None" else "None (not answerable)" for f in formats])
@@ -210,8 +240,13 @@ def fig_evidence_pages(stats: dict, plt):
         xs = list(range(0, 10))
         width = 0.8 / len(stages)
         for i, stage in enumerate(stages):
-            a1.bar([x + (i - (len(stages) - 1) / 2) * width for x in xs], [counts[stage].get(x, 0) for x in xs],
-                   width=width, label=stage, color=PALETTE[i % len(PALETTE)])
+            a1.bar(
+                [x + (i - (len(stages) - 1) / 2) * width for x in xs],
+                [counts[stage].get(x, 0) for x in xs],
+                width=width,
+                label=stage,
+                color=PALETTE[i % len(PALETTE)],
+            )
         a1.set_xticks(xs, [str(x) for x in xs[:-1]] + ["9+"])
         a1.set_xlabel("evidence pages per answerable question (ok rows)")
         a1.set_ylabel("questions")
@@ -226,11 +261,18 @@ def fig_evidence_pages(stats: dict, plt):
             if r["stage"] == stage:
                 agg[r["evidence_kind"]] += r[column]
         total = sum(agg.values())
-        series.append((stage, {k: 100.0 * v / total for k, v in agg.items()} if total else {}, PALETTE[i % len(PALETTE)]))
+        series.append(
+            (stage, {k: 100.0 * v / total for k, v in agg.items()} if total else {}, PALETTE[i % len(PALETTE)])
+        )
     width = 0.8 / len(series)
     for i, (label, shares, color) in enumerate(series):
-        bars = a2.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))],
-                      [shares.get(k, 0.0) for k in kinds], width=width, label=label, color=color)
+        bars = a2.bar(
+            [x + (i - (len(series) - 1) / 2) * width for x in range(len(kinds))],
+            [shares.get(k, 0.0) for k in kinds],
+            width=width,
+            label=label,
+            color=color,
+        )
         if i == 0:
             _label_bars(a2, bars, horizontal=False)
     a2.set_xticks(range(len(kinds)), kinds)
@@ -266,13 +308,26 @@ def fig_judge_scores(stats: dict, plt, bins: int = 20, threshold: float | None =
         ax.set_title(stage)
         ax.legend(fontsize=7, loc="upper left")
     ax = axes[len(stages)]
-    criteria = [c for c in ("answer_correctness", "training_signal_strength", "question_quality",
-                            "visual_grounding", "format_compliance")]
+    criteria = [
+        c
+        for c in (
+            "answer_correctness",
+            "training_signal_strength",
+            "question_quality",
+            "visual_grounding",
+            "format_compliance",
+        )
+    ]
     width = 0.8 / len(stages)
     for i, stage in enumerate(stages):
         means = [sum(rubric[stage][c]) / len(rubric[stage][c]) if rubric[stage][c] else 0 for c in criteria]
-        ax.bar([x + (i - (len(stages) - 1) / 2) * width for x in range(len(criteria))], means, width=width,
-               label=stage, color=PALETTE[i % len(PALETTE)])
+        ax.bar(
+            [x + (i - (len(stages) - 1) / 2) * width for x in range(len(criteria))],
+            means,
+            width=width,
+            label=stage,
+            color=PALETTE[i % len(PALETTE)],
+        )
     ax.set_xticks(range(len(criteria)), [c.replace("_", "\n") for c in criteria], fontsize=7)
     ax.set_ylim(0, 5)
     ax.set_ylabel("mean score (0-5)")
@@ -295,11 +350,22 @@ def fig_quality_scores(stats: dict, plt):
     for i, stage in enumerate(stages):
         counts = {r["quality_score"]: r for r in rows if r["stage"] == stage}
         xs = [x + (i - (len(stages) - 1) / 2) * width for x in range(len(scores))]
-        bars = ax.bar(xs, [counts[s]["ok_rows"] if s in counts else 0 for s in scores], width=width,
-                      color=PALETTE[i % len(PALETTE)], alpha=0.45, label=f"{stage} ok")
+        bars = ax.bar(
+            xs,
+            [counts[s]["ok_rows"] if s in counts else 0 for s in scores],
+            width=width,
+            color=PALETTE[i % len(PALETTE)],
+            alpha=0.45,
+            label=f"{stage} ok",
+        )
         _label_bars(ax, bars, horizontal=False)
-        ax.bar(xs, [counts[s]["exported_rows"] if s in counts else 0 for s in scores], width=width * 0.5,
-               color=PALETTE[i % len(PALETTE)], label=f"{stage} exported")
+        ax.bar(
+            xs,
+            [counts[s]["exported_rows"] if s in counts else 0 for s in scores],
+            width=width * 0.5,
+            color=PALETTE[i % len(PALETTE)],
+            label=f"{stage} exported",
+        )
     ax.set_xticks(range(3), ["0: a check failed", "1: all checks pass", "2: pass + high value"])
     ax.set_ylabel("rows")
     ax.legend(fontsize=7, ncol=2)
@@ -325,8 +391,14 @@ def fig_tokens(stats: dict, plt):
     ax.barh(labels, reasoning, left=left, color=PALETTE[3], label="completion (reasoning)")
     for i, r in enumerate(rows):
         total = r["prompt_tokens"] + r["completion_tokens"]
-        ax.annotate(f"{total:,} ({r['rows']:,} rows)", (total, i), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=7)
+        ax.annotate(
+            f"{total:,} ({r['rows']:,} rows)",
+            (total, i),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
     ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("tokens")
@@ -345,22 +417,40 @@ def fig_page_classes(stats: dict, plt):
         return fig
     total = stats["totals"].get("pages_classified") or 0
     rows = sorted(rows, key=lambda r: -r["pages"])
-    bars = a1.barh([r["category"] for r in rows], [100.0 * r["pages"] / total if total else 0 for r in rows],
-                   color=[COLORS["benchmark"] if r["category"] == "NONE" else PALETTE[0] for r in rows])
+    bars = a1.barh(
+        [r["category"] for r in rows],
+        [100.0 * r["pages"] / total if total else 0 for r in rows],
+        color=[COLORS["benchmark"] if r["category"] == "NONE" else PALETTE[0] for r in rows],
+    )
     for bar, r in zip(bars, rows):
-        a1.annotate(f"{r['pages']:,}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
-                    textcoords="offset points", va="center", fontsize=7)
+        a1.annotate(
+            f"{r['pages']:,}",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
     a1.invert_yaxis()
     a1.set_xlabel(f"% of {total:,} classified pages (a page may have up to 3 classes)")
     a1.set_title("Page classes")
     sources = list(benchmark.EVIDENCE_SOURCES)
     ours = {r["evidence_source"]: r["pages"] for r in stats["tables"]["page_sources"]}
     width = 0.38
-    a2.bar([x - width / 2 for x in range(len(sources))], [benchmark.EVIDENCE_SOURCES[s] for s in sources],
-           width=width, color=COLORS["benchmark"], label=f"{benchmark.NAME} evidence sources")
-    a2.bar([x + width / 2 for x in range(len(sources))],
-           [100.0 * ours.get(s, 0) / total if total else 0 for s in sources], width=width, color=PALETTE[0],
-           label="classified pages (this run)")
+    a2.bar(
+        [x - width / 2 for x in range(len(sources))],
+        [benchmark.EVIDENCE_SOURCES[s] for s in sources],
+        width=width,
+        color=COLORS["benchmark"],
+        label=f"{benchmark.NAME} evidence sources",
+    )
+    a2.bar(
+        [x + width / 2 for x in range(len(sources))],
+        [100.0 * ours.get(s, 0) / total if total else 0 for s in sources],
+        width=width,
+        color=PALETTE[0],
+        label="classified pages (this run)",
+    )
     a2.set_xticks(range(len(sources)), sources)
     a2.set_ylabel("%")
     a2.legend(fontsize=7)
@@ -370,9 +460,14 @@ def fig_page_classes(stats: dict, plt):
 
 
 DRAW = {
-    "stage_yield": fig_yield, "failures": fig_failures, "question_types": fig_question_types,
-    "answer_formats": fig_answer_formats, "evidence_pages": fig_evidence_pages,
-    "judge_scores": fig_judge_scores, "quality_scores": fig_quality_scores, "tokens": fig_tokens,
+    "stage_yield": fig_yield,
+    "failures": fig_failures,
+    "question_types": fig_question_types,
+    "answer_formats": fig_answer_formats,
+    "evidence_pages": fig_evidence_pages,
+    "judge_scores": fig_judge_scores,
+    "quality_scores": fig_quality_scores,
+    "tokens": fig_tokens,
     "page_classes": fig_page_classes,
 }
 
@@ -383,8 +478,9 @@ def draw_figures(stats: dict, outputs: dict[str, str], params: dict | None = Non
     plt = _plt()
     for name, path in outputs.items():
         if name == "judge_scores":
-            fig = fig_judge_scores(stats, plt, bins=int(params.get("judge_score_bins", 20)),
-                                   threshold=params.get("min_judge_score"))
+            fig = fig_judge_scores(
+                stats, plt, bins=int(params.get("judge_score_bins", 20)), threshold=params.get("min_judge_score")
+            )
         else:
             fig = DRAW[name](stats, plt)
         with atomic_path(path) as tmp:
@@ -396,8 +492,13 @@ def draw_figures(stats: dict, outputs: dict[str, str], params: dict | None = Non
 def _table(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if v is None else f'{v:,}' if isinstance(v, int) else str(v))}</td>"
-                         for v in row) + "</tr>" for row in rows)
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape('' if v is None else f'{v:,}' if isinstance(v, int) else str(v))}</td>" for v in row
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -418,14 +519,30 @@ def summary_html(stats: dict) -> str:
         f"<b>{totals.get('documents_seeded', 0):,}</b>, failed: <b>{totals.get('documents_failed', 0):,}</b>; "
         f"pages: <b>{totals.get('pages', 0):,}</b>. Generated {html.escape(stats.get('generated', ''))}.</p>",
         "<h3>Yield per stage</h3>",
-        _table(["stage", "unit", "rows", "ok", "failed", "exported", "train", "validation", "tokens"],
-               [[r["stage"], r["unit"], r["rows"], r["ok"], r["failed"], r["exported"], r["train"], r["validation"],
-                 tokens.get(r["stage"])] for r in yield_rows]),
+        _table(
+            ["stage", "unit", "rows", "ok", "failed", "exported", "train", "validation", "tokens"],
+            [
+                [
+                    r["stage"],
+                    r["unit"],
+                    r["rows"],
+                    r["ok"],
+                    r["failed"],
+                    r["exported"],
+                    r["train"],
+                    r["validation"],
+                    tokens.get(r["stage"]),
+                ]
+                for r in yield_rows
+            ],
+        ),
     ]
     drops = stats["tables"]["filter_drops"]
     if drops:
-        parts += ["<h3>Rows removed by the export filters</h3>",
-                  _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops])]
+        parts += [
+            "<h3>Rows removed by the export filters</h3>",
+            _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops]),
+        ]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -28,17 +28,23 @@ class DownloadParams(_Strict):
     retries: int = Field(
         3, ge=0, description="Extra attempts after a 5xx, 429, timeout or connection error (4xx fail at once)."
     )
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay, doubled on every further attempt (with jitter).")
+    backoff_s: float = Field(
+        1.0, ge=0, description="First retry delay, doubled on every further attempt (with jitter)."
+    )
     backoff_max_s: float = Field(30.0, ge=0, description="Upper bound of one retry delay.")
     concurrency: int = Field(
         8, ge=1, description="Parallel downloads per seed job (threads; network-bound, independent of `threads`)."
     )
-    user_agent: str = Field("longdoc-sdg/0.1 (PDF seed fetcher)", description="User-Agent header sent with every request.")
+    user_agent: str = Field(
+        "longdoc-sdg/0.1 (PDF seed fetcher)", description="User-Agent header sent with every request."
+    )
 
 
 class WorkerParams(_Strict):
     cpu_seconds_base: float = Field(
-        30.0, gt=0, description="CPU seconds a worker may spend on one task besides its pages (opening/parsing the PDF)."
+        30.0,
+        gt=0,
+        description="CPU seconds a worker may spend on one task besides its pages (opening/parsing the PDF).",
     )
     cpu_seconds_per_page: float = Field(
         5.0,

@@ -72,7 +72,9 @@ class _Transient(Exception):
 
 
 def _open(url: str, params: DownloadParams, headers: dict[str, str]):
-    request = urllib.request.Request(url, headers={"User-Agent": params.user_agent, "Accept-Encoding": "identity", **headers})
+    request = urllib.request.Request(
+        url, headers={"User-Agent": params.user_agent, "Accept-Encoding": "identity", **headers}
+    )
     try:
         return _opener.open(request, timeout=params.timeout_s)
     except urllib.error.HTTPError as error:

@@ -188,7 +188,9 @@ class WorkerPool:
         answer = {"task_id": task["task_id"], "ok": False}
         if worker.killed_for_deadline:
             limit = task.get("wall_timeout_s", 0)
-            answer.update(reason="timeout", message=f"worker exceeded the wall-clock limit ({limit:.0f}s) and was killed")
+            answer.update(
+                reason="timeout", message=f"worker exceeded the wall-clock limit ({limit:.0f}s) and was killed"
+            )
         elif returncode == -signal.SIGXCPU:
             answer.update(reason="timeout", message=f"worker exceeded its CPU limit of {task['cpu_limit_s']:.0f}s")
         elif returncode < 0:
@@ -201,11 +203,22 @@ class WorkerPool:
         """Kill workers past their wall-clock deadline; their exit events fail the tasks."""
         now = time.monotonic()
         for worker in self._workers:
-            if worker is not None and worker.task is not None and not worker.killed_for_deadline and now > worker.deadline:
-                log.warning("killing worker %d: task %s over its wall-clock deadline", worker.process.pid, worker.task["task_id"])
+            if (
+                worker is not None
+                and worker.task is not None
+                and not worker.killed_for_deadline
+                and now > worker.deadline
+            ):
+                log.warning(
+                    "killing worker %d: task %s over its wall-clock deadline",
+                    worker.process.pid,
+                    worker.task["task_id"],
+                )
                 worker.killed_for_deadline = True
                 worker.process.kill()
 
     def next_deadline(self) -> float | None:
-        deadlines = [w.deadline for w in self._workers if w is not None and w.task is not None and not w.killed_for_deadline]
+        deadlines = [
+            w.deadline for w in self._workers if w is not None and w.task is not None and not w.killed_for_deadline
+        ]
         return min(deadlines) if deadlines else None

@@ -34,43 +34,51 @@ from .windows import make_windows, within_whole_document_limit
 
 log = get_logger("seed")
 
-PAGES_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("page_number", pa.int32()),
-    ("png", pa.binary()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("dpi", pa.float32()),
-    ("is_gray", pa.bool_()),
-    ("page_width_pt", pa.float32()),
-    ("page_height_pt", pa.float32()),
-    ("pdf_text", pa.string()),
-    ("text_blocks", pa.string()),
-])
-DOCUMENTS_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("source_kind", pa.string()),
-    ("source", pa.string()),
-    ("url", pa.string()),
-    ("date", pa.string()),
-    ("total_pages", pa.int32()),
-    ("whole_document", pa.bool_()),
-    ("extra", pa.string()),
-])
-WINDOWS_SCHEMA = pa.schema([
-    ("window_id", pa.string()),
-    ("doc_id", pa.string()),
-    ("start_page", pa.int32()),
-    ("end_page", pa.int32()),
-    ("window_size", pa.int32()),
-    ("total_pages", pa.int32()),
-])
-FAILURES_SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("source", pa.string()),
-    ("reason", pa.string()),
-    ("message", pa.string()),
-])
+PAGES_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("page_number", pa.int32()),
+        ("png", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("dpi", pa.float32()),
+        ("is_gray", pa.bool_()),
+        ("page_width_pt", pa.float32()),
+        ("page_height_pt", pa.float32()),
+        ("pdf_text", pa.string()),
+        ("text_blocks", pa.string()),
+    ]
+)
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source_kind", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("date", pa.string()),
+        ("total_pages", pa.int32()),
+        ("whole_document", pa.bool_()),
+        ("extra", pa.string()),
+    ]
+)
+WINDOWS_SCHEMA = pa.schema(
+    [
+        ("window_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("start_page", pa.int32()),
+        ("end_page", pa.int32()),
+        ("window_size", pa.int32()),
+        ("total_pages", pa.int32()),
+    ]
+)
+FAILURES_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+    ]
+)
 
 _PAGE_META = [f.name for f in PAGES_SCHEMA if f.name not in ("doc_id", "png")]
 _MAX_MESSAGE = 2000
@@ -122,8 +130,10 @@ class _PagesWriter:
             size = blob_path.stat().st_size
             offsets = [p["png_offset"] for p in pages] + [pages[-1]["png_offset"] + pages[-1]["png_size"]]
             # The worker appends PNGs back to back; check before trusting the offsets.
-            if offsets[0] != 0 or offsets[-1] != size or any(
-                p["png_offset"] + p["png_size"] != nxt for p, nxt in zip(pages, offsets[1:])
+            if (
+                offsets[0] != 0
+                or offsets[-1] != size
+                or any(p["png_offset"] + p["png_size"] != nxt for p, nxt in zip(pages, offsets[1:]))
             ):
                 raise RuntimeError(f"blob {blob_path.name} does not match its page list")
             if size >= 2**31:
@@ -256,7 +266,9 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
     # download never holds up the rest of the shard.
     documents, windows, failures = [], [], []
     pool = WorkerPool(threads, params.worker.memory_mb, events)
-    downloads = concurrent.futures.ThreadPoolExecutor(max_workers=params.download.concurrency, thread_name_prefix="seed-fetch")
+    downloads = concurrent.futures.ThreadPoolExecutor(
+        max_workers=params.download.concurrency, thread_name_prefix="seed-fetch"
+    )
     writer = _BackgroundWriter(_PagesWriter(pages_tmp))
     # Documents being fetched or rendered at once: bounds disk use and memory.
     in_flight_cap = max(4, 2 * threads + params.download.concurrency)
@@ -351,28 +363,43 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
             chunks = [(doc.chunks[s], workdir / f"{doc.index}-{s}.bin") for s in sorted(doc.chunks)]
             writer.submit(row["doc_id"], chunks, doc.page_count, cleanup)
             pages_done += doc.page_count
-            documents.append((doc.index, {
-                "doc_id": row["doc_id"],
-                "source_kind": row.get("source_kind"),
-                "source": row.get("source"),
-                "url": row.get("url"),
-                "date": row.get("date"),
-                "total_pages": doc.page_count,
-                "whole_document": within_whole_document_limit(doc.page_count, params.whole_document_max_pages),
-                "extra": _extra_text(row.get("extra")),
-            }))
+            documents.append(
+                (
+                    doc.index,
+                    {
+                        "doc_id": row["doc_id"],
+                        "source_kind": row.get("source_kind"),
+                        "source": row.get("source"),
+                        "url": row.get("url"),
+                        "date": row.get("date"),
+                        "total_pages": doc.page_count,
+                        "whole_document": within_whole_document_limit(doc.page_count, params.whole_document_max_pages),
+                        "extra": _extra_text(row.get("extra")),
+                    },
+                )
+            )
             for window in make_windows(doc.page_count, params.window_size, params.window_stride):
-                windows.append((doc.index, {
-                    "window_id": f"{row['doc_id']}:{window.start_page}-{window.end_page}",
-                    "doc_id": row["doc_id"],
-                    "start_page": window.start_page,
-                    "end_page": window.end_page,
-                    "window_size": window.window_size,
-                    "total_pages": doc.page_count,
-                }))
+                windows.append(
+                    (
+                        doc.index,
+                        {
+                            "window_id": f"{row['doc_id']}:{window.start_page}-{window.end_page}",
+                            "doc_id": row["doc_id"],
+                            "start_page": window.start_page,
+                            "end_page": window.end_page,
+                            "window_size": window.window_size,
+                            "total_pages": doc.page_count,
+                        },
+                    )
+                )
         else:
             reason, message = doc.failure
-            failures.append((doc.index, {"doc_id": row["doc_id"], "source": row.get("source"), "reason": reason, "message": message}))
+            failures.append(
+                (
+                    doc.index,
+                    {"doc_id": row["doc_id"], "source": row.get("source"), "reason": reason, "message": message},
+                )
+            )
             for path in cleanup:
                 path.unlink(missing_ok=True)
         doc.chunks = {}
@@ -428,9 +455,13 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
     failed = [f["doc_id"] for f in failures]
     expected = [row["doc_id"] for row in rows]
     if len(seeded) + len(failed) != len(expected) or sorted(seeded + failed) != sorted(expected):
-        raise RuntimeError(f"seed accounting broken: {len(seeded)} seeded + {len(failed)} failed != {len(expected)} rows")
+        raise RuntimeError(
+            f"seed accounting broken: {len(seeded)} seeded + {len(failed)} failed != {len(expected)} rows"
+        )
     if writer.writer.pages != sum(d["total_pages"] for d in documents):
-        raise RuntimeError(f"seed accounting broken: {writer.writer.pages} page rows for {sum(d['total_pages'] for d in documents)} pages")
+        raise RuntimeError(
+            f"seed accounting broken: {writer.writer.pages} page rows for {sum(d['total_pages'] for d in documents)} pages"
+        )
 
     write_parquet_atomic(pa.Table.from_pylist(documents, schema=DOCUMENTS_SCHEMA), outputs["documents"])
     write_parquet_atomic(pa.Table.from_pylist(windows, schema=WINDOWS_SCHEMA), outputs["windows"])

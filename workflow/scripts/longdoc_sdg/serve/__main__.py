@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_admitter(args.record)
 
     from ..io import setup_job_logging
-    from . import ServeError, EndpointGoneError, identity, load_deployment, serve, teardown, verify_endpoint
+    from . import EndpointGoneError, ServeError, identity, load_deployment, serve, teardown, verify_endpoint
 
     setup_job_logging(None)
     try:

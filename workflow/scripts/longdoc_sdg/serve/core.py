@@ -175,8 +175,17 @@ def serve(
         try:
             for index, replica_dir in enumerate(replica_dirs):
                 record["replicas"].append(
-                    _start_replica(dep, runner, record, index, replica_dir, replica_dirs, api_key,
-                                   chat_template_path, _replica_log(given_log, replica_dir, index))
+                    _start_replica(
+                        dep,
+                        runner,
+                        record,
+                        index,
+                        replica_dir,
+                        replica_dirs,
+                        api_key,
+                        chat_template_path,
+                        _replica_log(given_log, replica_dir, index),
+                    )
                 )
                 # Recorded after every start: teardown finds them even if this process dies now.
                 _write_record(record)
@@ -197,7 +206,11 @@ def serve(
     runtime = read_json(runtime_path) or {}
     log.info(
         "deployment %s ready at %s after %.1fs (%d of %d replicas ready)",
-        dep.name, runtime.get("base_url"), total, len(runtime.get("replicas", [])), dep.replicas,
+        dep.name,
+        runtime.get("base_url"),
+        total,
+        len(runtime.get("replicas", [])),
+        dep.replicas,
     )
     first = record["replicas"][0]
     return {
@@ -275,7 +288,11 @@ def _start_replica(
     where = f"Slurm job {replica['job_id']}" if "job_id" in replica else f"pid {replica['pid']}"
     log.info(
         "deployment %s (%s): replica %d started as %s; server log %s",
-        dep.name, dep.served_name, index, where, server_log,
+        dep.name,
+        dep.served_name,
+        index,
+        where,
+        server_log,
     )
     return replica
 
@@ -317,7 +334,9 @@ class ReplicaWatch:
         if state == DEAD:
             # The wrapper writes its last words just before exiting; let them land.
             time.sleep(0.2)
-            raise _ReplicaFailed(f"{self.name}: the server exited before it was ready ({detail}).\n{_replica_tail(replica)}")
+            raise _ReplicaFailed(
+                f"{self.name}: the server exited before it was ready ({detail}).\n{_replica_tail(replica)}"
+            )
         now = time.monotonic()
         if state != self.last_state:
             log.info("%s: %s", self.name, detail)
@@ -364,8 +383,9 @@ class Admission:
     the runtime file (the only writer while it runs: serve() until min_ready, then the
     admitter process). A replica that fails is stopped and never listed."""
 
-    def __init__(self, dep: Deployment, runner, record: dict[str, Any], api_key: str, poll_s: float,
-                 mismatch_grace_s: float):
+    def __init__(
+        self, dep: Deployment, runner, record: dict[str, Any], api_key: str, poll_s: float, mismatch_grace_s: float
+    ):
         self.dep = dep
         self.runner = runner
         self.record = record
@@ -431,12 +451,20 @@ class Admission:
     def _admit(self, replica: dict[str, Any], bound: dict[str, Any]) -> None:
         base = f"http://{bound['host']}:{bound['port']}"
         replica.update(
-            state=READY, host=bound["host"], port=bound["port"], url=base, base_url=f"{base}/v1",
-            ready_at=now_iso(), ready_epoch=time.time(),
+            state=READY,
+            host=bound["host"],
+            port=bound["port"],
+            url=base,
+            base_url=f"{base}/v1",
+            ready_at=now_iso(),
+            ready_epoch=time.time(),
         )
         log.info(
             "deployment %s: replica %d ready at %s (%.1fs since its process started)",
-            self.dep.name, replica["index"], replica["base_url"], bound.get("waited_s", 0.0),
+            self.dep.name,
+            replica["index"],
+            replica["base_url"],
+            bound.get("waited_s", 0.0),
         )
         if len(self.ready()) >= self.dep.min_ready:
             self._publish()
@@ -452,9 +480,16 @@ class Admission:
         first = ready[0]
         replicas = [
             {
-                "index": r["index"], "base_url": r["base_url"], "url": r["url"], "host": r["host"],
-                "port": r["port"], "pid": r.get("pid"), "job_id": r.get("job_id"),
-                "server_log": r["server_log"], "ready_at": r["ready_at"], "capacity": record.get("capacity"),
+                "index": r["index"],
+                "base_url": r["base_url"],
+                "url": r["url"],
+                "host": r["host"],
+                "port": r["port"],
+                "pid": r.get("pid"),
+                "job_id": r.get("job_id"),
+                "server_log": r["server_log"],
+                "ready_at": r["ready_at"],
+                "capacity": record.get("capacity"),
             }
             for r in ready
         ]
@@ -481,9 +516,7 @@ class Admission:
         write_text_atomic(runtime_path, json.dumps(runtime, indent=2) + "\n", mode=0o600)
         if not record["ready"]:
             heartbeat_path(runtime_path).touch()
-            write_text_atomic(
-                record["sentinel_path"], json.dumps(identity(self.dep), indent=2, sort_keys=True) + "\n"
-            )
+            write_text_atomic(record["sentinel_path"], json.dumps(identity(self.dep), indent=2, sort_keys=True) + "\n")
             record.update(ready=True, base_url=runtime["base_url"], ready_at=runtime["ready_at"])
 
 
@@ -494,14 +527,21 @@ def _start_admitter(record: dict[str, Any]) -> None:
     with open(admit_log, "ab") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", "longdoc_sdg.serve", "admit", "--record", record["record_path"]],
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-            env=wrapper_env(PACKAGE_ROOT), start_new_session=True, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=wrapper_env(PACKAGE_ROOT),
+            start_new_session=True,
+            close_fds=True,
         )
     record["admitter"] = {"pid": proc.pid, "start_time": proc_start_time(proc.pid), "log": str(admit_log)}
     _write_record(record)
     log.info(
         "deployment %s: %d replica(s) still starting; admitter pid %d adds them when ready (log %s)",
-        record["deployment"], sum(r["state"] == STARTING for r in record["replicas"]), proc.pid, admit_log,
+        record["deployment"],
+        sum(r["state"] == STARTING for r in record["replicas"]),
+        proc.pid,
+        admit_log,
     )
 
 
@@ -651,8 +691,12 @@ def _replica_list(runtime: dict[str, Any]) -> list[dict[str, Any]]:
     """Ready replicas as clients need them: base_url, capacity, server log."""
     listed = runtime.get("replicas") or [runtime]
     return [
-        {"base_url": r["base_url"], "capacity": r.get("capacity"), "server_log": r.get("server_log"),
-         "name": f"replica {r.get('index', 0)}"}
+        {
+            "base_url": r["base_url"],
+            "capacity": r.get("capacity"),
+            "server_log": r.get("server_log"),
+            "name": f"replica {r.get('index', 0)}",
+        }
         for r in listed
     ]
 

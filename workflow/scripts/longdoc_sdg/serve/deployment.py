@@ -112,15 +112,11 @@ class Deployment(BaseModel):
     partition: str | None = Field("gpu", description="Slurm partition of the serve job; null = the cluster default.")
     mem_mb: int | None = Field(None, ge=1, description="Slurm --mem in MB; null = the partition default.")
     cpus: int = Field(8, ge=1, description="Slurm --cpus-per-task of the serve job.")
-    slurm_extra: list[str] = Field(
-        [], description="Further sbatch arguments, e.g. ['--account=proj', '--qos=high']."
-    )
+    slurm_extra: list[str] = Field([], description="Further sbatch arguments, e.g. ['--account=proj', '--qos=high'].")
     port: int | None = Field(
         None, ge=1, le=65535, description="Fixed port; null = a free port chosen on the server's node."
     )
-    ready_timeout_s: float = Field(
-        1800, gt=0, description="Seconds from process start until the model must be served."
-    )
+    ready_timeout_s: float = Field(1800, gt=0, description="Seconds from process start until the model must be served.")
     queue_timeout_s: float | None = Field(
         None, gt=0, description="Seconds a Slurm serve job may stay pending; null = no limit."
     )
@@ -130,9 +126,7 @@ class Deployment(BaseModel):
         description="The wrapper stops the server after this many seconds with neither a client "
         "heartbeat nor a running/waiting request; null = never (walltime still applies).",
     )
-    stop_grace_s: float = Field(
-        30, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping the server."
-    )
+    stop_grace_s: float = Field(30, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping the server.")
 
     @field_validator("env_vars", mode="before")
     @classmethod
@@ -218,9 +212,7 @@ def deployment_from_dict(
     return Deployment.model_validate(merged)
 
 
-def as_deployment(
-    deployment: Deployment | dict | str | Path, overrides: dict[str, Any] | None = None
-) -> Deployment:
+def as_deployment(deployment: Deployment | dict | str | Path, overrides: dict[str, Any] | None = None) -> Deployment:
     """Accept a Deployment, a settings mapping, or a path to a deployment file."""
     if isinstance(deployment, Deployment):
         if not overrides:
@@ -293,6 +285,6 @@ def build_command(dep: Deployment, host: str, port: int, chat_template_path: str
     argv += list(dep.extra_args)
     if dep.pre_cmd:
         # Same shell, then exec: the server keeps the pid we watch and signal.
-        script = f"set -e\n{dep.pre_cmd}\nset +e\nexec \"$@\""
+        script = f'set -e\n{dep.pre_cmd}\nset +e\nexec "$@"'
         argv = ["bash", "-c", script, "longdoc-serve"] + argv
     return argv

@@ -29,8 +29,14 @@ log = get_logger("stages")
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        OcrStage(), TextQaStage(), ClassifyStage(), VisualQaStage(), SinglePageQaStage(),
-        WindowedQaStage(), WholeDocumentQaStage(), JudgeStage(),
+        OcrStage(),
+        TextQaStage(),
+        ClassifyStage(),
+        VisualQaStage(),
+        SinglePageQaStage(),
+        WindowedQaStage(),
+        WholeDocumentQaStage(),
+        JudgeStage(),
     )
 }
 
@@ -59,7 +65,9 @@ class EndpointSettings(BaseModel):
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout.")
     concurrency: dict[str, Any] = Field({}, description="engine ConcurrencyConfig fields (min, max, initial, ...).")
     retry: dict[str, Any] = Field({}, description="engine RetryConfig fields.")
-    breaker: dict[str, Any] = Field({}, description="engine BreakerConfig fields (window, min_requests, max_error_rate).")
+    breaker: dict[str, Any] = Field(
+        {}, description="engine BreakerConfig fields (window, min_requests, max_error_rate)."
+    )
     error_budget: dict[str, Any] = Field({}, description="Alias of breaker.")
 
 
@@ -75,8 +83,11 @@ def make_engine(endpoint: dict):
                 f"endpoint {settings.base_url}: environment variable {settings.api_key_env} (the API key) is not set"
             )
     config = EndpointConfig(
-        base_url=settings.base_url, model=settings.model, api_key=key,
-        request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+        base_url=settings.base_url,
+        model=settings.model,
+        api_key=key,
+        request_timeout_s=settings.request_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
     )
     return ChatEngine(
         config,
@@ -134,8 +145,9 @@ def run_stage(
     page_store = None
     if spec.pages_key and spec.pages_key in inputs and uses_model:
         page_store = PageStore(inputs[spec.pages_key])
-    ctx = StageContext(config=config, templates=templates, page_store=page_store,
-                       output_path=output, model=model_name or "")
+    ctx = StageContext(
+        config=config, templates=templates, page_store=page_store, output_path=output, model=model_name or ""
+    )
 
     def validated(task: RowTask, columns: dict) -> dict:
         # Our own output must fit the closed schema: a mismatch is a bug and fails the job.
@@ -162,8 +174,12 @@ def run_stage(
                 engine = make_engine(endpoint)
                 await engine.verify()
             summary = await run_rows(
-                rows(), process_model if uses_model else process_local, writer, engine,
-                desc=stage, total=len(plan.expected_ids),
+                rows(),
+                process_model if uses_model else process_local,
+                writer,
+                engine,
+                desc=stage,
+                total=len(plan.expected_ids),
             )
             if summary.expected_ids != plan.expected_ids:
                 raise RuntimeError(f"{stage}: the plan's rows changed while streaming (a bug)")

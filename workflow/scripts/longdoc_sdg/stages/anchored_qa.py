@@ -66,7 +66,8 @@ class AnchoredQaConfig(ModelStageConfig):
 
 class SinglePageQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["single_page_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["single_page_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(1, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("single_page_qa.j2", description="Prompt template of the generation call.")
@@ -74,7 +75,8 @@ class SinglePageQaConfig(AnchoredQaConfig):
 
 class WindowedQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["windowed_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["windowed_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
@@ -82,11 +84,14 @@ class WindowedQaConfig(AnchoredQaConfig):
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
     question_type_weights: dict[str, float] = Field(
-        DEFAULT_WEIGHTS["whole_document_qa"], description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS})."
+        DEFAULT_WEIGHTS["whole_document_qa"],
+        description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({TYPE_KEYS}).",
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(
-        None, ge=1, description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit."
+        None,
+        ge=1,
+        description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit.",
     )
     prompt_template: str = Field("whole_document_qa.j2", description="Prompt template of the generation call.")
 
@@ -121,8 +126,9 @@ class _AnchoredStage(Stage):
         sampling = cfg.sampling.to_request()
         messages = user_message([*images, {"type": "text", "text": prompt}])
         if cfg.output_format == "json":
-            result = await calls.chat(messages, response_model=AnchoredReply, sampling=sampling,
-                                      max_tokens=cfg.max_tokens)
+            result = await calls.chat(
+                messages, response_model=AnchoredReply, sampling=sampling, max_tokens=cfg.max_tokens
+            )
             item = from_json_reply(result.parsed)
         else:
             if cfg.constrain_output:
@@ -148,9 +154,7 @@ class _AnchoredStage(Stage):
         }
 
     def render_common(self, ctx: StageContext, qtype, **context) -> str:
-        return ctx.templates["prompt_template"].render(
-            qtype=qtype, output_format=ctx.config.output_format, **context
-        )
+        return ctx.templates["prompt_template"].render(qtype=qtype, output_format=ctx.config.output_format, **context)
 
 
 class SinglePageQaStage(_AnchoredStage):
@@ -208,7 +212,9 @@ class WindowedQaStage(_AnchoredStage):
 
         chosen = select_records(
             (f"{self.name}:{r['window_id']}" for r in eligible()),
-            config.num_records, config.seed, shuffled=True,
+            config.num_records,
+            config.seed,
+            shuffled=True,
         )
 
         def tasks():

@@ -51,7 +51,9 @@ class SamplingConfig(Strict):
     temperature: float | None = Field(None, ge=0, description="Softmax temperature.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, description="Keep the k most likely tokens (vLLM; -1 = all).")
-    min_p: float | None = Field(None, ge=0, le=1, description="Minimum token probability relative to the top one (vLLM).")
+    min_p: float | None = Field(
+        None, ge=0, le=1, description="Minimum token probability relative to the top one (vLLM)."
+    )
     presence_penalty: float | None = Field(None, description="Penalty on tokens already present.")
     repetition_penalty: float | None = Field(None, gt=0, description="Multiplicative repetition penalty (vLLM).")
     reasoning_effort: Literal["low", "medium", "high"] | None = Field(
@@ -187,11 +189,11 @@ def _template_path(name: str) -> Path:
 
 def _environment(path: Path) -> jinja2.Environment:
     # A custom template may include our partials, and its own neighbours first.
-    loader = jinja2.ChoiceLoader(
-        [jinja2.FileSystemLoader(str(path.parent)), jinja2.FileSystemLoader(str(PROMPTS_DIR))]
-    )
+    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(path.parent)), jinja2.FileSystemLoader(str(PROMPTS_DIR))])
     return jinja2.Environment(
-        loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
         autoescape=False,
     )
 
@@ -315,11 +317,10 @@ class RowCalls:
     def __init__(self, engine: Any):
         self.engine = engine
 
-    async def chat(self, messages: list[dict], *, sampling: dict, max_tokens: int,
-                   response_model: type[BaseModel] | None = None):
-        return await self.engine.chat(
-            messages, response_model=response_model, sampling=sampling, max_tokens=max_tokens
-        )
+    async def chat(
+        self, messages: list[dict], *, sampling: dict, max_tokens: int, response_model: type[BaseModel] | None = None
+    ):
+        return await self.engine.chat(messages, response_model=response_model, sampling=sampling, max_tokens=max_tokens)
 
 
 @dataclass
@@ -358,8 +359,9 @@ class StageContext:
             store = self.page_store
             if store is None:
                 return [{"type": "image_url", "image_url": {"url": LazyImage.of(r.png)}} for r in records]
-            return [lazy_image_part(len(r.png), functools.partial(store.png_view, r.doc_id, r.page_number))
-                    for r in records]
+            return [
+                lazy_image_part(len(r.png), functools.partial(store.png_view, r.doc_id, r.page_number)) for r in records
+            ]
         parts = []
         for r in records:
             path = self.media_dir() / safe_file_stem(r.doc_id) / f"p{r.page_number:05d}.png"
@@ -388,8 +390,9 @@ class StageContext:
             sizes = store.page_sizes(doc_id, pages)
         except KeyError as exc:
             raise StageFailure("missing_pages", str(exc)) from None
-        parts = [lazy_image_part(size, functools.partial(store.png_view, doc_id, page))
-                 for page, size in zip(pages, sizes)]
+        parts = [
+            lazy_image_part(size, functools.partial(store.png_view, doc_id, page)) for page, size in zip(pages, sizes)
+        ]
         return _labelled(pages, parts) if labelled else parts
 
 
@@ -439,11 +442,7 @@ class Stage:
 
     def template_names(self, config: Any) -> dict[str, str]:
         """Role → template name, read from the config's *_template fields."""
-        return {
-            name: getattr(config, name)
-            for name in type(config).model_fields
-            if name.endswith("_template")
-        }
+        return {name: getattr(config, name) for name in type(config).model_fields if name.endswith("_template")}
 
     def needs_endpoint(self, config: Any) -> bool:
         return True

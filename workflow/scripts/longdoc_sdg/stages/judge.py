@@ -44,9 +44,7 @@ class JudgeConfig(ModelStageConfig):
     sampling: SamplingConfig = Field(
         SamplingConfig(temperature=0.0), description="Sampling of the judge (greedy by default)."
     )
-    only_format_ok: bool = Field(
-        False, description="Judge only rows whose answer passed the format check (format_ok)."
-    )
+    only_format_ok: bool = Field(False, description="Judge only rows whose answer passed the format check (format_ok).")
     show_images: bool = Field(True, description="Send the pages of each item to the judge.")
     prompt_template: str = Field("judge.j2", description="Prompt template of the judge call.")
     judge_stages: list[str] = Field(
@@ -57,7 +55,10 @@ class JudgeConfig(ModelStageConfig):
 
 
 def _rubric_fields() -> dict:
-    return {f"{item.key}_score": (int, Field(description=f"{item.label}, 0-5 (weight {item.weight}).")) for item in JUDGE_RUBRIC}
+    return {
+        f"{item.key}_score": (int, Field(description=f"{item.label}, 0-5 (weight {item.weight})."))
+        for item in JUDGE_RUBRIC
+    }
 
 
 JudgeOutput = create_model(
@@ -147,6 +148,4 @@ class JudgeStage(Stage):
 
 
 def _type_set(qa_stage: str) -> str | None:
-    return {"text_qa": "text", "visual_qa": "visual"}.get(
-        qa_stage, "anchored" if qa_stage in QA_STAGES else None
-    )
+    return {"text_qa": "text", "visual_qa": "visual"}.get(qa_stage, "anchored" if qa_stage in QA_STAGES else None)

@@ -34,9 +34,7 @@ class OcrConfig(ModelStageConfig):
     )
     max_tokens: int = Field(8000, ge=1, description="Completion token budget per page (Nemotron-Parse).")
     sampling: SamplingConfig = Field(
-        SamplingConfig(
-            temperature=0.0, top_k=1, repetition_penalty=1.1, extra_body={"skip_special_tokens": False}
-        ),
+        SamplingConfig(temperature=0.0, top_k=1, repetition_penalty=1.1, extra_body={"skip_special_tokens": False}),
         description="Nemotron-Parse sampling: greedy, mild repetition penalty, special tokens kept "
         "(the coordinate and class tags are special tokens).",
     )

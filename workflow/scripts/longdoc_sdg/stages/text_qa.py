@@ -95,7 +95,7 @@ class TextQaStage(Stage):
 
         def base_id(row) -> str:
             # The OCR id is "ocr:<doc>:p<page>": keep its document/page part.
-            return self.name + row["row_id"][row["row_id"].index(":"):]
+            return self.name + row["row_id"][row["row_id"].index(":") :]
 
         def tasks():
             for row in eligible():
@@ -132,10 +132,18 @@ class TextQaStage(Stage):
         correctness_prompt = ctx.templates["correctness_template"].render(text=text, question=question, answer=answer)
         # The two checks are independent: run them side by side.
         relevance, correctness = await gather_or_cancel(
-            calls.chat(user_message(relevance_prompt), response_model=RelevanceVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
-            calls.chat(user_message(correctness_prompt), response_model=CorrectnessVerdict,
-                       sampling=sampling, max_tokens=cfg.max_tokens),
+            calls.chat(
+                user_message(relevance_prompt),
+                response_model=RelevanceVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
+            calls.chat(
+                user_message(correctness_prompt),
+                response_model=CorrectnessVerdict,
+                sampling=sampling,
+                max_tokens=cfg.max_tokens,
+            ),
         )
         ok, reason = validate_answer(qtype.answer_format, answer, question)
         return {

@@ -82,13 +82,23 @@ class VisualQaStage(Stage):
 
     def plan(self, config: VisualQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["classify"]
-        columns = ["row_id", "doc_id", "pages", "status", "contains_reasoning_content",
-                   "reasoning_complexity_score", "page_classification"]
+        columns = [
+            "row_id",
+            "doc_id",
+            "pages",
+            "status",
+            "contains_reasoning_content",
+            "reasoning_complexity_score",
+            "page_classification",
+        ]
 
         def eligible():
             for row in iter_rows(path, columns):
-                if (row["status"] == "ok" and row["contains_reasoning_content"]
-                        and (row["reasoning_complexity_score"] or 0) >= config.min_reasoning_complexity):
+                if (
+                    row["status"] == "ok"
+                    and row["contains_reasoning_content"]
+                    and (row["reasoning_complexity_score"] or 0) >= config.min_reasoning_complexity
+                ):
                     yield row
 
         chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
@@ -97,7 +107,7 @@ class VisualQaStage(Stage):
             for row in eligible():
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
-                base = self.name + row["row_id"][row["row_id"].index(":"):]
+                base = self.name + row["row_id"][row["row_id"].index(":") :]
                 for row_id in qa_row_ids(base, config.questions_per_record):
                     data = {
                         "classification": json.loads(row["page_classification"]),
@@ -132,10 +142,18 @@ class VisualQaStage(Stage):
 
         checks = cfg.check_sampling.to_request()
         relevance, correctness = await gather_or_cancel(
-            calls.chat(with_images(ctx.templates["relevance_template"].render(question=question)),
-                       response_model=RelevanceVerdict, sampling=checks, max_tokens=cfg.max_tokens),
-            calls.chat(with_images(ctx.templates["correctness_template"].render(question=question, answer=answer)),
-                       response_model=CorrectnessVerdict, sampling=checks, max_tokens=cfg.max_tokens),
+            calls.chat(
+                with_images(ctx.templates["relevance_template"].render(question=question)),
+                response_model=RelevanceVerdict,
+                sampling=checks,
+                max_tokens=cfg.max_tokens,
+            ),
+            calls.chat(
+                with_images(ctx.templates["correctness_template"].render(question=question, answer=answer)),
+                response_model=CorrectnessVerdict,
+                sampling=checks,
+                max_tokens=cfg.max_tokens,
+            ),
         )
         ok, reason = validate_answer(qtype.answer_format, answer, question)
         return {

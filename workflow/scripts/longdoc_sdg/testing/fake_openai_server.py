@@ -312,9 +312,7 @@ class FakeOpenAIServer:
     async def start_async(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._sem = asyncio.Semaphore(self.config.max_num_seqs)
         # handler_cancellation: a request whose client went away (timeouts) leaves the queue
-        self._runner = web.AppRunner(
-            self.build_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
         await site.start()
@@ -387,8 +385,15 @@ class FakeOpenAIServer:
             return self._unauthorized()
         created = 1700000000
         data = [
-            {"id": m, "object": "model", "created": created, "owned_by": "fake",
-             "root": m, "parent": None, "max_model_len": self.config.max_model_len}
+            {
+                "id": m,
+                "object": "model",
+                "created": created,
+                "owned_by": "fake",
+                "root": m,
+                "parent": None,
+                "max_model_len": self.config.max_model_len,
+            }
             for m in self.config.models
         ]
         return _json_response(_dumps({"object": "list", "data": data}))
@@ -434,7 +439,7 @@ class FakeOpenAIServer:
         at = body.find(b"[[fake:")
         if at >= 0:
             end = body.find(b"]]", at)
-            spec = body[at + 7:end].decode(errors="replace")
+            spec = body[at + 7 : end].decode(errors="replace")
             kind, _, times = spec.partition("*")
             if kind in CONTENT_FAULTS:
                 return kind
@@ -491,7 +496,9 @@ class FakeOpenAIServer:
             raise asyncio.CancelledError
         if fault in ("500", "502", "503"):
             status = int(fault)
-            return self._count(fault, _json_response(_error_body(status, "injected server error", "InternalServerError"), status))
+            return self._count(
+                fault, _json_response(_error_body(status, "injected server error", "InternalServerError"), status)
+            )
         if fault == "400":
             message = "This model's maximum context length is 8192 tokens. (injected)"
             return self._count(fault, _json_response(_error_body(400, message, "BadRequestError", "messages"), 400))
@@ -609,7 +616,9 @@ class FakeOpenAIServer:
 
 
 @contextlib.contextmanager
-def spawn_fake_server(*args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0) -> Iterator[tuple[subprocess.Popen, str]]:
+def spawn_fake_server(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run the double in its own process (own event loop, own core); yields (process, base_url)."""
     cmd = [sys.executable, "-m", "longdoc_sdg.testing.fake_openai_server", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
@@ -646,11 +655,16 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument(
-        "--model", action="append", dest="models",
+        "--model",
+        action="append",
+        dest="models",
         help="served model name (repeatable); with vLLM's --served-model-name, that one wins",
     )
     parser.add_argument(
-        "--served-model-name", nargs="+", action="extend", dest="served_names",
+        "--served-model-name",
+        nargs="+",
+        action="extend",
+        dest="served_names",
         help="as vLLM: the names /v1/models lists (overrides --model)",
     )
     parser.add_argument("--api-key-env", help="name of an env var holding the key to require")
@@ -668,25 +682,33 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     # Start-up behaviour, for tests of the serve rule.
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before listening")
     parser.add_argument(
-        "--crash-on-start", action="store_true",
+        "--crash-on-start",
+        action="store_true",
         help="after the start-up delay, print a made-up engine error and exit 3 (never listens)",
     )
     parser.add_argument(
-        "--pretend", metavar="NAME",
+        "--pretend",
+        metavar="NAME",
         help="list NAME in /v1/models instead of the served names (an impostor on the port)",
     )
     parser.add_argument(
-        "--replica-startup-delay", action="append", default=[], metavar="INDEX=SECONDS",
+        "--replica-startup-delay",
+        action="append",
+        default=[],
+        metavar="INDEX=SECONDS",
         help="extra start-up delay of replica INDEX ($LONGDOC_SERVE_REPLICA, set by the serve wrapper)",
     )
     parser.add_argument(
-        "--replica-pretend", action="append", default=[], metavar="INDEX=NAME",
+        "--replica-pretend",
+        action="append",
+        default=[],
+        metavar="INDEX=NAME",
         help="replica INDEX lists NAME instead of the served names (one impostor among replicas)",
     )
     parser.add_argument(
-        "--stats-file", default=os.environ.get("FAKE_OPENAI_SERVER_STATS"),
-        help="write the request statistics (JSON) here after every chat request "
-        "(default: $FAKE_OPENAI_SERVER_STATS)",
+        "--stats-file",
+        default=os.environ.get("FAKE_OPENAI_SERVER_STATS"),
+        help="write the request statistics (JSON) here after every chat request (default: $FAKE_OPENAI_SERVER_STATS)",
     )
     return parser.parse_known_args(argv)
 
