@@ -26,9 +26,21 @@ def deployment_file(config: dict, name: str) -> Path:
 
 
 def _deployment(config: dict, name: str):
+    from pydantic import ValidationError
+
     from .serve import load_deployment
 
-    return load_deployment(deployment_file(config, name), config["serving"]["overrides"].get(name))
+    path = deployment_file(config, name)
+    try:
+        return load_deployment(path, config["serving"]["overrides"].get(name))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'deployment'}: {error['msg']}" for error in exc.errors()
+        )
+        raise ValueError(
+            f"deployment {name!r} ({path}, with serving.overrides.{name}): {problems}; fix the field in the "
+            f"deployment file or its override"
+        ) from None
 
 
 def deployment_settings(config: dict, name: str) -> dict[str, Any]:
@@ -128,6 +140,9 @@ def resolve_endpoint(params: dict) -> dict | None:
                 f"{params['served_name']!r}; rerun to serve the configured deployment"
             )
         register_secret(endpoint.get("api_key"))
+        # The engine re-reads the replicas from the runtime file (late ones join).
+        endpoint.pop("replicas", None)
+        endpoint["runtime"] = params["runtime"]
         return endpoint
     raise RuntimeError(f"stage has no reachable model (endpoint mode {mode!r})")
 

@@ -166,6 +166,8 @@ def serve(
         "capacity": dep.max_num_seqs,
         "gpus_per_replica": dep.gpus_per_node * dep.nodes,
         "min_ready": dep.min_ready,
+        "poll_s": poll_s,
+        "mismatch_grace_s": mismatch_grace_s,
         "created_at": now_iso(),
         "ready": False,
         "replicas": [],
@@ -545,7 +547,7 @@ def _start_admitter(record: dict[str, Any]) -> None:
     )
 
 
-def run_admitter(record_path: str | Path, poll_s: float = 1.0, mismatch_grace_s: float = MISMATCH_GRACE_S) -> int:
+def run_admitter(record_path: str | Path) -> int:
     """Entry point of the admitter process: admit the replicas still starting, then exit."""
     from .deployment import deployment_from_dict
 
@@ -556,7 +558,14 @@ def run_admitter(record_path: str | Path, poll_s: float = 1.0, mismatch_grace_s:
     spec = read_json(Path(record["replicas"][0]["work_dir"]) / "spec.json") or {}
     dep = deployment_from_dict(spec["deployment"])
     register_secret(runtime["api_key"])
-    admission = Admission(dep, get_launcher(record["launcher"]), record, runtime["api_key"], poll_s, mismatch_grace_s)
+    admission = Admission(
+        dep,
+        get_launcher(record["launcher"]),
+        record,
+        runtime["api_key"],
+        float(record.get("poll_s", 1.0)),
+        float(record.get("mismatch_grace_s", MISMATCH_GRACE_S)),
+    )
 
     def ours() -> bool:
         current = read_json(record_path)
