@@ -71,21 +71,6 @@ def client_outputs(stage, wildcards):
     return [stage_output(stage).format(shard=wildcards.shard)]
 
 
-def job_forced(rule_name, outputs):
-    """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F). Only the main
-    process decides what runs; a cluster job re-parsing the workflow never needs the server
-    brought up for it."""
-    if not workflow.is_main_process:
-        return False
-    settings = workflow.dag_settings
-    if settings.forceall or rule_name in settings.forcerun:
-        return True
-    if not settings.forcetargets:
-        return False
-    targets = {os.path.abspath(t) for t in settings.targets}
-    return any(os.path.abspath(output) in targets for output in outputs)
-
-
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
@@ -101,15 +86,13 @@ def get_stage_inputs(stage):
 
 def get_serving_inputs(stage):
     """Input function factory: the deployment's sentinel as `ancient()`, so a restarted server
-    never reruns finished jobs; a forced client also takes the runtime file, which makes
-    Snakemake serve for it (see serve.smk)."""
+    never reruns finished jobs. The serve job comes into the DAG through the `served` rule
+    (see serve.smk); a client whose deployment this run never started (a forced target) serves
+    it itself (endpoints.ensure_served)."""
     deployment = config["stages"][stage]["deployment"]
 
     def serving(wildcards):
-        paths = [ancient(sentinel_path(deployment))]
-        if job_forced(stage, client_outputs(stage, wildcards)):
-            paths.append(runtime_path(deployment))
-        return paths
+        return [ancient(sentinel_path(deployment))]
 
     return serving
 
@@ -211,9 +194,10 @@ def record_served(deployment, clients, path):
 
     from longdoc_sdg.io import write_text_atomic
 
+    # Stopped first: teardown accounts for its GPU time in the ledger, which reads the marker.
+    endpoints.stop_deployment(SERVE_DIR, deployment)
     marker = {"deployment": deployment, "clients": len(clients)}
     write_text_atomic(path, json.dumps(marker) + "\n")
-    endpoints.stop_deployment(SERVE_DIR, deployment)
 
 
 def get_deployment_settings(wildcards, output):
@@ -223,15 +207,11 @@ def get_deployment_settings(wildcards, output):
     return endpoints.deployment_settings(config, wildcards.deployment)
 
 
-def get_serve_launcher(wildcards, output):
-    """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs).
-    A params function on purpose: the executor plugin is known only once the DAG is built,
-    not while the Snakefile is parsed. Takes `output`: not a rerun trigger."""
-    launcher = config["serving"]["launcher"]
-    if launcher != "auto":
-        return launcher
-    plugin = workflow.executor_plugin
-    return "slurm" if plugin is not None and "slurm" in plugin.name else "local"
+def get_serve_launcher(wildcards, output, resources):
+    """Where model servers start. 'auto' follows the profile: profiles/slurm sets the serve
+    rule's `serve_launcher` resource to slurm (GPU jobs); without it, local processes. Takes
+    `output`: not a rerun trigger."""
+    return endpoints.serve_launcher(config, resources.get("serve_launcher"))
 
 
 def serve_state_dir(wildcards, output):
@@ -295,3 +275,39 @@ def get_export_targets():
 def get_report_targets():
     """Statistics, figures and summary page: for get_final_outputs."""
     return export_plan.report_targets(config, RESULTS)
+
+
+# the serving ledger (rules/ledger.smk)
+def served_stage_outputs():
+    """Client outputs of every active served stage, by stage."""
+    outputs = {}
+    for stage, status in STATUSES.items():
+        if not (status.active and status.mode == "serve"):
+            continue
+        if stage == "judge":
+            outputs[stage] = [
+                judge_output(q).format(shard=shard) for q in JUDGED for shard in SHARDS
+            ]
+        else:
+            outputs[stage] = [f"{RESULTS}/{stage}/{shard}.parquet" for shard in SHARDS]
+    return outputs
+
+
+def get_ledger_inputs(wildcards):
+    inputs = {"served": [f"{SERVE_DIR}/{d}.served.json" for d in served_deployments()]}
+    for stage, files in served_stage_outputs().items():
+        inputs[f"stage_{stage}"] = files
+    return inputs
+
+
+def get_ledger_stage_deployments():
+    return {
+        stage: config["stages"][stage]["deployment"] for stage in served_stage_outputs()
+    }
+
+
+def get_ledger_targets(wildcards):
+    """The ledger when this run serves something (and has shards to serve for)."""
+    if not (SHARDS and served_deployments()):
+        return []
+    return [f"{RESULTS}/report/ledger.json", f"{RESULTS}/report/figures/ledger.png"]

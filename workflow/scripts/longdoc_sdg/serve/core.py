@@ -446,7 +446,8 @@ class Admission:
         # On its behalf (a cancelled queued job never ran its wrapper): the last replica to go
         # unpublishes the deployment.
         write_text_atomic(
-            Path(replica["work_dir"]) / "exited.json", json.dumps({"instance": replica["instance"], "at": now_iso()})
+            Path(replica["work_dir"]) / "exited.json",
+            json.dumps({"instance": replica["instance"], "at": now_iso(), "epoch": time.time()}),
         )
         _write_record(self.record)
 
@@ -598,11 +599,95 @@ def _stop_admitter(record: dict[str, Any]) -> None:
         stop_group(admitter["pid"], grace_s=5.0)
 
 
+def ledger_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "ledger.jsonl"
+
+
+_ledger_lock = threading.Lock()
+
+
+def _scrape_counters(replica: dict[str, Any]) -> dict[str, float | None]:
+    """What a replica served so far, from vLLM's /metrics counters (None once it is gone)."""
+    from ..engine.pool import parse_metrics
+
+    status, body = http_get(f"{replica['url']}/metrics", timeout=3.0)
+    values = parse_metrics(body.decode("utf-8", "replace")) if status == 200 else {}
+    return {
+        "requests": values.get("vllm:request_success_total"),
+        "prompt_tokens": values.get("vllm:prompt_tokens_total"),
+        "generation_tokens": values.get("vllm:generation_tokens_total"),
+    }
+
+
+def _write_ledger(record: dict[str, Any]) -> None:
+    """One line per deployment instance in STATE/ledger.jsonl: seconds each replica was ready
+    (ready -> stop, or -> its exit), GPU-seconds, and what it served. Nothing for an instance
+    that never had a ready replica."""
+    ready = [r for r in record.get("replicas", []) if r.get("ready_epoch")]
+    if not ready:
+        return
+    now = time.time()
+    gpus = int(record.get("gpus_per_replica") or 0)
+    rows = []
+    for replica in ready:
+        exited = read_json(Path(replica["work_dir"]) / "exited.json") or {}
+        stopped = exited.get("epoch") if exited.get("instance") == record["instance"] else None
+        stop_epoch = min(now, float(stopped)) if stopped else now
+        counters = (
+            _scrape_counters(replica)
+            if not stopped
+            else dict.fromkeys(("requests", "prompt_tokens", "generation_tokens"))
+        )
+        seconds = max(0.0, stop_epoch - float(replica["ready_epoch"]))
+        rows.append(
+            {
+                "index": replica["index"],
+                "ready_epoch": replica["ready_epoch"],
+                "stop_epoch": stop_epoch,
+                "seconds": round(seconds, 3),
+                "gpu_seconds": round(seconds * gpus, 3),
+                **counters,
+            }
+        )
+
+    def total(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return sum(values) if values else None
+
+    entry = {
+        "deployment": record["deployment"],
+        "served_name": record.get("served_name"),
+        "instance": record["instance"],
+        "launcher": record["launcher"],
+        "gpus_per_replica": gpus,
+        "replicas_started": len(record.get("replicas", [])),
+        "replicas_ready": len(rows),
+        "replica_seconds": round(sum(r["seconds"] for r in rows), 3),
+        "gpu_seconds": round(sum(r["gpu_seconds"] for r in rows), 3),
+        "requests": total("requests"),
+        "prompt_tokens": total("prompt_tokens"),
+        "generation_tokens": total("generation_tokens"),
+        "replicas": rows,
+    }
+    path = ledger_path(Path(record["record_path"]).parent.parent)
+    with _ledger_lock, open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
 def _stop_and_forget(record: dict[str, Any], runner=None) -> None:
-    """Stop the admitter first (it must not publish a replica being stopped), then every
-    replica at once (each may wait a full grace period), still-queued Slurm jobs included."""
+    """Stop the admitter first (it must not publish a replica being stopped), account for the
+    ready replicas in the ledger, then stop every replica at once (each may wait a full grace
+    period), still-queued Slurm jobs included."""
     runner = runner or get_launcher(record["launcher"])
     _stop_admitter(record)
+    # The admitter may have admitted one more meanwhile.
+    current = read_json(record["record_path"])
+    if current and current.get("instance") == record["instance"]:
+        record = {**current, "record_path": record["record_path"]}
+    try:
+        _write_ledger(record)
+    except OSError as exc:  # accounting must never keep a server running
+        log.error("deployment %s: could not write the ledger: %s", record["deployment"], exc)
     grace = float(record.get("stop_grace_s", 30))
     replicas = record.get("replicas", [])
     errors: list[str] = []

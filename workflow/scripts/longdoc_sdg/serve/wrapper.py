@@ -189,7 +189,8 @@ class Wrapper:
         newer server may own the paths by now."""
         exit_path = self.spec.get("exit_path")
         if exit_path:
-            write_text_atomic(exit_path, json.dumps({"instance": self.spec["instance"], "at": now_iso()}))
+            marker = {"instance": self.spec["instance"], "at": now_iso(), "epoch": time.time()}
+            write_text_atomic(exit_path, json.dumps(marker))
         others = self.spec.get("all_exit_paths") or []
         if any((read_json(path) or {}).get("instance") != self.spec["instance"] for path in others):
             return
