@@ -166,3 +166,27 @@ def test_data_parallel_size_reaches_vllm_and_the_gpu_count():
     assert argv[argv.index("--data-parallel-size") + 1] == "2"
     assert dep.gpus_per_node == 4
     assert "--data-parallel-size" not in build_command(fake_replicas(), "127.0.0.1", 8000, None)
+
+
+def test_every_replica_lost_after_ready_names_each_log(paths):
+    import os
+    import signal
+
+    from longdoc_sdg.serve import EndpointGoneError, verify_endpoint
+
+    dep = fake_replicas(min_ready=2)
+    # As in the workflow: the state dir is the runtime file's folder (results/serve).
+    paths["state"] = paths["runtime"].parent
+    _serve(dep, paths)
+    for replica in _record(paths)["replicas"]:
+        bound = read_json(replica["bound_path"])
+        os.killpg(bound["server_pid"], signal.SIGKILL)
+    # The last wrapper to notice unpublishes the deployment.
+    assert wait_until(lambda: not paths["runtime"].exists(), 30)
+    with pytest.raises(EndpointGoneError) as caught:
+        verify_endpoint(paths["runtime"])
+    message = str(caught.value)
+    assert "server for deployment pool is not running" in message
+    for index in (0, 1):
+        assert f"replica {index}: Last lines of" in message and f"replica-{index}/server.log" in message
+    assert "server exited with code -9" in message

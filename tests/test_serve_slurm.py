@@ -122,10 +122,13 @@ def test_replicas_as_slurm_jobs_one_cancelled_one_queued_all_gone_after_teardown
 
     async def use_it():
         engine = ChatEngine(
-            endpoint, concurrency=ConcurrencyConfig(max=4), retry=RetryConfig(max_attempts=3),
+            endpoint,
+            concurrency=ConcurrencyConfig(max=4),
+            retry=RetryConfig(max_attempts=3),
             replicas=lambda: read_replicas(paths["runtime"]),
         )
         async with engine:
+
             async def ask(i):
                 await engine.chat([{"role": "user", "content": f"q{i}"}], max_tokens=8)
 

@@ -535,16 +535,14 @@ def test_elastic_second_replica_joins_running_clients(seeded, tmp_path):
 
 
 def test_ledger_has_gpu_time_per_deployment_and_per_accepted_row(served_run):
-    workdir, _, _, stats_path = served_run
+    workdir, _, _, _ = served_run
     ledger = json.loads((workdir / "results" / "report" / "ledger.json").read_text())
     deployment = ledger["deployments"][DEPLOYMENT]
     assert deployment["instances"] == 1 and deployment["replicas_ready"] == 1
     # fake-vllm.yaml asks for one GPU per replica: GPU-seconds = replica-seconds.
     assert deployment["gpu_seconds"] == deployment["replica_seconds"] > 0
-    # Scraped from the server's /metrics just before it was stopped.
-    assert (
-        deployment["requests"] == json.loads(stats_path.read_text())["requests"] == sum(shard_pages(workdir).values())
-    )
+    # Scraped from the server's /metrics just before it was stopped: one request per page.
+    assert deployment["requests"] == sum(shard_pages(workdir).values())
     assert deployment["prompt_tokens"] > 0 and deployment["generation_tokens"] > 0
     ocr = ledger["stages"]["ocr"]
     assert ocr["deployment"] == DEPLOYMENT and ocr["accepted_rows"] == sum(shard_pages(workdir).values())

@@ -776,9 +776,19 @@ def _read_runtime(runtime_path: str | Path) -> dict[str, Any]:
         name = Path(runtime_path).name.split(".")[0]
         raise EndpointGoneError(
             f"server for deployment {name} is not running (no runtime file {runtime_path}); {RERUN_HINT}"
+            + _replica_tails(Path(runtime_path).parent, name)
         )
     register_secret(runtime.get("api_key"))
     return runtime
+
+
+def _replica_tails(state_dir: Path, name: str) -> str:
+    """Each replica's last log lines, when a deployment of several replicas lost them all."""
+    record = read_json(_record_path(state_dir, name)) or {}
+    replicas = record.get("replicas") or []
+    if len(replicas) < 2:
+        return ""
+    return "".join(f"\nreplica {r['index']}: {_replica_tail(r, lines=15)}" for r in replicas)
 
 
 def _replica_list(runtime: dict[str, Any]) -> list[dict[str, Any]]:
