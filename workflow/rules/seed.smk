@@ -21,6 +21,7 @@ rule seed:
         runtime=120,
     params:
         seed=config["seed"],
+        decontamination=config["decontamination"],
         code_version=run_plan.__version__,
     script:
         "../scripts/seed.py"

@@ -9,4 +9,6 @@ run_seed_shard(
     outputs={name: snakemake.output[name] for name in ("pages", "documents", "windows", "failures")},
     params=snakemake.params.seed,
     threads=snakemake.threads,
+    decontamination=snakemake.params.decontamination,
+    cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",
 )

@@ -286,6 +286,43 @@ register(
 )
 
 
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    from .score.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _score_command(args: argparse.Namespace) -> int:
+    from .score.command import run_command
+
+    return run_command(args)
+
+
+register(
+    "score", "score predictions by MMLongBench-Doc's rules (official or fixed mode)", _score_arguments, _score_command
+)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_arguments
+
+    add_arguments(parser)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .evaluate import run_command
+
+    return run_command(args)
+
+
+register(
+    "evaluate",
+    "score a served model on a benchmark in MMLongBench-Doc's layout",
+    _evaluate_arguments,
+    _evaluate_command,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

@@ -176,7 +176,7 @@ def resolve_endpoint(params: dict, config: dict | None = None) -> dict | None:
                     f"endpoint {params['base_url']} (model {params['model']}): environment variable "
                     f"{params['api_key_env']} holding its API key is not set; export it before running"
                 )
-            register_secret(key)
+            register_secret(key, f"the API key in environment variable {params['api_key_env']}")
             endpoint["api_key"] = key
         return endpoint
     if mode == "serve":

@@ -59,7 +59,7 @@ def short_hash(value) -> str:
 
 def endpoint_mode(config: dict, stage: str) -> str:
     settings = config["stages"][stage]
-    if stage == "ocr" and settings.get("engine") == "pdf-text":
+    if stage == "ocr" and settings.get("engine", "pdf-text") == "pdf-text":
         return "none"
     if (settings.get("endpoint") or {}).get("base_url"):
         return "manual"

@@ -111,6 +111,7 @@ def report_settings(config: dict) -> dict:
     return {
         "judge_score_bins": report["judge_score_bins"],
         "min_judge_score": config["export"]["filters"]["min_judge_score"],
+        "min_verify_score": config["export"]["filters"]["min_verify_score"],
         "code_version": __version__,
     }
 

@@ -537,11 +537,43 @@ def summary_html(stats: dict) -> str:
             ],
         ),
     ]
+    layers = stats["tables"].get("text_layers") or []
+    if layers:
+        parts += [
+            f"<h3>Text layer of the OCR pages</h3><p id='text-layers'>Pages without a text layer (scanned or "
+            f"image-only): <b>{totals.get('pages_without_text_layer', 0):,}</b>.</p>",
+            _table(
+                ["text layer", "OCR engine", "pages", "with text after OCR"],
+                [[r["text_layer"], r["ocr_engine"], r["pages"], r["with_text"]] for r in layers],
+            ),
+        ]
     drops = stats["tables"]["filter_drops"]
     if drops:
         parts += [
             "<h3>Rows removed by the export filters</h3>",
             _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops]),
+        ]
+    agreement = sorted(
+        stats["tables"].get("verify_agreement") or [], key=lambda r: (_stage_key(r["stage"]), r["question_type"])
+    )
+    if agreement:
+        parts += [
+            "<h3>Verify: independent answers that agree with the generated one</h3>",
+            _table(
+                ["stage", "question type", "format", "verified", "agreeing", "agreement", "mean score"],
+                [
+                    [
+                        r["stage"],
+                        r["question_type"],
+                        r["benchmark_format"],
+                        r["verified_rows"],
+                        r["agreeing_rows"],
+                        f"{r['agreeing_rows'] / r['verified_rows']:.0%}" if r["verified_rows"] else "",
+                        f"{r['mean_verify_score']:.2f}",
+                    ]
+                    for r in agreement
+                ],
+            ),
         ]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -43,10 +43,20 @@ STATS_TABLES = (
     "tokens",
     "page_classes",
     "page_sources",
+    "text_layers",
+    "verify_agreement",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding", "format_compliance")
 
 SCHEMAS = {
+    "verify_agreement": [
+        ("stage", pa.string()),
+        ("question_type", pa.string()),
+        ("benchmark_format", pa.string()),
+        ("verified_rows", pa.int64()),
+        ("agreeing_rows", pa.int64()),
+        ("mean_verify_score", pa.float64()),
+    ],
     "stage_yield": [
         ("stage", pa.string()),
         ("unit", pa.string()),
@@ -107,6 +117,12 @@ SCHEMAS = {
         ("share", pa.float64()),
     ],
     "page_sources": [("evidence_source", pa.string()), ("pages", pa.int64()), ("share", pa.float64())],
+    "text_layers": [
+        ("text_layer", pa.string()),
+        ("ocr_engine", pa.string()),
+        ("pages", pa.int64()),
+        ("with_text", pa.int64()),
+    ],
 }
 
 
@@ -152,6 +168,7 @@ def compute_stats(
     t = _Tables()
     totals: dict = {}
     judge_files = _group_judge(list(inputs.get("judge") or []))
+    verify_files = _group_judge(list(inputs.get("verify") or []))
     datasets = _by_stage(list(inputs.get("export_datasets") or []))
     summaries = {
         s: json.loads(Path(p).read_text()) for s, p in _by_stage(list(inputs.get("export_summaries") or [])).items()
@@ -230,6 +247,17 @@ def compute_stats(
                 ],
             )
 
+        # Pages without a text layer (scans), and which OCR engine read each kind of page.
+        if "ocr" in stage_files and "text_layer" in columns_of(con, read_parquet(stage_files["ocr"])):
+            layers = _dicts(
+                con,
+                f"""SELECT text_layer, coalesce(ocr_engine, '?') AS ocr_engine, count(*) AS pages,
+                count(*) FILTER (WHERE length(trim(coalesce(transcribed_texts, ''))) > 0) AS with_text
+                FROM {read_parquet(stage_files["ocr"])} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""",
+            )
+            t.add("text_layers", layers)
+            totals["pages_without_text_layer"] = sum(r["pages"] for r in layers if r["text_layer"] == "none")
+
         for stage, summary in summaries.items():
             t.add(
                 "filter_drops",
@@ -266,16 +294,17 @@ def compute_stats(
                     FROM ok FULL OUTER JOIN ex ON ok.k IS NOT DISTINCT FROM ex.k ORDER BY 2 DESC, 1""",
                 )
 
+            formats = answer_format_sql("answer", "question_type" if "question_type" in cols else None)
             t.add(
                 "question_types", [dict(r, stage=stage) for r in mix("question_type", "question_type", "question_type")]
             )
             t.add(
                 "answer_formats",
-                [dict(r, stage=stage) for r in mix("answer_format", answer_format_sql("answer"), "answer_format")],
+                [dict(r, stage=stage) for r in mix("answer_format", formats, "answer_format")],
             )
             ev = mix(
                 "ev",
-                f"{evidence_ok_rows} || '|' || ({answer_format_sql('answer')} = 'None')",
+                f"{evidence_ok_rows} || '|' || ({formats} = 'None')",
                 "num_evidence_pages || '|' || (answer_format = 'None')",
             )
             rows = []
@@ -334,6 +363,29 @@ def compute_stats(
                         con,
                         f"""SELECT criterion, score::BIGINT AS score,
                 count(*) AS rows FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2""",
+                    )
+                ],
+            )
+
+        # Verify: how often the independent answer agrees with the generated one, per question
+        # type; agreeing = at least the export's min_verify_score of the format (1.0 where unset).
+        thresholds = params.get("min_verify_score") or {}
+        threshold = (
+            "CASE benchmark_format "
+            + " ".join(f"WHEN {sql_str(fmt)} THEN {float(v)!r}" for fmt, v in sorted(thresholds.items()))
+            + " ELSE 1.0 END"
+        )
+        for qa, files in verify_files.items():
+            t.add(
+                "verify_agreement",
+                [
+                    dict(r, stage=qa)
+                    for r in _dicts(
+                        con,
+                        f"""SELECT question_type, benchmark_format, count(*) AS verified_rows,
+                        count(*) FILTER (WHERE verify_score >= {threshold}) AS agreeing_rows,
+                        avg(verify_score) AS mean_verify_score
+                        FROM {read_parquet(files)} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""",
                     )
                 ],
             )

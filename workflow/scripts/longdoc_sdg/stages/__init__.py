@@ -16,13 +16,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..io import get_logger
+from ..io import get_logger, register_secret
 from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .classify import ClassifyStage
+from .evaluate import EvaluateStage
 from .judge import JudgeStage
 from .ocr import PDF_TEXT_MODEL, OcrStage
 from .text_qa import TextQaStage
+from .verify import VerifyStage
 from .visual_qa import VisualQaStage
 
 log = get_logger("stages")
@@ -38,6 +40,8 @@ STAGES: dict[str, Stage] = {
         WindowedQaStage(),
         WholeDocumentQaStage(),
         JudgeStage(),
+        VerifyStage(),
+        EvaluateStage(),
     )
 }
 
@@ -88,6 +92,7 @@ def make_engine(endpoint: dict):
             raise ValueError(
                 f"endpoint {settings.base_url}: environment variable {settings.api_key_env} (the API key) is not set"
             )
+        register_secret(key, f"the API key in environment variable {settings.api_key_env}")
     config = EndpointConfig(
         base_url=settings.base_url,
         model=settings.model,
@@ -167,7 +172,11 @@ def run_stage(
 
     async def process_model(row: dict, engine) -> dict:
         task: RowTask = row["task"]
-        return validated(task, await spec.process(task, ctx, RowCalls(engine)))
+        columns = await spec.process(task, ctx, RowCalls(engine))
+        # A row answered without the model (OCR 'auto' on a page with a text layer) says so.
+        model = columns.pop("model", None)
+        out = validated(task, columns)
+        return out if model is None else {**out, "model": model}
 
     async def process_local(row: dict, engine) -> dict:
         task: RowTask = row["task"]
@@ -201,9 +210,28 @@ def run_stage(
 
     try:
         asyncio.run(main())
+        check_not_all_failed(stage, writer.outcomes())
         return writer.finalize(plan.expected_ids)
     finally:
         writer.close()
+
+
+# Fewer rows than this all failing alike can be chance (one long page, one odd reply).
+ALL_FAILED_MIN_ROWS = 4
+
+
+def check_not_all_failed(stage: str, outcomes) -> None:
+    """Fail the job (the journal keeps its rows) when every row failed with one reason a
+    setting causes, naming the setting, rather than end with a shard of failures and rc 0."""
+    from ..engine.errors import SETTING_REASONS, AllRowsFailed
+
+    total = sum(outcomes.values())
+    if total < ALL_FAILED_MIN_ROWS or len(outcomes) != 1:
+        return
+    (reason,) = outcomes
+    if reason in SETTING_REASONS:
+        advice = SETTING_REASONS[reason].format(stage=stage)
+        raise AllRowsFailed(f"{stage}: all {total} rows of the shard failed with {reason}: {advice}")
 
 
 def stage_config_hash(stage: str, params: dict | None, model: str | None = None) -> str:
@@ -212,4 +240,13 @@ def stage_config_hash(stage: str, params: dict | None, model: str | None = None)
     return config_hash(spec, spec.config_model.model_validate(params or {}), model)
 
 
-__all__ = ["STAGES", "EndpointSettings", "get_stage", "make_engine", "run_stage", "stage_config", "stage_config_hash"]
+__all__ = [
+    "STAGES",
+    "EndpointSettings",
+    "check_not_all_failed",
+    "get_stage",
+    "make_engine",
+    "run_stage",
+    "stage_config",
+    "stage_config_hash",
+]

@@ -1,0 +1,549 @@
+"""Hostile inputs, unit level: SSRF through URLs and redirects, servers that drip bytes or cut
+bodies short, and compression bombs. All traffic stays on loopback; addresses elsewhere are
+refused before any connection, which the tests check by watching every socket connect."""
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from longdoc_sdg.seed import SeedFailure, fetch_document
+
+SAMPLE = sorted((Path(__file__).resolve().parents[1] / "resources" / "sample_pdfs").glob("*.pdf"))[0]
+PDF = SAMPLE.read_bytes()
+ONLY_SERVER = ["127.0.0.1/32"]
+
+
+def params(**download) -> dict:
+    base = {"backoff_s": 0.01, "backoff_max_s": 0.02, "timeout_s": 5, "retries": 0, "allowed_networks": ONLY_SERVER}
+    return {"download": {**base, **download}}
+
+
+class Server:
+    """HTTP on 127.0.0.1; `routes` maps a path to a function of the request handler."""
+
+    def __init__(self):
+        self.routes = {}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                try:
+                    server.routes[self.path](self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.port = self.httpd.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, status, body=b"", headers=None):
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server()
+    yield server
+    server.close()
+
+
+def row(url: str, **extra) -> dict:
+    return {"doc_id": "d", "source_kind": "urls", "source": url, "url": url, "date": None, "extra": json.dumps(extra)}
+
+
+def failure_of(document_row, settings) -> SeedFailure:
+    with pytest.raises(SeedFailure) as caught:
+        fetch_document(document_row, settings)
+    return caught.value
+
+
+# --- Address policy -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def victims():
+    """Listeners on loopback that no fetch may reach: 127.0.0.1 (other port) and 127.0.0.2."""
+    sockets = []
+    for host in ("127.0.0.1", "127.0.0.2"):
+        listener = socket.socket()
+        listener.bind((host, 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        sockets.append(listener)
+    yield {s.getsockname()[0]: s for s in sockets}
+    for listener in sockets:
+        listener.close()
+
+
+def connections(listener) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+@pytest.fixture
+def connect_log(monkeypatch):
+    """Every address a socket connects to in this process, and a resolver that knows
+    `internal.example` as 127.0.0.2 (the way a hostile DNS answer would)."""
+    seen = []
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self, address):
+        seen.append(address[:2])
+        return real_connect(self, address)
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "internal.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return seen
+
+
+def test_redirects_into_the_network_are_refused_without_connecting(server, victims, connect_log):
+    loop_port = victims["127.0.0.1"].getsockname()[1]
+    other_port = victims["127.0.0.2"].getsockname()[1]
+    targets = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x.pdf",
+        f"http://[::ffff:127.0.0.1]:{loop_port}/x.pdf",
+        f"http://2130706433:{loop_port}/x.pdf",
+        f"http://0177.0.0.1:{loop_port}/x.pdf",
+        f"http://127.1:{loop_port}/x.pdf",
+        f"http://internal.example:{other_port}/x.pdf",
+        f"http://127.0.0.2:{other_port}/x.pdf",
+        "http://[::1]/x.pdf",
+        "http://0.0.0.0/x.pdf",
+        "http://224.0.0.1/x.pdf",
+    ]
+    for index, target in enumerate(targets):
+        path = f"/hop/{index}"
+        server.routes[path] = lambda h, target=target: send(h, 302, b"", {"Location": target})
+        # two hops: the first redirect stays on the allowed server
+        server.routes[f"/start/{index}"] = lambda h, path=path: send(h, 301, b"", {"Location": path})
+    for index, target in enumerate(targets):
+        failure = failure_of(row(server.url(f"/start/{index}")), params())
+        assert failure.reason == "blocked_address", (target, failure)
+    assert connections(victims["127.0.0.1"]) == 0 and connections(victims["127.0.0.2"]) == 0
+    # the only connections made were to the allowed server (two hops per URL)
+    assert set(connect_log) == {("127.0.0.1", server.port)}
+    assert len(connect_log) == 2 * len(targets)
+
+
+def test_private_and_loopback_urls_are_refused_unless_allowed(server, connect_log):
+    server.routes["/ok.pdf"] = lambda h: send(h, 200, PDF)
+    assert failure_of(row(server.url("/ok.pdf")), params(allowed_networks=[])).reason == "blocked_address"
+    assert failure_of(row("http://10.0.0.1/a.pdf"), params()).reason == "blocked_address"
+    assert failure_of(row("http://[fe80::1]/a.pdf"), params()).reason == "blocked_address"
+    assert connect_log == []
+    assert fetch_document(row(server.url("/ok.pdf")), params()) == PDF
+
+
+def test_redirect_count_is_capped(server):
+    for hop in range(4):
+        server.routes[f"/chain/{hop}"] = lambda h, hop=hop: send(h, 302, b"", {"Location": f"/chain/{hop + 1}"})
+    server.routes["/chain/4"] = lambda h: send(h, 200, PDF)
+    failure = failure_of(row(server.url("/chain/0")), params(max_redirects=3))
+    assert failure.reason == "http_error" and "seed.download.max_redirects" in failure.message
+    assert fetch_document(row(server.url("/chain/0")), params(max_redirects=4)) == PDF
+
+
+def test_bad_allowed_network_is_a_config_error():
+    from longdoc_sdg.seed import SeedParams
+
+    with pytest.raises(ValueError, match="not a network in CIDR"):
+        SeedParams.model_validate({"download": {"allowed_networks": ["127.0.0.1/99"]}})
+
+
+# --- Deadlines, rate, truncated bodies ------------------------------------------------------
+
+
+def drip(handler, headers_too=False, limit=40, pause=0.25):
+    """One byte every `pause` seconds, at most `limit` bytes (the server stays bounded)."""
+    if headers_too:
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: application/pdf\r\nX-Padding: " + b"p" * limit
+        for byte in head[:limit]:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(pause)
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(PDF)))
+    handler.end_headers()
+    for byte in PDF[:limit]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(pause)
+
+
+def test_a_dripping_body_ends_at_the_attempt_deadline(server):
+    server.routes["/drip.pdf"] = drip
+    failure = failure_of(row(server.url("/drip.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
+    assert failure.reason == "timeout" and "seed.download.deadline_s" in failure.message
+
+
+def test_dripping_headers_end_at_the_attempt_deadline(server):
+    server.routes["/drip-head.pdf"] = lambda h: drip(h, headers_too=True)
+    failure = failure_of(row(server.url("/drip-head.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
+    assert failure.reason == "timeout" and "seed.download.deadline_s" in failure.message
+
+
+def test_the_url_deadline_caps_all_attempts_together(server):
+    server.routes["/drip-again.pdf"] = drip
+    settings = params(deadline_s=0.6, url_deadline_s=1.0, retries=5, min_bytes_per_s=0)
+    failure = failure_of(row(server.url("/drip-again.pdf")), settings)
+    assert failure.reason == "timeout"
+    assert server.hits["/drip-again.pdf"] < 6  # the URL's deadline stopped the retries
+
+
+def test_a_transfer_below_the_minimum_rate_ends(server):
+    server.routes["/slow-rate.pdf"] = lambda h: drip(h, pause=0.1)
+    failure = failure_of(row(server.url("/slow-rate.pdf")), params(timeout_s=0.5, min_bytes_per_s=1000))
+    assert failure.reason == "timeout" and "seed.download.min_bytes_per_s" in failure.message
+
+
+def test_a_body_shorter_than_its_content_length_is_retried(server):
+    def cut(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PDF)))
+        handler.end_headers()
+        handler.wfile.write(PDF[: len(PDF) // 2])
+
+    server.routes["/cut.pdf"] = cut
+    failure = failure_of(row(server.url("/cut.pdf")), params(retries=1))
+    assert failure.reason == "http_error" and "Content-Length" in failure.message
+    assert server.hits["/cut.pdf"] == 2
+
+
+# --- Compression bombs ------------------------------------------------------------------------
+
+
+def gzip_bomb(size_mb: int, prefix: bytes = b"%PDF-1.7\n") -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    zeros = b"\0" * (1 << 20)
+    parts = [packer.compress(prefix)] + [packer.compress(zeros) for _ in range(size_mb)]
+    return b"".join(parts) + packer.flush()
+
+
+def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
+    response = b"HTTP/1.1 200 OK\r\n" + http_headers + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+    record = (
+        b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http; msgtype=response\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(response)
+        + response
+        + b"\r\n\r\n"
+    )
+    return gzip.compress(record, 1)
+
+
+FETCH_IN_CHILD = """
+import json, sys
+from longdoc_sdg.seed import SeedFailure, fetch_document
+row, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    fetch_document(row, settings)
+    outcome, message = "ok", ""
+except SeedFailure as failure:
+    outcome, message = failure.reason, failure.message
+# VmHWM: the peak RSS of this process image (getrusage's ru_maxrss keeps the parent's peak across exec)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"outcome": outcome, "message": message, "peak_mb": peak_kb / 1024}))
+"""
+
+
+def test_a_warc_bomb_stops_at_the_size_cap(server):
+    # 256 MB of zeros in ~1 MB; the cap is 4 MB. Measured in a child so the peak is its own.
+    member = warc_member(gzip_bomb(256), http_headers=b"Content-Encoding: gzip\r\n")
+    server.routes["/bomb.warc.gz"] = lambda h: send(h, 200, member)
+    server.routes["/dead.pdf"] = lambda h: send(h, 404, b"gone")
+    settings = params(max_bytes=4 * 1024 * 1024)
+    settings["warc"] = {"enabled": True, "base_url": server.url("/")}
+    document = row(server.url("/dead.pdf"), file_path="bomb.warc.gz", offset=0)
+    child = subprocess.run(
+        [sys.executable, "-c", FETCH_IN_CHILD, json.dumps(document), json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    # the URL's reason stays the row's reason; the WARC's is in the message
+    assert result["outcome"] == "http_error" and "WARC fallback failed: too_large" in result["message"]
+    assert result["peak_mb"] < 256, result  # far below what the bomb inflates to
+
+
+def test_warc_bomb_reasons_are_too_large():
+    from longdoc_sdg.seed.fetch import inflate_capped, parse_warc_response
+
+    bomb = gzip_bomb(64)
+    record = gzip.decompress(warc_member(bomb, http_headers=b"Content-Encoding: gzip\r\n"))
+    with pytest.raises(SeedFailure) as caught:
+        parse_warc_response(record, max_bytes=1024 * 1024)
+    assert caught.value.reason == "too_large" and "seed.download.max_bytes" in caught.value.message
+    with pytest.raises(SeedFailure) as caught:
+        inflate_capped(bomb, 31, 1024 * 1024, "the member")
+    assert caught.value.reason == "too_large"
+
+
+# --- Local source folders -----------------------------------------------------------------------
+
+OUTSIDE_MARKER = b"%PDF-1.4 OUTSIDE-THE-SOURCE-FOLDER"
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """A source folder with two good PDFs (one reached through an inside link) and every kind of
+    entry that must not be read: a link loop, links leaving the folder, a dangling link, a FIFO."""
+    import os
+
+    root = tmp_path / "source"
+    (root / "sub").mkdir(parents=True)
+    (root / "good.pdf").write_bytes(PDF)
+    (root / "sub" / "real.pdf").write_bytes(PDF)
+    (root / "inside-link.pdf").symlink_to(root / "sub" / "real.pdf")
+    (root / "a.pdf").symlink_to(root / "b.pdf")
+    (root / "b.pdf").symlink_to(root / "a.pdf")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.pdf").write_bytes(OUTSIDE_MARKER)
+    (root / "outside.pdf").symlink_to(outside / "secret.pdf")
+    (root / "passwd.pdf").symlink_to("/etc/passwd")
+    (root / "dangling.pdf").symlink_to(root / "nothing-here.pdf")
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(root / "fifo.pdf")
+    return root, outside
+
+
+REFUSED = {
+    "a.pdf": "loop",
+    "b.pdf": "loop",
+    "outside.pdf": "outside the source folder",
+    "passwd.pdf": "outside the source folder",
+    "dangling.pdf": "broken",
+    "fifo.pdf": "not a regular file",
+}
+
+
+def test_a_hostile_source_folder_ends_as_one_row_per_entry_without_reading_outside(hostile_folder, tmp_path):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.manifest import list_source_documents
+    from longdoc_sdg.seed import run_seed_shard
+
+    root, outside = hostile_folder
+    opened = []
+    watching = [True]
+
+    def audit(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.path.realpath(os.fsdecode(args[0])))
+
+    sys.addaudithook(audit)  # hooks stay for the process: `watching` switches this one off
+    try:
+        rows = list(list_source_documents({"kind": "local", "local": {"path": str(root)}}))
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+        out = tmp_path / "results" / "seed"
+        out.mkdir(parents=True)
+        (out / ".pages.parquet.killedjob.tmp").write_bytes(b"partial")  # a killed job's leftover
+        outputs = {name: str(out / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+        run_seed_shard(str(tmp_path / "m.parquet"), outputs, {"dpi": 36}, threads=1)
+    finally:
+        watching[0] = False
+    documents = pq.read_table(outputs["documents"]).to_pylist()
+    failures = pq.read_table(outputs["failures"]).to_pylist()
+    relative = {r["doc_id"]: json.loads(r["extra"])["relative_path"] for r in rows}
+    assert sorted(relative[d["doc_id"]] for d in documents) == ["good.pdf", "inside-link.pdf", "sub/real.pdf"]
+    assert sorted(relative[f["doc_id"]] for f in failures) == sorted(REFUSED)
+    for failure in failures:
+        name = relative[failure["doc_id"]]
+        assert failure["reason"] == "refused_entry" and failure["message"].startswith(name), failure
+        assert REFUSED[name] in failure["message"], failure
+    # nothing outside the folder was opened, and no byte of it reached an output
+    assert any(p.startswith(os.path.realpath(root)) for p in opened)  # the hook saw the reads
+    assert not [p for p in opened if p.startswith(str(outside)) or p == "/etc/passwd"]
+    passwd_head = Path("/etc/passwd").read_bytes()[:12]
+    for path in (tmp_path / "results").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert OUTSIDE_MARKER not in data and passwd_head not in data, path
+    assert not list(out.glob(".pages.parquet.*.tmp"))
+
+
+def test_symlink_settings(hostile_folder):
+    from longdoc_sdg.manifest import list_source_documents
+
+    root, _ = hostile_folder
+
+    def refused(symlinks):
+        rows = list_source_documents({"kind": "local", "local": {"path": str(root), "symlinks": symlinks}})
+        return sorted(json.loads(r["extra"])["relative_path"] for r in rows if "refused" in json.loads(r["extra"]))
+
+    assert "inside-link.pdf" in refused("refuse") and "outside.pdf" in refused("refuse")
+    assert "outside.pdf" not in refused("follow") and "a.pdf" in refused("follow")
+
+
+# --- Config checks ------------------------------------------------------------------------------
+
+
+def test_results_folder_checks(tmp_path):
+    from longdoc_sdg.config import check_paths
+
+    source = {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}
+    for bad, words in (("", "results_dir: empty"), ("/", "filesystem root"), (" ", "results_dir: empty")):
+        with pytest.raises(ValueError, match=words):
+            check_paths({"results_dir": bad, "source": source})
+    with pytest.raises(ValueError, match="inside source.local.path"):
+        check_paths({"results_dir": str(tmp_path / "pdfs" / "results"), "source": source})
+    check_paths({"results_dir": str(tmp_path / "results"), "source": source})
+
+
+def test_worker_memory_below_the_measured_floor_is_refused():
+    from longdoc_sdg.seed import SeedParams
+
+    with pytest.raises(ValueError, match="greater than or equal to 768"):
+        SeedParams.model_validate({"worker": {"memory_mb": 256}})
+
+
+def test_mupdf_allocation_failures_are_too_large():
+    from longdoc_sdg.seed.render import _is_memory_error
+
+    for text in ("malloc (1048576 bytes) failed", "calloc (4 x 8 bytes) failed", "out of memory"):
+        assert _is_memory_error(RuntimeError(text))
+    assert not _is_memory_error(RuntimeError("syntax error in content stream"))
+
+
+# --- Redaction ------------------------------------------------------------------------------------
+
+KEY = "hostile-key-3f8a9c1d5e7b"
+
+
+def test_everything_written_is_redacted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.io import register_secret, write_parquet_atomic, write_text_atomic
+    from longdoc_sdg.rowstore import ShardWriter
+
+    register_secret(KEY, "the test key")
+    writer = ShardWriter(tmp_path / "s.parquet", tmp_path / "j.jsonl", "h", pa.schema([]))
+    echo = f"HTTP 400: bad request (request had Authorization: Bearer {KEY})"
+    writer.write({"row_id": "r1", "status": "failed", "failure_reason": "bad_request", "failure_message": echo})
+    assert KEY.encode() not in (tmp_path / "j.jsonl").read_bytes()
+    writer.finalize(["r1"])
+    write_parquet_atomic(pa.table({"message": [echo, "fine"]}), tmp_path / "t.parquet")
+    write_text_atomic(tmp_path / "report.json", json.dumps({"error": echo}))
+    write_text_atomic(tmp_path / "key", KEY, mode=0o600)  # a secret file keeps its secret
+    assert (tmp_path / "key").read_text() == KEY
+    for name in ("s.parquet", "t.parquet", "report.json"):
+        assert KEY.encode() not in (tmp_path / name).read_bytes(), name
+    assert pq.read_table(tmp_path / "s.parquet").column("failure_message")[0].as_py().endswith("Bearer ***)")
+
+
+def test_very_short_keys_are_refused():
+    from longdoc_sdg.io import register_secret
+
+    with pytest.raises(ValueError, match="FAKE_KEY is only 3 character"):
+        register_secret("abc", "the API key in environment variable FAKE_KEY")
+
+
+# --- A stage failing as a whole -------------------------------------------------------------------
+
+
+def test_a_shard_failing_alike_for_a_setting_fails_the_job():
+    import collections
+
+    from longdoc_sdg.engine.errors import AllRowsFailed
+    from longdoc_sdg.stages import check_not_all_failed
+
+    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.max_tokens"):
+        check_not_all_failed("text_qa", collections.Counter({"length": 6}))
+    with pytest.raises(AllRowsFailed, match="HTTP 400"):
+        check_not_all_failed("classify", collections.Counter({"bad_request": 4}))
+    check_not_all_failed("text_qa", collections.Counter({"length": 5, None: 1}))  # some rows worked
+    check_not_all_failed("text_qa", collections.Counter({"length": 2}))  # too few to tell
+    check_not_all_failed("text_qa", collections.Counter({"server_error": 9}))  # not a setting
+
+
+def test_an_endpoint_refusing_every_request_fails_the_stage_job(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.engine.errors import AllRowsFailed
+    from longdoc_sdg.seed import run_seed_shard
+    from longdoc_sdg.stages import run_stage
+    from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
+
+    manifest = [
+        {"doc_id": "d", "source_kind": "local", "source": str(SAMPLE), "url": None, "date": None, "extra": "{}"}
+    ]
+    pq.write_table(pa.Table.from_pylist(manifest), tmp_path / "m.parquet")
+    seed = {name: str(tmp_path / "seed" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    run_seed_shard(str(tmp_path / "m.parquet"), seed, {"dpi": 36}, threads=1)
+    ocr = tmp_path / "ocr.parquet"
+    run_stage("ocr", {"pages": seed["pages"]}, str(ocr), {}, None, 1, str(tmp_path / "j" / "ocr.jsonl"))
+    with FakeOpenAIServer(faults={"400": 1.0}) as server:
+        endpoint = {"base_url": server.base_url, "model": "fake-model"}
+        journal = tmp_path / "j" / "text_qa.jsonl"
+        with pytest.raises(AllRowsFailed, match="all 4 rows of the shard failed with bad_request"):
+            run_stage(
+                "text_qa",
+                {"ocr": str(ocr)},
+                str(tmp_path / "qa.parquet"),
+                {"num_records": 4},
+                endpoint,
+                1,
+                str(journal),
+            )
+    assert not (tmp_path / "qa.parquet").exists()
+    assert len(journal.read_text().splitlines()) == 5  # header + the 4 failed rows, kept for a resume
+
+
+def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
+    import pyarrow as pa
+
+    from longdoc_sdg.rowstore import ShardWriter
+
+    (tmp_path / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial")
+    (tmp_path / ".00001.parquet.other.tmp").write_bytes(b"another shard's")
+    ShardWriter(tmp_path / "00000.parquet", tmp_path / "j.jsonl", "h", pa.schema([])).close()
+    assert not (tmp_path / ".00000.parquet.k1ll3d.tmp").exists()
+    assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
