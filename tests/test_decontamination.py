@@ -140,3 +140,54 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
     # Pages exist only for the seeded documents.
     pages = pq.read_table(seed / "pages.parquet", columns=["doc_id"]).column("doc_id").to_pylist()
     assert set(pages) == {r["doc_id"] for r in pq.read_table(seed / "documents.parquet").to_pylist()}
+
+
+def test_questions_overlapping_the_benchmark_are_dropped_at_export(folders, tmp_path):
+    from longdoc_sdg.export.dataset import build_dataset
+    from test_export_support import SyntheticRun, make_row, write_rows
+
+    run = SyntheticRun(tmp_path / "synthetic")
+    stage = "whole_document_qa"
+    questions = [
+        "In the third quarter, what was the total revenue of the utilities segment in dollars?",  # 9-word overlap
+        "What was the total revenue of the utilities segment?",  # 8 words, all inside theirs
+        "How many tables does the annual review list on its pages about network costs?",  # no overlap
+    ]
+    rows = [
+        make_row(
+            stage,
+            f"{stage}:d0:q{i}",
+            "d0",
+            [1, 2, 3, 4],
+            question=q,
+            answer="4",
+            question_type="numerical_int",
+            evidence_pages="[1, 2]",
+            evidence_ok=True,
+            quality_score=1,
+            format_ok=True,
+        )
+        for i, q in enumerate(questions)
+    ]
+    write_rows(run.results / stage / "00000.parquet", stage, rows)
+    out = tmp_path / "datasets"
+    benchmarks = [{"name": "MiniBench", "documents": str(folders["bench"]), "samples": str(folders["samples"])}]
+    summary = build_dataset(
+        stage,
+        run.dataset_inputs(stage, judged=False),
+        str(out / "d.parquet"),
+        str(out / "d.summary.json"),
+        {"decontamination": {"benchmarks": benchmarks}},
+    )
+    assert summary["dropped"]["contaminated"] == 2
+    hits = {h["row_id"]: h["message"] for h in summary["contaminated_questions"]}
+    assert set(hits) == {f"{stage}:d0:q0", f"{stage}:d0:q1"}
+    assert (
+        "benchmark MiniBench" in hits[f"{stage}:d0:q0"] and "total revenue of the utilities" in hits[f"{stage}:d0:q0"]
+    )
+    kept = pq.read_table(out / "d.parquet").column("question").to_pylist()
+    assert questions[2] in kept and questions[0] not in kept
+    plain = build_dataset(
+        stage, run.dataset_inputs(stage, judged=False), str(out / "p.parquet"), str(out / "p.summary.json"), {}
+    )
+    assert plain["dropped"]["contaminated"] == 0 and plain["kept"] == summary["kept"] + 2
