@@ -39,7 +39,9 @@ def squeue_state(job_id: str) -> str:
 def sacct(job_id: str) -> list[str]:
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "Partition,AllocTRES,State"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout.strip()
     return out.split("|") if out else []
 
@@ -49,8 +51,13 @@ def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, tmp_path): 
     template, pdf_dir = seeded
     stats = tmp_path / "stats.json"
     workdir = workdir_from(
-        template, tmp_path, pdf_dir, replicas=2, min_ready=2,
-        extra_args=["--latency", "0.3", "--max-num-seqs", "2"], env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
+        template,
+        tmp_path,
+        pdf_dir,
+        replicas=2,
+        min_ready=2,
+        extra_args=["--latency", "0.3", "--max-num-seqs", "2"],
+        env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
     )
     record_path = serve_dir(workdir) / "servers" / f"{DEPLOYMENT}.json"
     victim_stats = Path(f"{stats}.replica-1")
@@ -73,8 +80,21 @@ def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, tmp_path): 
     thread = threading.Thread(target=cancel_replica_once_it_served, daemon=True)
     thread.start()
     cmd = [
-        "timeout", "-s", "INT", "-k", "60", "900", "snakemake", "--profile", "profiles/slurm",
-        "--snakefile", "workflow/Snakefile", "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        "timeout",
+        "-s",
+        "INT",
+        "-k",
+        "60",
+        "900",
+        "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--snakefile",
+        "workflow/Snakefile",
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
     ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1100)
     thread.join(5)
