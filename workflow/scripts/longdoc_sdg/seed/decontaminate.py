@@ -29,6 +29,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..io import get_logger, write_text_atomic
+from .errors import SeedFailure
+from .fetch import check_local_row
 
 log = get_logger("seed.decontaminate")
 
@@ -397,6 +399,14 @@ class QuestionIndex:
 # The seed job's screen: one object, three checkpoints.
 
 
+def _readable(row: dict) -> bool:
+    """A local row whose file may be read now (never a refused entry, e.g. a link leaving the folder)."""
+    try:
+        return check_local_row(row).is_file()
+    except SeedFailure:
+        return False
+
+
 class SeedScreen:
     """What the seed job asks before fetching, after fetching and after rendering a document.
     Each answer is None (go on) or a (reason, message) failure: `contaminated` or `duplicate`.
@@ -411,7 +421,7 @@ class SeedScreen:
         self.owner: dict[str, str] = {}  # sha256 -> doc_id kept
         self.sha: dict[str, str] = {}  # doc_id -> sha256
         for row in rows:
-            if row.get("source_kind") == "local" and Path(row["source"]).is_file():
+            if row.get("source_kind") == "local" and _readable(row):
                 sha = file_sha256(row["source"])
                 self.sha[row["doc_id"]] = sha
                 self.owner.setdefault(sha, row["doc_id"])
