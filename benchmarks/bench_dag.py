@@ -88,7 +88,7 @@ def write_config(workdir: Path, all_stages: bool) -> None:
     stages = {}
     for stage in ALL_MODEL_STAGES:
         if all_stages:
-            stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}}
+            stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": None}}
         else:
             stages[stage] = {"enabled": False}
     if all_stages:

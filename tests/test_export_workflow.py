@@ -54,6 +54,7 @@ EXPORT_RULES = {
     "publish",
     "stats",
     "report_figures",
+    "report_samples",
     "export_and_report",
     "all",
 }
@@ -276,7 +277,7 @@ def report_results(wf) -> dict:
 def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
     results = report_results(wf)
     by_name = {Path(path).name: entry for path, entry in results.items()}
-    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html"}
+    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html", "samples.html"}
     for name in FIGURES:
         uri = by_name[f"{name}.png"]["data_uri"]
         data = base64.b64decode(uri.split("base64,", 1)[1])

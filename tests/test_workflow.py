@@ -74,7 +74,7 @@ def seeded(tmp_path_factory, real_pdfs):
     pdf_dir = copy_pdfs(real_pdfs[:4], workdir / "pdfs")
     write_config(workdir, pdf_dir)
     dry = run_snakemake(workdir, "-n")
-    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
+    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     run_snakemake(workdir)
     return workdir
 
@@ -146,7 +146,7 @@ def test_dpi_change_reruns_seed_and_dependents_only(seeded):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
+    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     assert "params changed" in result.stdout.lower() or "Params have changed" in result.stdout
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import yaml
@@ -121,10 +122,12 @@ def write_hub(
     pages_files: list[str],
     output_dir: str,
     params: dict,
+    ledger_path: str | None = None,
 ) -> dict:
     """Write the Hub folder for the given stages' final datasets; returns the card metadata.
 
     params: `card` (export.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
+    ledger_path: the serving ledger (report/ledger.json), whose compute section the card shows.
     """
     from ..config import ExportCard
 
@@ -146,7 +149,12 @@ def write_hub(
             splits = write_layout(datasets[stage], pages_files, tmp / stage, schema, make_row, max_bytes)
             configs[stage] = {"schema": schema, "splits": splits}
         metadata = card_metadata(configs, summaries, card, params)
-        write_text_atomic(tmp / "README.md", render_card(metadata, configs, summaries, card, params))
+        text = render_card(metadata, configs, summaries, card, params)
+        if ledger_path:
+            from ..report.ledger import card_lines
+
+            text += "\n" + "\n".join(card_lines(json.loads(Path(ledger_path).read_text(encoding="utf-8"))))
+        write_text_atomic(tmp / "README.md", text)
         replace_dir(tmp, output_dir)
     finally:
         if tmp.exists():
@@ -184,6 +192,8 @@ def card_metadata(configs: dict[str, dict], summaries: dict[str, dict], card, pa
     source = params.get("source") or {}
     if source.get("kind") == "finepdfs" and source.get("dataset"):
         meta["source_datasets"] = [source["dataset"]]
+    if params.get("demo"):
+        meta["tags"] = [*meta["tags"], "demo-data"]
     meta["configs"] = []
     meta["dataset_info"] = []
     first = True
@@ -217,7 +227,15 @@ def _models_line(summary: dict) -> str:
 
 def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict], card, params: dict) -> str:
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", "", card.description, ""]
+    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", ""]
+    if params.get("demo"):
+        lines += [
+            "> **DEMO DATA.** Made by `longdoc-sdg demo`: the questions, answers and judge scores come "
+            "from a test-double server (or a tiny random-weight model), not from a real model. Do not "
+            "train on it or publish it as a dataset.",
+            "",
+        ]
+    lines += [card.description, ""]
     lines += [
         "## Configurations",
         "",
