@@ -244,6 +244,10 @@ def workflow_config_model():
         source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
+        mix=(
+            MixConfig,
+            Field(MixConfig(), description="Which question-type mix the QA stages aim at (see longdoc_sdg/mix.py)."),
+        ),
         decontamination=(
             DecontaminationConfig,
             Field(
@@ -329,6 +333,15 @@ def default_config() -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
+
+
+class MixConfig(Section):
+    target: Literal["reference", "benchmark", "custom"] = Field(
+        "reference",
+        description="'reference': the reference recipe's question-type weights (stage weights may not be "
+        "changed); 'benchmark': weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
+        "(visual and anchored QA); 'custom': each stage's question_type_weights as configured.",
+    )
 
 
 class ExportFilters(Section):

@@ -334,6 +334,20 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         *_format_table(),
         "",
     ]
+    mix = params.get("mix")
+    if mix:
+        what = {
+            "reference": "the reference recipe's question-type weights",
+            "benchmark": "weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
+            "(Int 27.6%, Str 23.1%, None 20.6%, Float 14.7%, List 14.0%)",
+            "custom": "question-type weights set in this run's configuration",
+        }[mix["target"]]
+        lines += ["## Question-type mix", "", f"Target `{mix['target']}`: {what}. Weights per config:", ""]
+        for stage, weights in mix.get("weights", {}).items():
+            total = sum(weights.values()) or 1.0
+            shares = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in weights.items() if v)
+            lines.append(f"- `{stage}`: {shares}")
+        lines += ["", "The report's answer-format figure sets the generated mix against the benchmark's.", ""]
     source = params.get("source") or {}
     lines += [
         "## Source",

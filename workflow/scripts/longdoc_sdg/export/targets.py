@@ -91,9 +91,23 @@ def hub_settings(config: dict) -> dict:
         "card": config["export"]["card"],
         "max_file_mb": config["export"]["max_file_mb"],
         "source": described,
+        "mix": mix_statement(config),
         "demo": bool(config.get("demo")),
         "code_version": __version__,
     }
+
+
+def mix_statement(config: dict) -> dict:
+    """`mix.target` and the question-type weights each exported QA stage ran with (for the card)."""
+    from ..plan import stage_config_section
+    from ..stages import stage_config
+
+    target = (config.get("mix") or {}).get("target", "reference")
+    weights = {}
+    for stage in QA_STAGES:
+        validated = stage_config(stage, stage_config_section(config, stage))
+        weights[stage] = dict(validated.question_type_weights)
+    return {"target": target, "weights": weights}
 
 
 def publish_settings(config: dict) -> dict:
