@@ -379,8 +379,8 @@ class ExportFilters(Section):
     )
     require_evidence_ok: bool = Field(
         True,
-        description="Anchored QA (06-08): keep rows whose cited evidence pages are among the pages shown and "
-        "number at least the stage's min_evidence_pages.",
+        description="Anchored QA (06-08): keep rows citing at least the stage's min_evidence_pages evidence "
+        "pages (a cited page outside the pages shown fails the row as `bad_evidence` when it is generated).",
     )
 
 

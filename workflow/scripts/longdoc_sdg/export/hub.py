@@ -305,8 +305,8 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
             f"- self-checked quality score ≥ {f['min_quality_score']} (anchored QA)",
             f"- relevance 'Relevant': {'required' if f['require_relevant'] else 'not required'}; "
             f"correctness 'Correct': {'required' if f['require_correct'] else 'not required'} (text and visual QA)",
-            f"- evidence pages among the pages shown: {'required' if f['require_evidence_ok'] else 'not required'} "
-            "(anchored QA)",
+            f"- at least min_evidence_pages evidence pages: {'required' if f['require_evidence_ok'] else 'not required'} "
+            "(anchored QA; a cited page outside the pages shown already failed the row as `bad_evidence`)",
             f"- near-duplicate questions within a document: "
             f"{'removed, keeping the ' + settings['dedup']['keep'] if settings['dedup']['enabled'] else 'kept'}",
         ]
