@@ -147,8 +147,12 @@ def stage_outputs(stage: str, results: str, shard: str, config: dict, statuses: 
 
 
 def stage_config_section(config: dict, stage: str) -> dict:
-    """The stage's own settings (its pydantic config), without how its model is reached."""
-    return {k: v for k, v in config["stages"][stage].items() if k not in ENDPOINT_KEYS}
+    """The stage's own settings (its pydantic config), without how its model is reached, with the
+    question-type weights of `mix.target`."""
+    from .mix import apply_mix
+
+    section = {k: v for k, v in config["stages"][stage].items() if k not in ENDPOINT_KEYS}
+    return apply_mix((config.get("mix") or {}).get("target", "reference"), stage, section)
 
 
 def stage_settings(config: dict, stage: str) -> dict:
