@@ -14,7 +14,7 @@ from longdoc_sdg.stages.base import deep_merge
 setup_job_logging(snakemake.log[0])
 started = time.monotonic()
 stage = snakemake.params.stage
-endpoint = resolve_endpoint(snakemake.params.endpoint)
+endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config)
 if endpoint is not None:
     # Concurrency, retry and error-budget limits steer the run without changing its rows, so
     # they are read from the config here on purpose, not through params: changing them must

@@ -71,7 +71,8 @@ class ServingConfig(Section):
     launcher: Literal["auto", "local", "slurm"] = Field(
         "auto",
         description="Start servers as local processes or as Slurm GPU jobs (sbatch to the deployment's "
-        "partition); auto = slurm when the workflow runs with the slurm executor, else local.",
+        "partition); auto = slurm under profiles/slurm (it sets the serve rule's serve_launcher resource), "
+        "else local.",
     )
     deployments_dir: str = Field("config/deployments", description="Folder of deployment YAML files (NAME.yaml).")
     overrides: dict[str, dict[str, Any]] = Field(

@@ -26,9 +26,21 @@ def deployment_file(config: dict, name: str) -> Path:
 
 
 def _deployment(config: dict, name: str):
+    from pydantic import ValidationError
+
     from .serve import load_deployment
 
-    return load_deployment(deployment_file(config, name), config["serving"]["overrides"].get(name))
+    path = deployment_file(config, name)
+    try:
+        return load_deployment(path, config["serving"]["overrides"].get(name))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'deployment'}: {error['msg']}" for error in exc.errors()
+        )
+        raise ValueError(
+            f"deployment {name!r} ({path}, with serving.overrides.{name}): {problems}; fix the field in the "
+            f"deployment file or its override"
+        ) from None
 
 
 def deployment_settings(config: dict, name: str) -> dict[str, Any]:
@@ -55,6 +67,22 @@ def deployment_identity(config: dict, name: str) -> dict[str, str]:
     from .serve import identity
 
     return identity(_deployment(config, name))
+
+
+def serve_launcher(config: dict, profile_launcher: str | None = None, client: bool = False) -> str:
+    """serving.launcher with 'auto' resolved: what the profile asks for (the serve rule's
+    `serve_launcher` resource, set by profiles/slurm), else local; for a client job serving
+    for itself (see ensure_served), slurm when that job runs inside Slurm."""
+    launcher = config["serving"]["launcher"]
+    if launcher != "auto":
+        return launcher
+    if profile_launcher:
+        if profile_launcher not in ("local", "slurm"):
+            raise ValueError(
+                f"the profile sets the serve rule's resource serve_launcher={profile_launcher!r}; use local or slurm"
+            )
+        return profile_launcher
+    return "slurm" if client and os.environ.get("SLURM_JOB_ID") else "local"
 
 
 def serve_deployment(settings: dict, sentinel_path: str, runtime_path: str, launcher: str, state_dir: str):
@@ -111,8 +139,41 @@ def stop_deployment(state_dir: str, name: str) -> None:
         print(f"longdoc-sdg: every client of {name} is done; stopped its server")
 
 
-def resolve_endpoint(params: dict) -> dict | None:
-    """The engine endpoint of a job, from its endpoint params (see common.smk)."""
+def ensure_served(params: dict, config: dict) -> None:
+    """Serve a client's deployment from the client job when this run never started it: a
+    forced target (`--force FILE`) has no serve job in its DAG when the sentinel already
+    exists. One client serves (under a lock), the others wait for it and find it published;
+    end-of-run teardown stops it like any other. A deployment that was started and died is
+    left alone: its client fails with the rerun hint instead of restarting it in a loop."""
+    import fcntl
+
+    from .serve import serve
+
+    runtime = Path(params["runtime"])
+    if runtime.exists():
+        return
+    name = params["deployment"]
+    servers = runtime.parent / "servers"
+    servers.mkdir(parents=True, exist_ok=True)
+    with open(servers / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if runtime.exists() or (servers / f"{name}.json").exists():
+            return
+        log.info("deployment %s is not running and no serve job of this run started it; serving it here", name)
+        settings = deployment_settings(config, name)
+        serve(
+            settings["file"],
+            runtime.parent / f"{name}.sentinel.json",
+            runtime,
+            launcher=serve_launcher(config, client=True),
+            state_dir=runtime.parent,
+            overrides=settings["overrides"],
+        )
+
+
+def resolve_endpoint(params: dict, config: dict | None = None) -> dict | None:
+    """The engine endpoint of a job, from its endpoint params (see common.smk). With the
+    config, a served deployment nobody started yet is served first (ensure_served)."""
     mode = params["mode"]
     if mode == "none":
         return None
@@ -131,6 +192,9 @@ def resolve_endpoint(params: dict) -> dict | None:
     if mode == "serve":
         from .serve import verify_endpoint
 
+        if config is not None:
+            ensure_served(params, config)
+
         endpoint = verify_endpoint(params["runtime"])
         if endpoint["model"] != params["served_name"]:
             raise RuntimeError(
@@ -138,6 +202,9 @@ def resolve_endpoint(params: dict) -> dict | None:
                 f"{params['served_name']!r}; rerun to serve the configured deployment"
             )
         register_secret(endpoint.get("api_key"))
+        # The engine re-reads the replicas from the runtime file (late ones join).
+        endpoint.pop("replicas", None)
+        endpoint["runtime"] = params["runtime"]
         return endpoint
     raise RuntimeError(f"stage has no reachable model (endpoint mode {mode!r})")
 

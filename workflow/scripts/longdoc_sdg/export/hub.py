@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import yaml
@@ -121,10 +122,12 @@ def write_hub(
     pages_files: list[str],
     output_dir: str,
     params: dict,
+    ledger_path: str | None = None,
 ) -> dict:
     """Write the Hub folder for the given stages' final datasets; returns the card metadata.
 
     params: `card` (export.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
+    ledger_path: the serving ledger (report/ledger.json), whose compute section the card shows.
     """
     from ..config import ExportCard
 
@@ -146,7 +149,12 @@ def write_hub(
             splits = write_layout(datasets[stage], pages_files, tmp / stage, schema, make_row, max_bytes)
             configs[stage] = {"schema": schema, "splits": splits}
         metadata = card_metadata(configs, summaries, card, params)
-        write_text_atomic(tmp / "README.md", render_card(metadata, configs, summaries, card, params))
+        text = render_card(metadata, configs, summaries, card, params)
+        if ledger_path:
+            from ..report.ledger import card_lines
+
+            text += "\n" + "\n".join(card_lines(json.loads(Path(ledger_path).read_text(encoding="utf-8"))))
+        write_text_atomic(tmp / "README.md", text)
         replace_dir(tmp, output_dir)
     finally:
         if tmp.exists():

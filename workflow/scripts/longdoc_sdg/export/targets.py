@@ -71,11 +71,14 @@ def dataset_settings(config: dict) -> dict:
 
 def hub_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
     stages = export_stages(config, statuses)
-    return {
+    inputs = {
         "datasets": [dataset_path(results, s) for s in stages],
         "summaries": [summary_path(results, s) for s in stages],
         "pages": _seed(results, "pages", shards),
     }
+    if shards and any(status.active and status.mode == "serve" for status in statuses.values()):
+        inputs["ledger"] = f"{results}/report/ledger.json"  # the card's compute section
+    return inputs
 
 
 def hub_settings(config: dict) -> dict:
