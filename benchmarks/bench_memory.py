@@ -105,7 +105,6 @@ def build_shard(directory: Path, pool: list[dict], docs: int, pages: int) -> dic
                     "url": None,
                     "date": None,
                     "total_pages": pages,
-                    "whole_document": True,
                     "extra": "{}",
                 }
             )

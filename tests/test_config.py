@@ -30,7 +30,7 @@ def test_defaults_fill_an_empty_config(repo_root):
     config = {}
     check_config(config, SCHEMA_PATH)
     assert config["seed"]["dpi"] == 144
-    assert config["seed"]["whole_document_max_pages"] == 50
+    assert config["stages"]["whole_document_qa"]["max_pages"] == 50
     assert config["source"]["kind"] == "local"
     assert config["stages"]["ocr"]["engine"] == "pdf-text"
     assert config["stages"]["judge"]["endpoint"]["base_url"] is None

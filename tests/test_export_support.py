@@ -221,30 +221,12 @@ class SyntheticRun:
                         "url": f"https://example.org/{d}.pdf",
                         "date": "2024-01-01",
                         "total_pages": self.PAGES,
-                        "whole_document": True,
                         "extra": json.dumps({"id": f"<urn:uuid:{d}>"}),
                     }
                     for d in docs
                 ]
             ),
             seed / "documents.parquet",
-        )
-        pq.write_table(
-            pa.Table.from_pylist(
-                [
-                    {
-                        "window_id": f"{d}:w{s:04d}",
-                        "doc_id": d,
-                        "start_page": s,
-                        "end_page": s + 1,
-                        "window_size": 2,
-                        "total_pages": self.PAGES,
-                    }
-                    for d in docs
-                    for s in (1, 3)
-                ]
-            ),
-            seed / "windows.parquet",
         )
         failures = (
             [{"doc_id": "dead", "source": "https://example.org/dead.pdf", "reason": "http_error", "message": "404"}]

@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, copy_pdfs
-from longdoc_sdg.plan import QA_STAGES
+from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
+
+QA_STAGES = qa_stages()
 
 pytestmark = pytest.mark.workflow
 

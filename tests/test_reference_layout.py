@@ -8,10 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.reference import write_reference
+from longdoc_sdg.registry import qa_stages
 from test_export_support import SyntheticRun, reference_rows
+
+QA_STAGES = qa_stages()
 
 STRING, INT = "string", "int64"
 SEED = {"id": STRING, "url": STRING, "date": STRING}

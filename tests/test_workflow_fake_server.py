@@ -13,9 +13,13 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 from test_workflow import planned_jobs
+
+QA_STAGES = qa_stages()
+# Stages with one output per shard (judge and verify: one per QA stage and shard).
+MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
 AGGREGATE_RULES = {
     "all",
@@ -57,7 +61,7 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=Non
 
 def stage_config(base_url: str) -> dict:
     endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": "FAKE_LLM_KEY"}
-    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in model_stages()}
     stages["ocr"] = {"engine": "pdf-text"}
     stages["windowed_qa"]["num_records"] = 4
     stages["whole_document_qa"]["num_records"] = 2
@@ -82,7 +86,7 @@ def fake_run(tmp_path_factory, real_pdfs):
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)
         assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
-        assert jobs["judge"] == 2  # one job per shard judges every QA stage
+        assert jobs["judge"] == 2 * len(QA_STAGES)  # one job per (QA stage, shard)
         result = snakemake(workdir, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         yield workdir, env, base_url
@@ -139,6 +143,29 @@ def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
     assert stage_jobs(result.stdout) == {"judge": 2, "windowed_qa": 2}
 
 
+def changed_dry_run(fake_run, tmp_path, change) -> dict[str, int]:
+    workdir, env, _ = fake_run
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    change(config)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", configfile=changed, env=env)
+    assert result.returncode == 0, result.stderr
+    return planned_jobs(result.stdout)
+
+
+def test_window_size_change_reruns_only_windowed_qa_and_what_reads_it(fake_run, tmp_path):
+    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["stages"]["windowed_qa"].update(window_size=3))
+    assert {r: n for r, n in jobs.items() if r not in AGGREGATE_RULES} == {"windowed_qa": 2, "judge": 2}
+    assert jobs["export_dataset"] == jobs["export_reference"] == 1  # windowed_qa's only
+
+
+def test_dpi_change_reruns_from_the_seed(fake_run, tmp_path):
+    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"].update(dpi=60))
+    assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
+    assert jobs["judge"] == 2 * len(QA_STAGES)
+
+
 def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
     workdir, env, _ = fake_run
     config = yaml.safe_load((workdir / "config.yaml").read_text())
@@ -169,8 +196,8 @@ def test_the_key_never_leaks(fake_run):
 
 
 def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
-    """One judge job per shard covers all QA stages, but after a windowed_qa prompt edit only
-    windowed_qa's rows are judged again; the other judgements are reused unchanged."""
+    """After a windowed_qa prompt edit only windowed_qa's rows are asked and judged again; the
+    other QA stages' judgements stay as they were."""
     import json
     import urllib.request
 
@@ -208,5 +235,3 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     # Each windowed row is one generation request (plus retries of injected faults: none here)
     # and each ok windowed row one judge request; nothing for the other stages.
     assert new_requests == windowed_rows + windowed_ok, (new_requests, windowed_rows, windowed_ok)
-    logs = "".join((results / "logs" / "judge" / f"{s}.log").read_text() for s in ("00000", "00001"))
-    assert logs.count("reused") == 2 * len(unchanged)

@@ -17,8 +17,12 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from test_workflow import planned_jobs
+
+QA_STAGES = qa_stages()
+# Stages with one output per shard (judge and verify: one per QA stage and shard).
+MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
@@ -41,7 +45,7 @@ def tiny_model_stage_settings() -> dict:
     """Small budgets and constrained JSON so a random model's replies are still schema-valid."""
     # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
-    stages = {stage: dict(common) for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: dict(common) for stage in model_stages()}
     # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
     # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
     # tests below send the Nemotron-Parse request format to the real server.
@@ -51,6 +55,8 @@ def tiny_model_stage_settings() -> dict:
     stages["whole_document_qa"].update(output_format="json")
     stages["visual_qa"]["check_sampling"] = {"extra_body": NO_THINKING}
     stages["whole_document_qa"]["num_records"] = 2
+    stages["whole_document_qa"]["max_pages"] = 8
+    stages["windowed_qa"]["window_size"] = 2
     return stages
 
 
@@ -75,7 +81,7 @@ def base_config(workdir: Path, pdfs: list[Path]) -> dict:
         "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
         "sharding": {"documents_per_shard": 1},
         # Small pages keep every image near 200 tokens for the tiny model's context.
-        "seed": {"dpi": 40, "window_size": 2, "whole_document_max_pages": 8},
+        "seed": {"dpi": 40},
     }
 
 
@@ -231,7 +237,14 @@ def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
     endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
-    params = {"max_images": 2, "max_tokens": 96, "extract_max_tokens": 48, "sampling": {"extra_body": NO_THINKING}}
+    # The grammar makes the random model's replies end (else every row is a 'length' failure).
+    params = {
+        "max_images": 2,
+        "max_tokens": 128,
+        "extract_max_tokens": 128,
+        "constrain_output": True,
+        "sampling": {"extra_body": NO_THINKING},
+    }
     samples = REPO / "tests" / "data" / "evaluate" / "samples.json"
     scores = run_evaluation(str(samples), str(SAMPLE_PDF_DIR), str(tmp_path / "out"), endpoint, params, {"dpi": 40})
     assert scores["samples"] == 10 == scores["answered"] + scores["failed"]
@@ -246,3 +259,41 @@ def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys
             assert cli_main(["score", str(tmp_path / "out" / "results.json"), "--mode", mode]) == 0
             assert json.loads(capsys.readouterr().out) == scores[mode]
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
+    """Anchored QA from the real server, then verify over its rows: every eligible QA row gets
+    one verify row (ok with a score in [0, 1], or failed with a reason); the scores are noise."""
+    from conftest import SAMPLE_PDF_DIR
+    from longdoc_sdg.stages import run_stage
+    from test_stages_support import build_seed
+
+    monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
+    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    seed = build_seed(tmp_path / "seed", sorted(SAMPLE_PDF_DIR.glob("*.pdf"))[:1], max_pages=2)
+    qa = tmp_path / "single_page_qa" / "00000.parquet"
+    settings = tiny_model_stage_settings()["single_page_qa"]
+    run_stage("single_page_qa", {"pages": seed["pages"]}, str(qa), settings, endpoint, 1, str(tmp_path / "j1.jsonl"))
+    out = tmp_path / "verify" / "single_page_qa" / "00000.parquet"
+    params = {
+        "max_tokens": 128,
+        "extract_max_tokens": 128,
+        "constrain_output": True,
+        "only_format_ok": False,
+        "sampling": {"extra_body": NO_THINKING},
+    }
+    summary = run_stage(
+        "verify", {"qa": str(qa), "pages": seed["pages"]}, str(out), params, endpoint, 1, str(tmp_path / "j2.jsonl")
+    )
+    qa_rows = pq.read_table(qa).to_pylist()
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["qa_row_id"] for r in rows if r["status"] == "ok") == sorted(
+        r["row_id"] for r in qa_rows if r["status"] == "ok" and r["row_id"] in {v["qa_row_id"] for v in rows}
+    )
+    assert summary["rows"] == len(rows) == sum(r["status"] == "ok" for r in qa_rows)
+    assert {r["row_id"] for r in rows} == {f"verify:{r['row_id']}" for r in qa_rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] == "ok":
+            assert 0.0 <= r["verify_score"] <= 1.0 and r["benchmark_format"] in ("Int", "Float", "Str", "None", "List")
+        else:
+            assert r["failure_reason"]

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from longdoc_sdg import endpoints
 from longdoc_sdg import plan as run_plan
 from longdoc_sdg.config import check_config, check_paths
+from longdoc_sdg.registry import SEED_TABLES, get_spec, model_stages, qa_stages
 from longdoc_sdg.manifest import existing_shards, sync_manifest
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -18,7 +19,6 @@ RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
-JUDGED = run_plan.judged_stages(config)
 
 # Only the main process lists the source; cluster jobs reuse the manifest it wrote.
 if workflow.is_main_process:
@@ -33,25 +33,15 @@ else:
 wildcard_constraints:
     shard=r"\d{5}",
     deployment=r"[A-Za-z0-9_.-]+",
-    qa_stage="|".join(run_plan.QA_STAGES),
+    qa_stage="|".join(qa_stages()),
 
 
 def stage_output(stage):
-    return f"{RESULTS}/{stage}/{{shard}}.parquet"
+    return run_plan.output_path(stage, RESULTS)
 
 
 def seed_table(table):
     return f"{RESULTS}/seed/{{shard}}/{table}.parquet"
-
-
-def stage_inputs(stage):
-    """Input paths of a model stage: seed tables and upstream stage outputs."""
-    paths = {}
-    for name in run_plan.STAGE_INPUTS[stage]:
-        paths[name] = (
-            seed_table(name) if name in run_plan.SEED_TABLES else stage_output(name)
-        )
-    return paths
 
 
 def sentinel_path(deployment):
@@ -62,24 +52,15 @@ def runtime_path(deployment):
     return f"{SERVE_DIR}/{deployment}.runtime.json"
 
 
-def judge_output(qa_stage):
-    return f"{RESULTS}/judge/{qa_stage}/{{shard}}.parquet"
-
-
 def client_outputs(stage, wildcards):
-    if stage == "judge":
-        return [judge_output(q).format(shard=wildcards.shard) for q in JUDGED]
-    return [stage_output(stage).format(shard=wildcards.shard)]
+    return [stage_output(stage).format(**dict(wildcards.items()))]
 
 
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
     the deployment's files (see get_serving_inputs)."""
-    paths = dict(stage_inputs(stage))
-    if stage == "judge":
-        for qa_stage in JUDGED:
-            paths[f"qa_{qa_stage}"] = stage_output(qa_stage)
+    paths = run_plan.input_paths(stage, RESULTS)
     if STATUSES[stage].mode == "serve":
         paths["serving"] = get_serving_inputs(stage)
     return paths
@@ -125,7 +106,11 @@ def get_stage_settings(stage):
 
 
 def journal_path(stage):
-    return f"{RESULTS}/.journal/{stage}/{{shard}}.jsonl"
+    return run_plan.journal_path(stage, RESULTS)
+
+
+def log_path(stage):
+    return run_plan.log_path(stage, RESULTS)
 
 
 def get_final_outputs(wildcards):
@@ -136,13 +121,10 @@ def get_final_outputs(wildcards):
 def get_run_outputs(wildcards):
     outputs = []
     for shard in SHARDS:
-        outputs += [
-            f"{RESULTS}/seed/{shard}/{table}.parquet" for table in run_plan.SEED_TABLES
-        ]
-        for stage in run_plan.MODEL_STAGES:
+        outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
+        for stage in model_stages():
             if STATUSES[stage].active:
-                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
-        outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
+                outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     if SHARDS:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
@@ -208,10 +190,7 @@ def get_deployment_clients(wildcards):
         if config["stages"][stage]["deployment"] != wildcards.deployment:
             continue
         for shard in SHARDS:
-            if stage == "judge":
-                outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
-            else:
-                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
+            outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
 
 
@@ -374,7 +353,7 @@ def record_progress_plan():
 
     from longdoc_sdg import progress
 
-    tracked = {"seed", *run_plan.ALL_MODEL_STAGES}
+    tracked = {"seed", *model_stages()}
     planned = Counter(
         job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
     )
@@ -415,12 +394,11 @@ def served_stage_outputs():
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
-        if stage == "judge":
-            outputs[stage] = [
-                judge_output(q).format(shard=shard) for q in JUDGED for shard in SHARDS
-            ]
-        else:
-            outputs[stage] = [f"{RESULTS}/{stage}/{shard}.parquet" for shard in SHARDS]
+        outputs[stage] = [
+            path
+            for shard in SHARDS
+            for path in run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
+        ]
     return outputs
 
 

@@ -4,13 +4,14 @@ import time
 
 from longdoc_sdg import progress
 from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.registry import SEED_TABLES
 from longdoc_sdg.seed import run_seed_shard
 
 setup_job_logging(snakemake.log[0])
 started = time.monotonic()
 run_seed_shard(
     manifest_path=snakemake.input.manifest,
-    outputs={name: snakemake.output[name] for name in ("pages", "documents", "windows", "failures")},
+    outputs={name: snakemake.output[name] for name in SEED_TABLES},
     params=snakemake.params.seed,
     threads=snakemake.threads,
     decontamination=snakemake.params.decontamination,

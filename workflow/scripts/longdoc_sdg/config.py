@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .registry import qa_stages
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -168,34 +170,26 @@ class ManualEndpoint(Section):
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request timeout in seconds.")
 
 
-DEFAULT_DEPLOYMENTS = {
-    "ocr": "nemotron-parse",
-    "text_qa": "gpt-oss-120b",
-    "classify": "qwen3-vl-30b",
-    "visual_qa": "qwen3-vl-235b-thinking",
-    "single_page_qa": "qwen3-vl-235b-thinking",
-    "windowed_qa": "qwen3-vl-235b-thinking",
-    "whole_document_qa": "qwen3-vl-235b-thinking",
-    "judge": None,
-}
-
-
 def _stage_section(stage_name: str):
     """A stage's config section: the stage's own pydantic config plus how to reach its model."""
     from pydantic import create_model
 
     from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
+    from .registry import get_spec
     from .stages import get_stage
 
     base = get_stage(stage_name).config_model
     return create_model(
         f"{base.__name__}Section",
         __base__=base,
-        enabled=(bool, Field(True, description="Run this stage when its model is reachable.")),
+        enabled=(
+            bool,
+            Field(get_spec(stage_name).enabled_by_default, description="Run this stage when its model is reachable."),
+        ),
         deployment=(
             str | None,
             Field(
-                DEFAULT_DEPLOYMENTS[stage_name],
+                get_spec(stage_name).deployment,
                 description="Deployment (config/deployments/NAME.yaml) served for this stage when serving.enabled.",
             ),
         ),
@@ -221,12 +215,13 @@ def _stage_section(stage_name: str):
 def _stages_model():
     from pydantic import create_model
 
-    from .plan import ALL_MODEL_STAGES
+    from .registry import get_spec, model_stages
 
     fields = {}
-    for name in ALL_MODEL_STAGES:
+    for name in model_stages():
         section = _stage_section(name)
-        fields[name] = (section, Field(section(), description=f"Stage {name}."))
+        spec = get_spec(name)
+        fields[name] = (section, Field(section(), description=f"Stage {spec.number:02d}: {spec.summary}."))
     return create_model("StagesConfig", __base__=Section, **fields)
 
 
@@ -244,6 +239,10 @@ def workflow_config_model():
         source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
         seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
+        mix=(
+            MixConfig,
+            Field(MixConfig(), description="Which question-type mix the QA stages aim at (see longdoc_sdg/mix.py)."),
+        ),
         decontamination=(
             DecontaminationConfig,
             Field(
@@ -253,7 +252,7 @@ def workflow_config_model():
             ),
         ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
-        stages=(stages, Field(stages(), description="Model stages 02-09.")),
+        stages=(stages, Field(stages(), description="Model stages (longdoc_sdg.registry), by name.")),
         export=(
             ExportConfig,
             Field(ExportConfig(), description="Final datasets per QA stage and their export layouts."),
@@ -331,6 +330,15 @@ def default_config() -> dict:
 # Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
 
 
+class MixConfig(Section):
+    target: Literal["reference", "benchmark", "custom"] = Field(
+        "reference",
+        description="'reference': the reference recipe's question-type weights (stage weights may not be "
+        "changed); 'benchmark': weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
+        "(visual and anchored QA); 'custom': each stage's question_type_weights as configured.",
+    )
+
+
 class ExportFilters(Section):
     min_judge_score: float | None = Field(
         0.6,
@@ -366,8 +374,8 @@ class ExportFilters(Section):
     )
     require_evidence_ok: bool = Field(
         True,
-        description="Anchored QA (06-08): keep rows whose cited evidence pages are among the pages shown and "
-        "number at least the stage's min_evidence_pages.",
+        description="Anchored QA (06-08): keep rows citing at least the stage's min_evidence_pages evidence "
+        "pages (a cited page outside the pages shown fails the row as `bad_evidence` when it is generated).",
     )
 
 
@@ -422,7 +430,7 @@ class ExportCard(Section):
 
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Build the final datasets and their layouts for every active QA stage.")
-    stages: list[Literal["text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa"]] | None = Field(
+    stages: list[Literal[qa_stages()]] | None = Field(
         None, description="QA stages to export (null: every active QA stage)."
     )
     layouts: list[Literal["reference", "hub"]] = Field(

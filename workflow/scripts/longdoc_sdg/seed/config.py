@@ -1,10 +1,10 @@
-"""Parameters of stage 01 (seed): rendering, windows, downloads, worker limits, WARC fallback."""
+"""Parameters of stage 01 (seed): rendering, downloads, worker limits, WARC fallback."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -117,26 +117,8 @@ class SeedParams(_Strict):
         description="Pixel budget per page (width x height). Pages larger than that at `dpi` are rendered at the "
         "highest lower DPI (a multiple of 0.25) that fits; the effective DPI is stored.",
     )
-    whole_document_max_pages: int = Field(
-        50,
-        ge=1,
-        description="Documents with more pages get no whole-document seed (still pages and windows); the reference "
-        "skips such documents entirely at 50.",
-    )
     max_document_pages: int = Field(
         2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
-    )
-    window_size: int | None = Field(
-        None,
-        ge=1,
-        description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, "
-        "... 7 up to 60, 8 beyond.",
-    )
-    window_stride: int | None = Field(
-        None,
-        ge=1,
-        description="Pages between window starts; null = window size (no overlap). Never larger than the window "
-        "size, so no page is skipped. The last window is shifted back to end on the last page.",
     )
     gray_detection: bool = Field(
         True,
@@ -155,15 +137,6 @@ class SeedParams(_Strict):
         default_factory=WorkerParams, description="Sandbox limits of the rendering worker processes."
     )
     warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
-
-    @model_validator(mode="after")
-    def _stride_within_size(self) -> "SeedParams":
-        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
-            raise ValueError(
-                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
-                "pages would be skipped"
-            )
-        return self
 
 
 def load_params(params: dict | SeedParams | None) -> SeedParams:

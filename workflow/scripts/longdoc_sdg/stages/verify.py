@@ -15,6 +15,8 @@ from typing import Literal
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from ..ids import RowId
+from ..registry import get_spec, qa_stages
 from ..score import NOT_ANSWERABLE, is_not_answerable, score_answer
 from ..taxonomy import AnswerFormat, benchmark_format, find_type
 from ..validators import validate_answer
@@ -33,8 +35,6 @@ from .base import (
     user_message,
 )
 
-QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
-TYPE_SETS = {"text_qa": "text", "visual_qa": "visual"}  # the rest: anchored
 NO_ANSWER = "No answer"
 
 # How the extractor is told to write an answer of each format (the answering prompt has its own).
@@ -54,6 +54,11 @@ EXTRACT_HINTS = {
 _ANSWER_LINE = re.compile(r"^[\s*#>_-]*answer[\s*_]*:[\s*_]*(.*?)[\s*_]*$", re.IGNORECASE | re.MULTILINE)
 _EXTRACTED_LINE = re.compile(r"^[\s*_]*extracted answer[\s*_]*:[\s*_]*(.*?)[\s*_]*$", re.IGNORECASE | re.MULTILINE)
 _OPTION_LETTER = re.compile(r"\(?([A-Z])(?:[.)]|\s|$)")
+
+
+# constrain_output: vLLM regex grammars that make any model's replies end (tiny test models).
+ANSWER_REGEX = r"Answer: [^\n]{1,60}"
+EXTRACT_REGEX = r"Extracted answer: [^\n]{1,60}"
 
 
 def _sampling() -> SamplingConfig:
@@ -77,11 +82,16 @@ class VerifyConfig(ModelStageConfig):
     only_format_ok: bool = Field(
         True, description="Verify only rows whose generated answer passed its format check (format_ok)."
     )
+    constrain_output: bool = Field(
+        False,
+        description="Ask vLLM to hold both replies to one 'Answer:' / 'Extracted answer:' line with a regex "
+        "grammar (structured_outputs.regex). For models that never stop.",
+    )
     answer_template: str = Field("verify_answer.j2", description="Prompt template of the answering call.")
     extract_template: str = Field("verify_extract.j2", description="Prompt template of the extractor call.")
     verify_stages: list[str] = Field(
-        list(QA_STAGES),
-        description="QA stages the workflow verifies (read by the workflow; one run verifies one stage).",
+        default_factory=lambda: list(qa_stages()),
+        description="QA stages the workflow verifies (read by the workflow; one job verifies one stage's shard).",
         **no_hash(),
     )
 
@@ -97,10 +107,6 @@ class VerifyOutput(StageOutput):
     verify_score: float = Field(
         description="fixed-mode benchmark score of verify_answer against the generated answer (0-1)."
     )
-
-
-def type_set_of(qa_stage: str) -> str:
-    return TYPE_SETS.get(qa_stage, "anchored")
 
 
 def last_answer_line(reply: str | None, pattern: re.Pattern = _ANSWER_LINE) -> str | None:
@@ -137,11 +143,8 @@ def verify_score(generated: str, independent: str, fmt: AnswerFormat, benchmark:
 
 
 class VerifyStage(Stage):
-    name = "verify"
-    description = "Independent re-answer of each QA row from its pages, scored by the benchmark's rules."
     config_model = VerifyConfig
     output_model = VerifyOutput
-    input_keys = ("qa", "pages")
 
     def plan(self, config: VerifyConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["qa"]
@@ -165,16 +168,17 @@ class VerifyStage(Stage):
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
                 data = {k: row[k] for k in ("row_id", "question_type", "question", "answer")}
-                yield RowTask(f"{self.name}:{row['row_id']}", row["doc_id"], list(row["pages"] or []), data)
+                row_id = str(RowId.parse(row["row_id"]).judged_by(self.name))
+                yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
 
         return Plan([t.row_id for t in tasks()], tasks)
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: VerifyConfig = ctx.config
         qa_row_id = task.data["row_id"]
-        qa_stage = qa_row_id.split(":", 1)[0]
+        qa_stage = RowId.parse(qa_row_id).stage
         question, generated = task.data["question"], task.data["answer"]
-        qtype = find_type(task.data["question_type"], type_set_of(qa_stage))
+        qtype = find_type(task.data["question_type"], get_spec(qa_stage).question_types)
         fmt = qtype.answer_format if qtype else AnswerFormat.SHORT_TEXT
         benchmark = benchmark_format(task.data["question_type"], generated) or "Str"
         sampling = cfg.sampling.to_request()
@@ -182,7 +186,9 @@ class VerifyStage(Stage):
         images = ctx.page_images(task.doc_id, task.pages, labelled=len(task.pages) > 1)
         prompt = ctx.templates["answer_template"].render(question=question, answer_format=fmt.value, pages=task.pages)
         result = await calls.chat(
-            user_message([*images, {"type": "text", "text": prompt}]), sampling=sampling, max_tokens=cfg.max_tokens
+            user_message([*images, {"type": "text", "text": prompt}]),
+            sampling={**sampling, "structured_outputs": {"regex": ANSWER_REGEX}} if cfg.constrain_output else sampling,
+            max_tokens=cfg.max_tokens,
         )
         reply = result.content or ""
         answer = last_answer_line(reply)
@@ -192,7 +198,11 @@ class VerifyStage(Stage):
                 question=question, reply=reply.strip() or "(empty)", hint=EXTRACT_HINTS[fmt]
             )
             extraction = await calls.chat(
-                user_message(extract_prompt), sampling=sampling, max_tokens=cfg.extract_max_tokens
+                user_message(extract_prompt),
+                sampling={**sampling, "structured_outputs": {"regex": EXTRACT_REGEX}}
+                if cfg.constrain_output
+                else sampling,
+                max_tokens=cfg.extract_max_tokens,
             )
             answer = last_answer_line(extraction.content, _EXTRACTED_LINE) or _last_line(extraction.content)
             extracted = True

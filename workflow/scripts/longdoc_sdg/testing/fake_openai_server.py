@@ -623,11 +623,18 @@ class FakeOpenAIServer:
 
 @contextlib.contextmanager
 def spawn_fake_server(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0, quiet: bool = False
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run the double in its own process (own event loop, own core); yields (process, base_url)."""
+    """Run the double in its own process (own event loop, own core); yields (process, base_url).
+    quiet: drop its stderr (its banner), e.g. when a benchmark starts many."""
     cmd = [sys.executable, "-m", "longdoc_sdg.testing.fake_openai_server", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL if quiet else None,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         deadline = time.monotonic() + timeout_s
         base_url = None
