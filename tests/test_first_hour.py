@@ -83,9 +83,10 @@ def test_demo_console_shows_whole_run_progress(demo):
     _, results, result = demo
     lines = [line for line in result.stderr.splitlines() if line.startswith("[progress] ")]
     plan = json.loads((results / "logs" / "progress" / "plan.json").read_text())["planned"]
-    # One line per seed and stage job, the last one counting every tracked job of the run.
+    # One line per seed and stage job; the last job to finish counts every tracked job of the run.
     assert len(lines) == sum(plan.values())
-    assert f"run {len(lines)}/{len(lines)} tracked jobs" in lines[-1]
+    # (jobs finishing together may print in either order: one of them counts every job)
+    assert any(f"run {len(lines)}/{len(lines)} tracked jobs" in line for line in lines)
     assert any(line.startswith("[progress] seed 00000 done: seed 1/1 shard(s), 111 pages") for line in lines)
     assert all("ETA" in line and "/s per job" in line for line in lines)
 
