@@ -124,7 +124,9 @@ def get_run_outputs(wildcards):
         outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
         for stage in model_stages():
             if STATUSES[stage].active:
-                outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
+                outputs += run_plan.stage_outputs(
+                    stage, RESULTS, shard, config, STATUSES
+                )
     if SHARDS:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
