@@ -81,15 +81,14 @@ JudgeOutput = create_model(
 )
 
 
-class JudgeStage(Stage):
-    config_model = JudgeConfig
-    output_model = JudgeOutput
-    response_models = (JudgeVerdict,)
+class QaReviewStage(Stage):
+    """A stage that reviews the ok rows of one QA stage (the judge, verify): one task per row,
+    sampled by `num_records`, the row id derived from the QA row's."""
 
-    def plan(self, config: JudgeConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["qa"]
+    def plan(self, config, inputs: dict[str, str]) -> Plan:
         import pyarrow.parquet as pq
 
+        path = inputs["qa"]
         names = set(pq.ParquetFile(path).schema_arrow.names)
         columns = ["row_id", "doc_id", "pages", "status", "question_type", "question", "answer"]
         if "format_ok" in names:
@@ -114,6 +113,12 @@ class JudgeStage(Stage):
                 yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
 
         return Plan([t.row_id for t in tasks()], tasks)
+
+
+class JudgeStage(QaReviewStage):
+    config_model = JudgeConfig
+    output_model = JudgeOutput
+    response_models = (JudgeVerdict,)
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: JudgeConfig = ctx.config

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from ..ids import RowId
@@ -22,18 +21,15 @@ from ..taxonomy import AnswerFormat, benchmark_format, find_type
 from ..validators import validate_answer
 from .base import (
     ModelStageConfig,
-    Plan,
     RowCalls,
     RowTask,
     SamplingConfig,
-    Stage,
     StageContext,
     StageOutput,
-    iter_rows,
     no_hash,
-    select_records,
     user_message,
 )
+from .judge import QaReviewStage
 
 NO_ANSWER = "No answer"
 
@@ -142,36 +138,9 @@ def verify_score(generated: str, independent: str, fmt: AnswerFormat, benchmark:
     return score_answer(comparable(generated, fmt), comparable(independent, fmt), benchmark, "fixed")
 
 
-class VerifyStage(Stage):
+class VerifyStage(QaReviewStage):
     config_model = VerifyConfig
     output_model = VerifyOutput
-
-    def plan(self, config: VerifyConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["qa"]
-        names = set(pq.ParquetFile(path).schema_arrow.names)
-        columns = ["row_id", "doc_id", "pages", "status", "question_type", "question", "answer"]
-        if "format_ok" in names:
-            columns.append("format_ok")
-
-        def eligible():
-            for row in iter_rows(path, columns):
-                if row["status"] != "ok":
-                    continue
-                if config.only_format_ok and row.get("format_ok") is False:
-                    continue
-                yield row
-
-        chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
-
-        def tasks():
-            for row in eligible():
-                if chosen is not None and row["row_id"] not in chosen:
-                    continue
-                data = {k: row[k] for k in ("row_id", "question_type", "question", "answer")}
-                row_id = str(RowId.parse(row["row_id"]).judged_by(self.name))
-                yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
-
-        return Plan([t.row_id for t in tasks()], tasks)
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: VerifyConfig = ctx.config
