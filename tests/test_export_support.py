@@ -21,26 +21,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from longdoc_sdg.rowstore import output_schema
+from longdoc_sdg.seed.shard import PAGES_SCHEMA
 from longdoc_sdg.stages import get_stage
 from longdoc_sdg.stages.base import arrow_schema
 from longdoc_sdg.taxonomy import ANCHORED_TYPES, JUDGE_RUBRIC
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
-PAGE_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("page_number", pa.int32()),
-        ("png", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("dpi", pa.float32()),
-        ("is_gray", pa.bool_()),
-        ("page_width_pt", pa.float32()),
-        ("page_height_pt", pa.float32()),
-        ("pdf_text", pa.string()),
-        ("text_blocks", pa.string()),
-    ]
-)
+PAGE_SCHEMA = PAGES_SCHEMA  # the seed's own pages table layout
 
 
 def png_bytes(doc_index: int, page: int) -> bytes:

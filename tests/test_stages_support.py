@@ -16,26 +16,13 @@ import pyarrow.parquet as pq
 import pymupdf
 
 from longdoc_sdg.ids import stable_id
+from longdoc_sdg.seed.shard import PAGES_SCHEMA
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 PDF_DIRS = (REPO / "resources" / "sample_pdfs", REPO / "tests" / "data" / "real_pdfs")
 
-PAGE_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("page_number", pa.int32()),
-        ("png", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("dpi", pa.float32()),
-        ("is_gray", pa.bool_()),
-        ("page_width_pt", pa.float32()),
-        ("page_height_pt", pa.float32()),
-        ("pdf_text", pa.string()),
-        ("text_blocks", pa.string()),
-    ]
-)
+PAGE_SCHEMA = PAGES_SCHEMA  # the seed's own pages table layout
 
 
 def real_pdfs() -> list[Path]:
