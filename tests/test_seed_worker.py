@@ -86,7 +86,7 @@ def test_wall_clock_guard_kills_a_blocked_worker(pool, tmp_path):
     started = time.monotonic()
     _task_back, answer = _wait(pool, events)
     assert answer["reason"] == "timeout" and "wall-clock" in answer["message"]
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 300  # a hang guard: the CPU limit (600 s) never fired
 
 
 def test_a_worker_killed_by_a_signal_is_a_crash(pool, tmp_path):

@@ -84,7 +84,7 @@ def test_crash_in_slurm_job_fails_fast_with_log_tail(tmp_path, paths):
         serve(dep, paths["sentinel"], paths["runtime"], launcher="slurm", state_dir=paths["state"])
     elapsed = time.monotonic() - t0
     print(f"slurm crash detected in {elapsed:.2f}s")
-    assert elapsed < 60
+    assert elapsed < 300  # a hang guard: half the 600 s ready timeout it must not wait out
     assert "CUDA out of memory (simulated by the shim)" in str(caught.value)
     assert "Slurm job" in str(caught.value)
     assert not paths["sentinel"].exists()

@@ -338,7 +338,7 @@ def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
     elapsed = time.monotonic() - t0
     print(f"crash before ready: snakemake failed after {elapsed:.1f}s")
     assert result.returncode != 0
-    assert elapsed < 60
+    assert elapsed < 300  # a hang guard: half the 600 s ready timeout it must not wait out
     text = output_of(result)
     assert "Error in rule serve" in text
     assert "deployment fake-vllm: the server exited before it was ready" in text
