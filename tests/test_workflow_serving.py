@@ -504,21 +504,26 @@ def test_two_replicas_one_sigkilled_mid_stage_the_run_still_succeeds(seeded, tmp
 def test_elastic_second_replica_joins_running_clients(seeded, tmp_path):
     template, pdf_dir = seeded
     stats = tmp_path / "stats.json"
-    # Replica 1 loads 4 s longer; clients start on replica 0 (min_ready: 1) and take ~10 s on it alone.
+    # Replica 1 keeps loading until the test opens its gate, which it does once replica 0 has
+    # served clients (min_ready: 1); about 18 requests of 1 s each are left for it to join.
+    gate = tmp_path / "replica-1-may-start"
     workdir = workdir_from(
         template,
         tmp_path,
         pdf_dir,
         replicas=2,
         min_ready=1,
-        extra_args=["--latency", "0.5", "--max-num-seqs", "1", "--replica-startup-delay", "1=4"],
+        extra_args=["--latency", "1.0", "--max-num-seqs", "1", "--replica-start-gate", f"1={gate}"],
         env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
     )
     late = Path(f"{stats}.replica-1")
     first_request_of_late_replica_after_clients_started = []
 
     def watch() -> None:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and requests_of(stats) == 0:
+            time.sleep(0.05)
+        gate.touch()
         while time.monotonic() < deadline:
             if requests_of(late) > 0:
                 first_request_of_late_replica_after_clients_started.append(requests_of(stats))
