@@ -350,16 +350,20 @@ def start_run():
 
 
 def record_progress_plan():
-    """The jobs of this run per seed/stage rule, for the progress lines the jobs print."""
-    from collections import Counter
-
+    """The seed and stage jobs this run has left, per rule, for the progress lines the jobs
+    print: counted from our own plan (the manifest's shards, the active stages), a job per
+    output still missing."""
     from longdoc_sdg import progress
 
-    tracked = {"seed", *model_stages()}
-    planned = Counter(
-        job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
-    )
-    progress.record_plan(RESULTS, dict(planned))
+    jobs = {"seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in SHARDS]}
+    for stage in model_stages():
+        if STATUSES[stage].active:
+            jobs[stage] = [
+                [path]
+                for shard in SHARDS
+                for path in run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
+            ]
+    progress.record_plan(RESULTS, progress.missing_jobs(jobs))
 
 
 def print_summary(failed=False):
