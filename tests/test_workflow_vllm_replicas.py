@@ -26,6 +26,7 @@ import yaml
 from conftest import REPO
 from longdoc_sdg.engine.errors import INFRA_REASONS
 from longdoc_sdg.registry import model_stages
+from test_workflow import planned_jobs
 from test_workflow_slurm import processes_with, sacct_jobs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
@@ -268,7 +269,14 @@ def check_nothing_left(workdir: Path, ports: dict[int, int]) -> None:
 
 
 def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
+    """Also the local profile's serving contract: a dry run plans the serve job but starts
+    nothing, teardown leaves only the sentinel, and a finished run starts no server."""
     workdir = workdir_from(seeded, tmp_path, "local")
+    dry = snakemake(workdir, "local", 300, "-n")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
+    jobs = planned_jobs(dry.stdout)
+    assert {rule: jobs.get(rule) for rule in ("serve", STAGE, "served")} == {"serve": 1, STAGE: 3, "served": 1}
+    assert not (workdir / "results" / "serve" / "servers").exists(), "a dry run must not start a server"
 
     def sigkill_replica_1(replicas) -> None:
         # Like a lost node: the server's whole group (vLLM's engine core included), no goodbye.
@@ -288,6 +296,14 @@ def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
     check_both_served(counts, killer)
     assert "ejected replica 1" in client_logs(workdir)
     check_nothing_left(workdir, killer.ports)
+    # The sentinel (identity only) stays: the clients' ancient() input.
+    assert (workdir / "results" / "serve" / f"{DEPLOYMENT}.sentinel.json").exists()
+
+    again = snakemake(workdir, "local", 300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert "localrule serve" not in again.stdout + again.stderr
+    assert list((workdir / "results" / "serve" / "servers").glob("*.json")) == []
 
 
 @pytest.mark.slurm
