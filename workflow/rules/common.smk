@@ -355,13 +355,17 @@ def record_progress_plan():
     output still missing."""
     from longdoc_sdg import progress
 
-    jobs = {"seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in SHARDS]}
+    jobs = {
+        "seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in SHARDS]
+    }
     for stage in model_stages():
         if STATUSES[stage].active:
             jobs[stage] = [
                 [path]
                 for shard in SHARDS
-                for path in run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
+                for path in run_plan.stage_outputs(
+                    stage, RESULTS, shard, config, STATUSES
+                )
             ]
     progress.record_plan(RESULTS, progress.missing_jobs(jobs))
 
