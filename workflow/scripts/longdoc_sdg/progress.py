@@ -37,7 +37,10 @@ def missing_jobs(jobs: dict[str, list[list[str]]]) -> dict[str, int]:
     """Per rule, how many of its jobs (each given by its output paths) still have an output
     missing: what a run from here has to do. A run that also redoes finished jobs (changed
     settings, --forcerun) or only asks for some targets counts as it goes (status_line)."""
-    return {rule: sum(1 for outputs in of_rule if not all(os.path.exists(p) for p in outputs)) for rule, of_rule in jobs.items()}
+    return {
+        rule: sum(1 for outputs in of_rule if not all(os.path.exists(p) for p in outputs))
+        for rule, of_rule in jobs.items()
+    }
 
 
 def _duration(seconds: float) -> str:
