@@ -85,18 +85,21 @@ def build_workdir(workdir: Path, shards: int) -> None:
 
 def write_config(workdir: Path, all_stages: bool) -> None:
     base_url = f"http://127.0.0.1:{closed_port()}/v1"
-    stages = {}
+    stages, models = {}, {}
     for stage in ALL_MODEL_STAGES:
         if all_stages:
-            stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}}
+            endpoint = {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}
+            models[stage] = {"endpoint": endpoint}
+            stages[stage] = {"model": stage}
         else:
             stages[stage] = {"enabled": False}
     if all_stages:
-        stages["ocr"]["engine"] = "nemotron-parse"
+        stages["ocr"]["settings"] = {"engine": "nemotron-parse"}
     config = {
         "results_dir": "results",
-        "source": {"kind": "urls", "urls": {"path": str(workdir / "urls.txt")}},
-        "sharding": {"documents_per_shard": DOCS_PER_SHARD},
+        "source": {"settings": {"kind": "urls", "urls": {"path": str(workdir / "urls.txt")}}},
+        "sharding": {"settings": {"documents_per_shard": DOCS_PER_SHARD}},
+        "models": models,
         "stages": stages,
     }
     if not all_stages:

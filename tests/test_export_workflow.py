@@ -110,23 +110,25 @@ def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: i
 
 
 def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:
-    endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": None}
     fast = {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
     stages = {
-        s: {"endpoint": endpoint, "retry": fast}
+        s: {"model": "fake", "run": {"retry": fast}}
         for s in ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
     }
-    stages["ocr"] = {"engine": "pdf-text"}
+    stages["ocr"] = {"settings": {"engine": "pdf-text"}}
     for stage, n in (("text_qa", 5), ("visual_qa", 4), ("single_page_qa", 6), ("windowed_qa", 4)):
-        stages[stage]["num_records"] = n
+        stages[stage]["settings"] = {"num_records": n}
     return {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": "pdfs"}},
-        "sharding": {"documents_per_shard": 1},
-        "seed": {"dpi": 40},
+        "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
+        "seed": {"settings": {"dpi": 40}},
+        "models": {"fake": {"endpoint": {"base_url": base_url, "model": "fake-model"}}},
         "stages": stages,
-        "export": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}},
-        "publish": {"enabled": True, "dry_run": True, "repo_id": "org/longdoc-test", "private": True},
+        "export": {
+            "settings": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}}
+        },
+        "publish": {"enabled": True, "settings": {"dry_run": True, "repo_id": "org/longdoc-test", "private": True}},
     }
 
 

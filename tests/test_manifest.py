@@ -59,7 +59,7 @@ def test_url_list_dedupes_and_skips_comments(tmp_path):
 
 
 def test_missing_folder_names_the_setting(tmp_path):
-    with pytest.raises(SourceError, match="source.local.path"):
+    with pytest.raises(SourceError, match="source.settings.local.path"):
         sync_manifest(_local(tmp_path / "nope"), tmp_path / "m", documents_per_shard=2)
 
 

@@ -40,9 +40,9 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = T
 def write_config(workdir: Path, pdf_dir: Path, **extra) -> dict:
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 2},
-        "seed": {"dpi": 72},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 2}},
+        "seed": {"settings": {"dpi": 72}},
     }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value}
@@ -123,31 +123,35 @@ def test_second_run_has_nothing_to_do(seeded):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_dpi_change_reruns_seed_and_dependents_only(seeded):
+def dry_run_with(seeded: Path, change) -> subprocess.CompletedProcess:
+    """`snakemake -n` with the run's config changed by `change(config)`."""
     config = yaml.safe_load((seeded / "config.yaml").read_text())
-    config["seed"]["dpi"] = 96
+    change(config)
     changed = seeded / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--directory",
-            str(seeded),
-            "--configfile",
-            str(changed),
-            "--cores",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_snakemake(seeded, "-n", "--configfile", str(changed))
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_dpi_change_reruns_seed_and_dependents_only(seeded):
+    result = dry_run_with(seeded, lambda c: c["seed"]["settings"].update(dpi=96))
     assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
     assert "params changed" in result.stdout.lower() or "Params have changed" in result.stdout
+
+
+def test_seed_run_settings_rerun_nothing(seeded):
+    def change(config):
+        config["seed"]["run"] = {
+            "download": {"concurrency": 2, "timeout_s": 5, "deadline_s": 60},
+            "worker": {"memory_mb": 2048, "cpu_seconds_per_page": 9, "chunk_pages": 4},
+            "max_document_pages": 500,
+            "png_compression_level": 6,
+        }
+        config["stages"] = {"ocr": {"run": {"concurrency": {"max": 3}, "retry": {"max_attempts": 2}}}}
+
+    result = dry_run_with(seeded, change)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
 
 
 def test_forcing_one_shard_reruns_only_that_shard(seeded):
@@ -158,8 +162,8 @@ def test_forcing_one_shard_reruns_only_that_shard(seeded):
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"source": {"kind": "s3"}}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"source": {"settings": {"kind": "s3"}}}))
     result = run_snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "source.kind" in output and "finepdfs" in output
+    assert "source.settings.kind" in output and "finepdfs" in output

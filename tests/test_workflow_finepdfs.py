@@ -63,12 +63,16 @@ def test_finepdfs_local_copy_fetched_over_http_with_warc_fallback(tmp_path, real
 
     config = {
         "results_dir": "results",
-        "source": {"kind": "finepdfs", "finepdfs": {"dataset": str(tmp_path / "finepdfs"), "num_documents": 4}},
-        "sharding": {"documents_per_shard": 10},
+        "source": {
+            "settings": {
+                "kind": "finepdfs",
+                "finepdfs": {"dataset": str(tmp_path / "finepdfs"), "num_documents": 4},
+            }
+        },
+        "sharding": {"settings": {"documents_per_shard": 10}},
         "seed": {
-            "dpi": 36,
-            "download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5},
-            "warc": {"enabled": True, "base_url": http_server.url("/")},
+            "settings": {"dpi": 36, "warc": {"enabled": True, "base_url": http_server.url("/")}},
+            "run": {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}},
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

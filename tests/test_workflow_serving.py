@@ -60,18 +60,21 @@ def output_of(result: subprocess.CompletedProcess) -> str:
 
 def write_config(workdir: Path, pdf_dir: Path, name: str = "config.yaml", **fake_overrides) -> Path:
     stages = {stage: {"enabled": False} for stage in OTHER_STAGES}
-    stages["ocr"] = {"engine": "nemotron-parse", "deployment": DEPLOYMENT, "max_tokens": 64}
+    stages["ocr"] = {"model": "served", "settings": {"engine": "nemotron-parse", "max_tokens": 64}}
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 1},
-        "seed": {"dpi": 30},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
+        "seed": {"settings": {"dpi": 30}},
+        "models": {"served": {"deployment": DEPLOYMENT}},
         "stages": stages,
         "serving": {
             "enabled": True,
-            "launcher": "auto",
-            "deployments_dir": str(REPO / "tests" / "deployments"),
-            "overrides": {DEPLOYMENT: fake_overrides} if fake_overrides else {},
+            "run": {
+                "launcher": "auto",
+                "deployments_dir": str(REPO / "tests" / "deployments"),
+                "overrides": {DEPLOYMENT: fake_overrides} if fake_overrides else {},
+            },
         },
         "export": {"enabled": False},
         "report": {"enabled": False},
@@ -275,9 +278,13 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     config = yaml.safe_load((workdir / "config.yaml").read_text())
 
     renamed = dict(config)
+    run = config["serving"]["run"]
     renamed["serving"] = {
         **config["serving"],
-        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "served_model_name": "another-model"}},
+        "run": {
+            **run,
+            "overrides": {DEPLOYMENT: {**run["overrides"][DEPLOYMENT], "served_model_name": "another-model"}},
+        },
     }
     (workdir / "renamed.yaml").write_text(yaml.safe_dump(renamed))
     result = snakemake(workdir, "-n", configfile="renamed.yaml")
@@ -289,8 +296,11 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     moved = dict(config)
     moved["serving"] = {
         **config["serving"],
-        "launcher": "local",
-        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}},
+        "run": {
+            **run,
+            "launcher": "local",
+            "overrides": {DEPLOYMENT: {**run["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}},
+        },
     }
     (workdir / "moved.yaml").write_text(yaml.safe_dump(moved))
     result = snakemake(workdir, "-n", configfile="moved.yaml")

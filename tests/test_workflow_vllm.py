@@ -38,7 +38,8 @@ def shortest_pdfs(pdfs: list[Path], count: int) -> list[Path]:
 
 
 def tiny_model_stage_settings() -> dict:
-    """Small budgets and constrained JSON so a random model's replies are still schema-valid."""
+    """Small budgets and constrained JSON so a random model's replies are still schema-valid:
+    stage -> its `settings`."""
     # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
     stages = {stage: dict(common) for stage in MODEL_STAGES + ("judge",)}
@@ -72,10 +73,10 @@ def base_config(workdir: Path, pdfs: list[Path]) -> dict:
     pdf_dir = copy_pdfs(pdfs, workdir / "pdfs")
     return {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 1},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
         # Small pages keep every image near 200 tokens for the tiny model's context.
-        "seed": {"dpi": 40, "window_size": 2, "whole_document_max_pages": 8},
+        "seed": {"settings": {"dpi": 40, "window_size": 2, "whole_document_max_pages": 8}},
     }
 
 
@@ -105,10 +106,12 @@ def vllm_endpoint(tiny_vlm, tmp_path_factory):
 
 def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     config = base_config(tmp_path, shortest_pdfs(real_pdfs, 2))
-    stages = tiny_model_stage_settings()
-    for settings in stages.values():
-        settings["endpoint"] = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
-    config["stages"] = stages
+    config["models"] = {
+        "tiny": {"endpoint": {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}}
+    }
+    config["stages"] = {
+        stage: {"model": "tiny", "settings": settings} for stage, settings in tiny_model_stage_settings().items()
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "LONGDOC_TEST_LLM_KEY": VLLM_KEY}
 
@@ -159,30 +162,33 @@ def vllm_processes() -> list[str]:
 
 def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: Path) -> dict:
     config = base_config(tmp_path, pdfs)
-    stages = tiny_model_stage_settings()
-    for stage, settings in stages.items():
-        settings["deployment"] = "tiny-cpu-vlm"
-        settings["enabled"] = stage in ("ocr", "single_page_qa")
-    stages["ocr"] = {"engine": "nemotron-parse", "deployment": "tiny-cpu-vlm", "max_tokens": 64}
+    stages = {
+        stage: {"model": "tiny", "enabled": stage in ("ocr", "single_page_qa"), "settings": settings}
+        for stage, settings in tiny_model_stage_settings().items()
+    }
+    stages["ocr"]["settings"] = {"engine": "nemotron-parse", "max_tokens": 64}
+    config["models"] = {"tiny": {"deployment": "tiny-cpu-vlm"}}
     config["stages"] = stages
     config["serving"] = {
         "enabled": True,
-        "launcher": launcher,
-        "deployments_dir": str(REPO / "config" / "deployments"),
-        "overrides": {
-            "tiny-cpu-vlm": {
-                "model": str(model_dir),
-                "max_model_len": 16384,
-                "reasoning_parser": "qwen3",
-                "extra_args": [
-                    "--dtype",
-                    "bfloat16",
-                    "--enforce-eager",
-                    "--limit-mm-per-prompt",
-                    '{"image": 8}',
-                    *GUIDED_JSON,
-                ],
-            }
+        "run": {
+            "launcher": launcher,
+            "deployments_dir": str(REPO / "config" / "deployments"),
+            "overrides": {
+                "tiny-cpu-vlm": {
+                    "model": str(model_dir),
+                    "max_model_len": 16384,
+                    "reasoning_parser": "qwen3",
+                    "extra_args": [
+                        "--dtype",
+                        "bfloat16",
+                        "--enforce-eager",
+                        "--limit-mm-per-prompt",
+                        '{"image": 8}',
+                        *GUIDED_JSON,
+                    ],
+                }
+            },
         },
     }
     return config

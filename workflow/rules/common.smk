@@ -23,7 +23,9 @@ JUDGED = run_plan.judged_stages(config)
 if workflow.is_main_process:
     endpoints.forget_dead_servers(SERVE_DIR)
     SHARDS = sync_manifest(
-        config["source"], MANIFEST_DIR, config["sharding"]["documents_per_shard"]
+        config["source"]["settings"],
+        MANIFEST_DIR,
+        config["sharding"]["settings"]["documents_per_shard"],
     )
 else:
     SHARDS = existing_shards(MANIFEST_DIR)
@@ -103,7 +105,7 @@ def get_serving_inputs(stage):
     """Input function factory: the deployment's sentinel as `ancient()`, so a restarted server
     never reruns finished jobs; a forced client also takes the runtime file, which makes
     Snakemake serve for it (see serve.smk)."""
-    deployment = config["stages"][stage]["deployment"]
+    deployment = run_plan.stage_deployment(config, stage)
 
     def serving(wildcards):
         paths = [ancient(sentinel_path(deployment))]
@@ -115,25 +117,11 @@ def get_serving_inputs(stage):
 
 
 def get_endpoint_params(stage):
-    """What identifies a stage's model: changing it reruns the stage (never the key itself)."""
-    mode = STATUSES[stage].mode
-    settings = config["stages"][stage]
-    if mode == "manual":
-        endpoint = settings["endpoint"]
-        return {
-            "mode": mode,
-            "base_url": endpoint["base_url"],
-            "model": endpoint["model"],
-            "api_key_env": endpoint.get("api_key_env"),
-        }
-    if mode == "serve":
-        deployment = settings["deployment"]
-        return {
-            "mode": mode,
-            "runtime": runtime_path(deployment),
-            **endpoints.deployment_identity(config, deployment),
-        }
-    return {"mode": mode}
+    """What identifies a stage's model: changing it reruns the stage; its host and key are
+    read at job time (see endpoints.endpoint_params)."""
+    deployment = run_plan.stage_deployment(config, stage)
+    runtime = runtime_path(deployment) if deployment else None
+    return endpoints.endpoint_params(config, stage, runtime)
 
 
 def get_stage_settings(stage):
@@ -166,7 +154,7 @@ def get_final_outputs(wildcards):
 def announce_plan():
     """Tell the user which stages run and what the others need (stderr: dry runs too)."""
     lines = [
-        f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['kind']}'"
+        f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['settings']['kind']}'"
     ]
     for status in STATUSES.values():
         state = "run " if status.active else "skip"
@@ -183,7 +171,7 @@ def served_deployments():
     names = []
     for status in STATUSES.values():
         if status.active and status.mode == "serve":
-            names.append(config["stages"][status.stage]["deployment"])
+            names.append(run_plan.stage_deployment(config, status.stage))
     return sorted(set(names))
 
 
@@ -193,7 +181,7 @@ def get_deployment_clients(wildcards):
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
-        if config["stages"][stage]["deployment"] != wildcards.deployment:
+        if run_plan.stage_deployment(config, stage) != wildcards.deployment:
             continue
         for shard in SHARDS:
             if stage == "judge":
@@ -227,7 +215,7 @@ def get_serve_launcher(wildcards, output):
     """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs).
     A params function on purpose: the executor plugin is known only once the DAG is built,
     not while the Snakefile is parsed. Takes `output`: not a rerun trigger."""
-    launcher = config["serving"]["launcher"]
+    launcher = config["serving"]["run"]["launcher"]
     if launcher != "auto":
         return launcher
     plugin = workflow.executor_plugin

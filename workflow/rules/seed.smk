@@ -20,7 +20,7 @@ rule seed:
         mem_mb=4000,
         runtime=120,
     params:
-        seed=config["seed"],
+        settings=config["seed"]["settings"],
         code_version=run_plan.__version__,
     script:
         "../scripts/seed.py"

@@ -16,10 +16,10 @@ log = get_logger("endpoints")
 
 
 def deployment_file(config: dict, name: str) -> Path:
-    path = Path(config["serving"]["deployments_dir"]) / f"{name}.yaml"
+    path = Path(config["serving"]["run"]["deployments_dir"]) / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(
-            f"deployment {name!r}: no file {path}; add it or point serving.deployments_dir elsewhere "
+            f"deployment {name!r}: no file {path}; add it or point serving.run.deployments_dir elsewhere "
             f"(available: {sorted(p.stem for p in path.parent.glob('*.yaml'))})"
         )
     return path
@@ -28,7 +28,7 @@ def deployment_file(config: dict, name: str) -> Path:
 def _deployment(config: dict, name: str):
     from .serve import load_deployment
 
-    return load_deployment(deployment_file(config, name), config["serving"]["overrides"].get(name))
+    return load_deployment(deployment_file(config, name), config["serving"]["run"]["overrides"].get(name))
 
 
 def deployment_settings(config: dict, name: str) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def deployment_settings(config: dict, name: str) -> dict[str, Any]:
     _deployment(config, name)  # fail at parse time on a bad deployment, naming it
     return {
         "file": str(deployment_file(config, name)),
-        "overrides": config["serving"]["overrides"].get(name) or {},
+        "overrides": config["serving"]["run"]["overrides"].get(name) or {},
     }
 
 
@@ -101,23 +101,46 @@ def stop_deployment(state_dir: str, name: str) -> None:
         print(f"longdoc-sdg: every client of {name} is done; stopped its server")
 
 
-def resolve_endpoint(params: dict) -> dict | None:
-    """The engine endpoint of a job, from its endpoint params (see common.smk)."""
+def endpoint_params(config: dict, stage: str, runtime_path: str) -> dict:
+    """A stage's endpoint params: how the job finds its model, and the model's identity. Only
+    the identity changes answers, so nothing else goes in: a manual endpoint's host, port and
+    key variable are read at job time (resolve_endpoint), a served one's from its runtime file."""
+    from .plan import endpoint_mode, model_spec, stage_deployment
+
+    mode = endpoint_mode(config, stage)
+    if mode == "manual":
+        return {"mode": mode, "model": model_spec(config, stage)["endpoint"]["model"]}
+    if mode == "serve":
+        return {"mode": mode, "runtime": runtime_path, **deployment_identity(config, stage_deployment(config, stage))}
+    return {"mode": mode}
+
+
+def read_api_key(env_name: str, what: str) -> str:
+    """The one place an API key is read: from the environment variable the config names,
+    registered with the log redactor so it never reaches a log."""
+    key = os.environ.get(env_name)
+    if not key:
+        raise ValueError(f"{what}: environment variable {env_name} holding its API key is not set; export it")
+    register_secret(key)
+    return key
+
+
+def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
+    """The engine endpoint of a job, from its endpoint params (the identity) and, for a manual
+    endpoint, the config's model alias read at job time."""
     mode = params["mode"]
     if mode == "none":
         return None
     if mode == "manual":
-        endpoint = {"base_url": params["base_url"], "model": params["model"]}
-        if params.get("api_key_env"):
-            key = os.environ.get(params["api_key_env"])
-            if not key:
-                raise RuntimeError(
-                    f"endpoint {params['base_url']} (model {params['model']}): environment variable "
-                    f"{params['api_key_env']} holding its API key is not set; export it before running"
-                )
-            register_secret(key)
-            endpoint["api_key"] = key
-        return endpoint
+        from .plan import model_alias, model_spec
+
+        spec = model_spec(config, stage)["endpoint"]
+        if spec["model"] != params["model"]:
+            raise RuntimeError(
+                f"models.{model_alias(config, stage)}.endpoint.model is {spec['model']!r} but the job was planned "
+                f"for {params['model']!r}; rerun the workflow"
+            )
+        return {"base_url": spec["base_url"], "model": spec["model"], "api_key_env": spec.get("api_key_env")}
     if mode == "serve":
         from .serve import verify_endpoint
 

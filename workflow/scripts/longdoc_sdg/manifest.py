@@ -37,8 +37,8 @@ def _local_documents(cfg: dict) -> Iterator[dict]:
     root = Path(cfg["path"]).expanduser()
     if not root.is_dir():
         raise SourceError(
-            f"source.local.path: folder {str(root)!r} does not exist; point it at a folder of PDFs "
-            "(searched recursively) or choose another source.kind"
+            f"source.settings.local.path: folder {str(root)!r} does not exist; point it at a folder of PDFs "
+            "(searched recursively) or choose another source.settings.kind"
         )
     suffix = cfg.get("suffix", ".pdf").lower()
     found = []
@@ -63,7 +63,7 @@ def _url_documents(cfg: dict) -> Iterator[dict]:
     path = cfg.get("path")
     if not path or not Path(path).is_file():
         raise SourceError(
-            f"source.urls.path: URL list {path!r} not found; give a text file with one http(s) URL "
+            f"source.settings.urls.path: URL list {path!r} not found; give a text file with one http(s) URL "
             "per line ('#' starts a comment)"
         )
     seen = set()
@@ -90,7 +90,9 @@ def _finepdfs_documents(cfg: dict) -> Iterator[dict]:
     try:
         from datasets import load_dataset
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise SourceError("source.kind=finepdfs needs the `datasets` package: pip install 'longdoc-sdg[hub]'") from exc
+        raise SourceError(
+            "source.settings.kind=finepdfs needs the `datasets` package: pip install 'longdoc-sdg[hub]'"
+        ) from exc
     data_files = cfg["data_files"].format(subset=cfg["subset"], split=cfg["split"])
     dataset = load_dataset(cfg["dataset"], data_files={"train": data_files}, split="train", streaming=True)
     count = 0
@@ -116,7 +118,7 @@ def list_source_documents(source: dict) -> Iterator[dict]:
     kind = source["kind"]
     readers = {"local": _local_documents, "urls": _url_documents, "finepdfs": _finepdfs_documents}
     if kind not in readers:
-        raise SourceError(f"source.kind: {kind!r} is not one of {sorted(readers)}")
+        raise SourceError(f"source.settings.kind: {kind!r} is not one of {sorted(readers)}")
     documents = readers[kind](source[kind])
     limit = source.get("max_documents")
     for index, doc in enumerate(documents):

@@ -37,9 +37,6 @@ STAGE_INPUTS = {
 }
 SEED_TABLES = ("pages", "documents", "windows", "failures")
 
-# Keys of a stage's config section that say how to reach its model, not what it produces.
-ENDPOINT_KEYS = {"enabled", "endpoint", "deployment", "concurrency", "retry", "error_budget"}
-
 
 @dataclass(frozen=True)
 class StageStatus:
@@ -57,15 +54,40 @@ def short_hash(value) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
 
 
+def model_alias(config: dict, stage: str) -> str:
+    return config["stages"][stage]["model"]
+
+
+def model_spec(config: dict, stage: str) -> dict:
+    """The stage's model: {deployment: NAME} or {endpoint: {base_url, model, api_key_env}}."""
+    return config["models"][model_alias(config, stage)]
+
+
+def stage_deployment(config: dict, stage: str) -> str | None:
+    """The deployment served for the stage (None when its model is an endpoint)."""
+    return model_spec(config, stage).get("deployment")
+
+
 def endpoint_mode(config: dict, stage: str) -> str:
-    settings = config["stages"][stage]
-    if stage == "ocr" and settings.get("engine") == "pdf-text":
+    if stage == "ocr" and config["stages"][stage]["settings"].get("engine") == "pdf-text":
         return "none"
-    if (settings.get("endpoint") or {}).get("base_url"):
+    spec = model_spec(config, stage)
+    if (spec.get("endpoint") or {}).get("base_url"):
         return "manual"
-    if config["serving"]["enabled"] and settings.get("deployment"):
+    if config["serving"]["enabled"] and spec.get("deployment"):
         return "serve"
     return "unavailable"
+
+
+def _unavailable_reason(config: dict, stage: str) -> str:
+    alias = model_alias(config, stage)
+    deployment = stage_deployment(config, stage)
+    if deployment:
+        return (
+            f"its model {alias!r} is deployment '{deployment}': set serving.enabled=true to serve it, or point "
+            f"models.{alias} at a running endpoint ({{endpoint: {{base_url, model, api_key_env}}}})"
+        )
+    return f"needs a model endpoint: set models.{alias}.endpoint.base_url (+ model, api_key_env)"
 
 
 def stage_statuses(config: dict) -> dict[str, StageStatus]:
@@ -75,24 +97,16 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
         mode = endpoint_mode(config, stage)
         upstream = [s for s in STAGE_INPUTS[stage] if s in MODEL_STAGES]
         if stage == "judge":
-            upstream = [s for s in settings.get("judge_stages", []) if s in QA_STAGES]
+            upstream = [s for s in settings["settings"].get("judge_stages", []) if s in QA_STAGES]
         blocked = [s for s in upstream if not statuses[s].active]
         if not settings.get("enabled", True):
             statuses[stage] = StageStatus(stage, False, "disabled", "disabled in config")
         elif mode == "unavailable":
-            statuses[stage] = StageStatus(
-                stage,
-                False,
-                mode,
-                f"needs a model endpoint: set stages.{stage}.endpoint.base_url (+ model, api_key_env)"
-                + (
-                    f" or serving.enabled=true to deploy '{settings['deployment']}'"
-                    if settings.get("deployment")
-                    else " (a frontier model; no deployment is served for it by default)"
-                ),
-            )
+            statuses[stage] = StageStatus(stage, False, mode, _unavailable_reason(config, stage))
         elif stage == "judge" and not upstream:
-            statuses[stage] = StageStatus(stage, False, "disabled", "no QA stage listed in stages.judge.judge_stages")
+            statuses[stage] = StageStatus(
+                stage, False, "disabled", "no QA stage listed in stages.judge.settings.judge_stages"
+            )
         elif stage == "judge" and len(blocked) == len(upstream):
             statuses[stage] = StageStatus(stage, False, mode, f"waits for {', '.join(blocked)}")
         elif stage != "judge" and blocked:
@@ -107,12 +121,17 @@ def judged_stages(config: dict) -> list[str]:
     statuses = stage_statuses(config)
     if not statuses["judge"].active:
         return []
-    return [s for s in config["stages"]["judge"]["judge_stages"] if statuses[s].active]
+    return [s for s in config["stages"]["judge"]["settings"]["judge_stages"] if statuses[s].active]
 
 
 def stage_config_section(config: dict, stage: str) -> dict:
-    """The stage's own settings (its pydantic config), without how its model is reached."""
-    return {k: v for k, v in config["stages"][stage].items() if k not in ENDPOINT_KEYS}
+    """The stage's own config as a job works with it: its settings plus the few of its fields
+    that only steer a run (e.g. image transport), which the config keeps under `run:`."""
+    from .config import STAGE_RUN_FIELDS
+
+    section = config["stages"][stage]
+    run = {key: section["run"][key] for key in STAGE_RUN_FIELDS if key in section["run"]}
+    return {**section["settings"], **run}
 
 
 def stage_settings(config: dict, stage: str) -> dict:

@@ -114,7 +114,7 @@ def write_hub(
 ) -> dict:
     """Write the Hub folder for the given stages' final datasets; returns the card metadata.
 
-    params: `card` (export.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
+    params: `card` (export.settings.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
     """
     from ..config import ExportCard
 

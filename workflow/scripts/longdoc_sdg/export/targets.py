@@ -49,7 +49,7 @@ def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str]
 
 def dataset_settings(config: dict) -> dict:
     """The result-changing settings of a final dataset (rule params)."""
-    export = config["export"]
+    export = config["export"]["settings"]
     return {
         "filters": export["filters"],
         "dedup": export["dedup"],
@@ -68,21 +68,21 @@ def hub_inputs(config: dict, statuses: dict, results: str, shards: list[str]) ->
 
 
 def hub_settings(config: dict) -> dict:
-    source = config["source"]
+    source = config["source"]["settings"]
     kind = source["kind"]
     described = {"kind": kind}
     if kind == "finepdfs":
         described.update(dataset=source["finepdfs"]["dataset"], subset=source["finepdfs"]["subset"])
     return {
-        "card": config["export"]["card"],
-        "max_file_mb": config["export"]["max_file_mb"],
+        "card": config["export"]["settings"]["card"],
+        "max_file_mb": config["export"]["settings"]["max_file_mb"],
         "source": described,
         "code_version": __version__,
     }
 
 
 def publish_settings(config: dict) -> dict:
-    return {k: v for k, v in config["publish"].items() if k != "enabled"}
+    return config["publish"]["settings"]
 
 
 def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
@@ -104,10 +104,9 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
 
 def report_settings(config: dict) -> dict:
     """Params of the figures: report settings and the judge threshold drawn on the histograms."""
-    report = config["report"]
     return {
-        "judge_score_bins": report["judge_score_bins"],
-        "min_judge_score": config["export"]["filters"]["min_judge_score"],
+        "judge_score_bins": config["report"]["settings"]["judge_score_bins"],
+        "min_judge_score": config["export"]["settings"]["filters"]["min_judge_score"],
         "code_version": __version__,
     }
 
@@ -139,8 +138,8 @@ def check_publish(config: dict) -> None:
         problems.append("export.layouts must include 'hub' (the folder that is uploaded)")
     if not config["export"]["enabled"]:
         problems.append("export.enabled must be true")
-    if not publish["repo_id"]:
-        problems.append("publish.repo_id must name the target dataset repository (e.g. my-org/longdoc-qa)")
+    if not publish["settings"]["repo_id"]:
+        problems.append("publish.settings.repo_id must name the target dataset repository (e.g. my-org/longdoc-qa)")
     if problems:
         raise ValueError("publish.enabled is true, but " + "; ".join(problems))
 

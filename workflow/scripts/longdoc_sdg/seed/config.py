@@ -1,4 +1,7 @@
-"""Parameters of stage 01 (seed): rendering, windows, downloads, worker limits, WARC fallback."""
+"""Parameters of stage 01 (seed). The config splits them in two: `seed.settings` change what
+the seed produces (rule params, a change reruns the seed and everything after it); `seed.run`
+only steers a run (downloads, sandbox limits, PNG compression; read at job time, never a rerun
+trigger). A seed job works on both merged: `SeedParams`."""
 
 from __future__ import annotations
 
@@ -75,7 +78,9 @@ class WarcParams(_Strict):
     )
 
 
-class SeedParams(_Strict):
+class SeedSettings(_Strict):
+    """What the seed makes: pages, documents and windows (rule params)."""
+
     dpi: float = Field(144.0, gt=0, le=1200, description="Render resolution in dots per inch (the reference uses 144).")
     max_pixels_per_page: int = Field(
         40_000_000,
@@ -89,9 +94,6 @@ class SeedParams(_Strict):
         ge=1,
         description="Documents with more pages get no whole-document seed (still pages and windows); the reference "
         "skips such documents entirely at 50.",
-    )
-    max_document_pages: int = Field(
-        2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
     )
     window_size: int | None = Field(
         None,
@@ -110,6 +112,24 @@ class SeedParams(_Strict):
         description="Store a page as 8-bit gray PNG when every rendered pixel has R == G == B (lossless; smaller "
         "and faster).",
     )
+    warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
+
+    @model_validator(mode="after")
+    def _stride_within_size(self) -> "SeedSettings":
+        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
+                "pages would be skipped"
+            )
+        return self
+
+
+class SeedRun(_Strict):
+    """How a seed job runs: downloads, sandbox limits, safety caps (read at job time)."""
+
+    max_document_pages: int = Field(
+        2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
+    )
     png_compression_level: int = Field(
         1,
         ge=0,
@@ -121,19 +141,18 @@ class SeedParams(_Strict):
     worker: WorkerParams = Field(
         default_factory=WorkerParams, description="Sandbox limits of the rendering worker processes."
     )
-    warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
 
-    @model_validator(mode="after")
-    def _stride_within_size(self) -> "SeedParams":
-        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
-            raise ValueError(
-                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
-                "pages would be skipped"
-            )
-        return self
+
+class SeedParams(SeedSettings, SeedRun):
+    """Both halves merged: what a seed job works with."""
 
 
 def load_params(params: dict | SeedParams | None) -> SeedParams:
     if isinstance(params, SeedParams):
         return params
     return SeedParams.model_validate(params or {})
+
+
+def seed_params(settings: dict, run: dict) -> SeedParams:
+    """A seed job's parameters from the config's `seed.settings` and `seed.run`."""
+    return SeedParams.model_validate({**settings, **run})
