@@ -19,7 +19,8 @@ from longdoc_sdg.seed.fetch import parse_warc_response
 SAMPLE = sorted((Path(__file__).resolve().parents[1] / "resources" / "sample_pdfs").glob("*.pdf"))[0]
 PDF = SAMPLE.read_bytes()
 
-FAST = {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}}
+LOOPBACK = ["127.0.0.1/32"]
+FAST = {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5, "allowed_networks": LOOPBACK}}
 
 
 def warc_record(payload: bytes, extra_warc_headers: bytes = b"", http_headers: bytes = b"") -> bytes:
@@ -185,7 +186,7 @@ def test_html_named_pdf_is_not_pdf(server):
 
 
 def test_timeout_is_retried_then_reported(server):
-    params = {"download": {"timeout_s": 0.3, "retries": 1, "backoff_s": 0.01}}
+    params = {"download": {"timeout_s": 0.3, "retries": 1, "backoff_s": 0.01, "allowed_networks": LOOPBACK}}
     failure = fetch_fails(url_row(server.url("/slow.pdf")), params)
     assert failure.reason == "timeout"
     assert server.hits["/slow.pdf"] == 2

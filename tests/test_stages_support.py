@@ -126,7 +126,12 @@ class TaggedFakeServer(FakeOpenAIServer):
                 "<x_0.1><y_0.1>Revenue rose 12% to 4.2 million.<x_0.9><y_0.2><class_Text>"
             )
         elif fault is None and "response_format" not in req and "<quality_score>" in text:
-            pages = [int(p) for p in re.findall(r"Page (\d+):", text)] or [1]
+            # Cite the labelled pages, or the single page the prompt names.
+            pages = (
+                [int(p) for p in re.findall(r"Page (\d+):", text)]
+                or [int(p) for p in re.findall(r"image is page (\d+) of", text)]
+                or [1]
+            )
             message["content"] = (
                 "<question>\nHow many rows does Table 1 on page 2 list?\n</question>\n"
                 f"<answer>{int(key[:4], 16) % 50}</answer>\n"

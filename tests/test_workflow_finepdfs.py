@@ -72,7 +72,14 @@ def test_finepdfs_local_copy_fetched_over_http_with_warc_fallback(tmp_path, real
         "sharding": {"settings": {"documents_per_shard": 10}},
         "seed": {
             "settings": {"dpi": 36, "warc": {"enabled": True, "base_url": http_server.url("/")}},
-            "run": {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5}},
+            "run": {
+                "download": {
+                    "backoff_s": 0.01,
+                    "backoff_max_s": 0.05,
+                    "timeout_s": 5,
+                    "allowed_networks": ["127.0.0.1/32"],
+                }
+            },
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -286,6 +286,23 @@ register(
 )
 
 
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    from .score.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _score_command(args: argparse.Namespace) -> int:
+    from .score.command import run_command
+
+    return run_command(args)
+
+
+register(
+    "score", "score predictions by MMLongBench-Doc's rules (official or fixed mode)", _score_arguments, _score_command
+)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def stage_deployment(config: dict, stage: str) -> str | None:
 
 
 def endpoint_mode(config: dict, stage: str) -> str:
-    if stage == "ocr" and config["stages"][stage]["settings"].get("engine") == "pdf-text":
+    if stage == "ocr" and config["stages"][stage]["settings"].get("engine", "pdf-text") == "pdf-text":
         return "none"
     spec = model_spec(config, stage)
     if (spec.get("endpoint") or {}).get("base_url"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -281,6 +282,69 @@ TYPE_SETS: dict[str, tuple[QuestionType, ...]] = {
     "visual": VISUAL_TYPES,
     "anchored": ANCHORED_TYPES,
 }
+
+
+# MMLongBench-Doc's answer format (the rules it scores by, `longdoc_sdg.score`) for each of ours.
+# NUMBER has no fixed one: it is read from the answer (`format_of_answer`).
+BENCHMARK_FORMATS: dict[AnswerFormat, str | None] = {
+    AnswerFormat.INT: "Int",
+    AnswerFormat.FLOAT: "Float",
+    AnswerFormat.PERCENT: "Float",
+    AnswerFormat.NUMBER: None,
+    AnswerFormat.LIST: "List",
+    AnswerFormat.NOT_ANSWERABLE: "None",
+    AnswerFormat.MULTIPLE_CHOICE: "Str",
+    AnswerFormat.YES_NO: "Str",
+    AnswerFormat.TRUE_FALSE: "Str",
+    AnswerFormat.SHORT_TEXT: "Str",
+}
+# Types whose answers may be numbers, text or lists (visual QA's "short"): read from the answer.
+MIXED_FORMAT_TYPES = frozenset({"short"})
+
+
+def _question_type_formats() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for types in TYPE_SETS.values():
+        for qt in types:
+            fmt = None if qt.key in MIXED_FORMAT_TYPES else BENCHMARK_FORMATS[qt.answer_format]
+            # One key, one format in every set: the table can be keyed by the type alone.
+            assert out.get(qt.key, fmt) == fmt, f"question type {qt.key} maps to two benchmark formats"
+            out[qt.key] = fmt
+    return out
+
+
+# Question type key -> benchmark answer format (None: read from the answer). The export's
+# answer_format column, the report's "our mix vs the benchmark's" figure, the dataset card and
+# the verify stage all take the format from here.
+QUESTION_TYPE_FORMATS: dict[str, str | None] = _question_type_formats()
+
+_LIST_ANSWER = re.compile(r"\[.*\]", re.DOTALL)
+_INT_ANSWER = re.compile(r"[-+]?[0-9]{1,3}(,[0-9]{3})+|[-+]?[0-9]+")
+_FLOAT_ANSWER = re.compile(r"[-+]?([0-9]+(,[0-9]{3})*)?\.[0-9]+ ?%?|[-+]?[0-9]+(,[0-9]{3})* ?%")
+
+
+def format_of_answer(answer: str | None) -> str:
+    """The benchmark format an answer reads as: "Not answerable" None, a bracketed list List, a
+    whole number Int, a decimal or percentage Float, anything else Str."""
+    text = (answer or "").strip()
+    if text == NOT_ANSWERABLE:
+        return "None"
+    if _LIST_ANSWER.fullmatch(text):
+        return "List"
+    if _INT_ANSWER.fullmatch(text):
+        return "Int"
+    if _FLOAT_ANSWER.fullmatch(text):
+        return "Float"
+    return "Str"
+
+
+def benchmark_format(question_type: str, answer: str | None = None) -> str | None:
+    """The MMLongBench-Doc answer format of a question of this type; a mixed or unknown type takes
+    the format its answer reads as (None without an answer)."""
+    fmt = QUESTION_TYPE_FORMATS.get(question_type)
+    if fmt is None and answer is not None:
+        fmt = format_of_answer(answer)
+    return fmt
 
 
 def _weights(types: tuple[QuestionType, ...], values: tuple[float, ...]) -> dict[str, float]:

@@ -111,16 +111,33 @@ def normalised_question_sql(column: str = "question") -> str:
     return f"trim(regexp_replace(lower(nfc_normalize(coalesce({column}, ''))), '[^\\p{{L}}\\p{{N}}]+', ' ', 'g'))"
 
 
-def answer_format_sql(column: str = "answer") -> str:
-    """SQL: the benchmark answer format of an answer (MMLongBench-Doc: Int, Float, Str, List, None),
-    read from the answer itself as the benchmark's extractor does. Percentages count as Float."""
+def answer_format_sql(column: str = "answer", question_type: str | None = None) -> str:
+    """SQL: the benchmark answer format of a row (MMLongBench-Doc: Int, Float, Str, List, None).
+
+    With a question type column: the format of the type (`taxonomy.QUESTION_TYPE_FORMATS`, the
+    table verify scores by). Mixed types (text QA's numerical, visual QA's short), unknown types and
+    rows without a type are read from the answer as the benchmark's extractor does (percentages
+    are Float; `taxonomy.format_of_answer` is the same rule in Python)."""
     a = f"trim(coalesce({column}, ''))"
-    return f"""CASE
+    from_answer = f"""CASE
         WHEN {a} = {sql_str(NOT_ANSWERABLE)} THEN 'None'
         WHEN regexp_full_match({a}, '\\[.*\\]') THEN 'List'
         WHEN regexp_full_match({a}, '[-+]?[0-9]{{1,3}}(,[0-9]{{3}})+|[-+]?[0-9]+') THEN 'Int'
         WHEN regexp_full_match({a}, '[-+]?([0-9]+(,[0-9]{{3}})*)?\\.[0-9]+ ?%?|[-+]?[0-9]+(,[0-9]{{3}})* ?%') THEN 'Float'
         ELSE 'Str' END"""
+    if question_type is None:
+        return from_answer
+    from ..taxonomy import QUESTION_TYPE_FORMATS
+
+    by_format: dict[str, list[str]] = {}
+    for key, fmt in QUESTION_TYPE_FORMATS.items():
+        if fmt is not None:
+            by_format.setdefault(fmt, []).append(key)
+    whens = " ".join(
+        f"WHEN {question_type} IN ({', '.join(sql_str(k) for k in keys)}) THEN {sql_str(fmt)}"
+        for fmt, keys in by_format.items()
+    )
+    return f"CASE {whens} ELSE {from_answer} END"
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
@@ -130,11 +147,22 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
 
 
 def replace_dir(tmp_dir: Path, target: str | os.PathLike) -> None:
-    """Move a finished temporary folder into place (the old one, if any, is removed first)."""
+    """Move a finished temporary folder into place. The old folder is moved aside first and
+    removed only once the new one is in place, so no moment leaves neither."""
     target = Path(target)
+    aside = None
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp_dir, target)
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, aside / target.name)
+    try:
+        os.replace(tmp_dir, target)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside / target.name, target)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def fresh_tmp_dir(target: str | os.PathLike) -> Path:

@@ -161,7 +161,11 @@ def build_dataset(
             evidence = "coalesce(json_array_length(q.evidence_pages), 0)::INTEGER"
         else:
             evidence = "coalesce(len(q.pages), 0)::INTEGER"
-        answer_format = answer_format_sql("q.answer") if "answer" in colset else "NULL::VARCHAR"
+        answer_format = (
+            answer_format_sql("q.answer", "q.question_type" if "question_type" in colset else None)
+            if "answer" in colset
+            else "NULL::VARCHAR"
+        )
         question_norm = normalised_question_sql("q.question") if "question" in colset else "q.row_id"
         con.execute(
             f"""CREATE TEMP TABLE joined AS

@@ -95,14 +95,24 @@ def card_features(schema: pa.Schema) -> list[dict]:
     return out
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _evidence(row: dict) -> list[int]:
+    """Evidence pages as int32s. Rows written before evidence was checked at parse time may hold
+    any integer: values that are no page number (< 1 or past int32) are left out instead of
+    failing the export (a failed job would cost the previous export folder)."""
     value = row.get("evidence_pages")
     if value is None:
-        return [int(p) for p in row.get("pages") or []]
-    try:
-        return [int(p) for p in json.loads(value)]
-    except (TypeError, ValueError):
+        candidates = row.get("pages") or []
+    else:
+        try:
+            candidates = json.loads(value)
+        except (TypeError, ValueError):
+            return []
+    if not isinstance(candidates, list):
         return []
+    return [p for p in candidates if isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= _INT32_MAX]
 
 
 def write_hub(
@@ -292,8 +302,11 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     lines += [
         "",
         "`images` holds the pages in `pages` order (PNG); `evidence_pages` the pages the answer rests on; "
-        "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) read from the answer; "
+        "`answer_format` the MMLongBench-Doc answer format (Int, Float, Str, List, None) of the question type "
+        "(table below; mixed types read from the answer); "
         "`weighted_quality_score` the judge's score (0-1) where the judge ran.",
+        "",
+        *_format_table(),
         "",
     ]
     source = params.get("source") or {}
@@ -311,3 +324,13 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         "",
     ]
     return "\n".join(lines)
+
+
+def _format_table() -> list[str]:
+    """Our question types next to the benchmark answer formats they are scored by."""
+    from ..taxonomy import QUESTION_TYPE_FORMATS
+
+    lines = ["| question type | MMLongBench-Doc format |", "|---|---|"]
+    for key, fmt in QUESTION_TYPE_FORMATS.items():
+        lines.append(f"| `{key}` | {fmt or 'read from the answer'} |")
+    return lines

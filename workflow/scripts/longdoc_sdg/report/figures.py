@@ -537,6 +537,16 @@ def summary_html(stats: dict) -> str:
             ],
         ),
     ]
+    layers = stats["tables"].get("text_layers") or []
+    if layers:
+        parts += [
+            f"<h3>Text layer of the OCR pages</h3><p id='text-layers'>Pages without a text layer (scanned or "
+            f"image-only): <b>{totals.get('pages_without_text_layer', 0):,}</b>.</p>",
+            _table(
+                ["text layer", "OCR engine", "pages", "with text after OCR"],
+                [[r["text_layer"], r["ocr_engine"], r["pages"], r["with_text"]] for r in layers],
+            ),
+        ]
     drops = stats["tables"]["filter_drops"]
     if drops:
         parts += [

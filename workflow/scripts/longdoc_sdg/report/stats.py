@@ -43,6 +43,7 @@ STATS_TABLES = (
     "tokens",
     "page_classes",
     "page_sources",
+    "text_layers",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding", "format_compliance")
 
@@ -107,6 +108,12 @@ SCHEMAS = {
         ("share", pa.float64()),
     ],
     "page_sources": [("evidence_source", pa.string()), ("pages", pa.int64()), ("share", pa.float64())],
+    "text_layers": [
+        ("text_layer", pa.string()),
+        ("ocr_engine", pa.string()),
+        ("pages", pa.int64()),
+        ("with_text", pa.int64()),
+    ],
 }
 
 
@@ -230,6 +237,17 @@ def compute_stats(
                 ],
             )
 
+        # Pages without a text layer (scans), and which OCR engine read each kind of page.
+        if "ocr" in stage_files and "text_layer" in columns_of(con, read_parquet(stage_files["ocr"])):
+            layers = _dicts(
+                con,
+                f"""SELECT text_layer, coalesce(ocr_engine, '?') AS ocr_engine, count(*) AS pages,
+                count(*) FILTER (WHERE length(trim(coalesce(transcribed_texts, ''))) > 0) AS with_text
+                FROM {read_parquet(stage_files["ocr"])} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""",
+            )
+            t.add("text_layers", layers)
+            totals["pages_without_text_layer"] = sum(r["pages"] for r in layers if r["text_layer"] == "none")
+
         for stage, summary in summaries.items():
             t.add(
                 "filter_drops",
@@ -266,16 +284,17 @@ def compute_stats(
                     FROM ok FULL OUTER JOIN ex ON ok.k IS NOT DISTINCT FROM ex.k ORDER BY 2 DESC, 1""",
                 )
 
+            formats = answer_format_sql("answer", "question_type" if "question_type" in cols else None)
             t.add(
                 "question_types", [dict(r, stage=stage) for r in mix("question_type", "question_type", "question_type")]
             )
             t.add(
                 "answer_formats",
-                [dict(r, stage=stage) for r in mix("answer_format", answer_format_sql("answer"), "answer_format")],
+                [dict(r, stage=stage) for r in mix("answer_format", formats, "answer_format")],
             )
             ev = mix(
                 "ev",
-                f"{evidence_ok_rows} || '|' || ({answer_format_sql('answer')} = 'None')",
+                f"{evidence_ok_rows} || '|' || ({formats} = 'None')",
                 "num_evidence_pages || '|' || (answer_format = 'None')",
             )
             rows = []

@@ -5,7 +5,9 @@ trigger). A seed job works on both merged: `SeedParams`."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -20,7 +22,26 @@ class DownloadParams(_Strict):
     deadline_s: float = Field(
         300.0,
         gt=0,
-        description="Wall-clock cap on one download attempt, so a server dripping bytes cannot hold a slot forever.",
+        description="Wall-clock cap on one download attempt (connect, headers and body), enforced by a timer, so "
+        "a server dripping bytes cannot hold a slot.",
+    )
+    url_deadline_s: float = Field(
+        900.0,
+        gt=0,
+        description="Wall-clock cap on all attempts of one URL together, retry delays included.",
+    )
+    min_bytes_per_s: float = Field(
+        1024.0,
+        ge=0,
+        description="Slowest accepted transfer: once a body has streamed for `timeout_s`, an average rate below "
+        "this ends the attempt as a `timeout` (0 = no minimum).",
+    )
+    max_redirects: int = Field(5, ge=0, description="Most redirects followed for one request; more is an `http_error`.")
+    allowed_networks: list[str] = Field(
+        [],
+        description="CIDRs (e.g. 10.1.2.0/24, 127.0.0.1/32) that may be fetched from although they are loopback, "
+        "private, link-local or otherwise non-public; every other such address is refused as `blocked_address` "
+        "(checked on the resolved address of every connection, redirects included). For tests and intranet mirrors.",
     )
     max_bytes: int = Field(
         200 * 1024 * 1024,
@@ -41,6 +62,16 @@ class DownloadParams(_Strict):
     user_agent: str = Field(
         "longdoc-sdg/0.1 (PDF seed fetcher)", description="User-Agent header sent with every request."
     )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network in CIDR notation (e.g. 127.0.0.1/32)") from None
+        return networks
 
 
 class WorkerParams(_Strict):

@@ -6,6 +6,7 @@ from __future__ import annotations
 REASONS = (
     "missing",  # local file gone
     "bad_url",  # not an http(s) URL, or no URL at all
+    "blocked_address",  # the URL or a redirect leads to a loopback/private/... address not allowed
     "http_error",  # 4xx, or 5xx / connection errors after all retries
     "timeout",  # download timed out, or the worker ran out of CPU / wall time
     "too_large",  # download over the byte cap, page-count cap, pixel floor, worker memory

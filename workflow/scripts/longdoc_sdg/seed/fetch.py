@@ -8,6 +8,7 @@ Only the standard library is used (urllib), so the fetcher has no extra dependen
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -51,15 +53,194 @@ def check_url(url: str | None) -> str:
     return url.strip()
 
 
+# --- Address policy -------------------------------------------------------------------
+# URLs come from the open web and the fetcher runs inside a private network: every connection
+# (first request and every redirect hop) goes only to addresses that pass this check. The check
+# runs on the addresses the connection is actually made to, after resolution, so a host name
+# that resolves differently the second time (DNS rebinding) gains nothing.
+
+
+class _BlockedAddress(OSError):
+    """Raised from inside a connection attempt; urllib hands it back wrapped in a URLError."""
+
+
+class AddressPolicy:
+    def __init__(self, allowed_networks: list[str]):
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
+
+    def refusal(self, address: str) -> str | None:
+        """Why `address` (a resolved IP) must not be connected to, or None when it may."""
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if any(ip.version == net.version and ip in net for net in self.allowed):
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped or ip.sixtofour or ip.teredo):
+            return "an IPv6 address embedding an IPv4 address"
+        for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+            if getattr(ip, f"is_{kind}"):
+                return f"a {kind.replace('_', '-')} address"
+        if not ip.is_global:
+            return "not a public address"
+        return None
+
+
+def _odd_numeric_host(host: str) -> bool:
+    """Hosts like 2130706433, 0177.0.0.1 or 127.1: IPv4 in a spelling only the C resolver
+    accepts. No real site is named so; refuse them whatever the allow-list says."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _guarded_connect(policy: AddressPolicy, register, address, timeout, source_address=None) -> socket.socket:
+    host, port = address
+    if _odd_numeric_host(host):
+        raise _BlockedAddress(f"host {host!r} is an IPv4 address in a non-standard spelling")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped:
+        raise _BlockedAddress(f"host {host!r} is an IPv4-mapped IPv6 address")
+    candidates, refused = [], []
+    for family, kind, proto, _name, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        reason = policy.refusal(sockaddr[0])
+        if reason is None:
+            candidates.append((family, kind, proto, sockaddr))
+        else:
+            refused.append(f"{sockaddr[0]} is {reason}")
+    if not candidates:
+        detail = "; ".join(dict.fromkeys(refused)) or "no address"
+        raise _BlockedAddress(
+            f"host {host!r} resolves only to blocked addresses ({detail}); add the network to "
+            "seed.run.download.allowed_networks to fetch from it"
+        )
+    error: OSError | None = None
+    for family, kind, proto, sockaddr in candidates:
+        sock = socket.socket(family, kind, proto)
+        try:
+            register(sock)
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)  # the very address that was checked
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error
+
+
+class _Attempt:
+    """One download attempt: its connections pass the address policy, and a timer shuts them
+    down at the deadline, so a server dripping bytes (into headers or body) cannot hold it."""
+
+    def __init__(self, policy: AddressPolicy, seconds: float, setting: str):
+        self.policy = policy
+        self.seconds = seconds
+        self.setting = setting
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Attempt":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                raise self.timeout()
+            self._sockets.append(sock)
+
+    def connect(self, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+        return _guarded_connect(self.policy, self.register, address, timeout, source_address)
+
+    def timeout(self) -> "_Transient":
+        return _Transient("timeout", f"the download did not finish within {self.seconds:.0f}s: raise {self.setting}")
+
+    def check(self) -> None:
+        if self.expired:
+            raise self.timeout()
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, attempt: _Attempt, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = attempt.connect
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, attempt: _Attempt, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = attempt.connect
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, attempt: _Attempt):
+        super().__init__()
+        self.attempt = attempt
+
+    def http_open(self, req):
+        return self.do_open(_GuardedHTTPConnection, req, attempt=self.attempt)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, attempt: _Attempt):
+        super().__init__()
+        self.attempt = attempt
+
+    def https_open(self, req):
+        return self.do_open(_GuardedHTTPSConnection, req, context=self._context, attempt=self.attempt)
+
+
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    # urllib would also follow redirects to ftp://; we fetch http(s) only.
+    """http(s) targets only (urllib would follow ftp://), at most `limit` hops, and a redirect
+    body is never read (it could be endless)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.max_redirections = limit + 1  # ours fires first, with a message naming the setting
+
     def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
         if urllib.parse.urlsplit(newurl).scheme.lower() not in _ALLOWED_SCHEMES:
             raise SeedFailure("bad_url", f"redirect to a non-http(s) URL {newurl[:200]!r}")
+        if len(getattr(req, "redirect_dict", {})) >= self.limit:
+            raise SeedFailure("http_error", f"more than {self.limit} redirects: raise seed.run.download.max_redirects")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_opener = urllib.request.build_opener(_SafeRedirects())
+def _opener(params: DownloadParams, attempt: _Attempt) -> urllib.request.OpenerDirector:
+    # No proxy from the environment: a proxy would make the connection, unchecked.
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        _GuardedHTTPHandler(attempt),
+        _GuardedHTTPSHandler(attempt),
+        _SafeRedirects(params.max_redirects),
+    )
 
 
 class _Transient(Exception):
@@ -71,26 +252,31 @@ class _Transient(Exception):
         self.message = message
 
 
-def _open(url: str, params: DownloadParams, headers: dict[str, str]):
+def _open(url: str, params: DownloadParams, headers: dict[str, str], attempt: _Attempt):
     request = urllib.request.Request(
         url, headers={"User-Agent": params.user_agent, "Accept-Encoding": "identity", **headers}
     )
     try:
-        return _opener.open(request, timeout=params.timeout_s)
+        return _opener(params, attempt).open(request, timeout=params.timeout_s)
     except urllib.error.HTTPError as error:
         error.close()
+        attempt.check()
         if error.code >= 500 or error.code in _RETRY_STATUS:
             raise _Transient("http_error", f"HTTP {error.code} {error.reason}") from None
         raise SeedFailure("http_error", f"HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
+        attempt.check()
         raise _classify_network_error(error.reason) from None
     except (OSError, http.client.HTTPException) as error:
+        attempt.check()
         raise _classify_network_error(error) from None
 
 
 def _classify_network_error(error) -> Exception:
+    if isinstance(error, _BlockedAddress):
+        return SeedFailure("blocked_address", str(error))
     if isinstance(error, (socket.timeout, TimeoutError)):
-        return _Transient("timeout", f"no answer within the timeout ({error})")
+        return _Transient("timeout", f"no answer within seed.run.download.timeout_s ({error})")
     if isinstance(error, socket.gaierror):
         return SeedFailure("http_error", f"host name does not resolve ({error})")
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -99,39 +285,72 @@ def _classify_network_error(error) -> Exception:
 
 
 def _with_retries(action, params: DownloadParams, what: str):
+    """Run `action(attempt)` until it succeeds, fails for good, or the URL's deadline passes.
+    Each attempt has its own deadline (never past the URL's) enforced by its timer."""
+    policy = AddressPolicy(params.allowed_networks)
+    url_deadline = time.monotonic() + params.url_deadline_s
     attempts = params.retries + 1
-    for attempt in range(attempts):
+    for number in range(attempts):
+        left = url_deadline - time.monotonic()
+        if left <= params.deadline_s:
+            seconds, setting = max(0.001, left), "seed.run.download.url_deadline_s"
+        else:
+            seconds, setting = params.deadline_s, "seed.run.download.deadline_s"
         try:
-            return action()
+            with _Attempt(policy, seconds, setting) as attempt:
+                try:
+                    return action(attempt)
+                except (_Transient, SeedFailure, OSError, http.client.HTTPException):
+                    attempt.check()  # whatever broke after the deadline broke because of it
+                    raise
         except _Transient as error:
-            if attempt + 1 == attempts:
-                suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+            delay = min(params.backoff_max_s, params.backoff_s * 2**number) * (0.5 + random.random() / 2)
+            out_of_time = time.monotonic() + delay >= url_deadline
+            if number + 1 == attempts or out_of_time:
+                suffix = f" (after {number + 1} attempts)" if number else ""
                 raise SeedFailure(error.reason, f"{what}: {error.message}{suffix}") from None
-            delay = min(params.backoff_max_s, params.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
             log.info("retrying %s in %.1fs after %s", what, delay, error.message)
             time.sleep(delay)
 
 
-def _stream_body(response, params: DownloadParams, deadline: float):
-    """Yield the body in chunks, enforcing the byte cap and the attempt deadline."""
-    length = response.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > params.max_bytes:
-        raise SeedFailure("too_large", f"Content-Length {int(length)} exceeds the cap of {params.max_bytes} bytes")
+def _stream_body(
+    response,
+    params: DownloadParams,
+    attempt: _Attempt,
+    limit: int | None = None,
+    setting: str = "seed.run.download.max_bytes",
+):
+    """Yield the body in chunks as they arrive, enforcing the byte cap, the minimum transfer
+    rate and the declared length (a body cut short is worth another try)."""
+    limit = params.max_bytes if limit is None else limit
+    declared = response.headers.get("Content-Length")
+    declared = int(declared) if declared and declared.isdigit() else None
+    if declared is not None and declared > limit:
+        raise SeedFailure("too_large", f"Content-Length {declared} exceeds the cap of {limit} bytes: raise {setting}")
+    started = time.monotonic()
     total = 0
     while True:
-        if time.monotonic() > deadline:
-            raise _Transient("timeout", f"download exceeded its {params.deadline_s:.0f}s deadline")
         try:
-            chunk = response.read(_CHUNK)
+            chunk = response.read1(_CHUNK)
         except (socket.timeout, TimeoutError) as error:
-            raise _Transient("timeout", f"read timed out ({error})") from None
+            raise _Transient("timeout", f"read timed out after seed.run.download.timeout_s ({error})") from None
         except (OSError, http.client.HTTPException) as error:
             raise _Transient("http_error", f"connection broke mid-body ({type(error).__name__}: {error})") from None
+        attempt.check()
         if not chunk:
+            if declared is not None and total != declared:
+                raise _Transient("http_error", f"body ended after {total} of its {declared} bytes (Content-Length)")
             return
         total += len(chunk)
-        if total > params.max_bytes:
-            raise SeedFailure("too_large", f"body exceeds the cap of {params.max_bytes} bytes")
+        if total > limit:
+            raise SeedFailure("too_large", f"body exceeds the cap of {limit} bytes: raise {setting}")
+        elapsed = time.monotonic() - started
+        if params.min_bytes_per_s and elapsed > params.timeout_s and total / elapsed < params.min_bytes_per_s:
+            raise _Transient(
+                "timeout",
+                f"transfer too slow ({total / elapsed:.0f} B/s over {elapsed:.0f}s, below "
+                f"seed.run.download.min_bytes_per_s={params.min_bytes_per_s:g})",
+            )
         yield chunk
 
 
@@ -139,12 +358,11 @@ def download_to_file(url: str, dest: str | os.PathLike, params: DownloadParams) 
     """Download a PDF to `dest`; returns its size. Raises SeedFailure."""
     url = check_url(url)
 
-    def attempt() -> int:
-        deadline = time.monotonic() + params.deadline_s
-        with _open(url, params, {}) as response, open(dest, "wb") as out:
+    def attempt(guard: _Attempt) -> int:
+        with _open(url, params, {}, guard) as response, open(dest, "wb") as out:
             head = b""
             size = 0
-            for chunk in _stream_body(response, params, deadline):
+            for chunk in _stream_body(response, params, guard):
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
                     if len(head) >= SNIFF_BYTES:
@@ -188,8 +406,26 @@ def _dechunk(body: bytes) -> bytes:
         position = start + size + 2
 
 
-def parse_warc_response(record: bytes) -> bytes:
-    """The HTTP response body stored in one (decompressed) WARC response record."""
+def inflate_capped(data: bytes, wbits: int, cap: int, what: str) -> bytes:
+    """Decompress `data` (zlib `wbits` format) to at most `cap` bytes: a few KB of zeros can
+    inflate to gigabytes, so the output is bounded while it is produced, never after."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, cap + 1)
+    except zlib.error as error:
+        raise SeedFailure("corrupt", f"{what} does not decompress: {error}") from None
+    if len(out) > cap:
+        raise SeedFailure(
+            "too_large", f"{what} inflates past the cap of {cap} bytes: raise seed.run.download.max_bytes"
+        )
+    if not inflater.eof:
+        raise SeedFailure("corrupt", f"{what} ends before its compressed stream does")
+    return out
+
+
+def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> bytes:
+    """The HTTP response body stored in one (decompressed) WARC response record; a body
+    decoding to more than `max_bytes` is `too_large`."""
     version, headers, rest = _split_headers(record, "WARC record")
     if not version.startswith(b"WARC/"):
         raise SeedFailure("corrupt", "not a WARC record")
@@ -213,9 +449,14 @@ def parse_warc_response(record: bytes) -> bytes:
         body = _dechunk(body)
     encoding = http_headers.get("content-encoding", "").lower()
     if encoding in ("gzip", "x-gzip"):
-        body = zlib.decompress(body, 31)
+        body = inflate_capped(body, 31, max_bytes, "the archived gzip payload")
     elif encoding == "deflate":
-        body = zlib.decompress(body)
+        body = inflate_capped(body, 15, max_bytes, "the archived deflate payload")
+    if len(body) > max_bytes:
+        raise SeedFailure(
+            "too_large",
+            f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.run.download.max_bytes",
+        )
     return body
 
 
@@ -243,26 +484,28 @@ def fetch_warc_record(extra: dict, dest: str | os.PathLike, params: SeedParams) 
     # Headers of a WARC record and its HTTP response stay far below 64 KiB.
     limit = download.max_bytes + 64 * 1024
 
-    def attempt() -> int:
-        deadline = time.monotonic() + download.deadline_s
+    def attempt(guard: _Attempt) -> int:
         headers = {"Range": f"bytes={offset}-{offset + limit - 1}"}
-        with _open(url, download, headers) as response:
+        with _open(url, download, headers, guard) as response:
             if response.status != 206 and offset != 0:
                 raise SeedFailure("http_error", f"WARC server ignored the Range request (HTTP {response.status})")
             inflater = zlib.decompressobj(31)
             record = bytearray()
-            for chunk in _stream_body(_CappedResponse(response, limit), download, deadline):
+            for chunk in _stream_body(_RangeResponse(response, limit), download, guard, limit):
                 try:
                     record += inflater.decompress(chunk, limit + 1 - len(record))
                 except zlib.error as error:
                     raise SeedFailure("corrupt", f"WARC member at offset {offset} is not gzip: {error}") from None
                 if len(record) > limit:
-                    raise SeedFailure("too_large", f"WARC record exceeds {limit} bytes")
+                    raise SeedFailure(
+                        "too_large", f"WARC record exceeds {limit} bytes: raise seed.run.download.max_bytes"
+                    )
                 if inflater.eof:
                     break
             if not inflater.eof:
                 raise _Transient("http_error", "WARC gzip member ended early")
-        body = parse_warc_response(bytes(record))
+        body = parse_warc_response(bytes(record), download.max_bytes)
+        del record
         check_pdf_head(body[:SNIFF_BYTES], "the WARC payload")
         Path(dest).write_bytes(body)
         return len(body)
@@ -270,18 +513,19 @@ def fetch_warc_record(extra: dict, dest: str | os.PathLike, params: SeedParams) 
     return _with_retries(attempt, download, f"WARC {file_path[:120]}@{offset}")
 
 
-class _CappedResponse:
-    """Lets `_stream_body` enforce the range length rather than the PDF cap."""
+class _RangeResponse:
+    """Reads at most `limit` bytes; a server that ignored the Range header (HTTP 200 at offset
+    0) sends the whole file, whose length says nothing about the record."""
 
     def __init__(self, response, limit: int):
         self._response = response
-        self.headers = {}
+        self.headers = response.headers if response.status == 206 else {}
         self._left = limit
 
-    def read(self, size: int) -> bytes:
+    def read1(self, size: int) -> bytes:
         if self._left <= 0:
             return b""
-        data = self._response.read(min(size, self._left))
+        data = self._response.read1(min(size, self._left))
         self._left -= len(data)
         return data
 

@@ -22,6 +22,7 @@ from .classify import ClassifyStage
 from .judge import JudgeStage
 from .ocr import PDF_TEXT_MODEL, OcrStage
 from .text_qa import TextQaStage
+from .verify import VerifyStage
 from .visual_qa import VisualQaStage
 
 log = get_logger("stages")
@@ -37,6 +38,7 @@ STAGES: dict[str, Stage] = {
         WindowedQaStage(),
         WholeDocumentQaStage(),
         JudgeStage(),
+        VerifyStage(),
     )
 }
 
@@ -152,7 +154,11 @@ def run_stage(
 
     async def process_model(row: dict, engine) -> dict:
         task: RowTask = row["task"]
-        return validated(task, await spec.process(task, ctx, RowCalls(engine)))
+        columns = await spec.process(task, ctx, RowCalls(engine))
+        # A row answered without the model (OCR 'auto' on a page with a text layer) says so.
+        model = columns.pop("model", None)
+        out = validated(task, columns)
+        return out if model is None else {**out, "model": model}
 
     async def process_local(row: dict, engine) -> dict:
         task: RowTask = row["task"]

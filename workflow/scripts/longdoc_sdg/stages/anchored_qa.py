@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from ..engine.schema import response_format
 from ..pages import iter_page_meta
 from ..taxonomy import ANCHORED_TYPES, DEFAULT_WEIGHTS, find_type
 from ..validators import validate_answer
@@ -31,7 +32,17 @@ from .base import (
     select_records,
     user_message,
 )
-from .replies import TAGGED_REGEX, AnchoredReply, ParseError, evidence_json, from_json_reply, parse_tagged
+from .replies import (
+    AnchoredReply,
+    BadEvidence,
+    ParseError,
+    check_evidence,
+    evidence_json,
+    from_json_reply,
+    json_reply_model,
+    parse_tagged,
+    tagged_regex,
+)
 
 TYPE_KEYS = ", ".join(t.key for t in ANCHORED_TYPES)
 
@@ -103,7 +114,8 @@ class AnchoredQaOutput(StageOutput):
     reasoning: str | None = Field(description="The model's reasoning trace, kept apart from the answer.")
     evidence_pages: str = Field(description="JSON list of the page numbers the model says it used.")
     evidence_ok: bool = Field(
-        description="Evidence pages are all among the pages shown and at least min_evidence_pages of them."
+        description="At least min_evidence_pages evidence pages (pages outside those shown fail the row as "
+        "`bad_evidence`)."
     )
     quality_score: int = Field(description="Self-check: 0 a check failed, 1 all pass, 2 all pass + high-value signal.")
     format_ok: bool = Field(description="The answer follows its question type's format.")
@@ -126,20 +138,26 @@ class _AnchoredStage(Stage):
         sampling = cfg.sampling.to_request()
         messages = user_message([*images, {"type": "text", "text": prompt}])
         if cfg.output_format == "json":
+            # The grammar sent names only the pages shown; the reply is read with the open model.
+            grammar = {"response_format": response_format(json_reply_model(tuple(task.pages)))}
             result = await calls.chat(
-                messages, response_model=AnchoredReply, sampling=sampling, max_tokens=cfg.max_tokens
+                messages, response_model=AnchoredReply, sampling=sampling, max_tokens=cfg.max_tokens, extra_body=grammar
             )
             item = from_json_reply(result.parsed)
         else:
             if cfg.constrain_output:
-                sampling = {**sampling, "structured_outputs": {"regex": TAGGED_REGEX}}
+                sampling = {**sampling, "structured_outputs": {"regex": tagged_regex(task.pages)}}
             result = await calls.chat(messages, sampling=sampling, max_tokens=cfg.max_tokens)
             try:
                 item = parse_tagged(result.content)
             except ParseError as exc:
                 raise StageFailure("unparseable", f"{exc}; reply starts {(result.content or '')[:200]!r}") from None
         evidence = item["evidence_pages"]
-        evidence_ok = len(evidence) >= cfg.min_evidence_pages and set(evidence) <= set(task.pages)
+        try:
+            check_evidence(evidence, task.pages)
+        except BadEvidence as exc:
+            raise StageFailure("bad_evidence", str(exc)) from None
+        evidence_ok = len(evidence) >= cfg.min_evidence_pages
         ok, reason = validate_answer(qtype.answer_format, item["answer"], item["question"])
         return {
             "question_type": qtype.key,

@@ -318,9 +318,21 @@ class RowCalls:
         self.engine = engine
 
     async def chat(
-        self, messages: list[dict], *, sampling: dict, max_tokens: int, response_model: type[BaseModel] | None = None
+        self,
+        messages: list[dict],
+        *,
+        sampling: dict,
+        max_tokens: int,
+        response_model: type[BaseModel] | None = None,
+        extra_body: dict | None = None,
     ):
-        return await self.engine.chat(messages, response_model=response_model, sampling=sampling, max_tokens=max_tokens)
+        return await self.engine.chat(
+            messages,
+            response_model=response_model,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            extra_body=extra_body,
+        )
 
 
 @dataclass

@@ -27,10 +27,11 @@ PDF_TEXT_MODEL = "pdf-text"
 
 
 class OcrConfig(ModelStageConfig):
-    engine: Literal["pdf-text", "nemotron-parse"] = Field(
+    engine: Literal["pdf-text", "nemotron-parse", "auto"] = Field(
         "pdf-text",
         description="'pdf-text' reads the seed's PDF text layer (no model, no GPU); 'nemotron-parse' "
-        "sends each page image to a Nemotron-Parse endpoint.",
+        "sends each page image to a Nemotron-Parse endpoint; 'auto' sends only the pages without a "
+        "text layer (scans) to Nemotron-Parse and reads the rest from the text layer.",
     )
     max_tokens: int = Field(8000, ge=1, description="Completion token budget per page (Nemotron-Parse).")
     sampling: SamplingConfig = Field(
@@ -55,10 +56,24 @@ class OcrOutput(StageOutput):
         description="JSON list, one per element: {bbox: {x1, y1, x2, y2} (0-1 of the page) or null, class_label}."
     )
     num_elements: int = Field(description="Number of elements found on the page.")
+    text_layer: str = Field(
+        description="'text' when the PDF page has a text layer, 'none' for scanned / image-only pages."
+    )
 
 
 def _clamp(v) -> float:
     return round(min(1.0, max(0.0, float(v))), 5)
+
+
+def has_text_layer(pdf_text: str | None, text_blocks: str | None) -> bool:
+    """A page has a text layer when the PDF gives it any non-blank text."""
+    if pdf_text and pdf_text.strip():
+        return True
+    try:
+        blocks = json.loads(text_blocks) if text_blocks else []
+    except ValueError:
+        return False
+    return isinstance(blocks, list) and any(isinstance(b, dict) and str(b.get("text") or "").strip() for b in blocks)
 
 
 def pdf_text_columns(pdf_text: str | None, text_blocks: str | None, class_label: str = "Text") -> dict:
@@ -89,6 +104,7 @@ def pdf_text_columns(pdf_text: str | None, text_blocks: str | None, class_label:
         "transcribed_texts": "\n".join(texts),
         "transcribed_texts__metadata": json.dumps(metadata, ensure_ascii=False),
         "num_elements": len(metadata),
+        "text_layer": "text" if texts else "none",
     }
 
 
@@ -100,7 +116,7 @@ class OcrStage(Stage):
     input_keys = ("pages",)
 
     def needs_endpoint(self, config: OcrConfig) -> bool:
-        return config.engine == "nemotron-parse"
+        return config.engine in ("nemotron-parse", "auto")
 
     def plan(self, config: OcrConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["pages"]
@@ -111,9 +127,8 @@ class OcrStage(Stage):
 
         chosen = select_records(ids(), config.num_records, config.seed, shuffled=False)
         expected = [i for i in ids() if chosen is None or i in chosen]
-        columns = ("doc_id", "page_number")
-        if config.engine == "pdf-text":
-            columns += ("pdf_text", "text_blocks")
+        # The text layer is read under every engine: it marks image-only pages.
+        columns = ("doc_id", "page_number", "pdf_text", "text_blocks")
 
         def tasks():
             for row in iter_page_meta(path, columns=columns):
@@ -130,6 +145,10 @@ class OcrStage(Stage):
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: OcrConfig = ctx.config
+        text_layer = has_text_layer(task.data.get("pdf_text"), task.data.get("text_blocks"))
+        if cfg.engine == "auto" and text_layer:
+            # Only pages without a text layer need the model.
+            return {**self.process_sync(task, ctx), "model": PDF_TEXT_MODEL}
         (page,) = ctx.pages(task.doc_id, task.pages)
         messages = nemotron_parse.build_messages(ctx.image_parts([page])[0])
         sampling = {**nemotron_parse.REQUEST_SAMPLING, **cfg.sampling.to_request()}
@@ -145,4 +164,5 @@ class OcrStage(Stage):
             "transcribed_texts": text,
             "transcribed_texts__metadata": json.dumps(metadata, ensure_ascii=False),
             "num_elements": len(elements),
+            "text_layer": "text" if text_layer else "none",
         }

@@ -7,21 +7,27 @@ thinking, easy to parse, and tolerate multi-line questions (multiple-choice opti
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 TAGS = ("question", "answer", "evidence_pages", "quality_score")
 
-# vLLM structured_outputs regex for the tagged layout: guarantees a parseable reply (the grammar
-# applies after thinking ends). Questions may span lines; answers may not.
-TAGGED_REGEX = (
-    r"<question>\n[^<>]{1,1500}\n</question>\n"
-    r"<answer>[^<>\n]{1,300}</answer>\n"
-    r"<evidence_pages>\[[0-9]{1,4}(, [0-9]{1,4}){0,63}\]</evidence_pages>\n"
-    r"<quality_score>[012]</quality_score>"
-)
+
+def tagged_regex(pages: list[int]) -> str:
+    """vLLM structured_outputs regex for the tagged layout: guarantees a parseable reply (the
+    grammar applies after thinking ends) whose evidence pages are among the pages shown.
+    Questions may span lines; answers may not."""
+    page = "(" + "|".join(str(p) for p in sorted(set(pages))) + ")"
+    return (
+        r"<question>\n[^<>]{1,1500}\n</question>\n"
+        r"<answer>[^<>\n]{1,300}</answer>\n"
+        rf"<evidence_pages>\[{page}(, {page}){{0,63}}\]</evidence_pages>\n"
+        r"<quality_score>[012]</quality_score>"
+    )
 
 
 class AnchoredReply(BaseModel):
@@ -68,6 +74,37 @@ def parse_tagged(text: str | None) -> dict:
         "evidence_pages": sorted(set(evidence)),
         "quality_score": int(score_match.group(1)),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def json_reply_model(pages: tuple[int, ...]) -> type[AnchoredReply]:
+    """AnchoredReply whose evidence pages may only name the pages shown: the schema sent to the
+    server as the grammar (the reply is still parsed with AnchoredReply and checked by
+    `check_evidence`, so a server that ignores the grammar cannot slip a bad page through)."""
+    allowed = Literal[tuple(sorted(set(pages)))]  # type: ignore[valid-type]
+    return create_model(
+        "AnchoredReply",
+        __base__=AnchoredReply,
+        evidence_pages=(list[allowed], Field(max_length=64)),
+    )
+
+
+class BadEvidence(ValueError):
+    pass
+
+
+def check_evidence(evidence: list[int], shown: list[int]) -> None:
+    """Every evidence page must be one of the pages shown (1-based document page numbers)."""
+    allowed = set(shown)
+    bad = [p for p in evidence if p not in allowed]
+    if bad:
+        low, high = min(shown), max(shown)
+        listed = ", ".join(str(p)[:24] for p in bad[:5])
+        raise BadEvidence(
+            f"evidence pages [{listed}{', ...' if len(bad) > 5 else ''}] are not among the pages shown ({low}-{high})"
+            if allowed == set(range(low, high + 1))
+            else f"evidence pages [{listed}] are not among the pages shown {sorted(allowed)[:64]}"
+        )
 
 
 def from_json_reply(reply: AnchoredReply) -> dict:

@@ -36,7 +36,12 @@ class TextQaConfig(ModelStageConfig):
         description=f"Relative weight of each question type; keys left out keep their default, 0 drops a type ({', '.join(t.key for t in TEXT_TYPES)}).",
     )
     questions_per_record: int = Field(1, ge=1, description="Questions generated per OCR page.")
-    min_text_chars: int = Field(1, ge=1, description="Pages with less OCR text than this are skipped by the filter.")
+    min_text_chars: int = Field(
+        1,
+        ge=1,
+        description="Pages with less OCR text than this get no question: each is one failed row with reason "
+        "`no_text` (image-only page) or `too_little_text`, sent to no model.",
+    )
     max_text_chars: int = Field(20000, ge=100, description="OCR text beyond this many characters is cut off.")
     max_tokens: int = Field(16384, ge=1, description="Completion token budget per request (reasoning included).")
     sampling: SamplingConfig = Field(
@@ -85,26 +90,39 @@ class TextQaStage(Stage):
         path = inputs["ocr"]
         columns = ["row_id", "doc_id", "pages", "status", "transcribed_texts"]
 
-        def eligible():
+        def ok_rows():
             for row in iter_rows(path, columns):
-                text = (row["transcribed_texts"] or "").strip()
-                if row["status"] == "ok" and len(text) >= config.min_text_chars:
+                if row["status"] == "ok":
                     yield row
 
-        chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
+        def has_text(row) -> bool:
+            return len((row["transcribed_texts"] or "").strip()) >= config.min_text_chars
+
+        chosen = select_records((r["row_id"] for r in ok_rows() if has_text(r)), config.num_records, config.seed, False)
 
         def base_id(row) -> str:
             # The OCR id is "ocr:<doc>:p<page>": keep its document/page part.
             return self.name + row["row_id"][row["row_id"].index(":") :]
 
         def tasks():
-            for row in eligible():
+            for row in ok_rows():
+                pages = list(row["pages"] or [])
+                if not has_text(row):
+                    # Recorded, not dropped: the report counts what could not be asked about.
+                    chars = len((row["transcribed_texts"] or "").strip())
+                    skip = {
+                        "skip": "no_text" if chars == 0 else "too_little_text",
+                        "chars": chars,
+                        "source_row_id": row["row_id"],
+                    }
+                    yield RowTask(qa_row_ids(base_id(row), 1)[0], row["doc_id"], pages, skip)
+                    continue
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
                 for row_id in qa_row_ids(base_id(row), config.questions_per_record):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"text": row["transcribed_texts"], "question_type": qtype, "source_row_id": row["row_id"]}
-                    yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
+                    yield RowTask(row_id, row["doc_id"], pages, data)
 
         expected = [t.row_id for t in tasks()]
         return Plan(expected, tasks)
@@ -114,6 +132,13 @@ class TextQaStage(Stage):
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: TextQaConfig = ctx.config
+        if "skip" in task.data:
+            why = (
+                "OCR found no text on the page (no text layer: a scan or an image-only page)"
+                if task.data["skip"] == "no_text"
+                else f"OCR text has {task.data['chars']} characters, fewer than min_text_chars={cfg.min_text_chars}"
+            )
+            raise StageFailure(task.data["skip"], f"{task.data['source_row_id']}: {why}; no question asked")
         qtype = find_type(task.data["question_type"], "text")
         text = task.data["text"].strip()[: cfg.max_text_chars]
         page_number = task.pages[0] if task.pages else "?"

@@ -1,0 +1,319 @@
+"""Hostile inputs, unit level: SSRF through URLs and redirects, servers that drip bytes or cut
+bodies short, and compression bombs. All traffic stays on loopback; addresses elsewhere are
+refused before any connection, which the tests check by watching every socket connect."""
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from longdoc_sdg.seed import SeedFailure, fetch_document
+
+SAMPLE = sorted((Path(__file__).resolve().parents[1] / "resources" / "sample_pdfs").glob("*.pdf"))[0]
+PDF = SAMPLE.read_bytes()
+ONLY_SERVER = ["127.0.0.1/32"]
+
+
+def params(**download) -> dict:
+    base = {"backoff_s": 0.01, "backoff_max_s": 0.02, "timeout_s": 5, "retries": 0, "allowed_networks": ONLY_SERVER}
+    return {"download": {**base, **download}}
+
+
+class Server:
+    """HTTP on 127.0.0.1; `routes` maps a path to a function of the request handler."""
+
+    def __init__(self):
+        self.routes = {}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                try:
+                    server.routes[self.path](self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.port = self.httpd.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, status, body=b"", headers=None):
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server()
+    yield server
+    server.close()
+
+
+def row(url: str, **extra) -> dict:
+    return {"doc_id": "d", "source_kind": "urls", "source": url, "url": url, "date": None, "extra": json.dumps(extra)}
+
+
+def failure_of(document_row, settings) -> SeedFailure:
+    with pytest.raises(SeedFailure) as caught:
+        fetch_document(document_row, settings)
+    return caught.value
+
+
+# --- Address policy -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def victims():
+    """Listeners on loopback that no fetch may reach: 127.0.0.1 (other port) and 127.0.0.2."""
+    sockets = []
+    for host in ("127.0.0.1", "127.0.0.2"):
+        listener = socket.socket()
+        listener.bind((host, 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        sockets.append(listener)
+    yield {s.getsockname()[0]: s for s in sockets}
+    for listener in sockets:
+        listener.close()
+
+
+def connections(listener) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+@pytest.fixture
+def connect_log(monkeypatch):
+    """Every address a socket connects to in this process, and a resolver that knows
+    `internal.example` as 127.0.0.2 (the way a hostile DNS answer would)."""
+    seen = []
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self, address):
+        seen.append(address[:2])
+        return real_connect(self, address)
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "internal.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return seen
+
+
+def test_redirects_into_the_network_are_refused_without_connecting(server, victims, connect_log):
+    loop_port = victims["127.0.0.1"].getsockname()[1]
+    other_port = victims["127.0.0.2"].getsockname()[1]
+    targets = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x.pdf",
+        f"http://[::ffff:127.0.0.1]:{loop_port}/x.pdf",
+        f"http://2130706433:{loop_port}/x.pdf",
+        f"http://0177.0.0.1:{loop_port}/x.pdf",
+        f"http://127.1:{loop_port}/x.pdf",
+        f"http://internal.example:{other_port}/x.pdf",
+        f"http://127.0.0.2:{other_port}/x.pdf",
+        "http://[::1]/x.pdf",
+        "http://0.0.0.0/x.pdf",
+        "http://224.0.0.1/x.pdf",
+    ]
+    for index, target in enumerate(targets):
+        path = f"/hop/{index}"
+        server.routes[path] = lambda h, target=target: send(h, 302, b"", {"Location": target})
+        # two hops: the first redirect stays on the allowed server
+        server.routes[f"/start/{index}"] = lambda h, path=path: send(h, 301, b"", {"Location": path})
+    for index, target in enumerate(targets):
+        failure = failure_of(row(server.url(f"/start/{index}")), params())
+        assert failure.reason == "blocked_address", (target, failure)
+    assert connections(victims["127.0.0.1"]) == 0 and connections(victims["127.0.0.2"]) == 0
+    # the only connections made were to the allowed server (two hops per URL)
+    assert set(connect_log) == {("127.0.0.1", server.port)}
+    assert len(connect_log) == 2 * len(targets)
+
+
+def test_private_and_loopback_urls_are_refused_unless_allowed(server, connect_log):
+    server.routes["/ok.pdf"] = lambda h: send(h, 200, PDF)
+    assert failure_of(row(server.url("/ok.pdf")), params(allowed_networks=[])).reason == "blocked_address"
+    assert failure_of(row("http://10.0.0.1/a.pdf"), params()).reason == "blocked_address"
+    assert failure_of(row("http://[fe80::1]/a.pdf"), params()).reason == "blocked_address"
+    assert connect_log == []
+    assert fetch_document(row(server.url("/ok.pdf")), params()) == PDF
+
+
+def test_redirect_count_is_capped(server):
+    for hop in range(4):
+        server.routes[f"/chain/{hop}"] = lambda h, hop=hop: send(h, 302, b"", {"Location": f"/chain/{hop + 1}"})
+    server.routes["/chain/4"] = lambda h: send(h, 200, PDF)
+    failure = failure_of(row(server.url("/chain/0")), params(max_redirects=3))
+    assert failure.reason == "http_error" and "seed.run.download.max_redirects" in failure.message
+    assert fetch_document(row(server.url("/chain/0")), params(max_redirects=4)) == PDF
+
+
+def test_bad_allowed_network_is_a_config_error():
+    from longdoc_sdg.seed import SeedParams
+
+    with pytest.raises(ValueError, match="not a network in CIDR"):
+        SeedParams.model_validate({"download": {"allowed_networks": ["127.0.0.1/99"]}})
+
+
+# --- Deadlines, rate, truncated bodies ------------------------------------------------------
+
+
+def drip(handler, headers_too=False, limit=40, pause=0.25):
+    """One byte every `pause` seconds, at most `limit` bytes (the server stays bounded)."""
+    if headers_too:
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: application/pdf\r\nX-Padding: " + b"p" * limit
+        for byte in head[:limit]:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(pause)
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(PDF)))
+    handler.end_headers()
+    for byte in PDF[:limit]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(pause)
+
+
+def test_a_dripping_body_ends_at_the_attempt_deadline(server):
+    server.routes["/drip.pdf"] = drip
+    failure = failure_of(row(server.url("/drip.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
+    assert failure.reason == "timeout" and "seed.run.download.deadline_s" in failure.message
+
+
+def test_dripping_headers_end_at_the_attempt_deadline(server):
+    server.routes["/drip-head.pdf"] = lambda h: drip(h, headers_too=True)
+    failure = failure_of(row(server.url("/drip-head.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
+    assert failure.reason == "timeout" and "seed.run.download.deadline_s" in failure.message
+
+
+def test_the_url_deadline_caps_all_attempts_together(server):
+    server.routes["/drip-again.pdf"] = drip
+    settings = params(deadline_s=0.6, url_deadline_s=1.0, retries=5, min_bytes_per_s=0)
+    failure = failure_of(row(server.url("/drip-again.pdf")), settings)
+    assert failure.reason == "timeout"
+    assert server.hits["/drip-again.pdf"] < 6  # the URL's deadline stopped the retries
+
+
+def test_a_transfer_below_the_minimum_rate_ends(server):
+    server.routes["/slow-rate.pdf"] = lambda h: drip(h, pause=0.1)
+    failure = failure_of(row(server.url("/slow-rate.pdf")), params(timeout_s=0.5, min_bytes_per_s=1000))
+    assert failure.reason == "timeout" and "seed.run.download.min_bytes_per_s" in failure.message
+
+
+def test_a_body_shorter_than_its_content_length_is_retried(server):
+    def cut(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PDF)))
+        handler.end_headers()
+        handler.wfile.write(PDF[: len(PDF) // 2])
+
+    server.routes["/cut.pdf"] = cut
+    failure = failure_of(row(server.url("/cut.pdf")), params(retries=1))
+    assert failure.reason == "http_error" and "Content-Length" in failure.message
+    assert server.hits["/cut.pdf"] == 2
+
+
+# --- Compression bombs ------------------------------------------------------------------------
+
+
+def gzip_bomb(size_mb: int, prefix: bytes = b"%PDF-1.7\n") -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    zeros = b"\0" * (1 << 20)
+    parts = [packer.compress(prefix)] + [packer.compress(zeros) for _ in range(size_mb)]
+    return b"".join(parts) + packer.flush()
+
+
+def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
+    response = b"HTTP/1.1 200 OK\r\n" + http_headers + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
+    record = (
+        b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http; msgtype=response\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(response)
+        + response
+        + b"\r\n\r\n"
+    )
+    return gzip.compress(record, 1)
+
+
+FETCH_IN_CHILD = """
+import json, resource, sys
+from longdoc_sdg.seed import SeedFailure, fetch_document
+row, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    fetch_document(row, settings)
+    outcome, message = "ok", ""
+except SeedFailure as failure:
+    outcome, message = failure.reason, failure.message
+print(json.dumps({"outcome": outcome, "message": message, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_a_warc_bomb_stops_at_the_size_cap(server):
+    # 256 MB of zeros in ~1 MB; the cap is 4 MB. Measured in a child so the peak is its own.
+    member = warc_member(gzip_bomb(256), http_headers=b"Content-Encoding: gzip\r\n")
+    server.routes["/bomb.warc.gz"] = lambda h: send(h, 200, member)
+    server.routes["/dead.pdf"] = lambda h: send(h, 404, b"gone")
+    settings = params(max_bytes=4 * 1024 * 1024)
+    settings["warc"] = {"enabled": True, "base_url": server.url("/")}
+    document = row(server.url("/dead.pdf"), file_path="bomb.warc.gz", offset=0)
+    child = subprocess.run(
+        [sys.executable, "-c", FETCH_IN_CHILD, json.dumps(document), json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    # the URL's reason stays the row's reason; the WARC's is in the message
+    assert result["outcome"] == "http_error" and "WARC fallback failed: too_large" in result["message"]
+    assert result["peak_mb"] < 256, result  # far below what the bomb inflates to
+
+
+def test_warc_bomb_reasons_are_too_large():
+    from longdoc_sdg.seed.fetch import inflate_capped, parse_warc_response
+
+    bomb = gzip_bomb(64)
+    record = gzip.decompress(warc_member(bomb, http_headers=b"Content-Encoding: gzip\r\n"))
+    with pytest.raises(SeedFailure) as caught:
+        parse_warc_response(record, max_bytes=1024 * 1024)
+    assert caught.value.reason == "too_large" and "seed.run.download.max_bytes" in caught.value.message
+    with pytest.raises(SeedFailure) as caught:
+        inflate_capped(bomb, 31, 1024 * 1024, "the member")
+    assert caught.value.reason == "too_large"
