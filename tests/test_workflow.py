@@ -73,10 +73,23 @@ def seeded(tmp_path_factory, real_pdfs):
     workdir = tmp_path_factory.mktemp("wf")
     pdf_dir = copy_pdfs(real_pdfs[:4], workdir / "pdfs")
     write_config(workdir, pdf_dir)
+    # Before the manifest exists a dry run plans the manifest job (a checkpoint) and writes nothing.
+    dry = run_snakemake(workdir, "-n")
+    assert planned_jobs(dry.stdout) == {"all": 1, "manifest": 1}
+    assert not (workdir / "results").exists()
+    run_snakemake(workdir, "results/manifest/index.json")
     dry = run_snakemake(workdir, "-n")
     assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
     run_snakemake(workdir)
     return workdir
+
+
+@pytest.mark.parametrize("args", [["-n"], ["--lint"], ["--rulegraph"], ["--dag"], ["--report", "report.html"]])
+def test_parsing_and_planning_write_no_results(tmp_path, sample_pdfs, args):
+    write_config(tmp_path, copy_pdfs(sample_pdfs[:2], tmp_path / "pdfs"))
+    result = run_snakemake(tmp_path, *args, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
 
 
 def test_seed_tables_match_the_pdfs(seeded):
@@ -152,6 +165,28 @@ def test_seed_run_settings_rerun_nothing(seeded):
 
     result = dry_run_with(seeded, change)
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
+
+
+def test_a_sharding_change_is_a_clear_error(seeded):
+    config = yaml.safe_load((seeded / "config.yaml").read_text())
+    config["sharding"]["settings"]["documents_per_shard"] = 3
+    (seeded / "resharded.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(seeded, "-n", "--configfile", str(seeded / "resharded.yaml"), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "sharding.settings.documents_per_shard is 3" in output and "made with 2" in output
+    assert "new results_dir" in output
+
+
+def test_a_new_document_reruns_the_manifest_job_only(seeded, real_pdfs):
+    added = seeded / "pdfs" / "added.pdf"
+    added.write_bytes(real_pdfs[4].read_bytes())
+    try:
+        result = run_snakemake(seeded, "-n")
+    finally:
+        added.unlink()
+    # What the new shard needs is known once the manifest job ran; nothing finished reruns.
+    assert planned_jobs(result.stdout) == {"all": 1, "manifest": 1}
 
 
 def test_forcing_one_shard_reruns_only_that_shard(seeded):

@@ -73,6 +73,7 @@ def fake_run(tmp_path_factory, real_pdfs):
             "stages": stage_config(),
         }
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        assert snakemake(workdir, "results/manifest/index.json", env=env).returncode == 0
         dry = snakemake(workdir, "-n", env=env)
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)

@@ -200,6 +200,8 @@ def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
     config = serving_config(tmp_path, shortest_pdfs(real_pdfs, 1), "local", model_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
+    manifest = run(tmp_path, "--profile", str(REPO / "profiles" / "local"), "results/manifest/index.json")
+    assert manifest.returncode == 0, manifest.stderr
     dry = run(tmp_path, "--profile", str(REPO / "profiles" / "local"), "-n")
     assert dry.returncode == 0, dry.stderr
     jobs = planned_jobs(dry.stdout)

@@ -9,26 +9,53 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from longdoc_sdg import endpoints
 from longdoc_sdg import plan as run_plan
 from longdoc_sdg.config import check_config
-from longdoc_sdg.manifest import existing_shards, sync_manifest
+from longdoc_sdg import manifest as manifest_store
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"
+MANIFEST_INDEX = f"{MANIFEST_DIR}/{manifest_store.INDEX_NAME}"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
 JUDGED = run_plan.judged_stages(config)
 
-# Only the main process lists the source; cluster jobs reuse the manifest it wrote.
-if workflow.is_main_process:
+# Parsing only reads: the manifest is written by the `manifest` checkpoint (seed.smk), under
+# Snakemake's lock. A sharding change against an existing manifest fails here, naming both values.
+manifest_store.check_sharding(
+    MANIFEST_DIR, config["sharding"]["settings"]["documents_per_shard"]
+)
+
+
+def manifest_shards():
+    """The shard names, from the manifest job's index: input functions calling this wait for
+    that job (a checkpoint) before they list per-shard files."""
+    checkpoints.manifest.get()
+    return manifest_store.read_index(MANIFEST_DIR)["shards"]
+
+
+def get_source_listing():
+    """What the source lists now (read only): a new document reruns the manifest job. Only the
+    main process decides what runs; cluster jobs skip the listing."""
+    if not workflow.is_main_process:
+        return None
+    return manifest_store.source_fingerprint(config["source"]["settings"])
+
+
+_servers_checked = []
+
+
+def forget_dead_servers_once():
+    """Unpublish servers a killed earlier run left behind, before the DAG looks at their files.
+    Called from input functions (DAG time), and only when this run executes jobs: a dry run,
+    --lint, --dag, --rulegraph or --report writes nothing."""
+    if _servers_checked or not workflow.is_main_process:
+        return
+    _servers_checked.append(True)
+    plugin = workflow.executor_plugin
+    if plugin is None or workflow.dryrun or workflow.touch:
+        return
     endpoints.forget_dead_servers(SERVE_DIR)
-    SHARDS = sync_manifest(
-        config["source"]["settings"],
-        MANIFEST_DIR,
-        config["sharding"]["settings"]["documents_per_shard"],
-    )
-else:
-    SHARDS = existing_shards(MANIFEST_DIR)
 
 
 wildcard_constraints:
@@ -108,6 +135,7 @@ def get_serving_inputs(stage):
     deployment = run_plan.stage_deployment(config, stage)
 
     def serving(wildcards):
+        forget_dead_servers_once()
         paths = [ancient(sentinel_path(deployment))]
         if job_forced(stage, client_outputs(stage, wildcards)):
             paths.append(runtime_path(deployment))
@@ -133,8 +161,10 @@ def journal_path(stage):
 
 
 def get_final_outputs(wildcards):
+    forget_dead_servers_once()
+    shards = manifest_shards()
     outputs = []
-    for shard in SHARDS:
+    for shard in shards:
         outputs += [
             f"{RESULTS}/seed/{shard}/{table}.parquet" for table in run_plan.SEED_TABLES
         ]
@@ -142,7 +172,7 @@ def get_final_outputs(wildcards):
             if STATUSES[stage].active:
                 outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
         outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
-    if SHARDS:
+    if shards:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
             for deployment in served_deployments()
@@ -153,9 +183,9 @@ def get_final_outputs(wildcards):
 
 def announce_plan():
     """Tell the user which stages run and what the others need (stderr: dry runs too)."""
-    lines = [
-        f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['settings']['kind']}'"
-    ]
+    index = manifest_store.read_index(MANIFEST_DIR)
+    known = f"{len(index['shards'])} shard(s)" if index else "no manifest yet"
+    lines = [f"longdoc-sdg: {known}, source '{config['source']['settings']['kind']}'"]
     for status in STATUSES.values():
         state = "run " if status.active else "skip"
         lines.append(f"  [{state}] {status.stage:<18} {status.why}")
@@ -183,7 +213,7 @@ def get_deployment_clients(wildcards):
             continue
         if run_plan.stage_deployment(config, stage) != wildcards.deployment:
             continue
-        for shard in SHARDS:
+        for shard in manifest_shards():
             if stage == "judge":
                 outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
             else:
@@ -243,7 +273,7 @@ from longdoc_sdg.report.stats import STATS_TABLES
 def get_export_dataset_inputs(wildcards):
     """A QA stage's shards, its judge shards (when judged), seed documents, upstream shards."""
     return export_plan.dataset_inputs(
-        config, STATUSES, RESULTS, SHARDS, wildcards.qa_stage
+        config, STATUSES, RESULTS, manifest_shards(), wildcards.qa_stage
     )
 
 
@@ -252,11 +282,11 @@ def get_export_dataset_settings():
 
 
 def get_export_pages(wildcards):
-    return [f"{RESULTS}/seed/{shard}/pages.parquet" for shard in SHARDS]
+    return [f"{RESULTS}/seed/{shard}/pages.parquet" for shard in manifest_shards()]
 
 
 def get_export_hub_inputs(wildcards):
-    return export_plan.hub_inputs(config, STATUSES, RESULTS, SHARDS)
+    return export_plan.hub_inputs(config, STATUSES, RESULTS, manifest_shards())
 
 
 def get_export_hub_settings():
@@ -268,7 +298,7 @@ def get_publish_settings():
 
 
 def get_stats_inputs(wildcards):
-    return export_plan.stats_inputs(config, STATUSES, RESULTS, SHARDS)
+    return export_plan.stats_inputs(config, STATUSES, RESULTS, manifest_shards())
 
 
 def get_report_settings():

@@ -1,6 +1,24 @@
 # 01 seed: fetch each shard's documents, render pages once, derive window and document seeds.
 
 
+# The manifest: new documents of the source become new shards (append-only, under a file
+# lock). A checkpoint: the shard list is known once it ran, so parsing writes nothing.
+checkpoint manifest:
+    output:
+        MANIFEST_INDEX,
+    log:
+        f"{RESULTS}/logs/manifest.log",
+    localrule: True
+    conda:
+        "../../environment.yaml"
+    params:
+        source=config["source"]["settings"],
+        documents_per_shard=config["sharding"]["settings"]["documents_per_shard"],
+        listing=get_source_listing(),
+    script:
+        "../scripts/manifest.py"
+
+
 rule seed:
     input:
         manifest=f"{MANIFEST_DIR}/{{shard}}.parquet",

@@ -2,10 +2,15 @@
 
 Each shard's manifest file is written once and never changed, so adding documents to a source
 adds new shards and leaves existing shards (and everything computed from them) untouched.
+Only the workflow's `manifest` job writes it (under a file lock, so two runs never shard a
+document twice) and then lists the shards in `index.json`; parsing the workflow only reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .ids import SHARD_DIGITS, shard_name, stable_id
-from .io import write_parquet_atomic
+from .io import write_parquet_atomic, write_text_atomic
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -143,9 +148,30 @@ def _known_ids(manifest_dir: Path, shards: Iterable[str]) -> set[str]:
     return known
 
 
+INDEX_NAME = "index.json"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on the manifest folder: one writer at a time, across processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def sync_manifest(source: dict, manifest_dir: str | os.PathLike, documents_per_shard: int) -> list[str]:
-    """Assign documents not yet in the manifest to new shards; return every shard name."""
+    """Assign documents not yet in the manifest to new shards; return every shard name. Holds
+    the folder's lock from reading the known ids to writing the new shards."""
     directory = Path(manifest_dir)
+    with _locked(directory):
+        return _sync_locked(source, directory, documents_per_shard)
+
+
+def _sync_locked(source: dict, directory: Path, documents_per_shard: int) -> list[str]:
     shards = existing_shards(directory)
     known = _known_ids(directory, shards)
     next_index = int(shards[-1]) + 1 if shards else 0
@@ -169,6 +195,50 @@ def sync_manifest(source: dict, manifest_dir: str | os.PathLike, documents_per_s
     if pending:
         flush()
     return shards
+
+
+def read_index(manifest_dir: str | os.PathLike) -> dict | None:
+    """The manifest job's index ({documents_per_shard, shards}), or None before it ran."""
+    path = Path(manifest_dir) / INDEX_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_sharding(manifest_dir: str | os.PathLike, documents_per_shard: int) -> None:
+    """Refuse a documents_per_shard other than the one the existing manifest was made with
+    (read only: safe while parsing)."""
+    index = read_index(manifest_dir)
+    if index is None or index.get("documents_per_shard") in (None, documents_per_shard):
+        return
+    raise ValueError(
+        f"sharding.settings.documents_per_shard is {documents_per_shard}, but the manifest in {manifest_dir} was "
+        f"made with {index['documents_per_shard']}: shards are never re-cut. Set it back to "
+        f"{index['documents_per_shard']}, or give a new results_dir to shard with {documents_per_shard}."
+    )
+
+
+def write_index(manifest_dir: str | os.PathLike, source: dict, documents_per_shard: int) -> dict:
+    """The manifest job: add new documents as new shards, then write the index listing them."""
+    directory = Path(manifest_dir)
+    with _locked(directory):
+        check_sharding(directory, documents_per_shard)
+        shards = _sync_locked(source, directory, documents_per_shard)
+        index = {"documents_per_shard": documents_per_shard, "shards": shards}
+        write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def source_fingerprint(source: dict) -> str | None:
+    """What the source lists now, hashed (read only), so the manifest job reruns when documents
+    are added: the ids of a local folder or URL list. None for FinePDFs: its settings pick the
+    rows, and streaming them while parsing would cost a download."""
+    if source["kind"] == "finepdfs":
+        return None
+    digest = hashlib.sha256()
+    for doc in list_source_documents(source):
+        digest.update(doc["doc_id"].encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
