@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers.export_run import SyntheticRun, load_hub_offline, png_bytes
 from longdoc_sdg.export.common import QA_STAGES, answer_format_sql, normalised_question_sql
 from longdoc_sdg.export.dataset import DROP_ORDER, build_dataset
 from longdoc_sdg.export.hub import write_hub
 from longdoc_sdg.export.reference import decode_images, write_reference
 from longdoc_sdg.export.split import assign_splits
-from test_export_support import SyntheticRun, load_hub_offline, png_bytes
 
 SETTINGS = {"filters": {"min_judge_score": 0.6}, "split": {"validation_fraction": 0.3, "seed": "t"}}
 

@@ -25,12 +25,12 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, require
+from helpers.export_run import ExportFakeServer, load_hub_offline
+from helpers.workflow import planned_jobs
 from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.reference import decode_images
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.report.figures import FIGURES
-from test_export_support import ExportFakeServer, load_hub_offline
-from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 

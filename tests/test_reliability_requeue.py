@@ -13,11 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longdoc_sdg.cli import main as cli_main
-from longdoc_sdg.reprocess import RequeueError, requeue_shard, shard_paths
-from longdoc_sdg.rowstore import ShardWriter, shard_provenance
-from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
-from test_reliability_workflow import (
+from helpers.reliability import (
     ENV,
     KEY_ENV,
     LARGER,
@@ -30,7 +26,11 @@ from test_reliability_workflow import (
     server_stats,
     snakemake,
 )
-from test_workflow import planned_jobs
+from helpers.workflow import planned_jobs
+from longdoc_sdg.cli import main as cli_main
+from longdoc_sdg.reprocess import RequeueError, requeue_shard, shard_paths
+from longdoc_sdg.rowstore import ShardWriter, shard_provenance
+from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
 # Float, bool and list columns: kept rows must come back from the journal with the same values.
 STAGE = pa.schema(

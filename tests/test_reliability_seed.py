@@ -12,7 +12,7 @@ import yaml
 
 import pdf_factory
 from conftest import SAMPLE_PDF_DIR
-from test_reliability_workflow import ok, snakemake
+from helpers.reliability import ok, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -13,28 +13,10 @@ import pymupdf as fitz
 import pytest
 import yaml
 
-from conftest import REPO, copy_pdfs
+from conftest import copy_pdfs
+from helpers.workflow import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 def write_config(workdir: Path, pdf_dir: Path, **extra) -> dict:
@@ -48,23 +30,6 @@ def write_config(workdir: Path, pdf_dir: Path, **extra) -> dict:
         config[key] = {**config.get(key, {}), **value}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule name -> count."""
-    jobs, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if parts[0].startswith("-"):
-                continue
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.fixture(scope="module")

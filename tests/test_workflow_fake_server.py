@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
+from helpers.workflow import planned_jobs
 from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
-from test_workflow import planned_jobs
 
 AGGREGATE_RULES = {"all", "stats", "report_figures", "export_dataset", "export_reference", "export_hub"}
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_seed_fetch import Server, warc_record
-from test_workflow import run_snakemake
+from helpers.fetch_server import Server, warc_record
+from helpers.workflow import run_snakemake
 
 pytestmark = pytest.mark.workflow
 

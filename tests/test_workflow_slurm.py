@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from test_workflow_vllm import serving_config, shortest_pdfs
+from helpers.vllm_config import serving_config, shortest_pdfs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm, pytest.mark.workflow]
 

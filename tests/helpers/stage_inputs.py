@@ -18,7 +18,7 @@ import pymupdf
 from longdoc_sdg.ids import stable_id
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PDF_DIRS = (REPO / "resources" / "sample_pdfs", REPO / "tests" / "data" / "real_pdfs")
 
 PAGE_SCHEMA = pa.schema(
