@@ -1,4 +1,4 @@
-"""Planning time of `snakemake -n` over 1,000 shards with every stage enabled (issue 7, target 4).
+"""Planning time of `snakemake -n` over 1,000 shards with every stage enabled (target: 20 s).
 
     python benchmarks/bench_dag.py [--shards 1000] [--baseline-shards 100] [--profile] [--json out.json]
 

@@ -1,7 +1,7 @@
 """Export, publish (dry run) and report end to end: the real stages run by Snakemake against the fake
 OpenAI server (a test double), on the sample PDFs, in two shards.
 
-Issue #6's acceptance: the Hub folder loads every QA split with images and its row counts equal a
+Checked: the Hub folder loads every QA split with images and its row counts equal a
 filtered DuckDB count over the shards; the reference layout round-trips its PNGs; the card states
 the counts, models and filters of the run; `snakemake --report` makes a report whose figures a
 headless Chromium shows and whose numbers match DuckDB; changing a filter threshold reruns the

@@ -1,4 +1,4 @@
-"""Reprocessing failed rows (issue 5, scope item 5): `longdoc-sdg requeue` turns a finished shard
+"""Reprocessing failed rows: `longdoc-sdg requeue` turns a finished shard
 back into its resume journal minus the selected failures; `snakemake --forcerun SHARD` then
 requests only those rows. Unit tests on ShardWriter outputs, then the whole loop through
 Snakemake against the FAKE OpenAI-compatible server (a test double)."""

@@ -1,6 +1,7 @@
-"""The bad-PDF acceptance of issue 5 as a Snakemake job: test_seed_shard.py covers every bad kind
+"""Bad PDFs through the seed job: test_seed_shard.py covers every bad kind
 through run_seed_shard in-process; this runs the seed job itself, the way a user does, and checks
-that it exits 0 within its time limit with exactly one failure row per bad document."""
+that it exits 0 with exactly one failure row per bad document, the hang stopped by the worker's
+CPU limit."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from helpers.reliability import ok, snakemake
 pytestmark = pytest.mark.workflow
 
 GOOD = ("MVT_Rnews.pdf", "residual-shadings.pdf")
-# file name -> (builder, expected failure reason); the acceptance list of issue 5
+# file name -> (builder, expected failure reason): one of each kind of bad PDF
 BAD = {
     "truncated.pdf": (lambda: pdf_factory.truncated_pdf((SAMPLE_PDF_DIR / "zoo.pdf").read_bytes(), 0.5), "corrupt"),
     "encrypted.pdf": (pdf_factory.encrypted_pdf, "encrypted"),

@@ -1,6 +1,6 @@
-"""Issue 5 acceptance through Snakemake against the FAKE OpenAI-compatible server (a test double,
+"""Reliability through Snakemake against the FAKE OpenAI-compatible server (a test double,
 spawned as its own process): a SIGKILLed client job resumes and redoes at most its in-flight
-requests; a dead endpoint fails the job in seconds and a rerun succeeds once it is back; a mix
+requests; a dead endpoint fails the job at once, naming it, and a rerun succeeds once it is back; a mix
 of endpoint faults leaves every row exactly once with the injected reasons; no key leaks.
 
 Each test runs the `classify` stage (one request per page, so server request counts map to rows)

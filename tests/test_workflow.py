@@ -1,7 +1,9 @@
 """The workflow as a user drives it: snakemake in a temporary directory, on real PDFs.
 
-Covers issue #2's acceptance: per-shard seed jobs in the dry run, nothing to do on a second run,
-a DPI change reruns the seeds and what depends on them only, one forced shard reruns one job."""
+Parsing and dry runs write nothing (the manifest is a checkpoint job), per-shard seed jobs once
+the manifest exists, nothing to do on a second run, a DPI change reruns the seeds and what depends
+on them only, run settings rerun nothing, a sharding change is a clear error, one forced shard
+reruns one job."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 (tests/deployments/fake-vllm.yaml: a test double that takes vLLM's flags and is ready in about
 a second). OCR with the nemotron-parse engine is the client: one request per page.
 
-Covers issue #4's acceptance on the workflow level: serve -> clients -> teardown; a dry run
+On the workflow level: serve -> clients -> teardown; a dry run
 starts nothing; a finished run starts no server; a crash before ready fails fast with the log
 tail; an impostor on the port is never published; a server killed mid-run fails the clients
 clearly and the next run re-serves without redoing finished shards; a model change reruns the
