@@ -261,7 +261,7 @@ def test_dataset_card_states_counts_models_and_filters(wf):
         row = next(line for line in text.splitlines() if line.startswith(f"| `{stage}` |") and "judge:" in line)
         assert "`fake-model`" in row
     assert "ocr: `pdf-text`" in text
-    assert f"judge weighted quality score ≥ {wf['config']['export']['filters']['min_judge_score']}" in text
+    assert f"judge weighted quality score ≥ {wf['config']['export']['settings']['filters']['min_judge_score']}" in text
     assert meta["license"] == "other" and "source_datasets" not in meta
 
 
