@@ -149,7 +149,7 @@ def get_endpoint_params(stage):
     read at job time (see endpoints.endpoint_params)."""
     deployment = run_plan.stage_deployment(config, stage)
     runtime = runtime_path(deployment) if deployment else None
-    return endpoints.endpoint_params(config, stage, runtime)
+    return endpoints.endpoint_params(config, stage, STATUSES[stage].mode, runtime)
 
 
 def get_stage_settings(stage):

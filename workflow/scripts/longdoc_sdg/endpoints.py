@@ -101,13 +101,13 @@ def stop_deployment(state_dir: str, name: str) -> None:
         print(f"longdoc-sdg: every client of {name} is done; stopped its server")
 
 
-def endpoint_params(config: dict, stage: str, runtime_path: str) -> dict:
-    """A stage's endpoint params: how the job finds its model, and the model's identity. Only
-    the identity changes answers, so nothing else goes in: a manual endpoint's host, port and
-    key variable are read at job time (resolve_endpoint), a served one's from its runtime file."""
-    from .plan import endpoint_mode, model_spec, stage_deployment
+def endpoint_params(config: dict, stage: str, mode: str, runtime_path: str | None) -> dict:
+    """A stage's endpoint params (`mode` from the stage's status): how the job finds its model,
+    and the model's identity. Only the identity changes answers, so nothing else goes in: a
+    manual endpoint's host, port and key variable are read at job time (resolve_endpoint), a
+    served one's from its runtime file."""
+    from .plan import model_spec, stage_deployment
 
-    mode = endpoint_mode(config, stage)
     if mode == "manual":
         return {"mode": mode, "model": model_spec(config, stage)["endpoint"]["model"]}
     if mode == "serve":
