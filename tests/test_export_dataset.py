@@ -69,7 +69,11 @@ def test_each_filter_drops_its_rows_once(exported):
         r["weighted_quality_score"] >= 0.6 and r["format_ok"] and r["quality_score"] >= 1 and r["evidence_ok"]
         for r in kept
     )
-    assert [f["name"] for f in s["filters"]] == [n for n in DROP_ORDER if n not in ("relevance", "correctness")]
+    assert [f["name"] for f in s["filters"]] == [
+        n
+        for n in DROP_ORDER
+        if n not in ("relevance", "correctness", "verify")  # not verified
+    ]
 
 
 def test_text_and_visual_filters_use_relevance_and_correctness(exported):
@@ -300,3 +304,48 @@ def test_files_rotate_at_the_size_cap(run, exported, tmp_path):
         )
     assert sum(f.rows for f in splits.values()) == exported["summaries"]["single_page_qa"]["kept"]
     assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_verify_filter_drops_disagreements_by_format(run, exported, tmp_path):
+    """Two rows the export keeps get a disagreeing verify verdict (dropped, counted as 'verify');
+    an ANLS-scored row above its 0.5 threshold, a failed verify row and unverified rows stay."""
+    import pyarrow as pa
+
+    baseline = sorted(
+        (r for r in rows(exported["dir"] / "single_page_qa.parquet") if "total revenue" not in r["question"].lower()),
+        key=lambda r: r["row_id"],
+    )
+    disagree, partial, failed = baseline[:2], baseline[2], baseline[3]
+    verdicts = [(r, "ok", "Int", 0.0) for r in disagree] + [(partial, "ok", "Str", 0.6), (failed, "failed", "Int", 0.0)]
+    verify_path = tmp_path / "verify.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "row_id": f"verify:{r['row_id']}",
+                    "qa_row_id": r["row_id"],
+                    "status": status,
+                    "model": "verifier",
+                    "benchmark_format": fmt,
+                    "verify_answer": "x",
+                    "verify_score": score,
+                }
+                for r, status, fmt, score in verdicts
+            ]
+        ),
+        verify_path,
+    )
+    inputs = {**run.dataset_inputs("single_page_qa"), "verify": [str(verify_path)]}
+    s = build_dataset("single_page_qa", inputs, str(tmp_path / "d.parquet"), str(tmp_path / "s.json"), SETTINGS)
+    base = exported["summaries"]["single_page_qa"]
+    assert s["verified"] and s["models"]["verify"] == ["verifier"]
+    assert s["dropped"]["verify"] == 2
+    assert s["kept"] == base["kept"] - 2
+    kept = {r["row_id"]: r for r in rows(tmp_path / "d.parquet")}
+    assert not {r["row_id"] for r in disagree} & set(kept)
+    assert kept[partial["row_id"]]["verify_score"] == 0.6 and kept[failed["row_id"]]["verify_score"] == 0.0
+    assert "verify" in [f["name"] for f in s["filters"]]
+    # without thresholds nothing is dropped for disagreement
+    loose = {**SETTINGS, "filters": {**SETTINGS["filters"], "min_verify_score": None}}
+    s = build_dataset("single_page_qa", inputs, str(tmp_path / "d2.parquet"), str(tmp_path / "s2.json"), loose)
+    assert s["dropped"]["verify"] == 0 and s["kept"] == base["kept"]

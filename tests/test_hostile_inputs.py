@@ -273,7 +273,7 @@ def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
 
 
 FETCH_IN_CHILD = """
-import json, resource, sys
+import json, sys
 from longdoc_sdg.seed import SeedFailure, fetch_document
 row, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 try:
@@ -281,7 +281,9 @@ try:
     outcome, message = "ok", ""
 except SeedFailure as failure:
     outcome, message = failure.reason, failure.message
-print(json.dumps({"outcome": outcome, "message": message, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: the peak RSS of this process image (getrusage's ru_maxrss keeps the parent's peak across exec)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"outcome": outcome, "message": message, "peak_mb": peak_kb / 1024}))
 """
 
 
@@ -317,3 +319,185 @@ def test_warc_bomb_reasons_are_too_large():
     with pytest.raises(SeedFailure) as caught:
         inflate_capped(bomb, 31, 1024 * 1024, "the member")
     assert caught.value.reason == "too_large"
+
+
+# --- Local source folders -----------------------------------------------------------------------
+
+OUTSIDE_MARKER = b"%PDF-1.4 OUTSIDE-THE-SOURCE-FOLDER"
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    """A source folder with two good PDFs (one reached through an inside link) and every kind of
+    entry that must not be read: a link loop, links leaving the folder, a dangling link, a FIFO."""
+    import os
+
+    root = tmp_path / "source"
+    (root / "sub").mkdir(parents=True)
+    (root / "good.pdf").write_bytes(PDF)
+    (root / "sub" / "real.pdf").write_bytes(PDF)
+    (root / "inside-link.pdf").symlink_to(root / "sub" / "real.pdf")
+    (root / "a.pdf").symlink_to(root / "b.pdf")
+    (root / "b.pdf").symlink_to(root / "a.pdf")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.pdf").write_bytes(OUTSIDE_MARKER)
+    (root / "outside.pdf").symlink_to(outside / "secret.pdf")
+    (root / "passwd.pdf").symlink_to("/etc/passwd")
+    (root / "dangling.pdf").symlink_to(root / "nothing-here.pdf")
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(root / "fifo.pdf")
+    return root, outside
+
+
+REFUSED = {
+    "a.pdf": "loop",
+    "b.pdf": "loop",
+    "outside.pdf": "outside the source folder",
+    "passwd.pdf": "outside the source folder",
+    "dangling.pdf": "broken",
+    "fifo.pdf": "not a regular file",
+}
+
+
+def test_a_hostile_source_folder_ends_as_one_row_per_entry_without_reading_outside(hostile_folder, tmp_path):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.manifest import list_source_documents
+    from longdoc_sdg.seed import run_seed_shard
+
+    root, outside = hostile_folder
+    opened = []
+    watching = [True]
+
+    def audit(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.path.realpath(os.fsdecode(args[0])))
+
+    sys.addaudithook(audit)  # hooks stay for the process: `watching` switches this one off
+    try:
+        rows = list(list_source_documents({"kind": "local", "local": {"path": str(root)}}))
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+        out = tmp_path / "results" / "seed"
+        out.mkdir(parents=True)
+        (out / ".pages.parquet.killedjob.tmp").write_bytes(b"partial")  # a killed job's leftover
+        outputs = {name: str(out / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+        run_seed_shard(str(tmp_path / "m.parquet"), outputs, {"dpi": 36}, threads=1)
+    finally:
+        watching[0] = False
+    documents = pq.read_table(outputs["documents"]).to_pylist()
+    failures = pq.read_table(outputs["failures"]).to_pylist()
+    relative = {r["doc_id"]: json.loads(r["extra"])["relative_path"] for r in rows}
+    assert sorted(relative[d["doc_id"]] for d in documents) == ["good.pdf", "inside-link.pdf", "sub/real.pdf"]
+    assert sorted(relative[f["doc_id"]] for f in failures) == sorted(REFUSED)
+    for failure in failures:
+        name = relative[failure["doc_id"]]
+        assert failure["reason"] == "refused_entry" and failure["message"].startswith(name), failure
+        assert REFUSED[name] in failure["message"], failure
+    # nothing outside the folder was opened, and no byte of it reached an output
+    assert any(p.startswith(os.path.realpath(root)) for p in opened)  # the hook saw the reads
+    assert not [p for p in opened if p.startswith(str(outside)) or p == "/etc/passwd"]
+    passwd_head = Path("/etc/passwd").read_bytes()[:12]
+    for path in (tmp_path / "results").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert OUTSIDE_MARKER not in data and passwd_head not in data, path
+    assert not list(out.glob(".pages.parquet.*.tmp"))
+
+
+def test_symlink_settings(hostile_folder):
+    from longdoc_sdg.manifest import list_source_documents
+
+    root, _ = hostile_folder
+
+    def refused(symlinks):
+        rows = list_source_documents({"kind": "local", "local": {"path": str(root), "symlinks": symlinks}})
+        return sorted(json.loads(r["extra"])["relative_path"] for r in rows if "refused" in json.loads(r["extra"]))
+
+    assert "inside-link.pdf" in refused("refuse") and "outside.pdf" in refused("refuse")
+    assert "outside.pdf" not in refused("follow") and "a.pdf" in refused("follow")
+
+
+# --- Config checks ------------------------------------------------------------------------------
+
+
+def test_results_folder_checks(tmp_path):
+    from longdoc_sdg.config import check_paths
+
+    source = {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}
+    for bad, words in (("", "results_dir: empty"), ("/", "filesystem root"), (" ", "results_dir: empty")):
+        with pytest.raises(ValueError, match=words):
+            check_paths({"results_dir": bad, "source": source})
+    with pytest.raises(ValueError, match="inside source.settings.local.path"):
+        check_paths({"results_dir": str(tmp_path / "pdfs" / "results"), "source": source})
+    check_paths({"results_dir": str(tmp_path / "results"), "source": source})
+
+
+def test_worker_memory_below_the_measured_floor_is_refused():
+    from longdoc_sdg.seed import SeedParams
+
+    with pytest.raises(ValueError, match="greater than or equal to 768"):
+        SeedParams.model_validate({"worker": {"memory_mb": 256}})
+
+
+def test_mupdf_allocation_failures_are_too_large():
+    from longdoc_sdg.seed.render import _is_memory_error
+
+    for text in ("malloc (1048576 bytes) failed", "calloc (4 x 8 bytes) failed", "out of memory"):
+        assert _is_memory_error(RuntimeError(text))
+    assert not _is_memory_error(RuntimeError("syntax error in content stream"))
+
+
+# --- Redaction ------------------------------------------------------------------------------------
+
+KEY = "hostile-key-3f8a9c1d5e7b"
+
+
+def test_everything_written_is_redacted(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.io import register_secret, write_parquet_atomic, write_text_atomic
+    from longdoc_sdg.rowstore import ShardWriter
+
+    register_secret(KEY, "the test key")
+    writer = ShardWriter(tmp_path / "s.parquet", tmp_path / "j.jsonl", "h", pa.schema([]))
+    echo = f"HTTP 400: bad request (request had Authorization: Bearer {KEY})"
+    writer.write({"row_id": "r1", "status": "failed", "failure_reason": "bad_request", "failure_message": echo})
+    assert KEY.encode() not in (tmp_path / "j.jsonl").read_bytes()
+    writer.finalize(["r1"])
+    write_parquet_atomic(pa.table({"message": [echo, "fine"]}), tmp_path / "t.parquet")
+    write_text_atomic(tmp_path / "report.json", json.dumps({"error": echo}))
+    write_text_atomic(tmp_path / "key", KEY, mode=0o600)  # a secret file keeps its secret
+    assert (tmp_path / "key").read_text() == KEY
+    for name in ("s.parquet", "t.parquet", "report.json"):
+        assert KEY.encode() not in (tmp_path / name).read_bytes(), name
+    assert pq.read_table(tmp_path / "s.parquet").column("failure_message")[0].as_py().endswith("Bearer ***)")
+
+
+def test_very_short_keys_are_refused():
+    from longdoc_sdg.io import register_secret
+
+    with pytest.raises(ValueError, match="FAKE_KEY is only 3 character"):
+        register_secret("abc", "the API key in environment variable FAKE_KEY")
+
+
+# --- A stage failing as a whole -------------------------------------------------------------------
+
+
+def test_a_shard_failing_alike_for_a_setting_fails_the_job():
+    import collections
+
+    from longdoc_sdg.engine.errors import AllRowsFailed
+    from longdoc_sdg.stages import check_not_all_failed
+
+    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.max_tokens"):
+        check_not_all_failed("text_qa", collections.Counter({"length": 6}))
+    with pytest.raises(AllRowsFailed, match="HTTP 400"):
+        check_not_all_failed("classify", collections.Counter({"bad_request": 4}))
+    check_not_all_failed("text_qa", collections.Counter({"length": 5, None: 1}))  # some rows worked
+    check_not_all_failed("text_qa", collections.Counter({"length": 2}))  # too few to tell
+    check_not_all_failed("text_qa", collections.Counter({"server_error": 9}))  # not a setting

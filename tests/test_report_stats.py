@@ -165,3 +165,41 @@ def test_figures_without_data_say_so(tmp_path):
     outputs = {name: str(tmp_path / f"{name}.png") for name in FIGURES}
     draw_figures(empty, outputs, {})
     assert all((tmp_path / f"{name}.png").stat().st_size > 1000 for name in FIGURES)
+
+
+def test_verify_agreement_per_stage_and_question_type(tmp_path):
+    import pyarrow as pa
+
+    path = tmp_path / "verify" / "windowed_qa" / "00000.parquet"
+    path.parent.mkdir(parents=True)
+    rows = [  # (question type, format, status, score)
+        ("numerical_int", "Int", "ok", 1.0),
+        ("numerical_int", "Int", "ok", 0.0),
+        ("numerical_int", "Int", "failed", 0.0),  # no verdict: not counted
+        ("string", "Str", "ok", 0.75),  # >= 0.5: agrees
+        ("string", "Str", "ok", 0.0),
+        ("string", "Str", "ok", 1.0),
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"row_id": f"verify:r{i}", "status": s, "question_type": q, "benchmark_format": f, "verify_score": v}
+                for i, (q, f, s, v) in enumerate(rows)
+            ]
+        ),
+        path,
+    )
+    stats = compute_stats({"verify": [str(path)]}, {"min_verify_score": {"Int": 1.0, "Str": 0.5}})
+    got = {r["question_type"]: r for r in stats["tables"]["verify_agreement"]}
+    assert got["numerical_int"] == {
+        "stage": "windowed_qa",
+        "question_type": "numerical_int",
+        "benchmark_format": "Int",
+        "verified_rows": 2,
+        "agreeing_rows": 1,
+        "mean_verify_score": 0.5,
+    }
+    assert (got["string"]["verified_rows"], got["string"]["agreeing_rows"]) == (3, 2)
+    assert got["string"]["mean_verify_score"] == pytest.approx((0.75 + 0.0 + 1.0) / 3)
+    page = summary_html(stats)
+    assert "Verify: independent answers" in page and "<td>67%</td>" in page and "<td>50%</td>" in page

@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from helpers.vllm_config import (
     GUIDED_JSON,
+    NO_THINKING,
     base_config,
     serving_config,
     shortest_pdfs,
@@ -158,3 +159,31 @@ def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
     # A run with everything done starts no server.
     assert "localrule serve" not in again.stdout + again.stderr
     assert vllm_processes() == before
+
+
+def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys):
+    """The benchmark fixture (3 sample PDFs, 10 questions) answered by the real server: every
+    sample is accounted for, and results.json re-scores to the same aggregates."""
+    import json
+
+    from conftest import SAMPLE_PDF_DIR
+    from longdoc_sdg.cli import main as cli_main
+    from longdoc_sdg.evaluate import run_evaluation
+
+    monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
+    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    params = {"max_images": 2, "max_tokens": 96, "extract_max_tokens": 48, "sampling": {"extra_body": NO_THINKING}}
+    samples = REPO / "tests" / "data" / "evaluate" / "samples.json"
+    scores = run_evaluation(str(samples), str(SAMPLE_PDF_DIR), str(tmp_path / "out"), endpoint, params, {"dpi": 40})
+    assert scores["samples"] == 10 == scores["answered"] + scores["failed"]
+    failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == scores["failed"] and all(f["reason"] for f in failures)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results) == scores["answered"]
+    if results:
+        assert all(isinstance(r["pred"], str) and r["response"] is not None for r in results)
+        for mode in ("official", "fixed"):
+            capsys.readouterr()
+            assert cli_main(["score", str(tmp_path / "out" / "results.json"), "--mode", mode]) == 0
+            assert json.loads(capsys.readouterr().out) == scores[mode]
+    assert (tmp_path / "out" / "report.html").exists()

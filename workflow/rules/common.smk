@@ -8,10 +8,11 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from longdoc_sdg import endpoints
 from longdoc_sdg import plan as run_plan
-from longdoc_sdg.config import check_config
+from longdoc_sdg.config import check_config, check_paths
 from longdoc_sdg import manifest as manifest_store
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+check_paths(config)
 
 RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"

@@ -303,6 +303,26 @@ register(
 )
 
 
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .evaluate import add_arguments
+
+    add_arguments(parser)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .evaluate import run_command
+
+    return run_command(args)
+
+
+register(
+    "evaluate",
+    "score a served model on a benchmark in MMLongBench-Doc's layout",
+    _evaluate_arguments,
+    _evaluate_command,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ through `params:`, so a change reruns what they affect); keys under `run:` only 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,12 @@ class Section(BaseModel):
 class LocalSource(Section):
     path: str = Field("resources/sample_pdfs", description="Folder searched recursively for PDFs.")
     suffix: str = Field(".pdf", description="File-name ending (case-insensitive) of the documents to take.")
+    symlinks: Literal["inside", "follow", "refuse"] = Field(
+        "inside",
+        description="Symbolic links to files: 'inside' reads those whose target stays in the folder, 'follow' "
+        "reads any, 'refuse' none. Refused entries, link loops and broken links become `refused_entry` failure "
+        "rows; linked folders are never entered.",
+    )
 
 
 class UrlSource(Section):
@@ -151,6 +157,25 @@ def check_config(config: dict, schema_path: str | Path) -> None:
             f"Invalid configuration (checked against {schema_path}):\n{text}\n"
             "Fix these keys in your config file or --configfile override (see config/README.md)."
         )
+
+
+def check_paths(config: dict) -> None:
+    """Checks the schema cannot express: where results go, relative to the filesystem and the
+    source folder. Raises ValueError naming the key and the fix."""
+    raw = str(config.get("results_dir") or "").strip()
+    if not raw:
+        raise ValueError("results_dir: empty; name the folder for results, logs and manifests (e.g. results)")
+    results = Path(raw).expanduser().resolve()
+    if results == Path(results.anchor):
+        raise ValueError(f"results_dir: {raw!r} is the filesystem root; name a folder of its own (e.g. results)")
+    source = (config.get("source") or {}).get("settings") or {}
+    if source.get("kind") == "local":
+        folder = Path(str(source.get("local", {}).get("path", ""))).expanduser().resolve()
+        if results == folder or results.is_relative_to(folder):
+            raise ValueError(
+                f"results_dir: {raw!r} is inside source.settings.local.path ({str(folder)!r}); the run would read its own "
+                "outputs as documents. Move results_dir out of the source folder."
+            )
 
 
 def _check_models(config: dict) -> list[str]:
@@ -421,6 +446,15 @@ class ExportFilters(Section):
         "(the judge row failed, or stages.judge.settings.num_records left the row out).",
     )
     require_format_ok: bool = Field(True, description="Drop rows whose answer failed its question type's format check.")
+    min_verify_score: (
+        dict[Literal["Int", "Float", "Str", "None", "List"], Annotated[float, Field(ge=0, le=1)]] | None
+    ) = Field(
+        {"Int": 1.0, "Float": 1.0, "None": 1.0, "Str": 0.5, "List": 0.5},
+        description="Per MMLongBench-Doc answer format: keep a verified row when its verify_score (the independent "
+        "answer scored against the generated one by the benchmark's fixed rules, 0-1) is at least this. 1.0 for "
+        "the exactly scored formats; Str and List score by ANLS, whose cut-off is already 0.5. A format left out, "
+        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.verify_stages.",
+    )
     min_quality_score: int | None = Field(
         1,
         ge=0,

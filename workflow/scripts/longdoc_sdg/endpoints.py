@@ -121,7 +121,7 @@ def read_api_key(env_name: str, what: str) -> str:
     key = os.environ.get(env_name)
     if not key:
         raise ValueError(f"{what}: environment variable {env_name} holding its API key is not set; export it")
-    register_secret(key)
+    register_secret(key, f"the API key in environment variable {env_name}")
     return key
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,7 +34,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Delete temporaries `atomic_path` left next to `path` when a job writing it was killed.
+    Call at the start of the one job that owns `path` (Snakemake runs one at a time)."""
+    target = Path(path)
+    removed = 0
+    for stale in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def write_text_atomic(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
+    """Write `text` atomically; `mode=0o600` marks a secret file, the only kind not redacted."""
+    if mode is None or mode & 0o077:
+        text = redact(text)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         if mode is not None:
@@ -41,42 +57,84 @@ def write_text_atomic(path: str | os.PathLike, text: str, mode: int | None = Non
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> None:
     kwargs.setdefault("compression", "zstd")
+    table = redact_table(table)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
 
 
-class RedactingFilter(logging.Filter):
-    """Replaces every known secret in a log record's final text with a marker."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        super().__init__()
-        self.secrets = {s for s in secrets if s}
-
-    def add(self, secret: str | None) -> None:
-        if secret:
-            self.secrets.add(secret)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
-        return True
+# Secrets (API keys, tokens) this process knows. Everything the project writes passes through
+# `redact`: log records, the job's stderr, rows of stage journals and parquet tables, and text
+# files other than secret (0600) files.
+_secrets: set[str] = set()
+MIN_SECRET_CHARS = 4
+_MARKER = "***"
 
 
-_redactor = RedactingFilter()
-
-
-def register_secret(secret: str | None) -> None:
-    """Make sure `secret` never appears in any log line written through our handlers."""
-    _redactor.add(secret)
+def register_secret(secret: str | None, what: str = "a secret") -> None:
+    """Make sure `secret` never appears in anything written from this process. A very short key
+    is refused: replacing every "ab" in logs and outputs would mangle them, not protect it."""
+    if not secret:
+        return
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{what} is only {len(secret)} character(s) long: it cannot be kept out of logs and outputs "
+            f"without mangling them; use a key of at least {MIN_SECRET_CHARS} characters"
+        )
+    _secrets.add(secret)
+    escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
+    if escaped != secret:
+        _secrets.add(escaped)  # its spelling inside JSON text
 
 
 def redact(text: str) -> str:
-    for secret in _redactor.secrets:
-        text = text.replace(secret, "***")
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, _MARKER)
     return text
+
+
+def redact_table(table: pa.Table) -> pa.Table:
+    """`table` with every secret replaced in its (top-level) string columns."""
+    if not _secrets:
+        return table
+    import pyarrow.compute as pc
+
+    for index, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(index)
+        for secret in _secrets:
+            if pc.any(pc.match_substring(column, secret)).as_py():
+                column = pc.replace_substring(column, secret, _MARKER)
+        table = table.set_column(index, field, column)
+    return table
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every registered secret in a log record's final text with a marker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+class _RedactingStream:
+    """A text stream (the job log standing in for stderr) whose writes are redacted, so that
+    tracebacks and progress bars cannot carry a key either."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+_redactor = RedactingFilter()
 
 
 def setup_job_logging(log_path: str | os.PathLike | None, level: int = logging.INFO) -> logging.Logger:
@@ -87,7 +145,7 @@ def setup_job_logging(log_path: str | os.PathLike | None, level: int = logging.I
         logger.removeHandler(handler)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        stream = open(log_path, "a", buffering=1, encoding="utf-8")
+        stream = _RedactingStream(open(log_path, "a", buffering=1, encoding="utf-8"))
         sys.stderr = stream
     else:
         stream = sys.stderr

@@ -9,10 +9,12 @@ document twice) and then lists the shards in `index.json`; parsing the workflow 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -38,15 +40,42 @@ class SourceError(ValueError):
     """A configured document source cannot be read; the message names the setting to fix."""
 
 
+def local_entry_problem(entry: Path, root: Path, symlinks: str = "inside") -> str | None:
+    """Why a file found in a local source folder must not be read, or None. Only metadata is
+    looked at (never the bytes of a link's target): loops and broken links, links leaving the
+    folder (unless `symlinks` is "follow"), any link (when "refuse"), and non-regular files
+    such as FIFOs, which would block a reader forever."""
+    try:
+        status = os.stat(entry)  # follows links: ELOOP for a loop, ENOENT for a dangling link
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if entry.is_symlink():
+            return "broken symbolic link"
+        return None  # gone: the fetcher reports it as missing
+    if entry.is_symlink():
+        if symlinks == "refuse":
+            return "is a symbolic link (source.settings.local.symlinks: refuse)"
+        if symlinks == "inside":
+            target = Path(os.path.realpath(entry))
+            if not target.is_relative_to(os.path.realpath(root)):
+                return "symbolic link to a file outside the source folder (set source.settings.local.symlinks: follow to allow)"
+    if not stat.S_ISREG(status.st_mode):
+        return "not a regular file"
+    return None
+
+
 def _local_documents(cfg: dict) -> Iterator[dict]:
-    root = Path(cfg["path"]).expanduser()
+    root = Path(cfg["path"]).expanduser().absolute()
     if not root.is_dir():
         raise SourceError(
             f"source.settings.local.path: folder {str(root)!r} does not exist; point it at a folder of PDFs "
             "(searched recursively) or choose another source.settings.kind"
         )
     suffix = cfg.get("suffix", ".pdf").lower()
+    symlinks = cfg.get("symlinks", "inside")
     found = []
+    # Linked folders are never entered (no loops, nothing outside); linked files are checked.
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for name in filenames:
@@ -54,13 +83,20 @@ def _local_documents(cfg: dict) -> Iterator[dict]:
                 found.append(Path(dirpath, name))
     for path in sorted(found, key=lambda p: p.relative_to(root).as_posix()):
         rel = path.relative_to(root).as_posix()
+        extra = {"relative_path": rel}
+        if path.is_symlink():
+            extra["symlinks"] = symlinks
+        problem = local_entry_problem(path, root, symlinks)
+        if problem:
+            # still one manifest row: the seed records it as a failure naming the entry
+            extra["refused"] = f"{rel} in source.settings.local.path: {problem}"
         yield {
             "doc_id": stable_id("local", rel),
             "source_kind": "local",
-            "source": str(path.resolve()),
+            "source": str(path),
             "url": None,
             "date": None,
-            "extra": json.dumps({"relative_path": rel}),
+            "extra": json.dumps(extra),
         }
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .ids import stable_id
-from .io import atomic_path, get_logger
+from .io import atomic_path, get_logger, redact, remove_stale_temps
 
 log = get_logger("rowstore")
 
@@ -91,7 +91,8 @@ def _fingerprint(schema: pa.Schema) -> str:
 
 
 def _row_line(row: dict[str, Any]) -> bytes:
-    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    # the write boundary of every stage row (failure messages may quote an endpoint's echo of the key)
+    return (redact(json.dumps(row, ensure_ascii=False, separators=(",", ":"))) + "\n").encode()
 
 
 def shard_provenance(output_path: str | os.PathLike) -> dict | None:
@@ -157,6 +158,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.output_path)  # a killed finalize's partial parquet
         if self.journal_path.exists():
             self._load()
         if not self._index and self._size == 0:
@@ -223,6 +225,10 @@ class ShardWriter:
         if stale:
             log.info("journal %s: redoing %d rows that failed with %s", self.journal_path, len(stale), sorted(reasons))
         return len(stale)
+
+    def outcomes(self) -> collections.Counter:
+        """Finished rows by failure reason (None counts the ok rows)."""
+        return collections.Counter(reason for _, _, reason in self._index.values())
 
     def __contains__(self, row_id: str) -> bool:
         return row_id in self._index

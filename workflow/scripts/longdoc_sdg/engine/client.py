@@ -129,7 +129,7 @@ class ChatEngine:
         self.concurrency = concurrency or ConcurrencyConfig()
         self.retry = retry or RetryConfig()
         if endpoint.api_key is not None:
-            register_secret(endpoint.api_key.get_secret_value())
+            register_secret(endpoint.api_key.get_secret_value(), f"the API key of {endpoint.describe()}")
         self.limiter = AdaptiveLimiter(self.concurrency)
         # payload bytes in flight: with whole documents as base64, requests, not their count,
         # are what a job's memory is made of

@@ -13,6 +13,17 @@ CONTENT_REASONS = (
     "schema_invalid",  # JSON that does not validate against the closed schema
     "bad_request",  # HTTP 400/413/422: this request can never succeed unchanged
 )
+# When every row of a shard fails with one of these, the shard's job fails instead of writing a
+# shard of failures: the cause is a setting, named here ({stage} filled in).
+SETTING_REASONS = {
+    "length": "raise stages.{stage}.max_tokens (every reply was cut off)",
+    "bad_request": "the endpoint refuses every request (HTTP 400/413/422, e.g. prompts over its context "
+    "length): check stages.{stage}.endpoint and the model's context limit, or send fewer pages per request",
+    "reasoning_only": "raise stages.{stage}.max_tokens (thinking never ended within it)",
+    "schema_invalid": "check stages.{stage}.endpoint.model: its replies never fit the schema",
+    "invalid_json": "check stages.{stage}.endpoint.model: its replies are never JSON",
+}
+
 # Infrastructure trouble that outlived the retries but stayed under the circuit breaker.
 INFRA_REASONS = ("server_error", "timeout", "connection_error", "malformed_response")
 
@@ -38,3 +49,7 @@ class EndpointError(Exception):
     def __init__(self, message: str, summary: dict | None = None):
         super().__init__(message)
         self.summary = summary or {}
+
+
+class AllRowsFailed(Exception):
+    """Every row of a shard failed for the same reason, which a setting causes: fail the job."""

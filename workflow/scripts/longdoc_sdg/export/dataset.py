@@ -35,6 +35,7 @@ DROP_ORDER = (
     "judge_missing",
     "judge_score",
     "format",
+    "verify",
     "quality_score",
     "relevance",
     "correctness",
@@ -70,7 +71,17 @@ def _empty_stage_table(stage: str) -> pa.Table:
     return output_schema(arrow_schema(get_stage(stage).output_model)).empty_table()
 
 
-def filter_conditions(filters, columns: set[str], judged: bool) -> list[tuple[str, str]]:
+def verify_threshold_sql(filters) -> str | None:
+    """SQL: the minimum verify_score of a row's benchmark format (null: that format is not filtered)."""
+    if not filters.min_verify_score:
+        return None
+    whens = " ".join(
+        f"WHEN {sql_str(fmt)} THEN {float(value)!r}" for fmt, value in sorted(filters.min_verify_score.items())
+    )
+    return f"CASE verify_format {whens} END"
+
+
+def filter_conditions(filters, columns: set[str], judged: bool, verified: bool = False) -> list[tuple[str, str]]:
     """(drop reason, SQL condition that drops the row) for the filters that apply to a stage."""
     conds = [("failed", "status IS DISTINCT FROM 'ok'")]
     if judged and filters.require_judge:
@@ -79,6 +90,10 @@ def filter_conditions(filters, columns: set[str], judged: bool) -> list[tuple[st
         conds.append(("judge_score", f"weighted_quality_score < {float(filters.min_judge_score)!r}"))
     if filters.require_format_ok and "format_ok" in columns:
         conds.append(("format", "format_ok IS NOT TRUE"))
+    threshold = verify_threshold_sql(filters) if verified else None
+    if threshold:
+        # Rows without a verify verdict (not verified, or the verify row failed) are kept.
+        conds.append(("verify", f"verify_status = 'ok' AND verify_score < {threshold}"))
     if filters.min_quality_score is not None and "quality_score" in columns:
         conds.append(("quality_score", f"coalesce(quality_score, -1) < {int(filters.min_quality_score)}"))
     if filters.require_relevant and "question_relevance" in columns:
@@ -102,13 +117,16 @@ def build_dataset(
     """Write the final dataset of `stage` and its summary; returns the summary.
 
     inputs: `qa` (the stage's shards), `documents` (seed documents.parquet of every shard),
-    optionally `judge` (the judge's shards for this stage) and `upstream` (ocr / classify shards).
+    optionally `judge` (the judge's shards for this stage), `verify` (the verify stage's shards for
+    this stage) and `upstream` (ocr / classify shards).
     params: the export `filters`, `dedup` and `split` sections.
     """
     filters, dedup, split = _settings(params)
     qa_files, judge_files = list(inputs.get("qa") or []), list(inputs.get("judge") or [])
     doc_files, up_files = list(inputs.get("documents") or []), list(inputs.get("upstream") or [])
     judged = bool(judge_files)
+    verify_files = list(inputs.get("verify") or [])
+    verified = bool(verify_files)
     spill = Path(output).resolve().parent
 
     with duckdb_connection(mem_mb, spill, threads) as con:
@@ -136,6 +154,15 @@ def build_dataset(
                 + ", ".join(f"j.{c}" for c in JUDGE_SCORE_COLUMNS)
                 + ", j.qa_quality_judge"
             )
+        verify_cols = verify_join = ""
+        if verified:
+            con.execute(
+                "CREATE VIEW verify AS SELECT qa_row_id, status AS verify_status, model AS verify_model, "
+                "benchmark_format AS verify_format, verify_answer, verify_score "
+                f"FROM {read_parquet(verify_files)}"
+            )
+            verify_cols = ", v.verify_status, v.verify_model, v.verify_format, v.verify_answer, v.verify_score"
+            verify_join = " LEFT JOIN verify v ON v.qa_row_id = q.row_id"
         if doc_files:
             con.execute(
                 "CREATE VIEW docs AS SELECT doc_id, url, date, total_pages::INTEGER AS total_pages, "
@@ -169,13 +196,13 @@ def build_dataset(
         question_norm = normalised_question_sql("q.question") if "question" in colset else "q.row_id"
         con.execute(
             f"""CREATE TEMP TABLE joined AS
-            SELECT q.*, d.url, d.date, d.total_pages, coalesce(d.source_id, q.doc_id) AS source_id{judge_cols}{up_cols},
+            SELECT q.*, d.url, d.date, d.total_pages, coalesce(d.source_id, q.doc_id) AS source_id{judge_cols}{verify_cols}{up_cols},
                    {answer_format} AS answer_format, {evidence} AS num_evidence_pages,
                    {question_norm} AS _qnorm
-            FROM qa q LEFT JOIN docs d ON d.doc_id = q.doc_id{" LEFT JOIN judge j ON j.qa_row_id = q.row_id" if judged else ""}{up_join}"""
+            FROM qa q LEFT JOIN docs d ON d.doc_id = q.doc_id{" LEFT JOIN judge j ON j.qa_row_id = q.row_id" if judged else ""}{verify_join}{up_join}"""
         )
 
-        conds = filter_conditions(filters, colset, judged)
+        conds = filter_conditions(filters, colset, judged, verified)
         case = "CASE " + " ".join(f"WHEN {cond} THEN {sql_str(name)}" for name, cond in conds) + " END"
         if dedup.keep == "best":
             order = []
@@ -215,7 +242,8 @@ def build_dataset(
         keep_cols = [
             c
             for c in columns_of(con, "decided")
-            if c not in INTERNAL_COLUMNS and c not in ("_qnorm", "drop_reason", "judge_status")
+            if c not in INTERNAL_COLUMNS
+            and c not in ("_qnorm", "drop_reason", "judge_status", "verify_status", "verify_format")
         ]
         select = ", ".join(f"k.{c}" for c in keep_cols if c != "shard")
         con.execute(
@@ -235,6 +263,8 @@ def build_dataset(
         models = {stage: _distinct(con, "SELECT DISTINCT model FROM qa WHERE status = 'ok'")}
         if judged:
             models["judge"] = _distinct(con, "SELECT DISTINCT judge_model FROM judge WHERE judge_status = 'ok'")
+        if verified:
+            models["verify"] = _distinct(con, "SELECT DISTINCT verify_model FROM verify WHERE verify_status = 'ok'")
         if stage in UPSTREAM and up_files:
             up_stage = UPSTREAM[stage][0]
             models[up_stage] = _distinct(
@@ -245,6 +275,7 @@ def build_dataset(
     summary = {
         "stage": stage,
         "judged": judged,
+        "verified": verified,
         "rows": int(total),
         "ok": int(ok),
         "dropped": {reason: int(drops.get(reason, 0)) for reason in DROP_ORDER},

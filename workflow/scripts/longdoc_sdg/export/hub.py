@@ -277,6 +277,13 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
             f"- judge weighted quality score ≥ {f['min_judge_score']} (stages the judge ran on; "
             f"rows without a verdict {'dropped' if f['require_judge'] else 'kept'})",
             f"- answer format check passed: {'required' if f['require_format_ok'] else 'not required'}",
+            "- independent re-answer agrees (verify_score, by answer format): "
+            + (
+                ", ".join(f"{k} ≥ {v:g}" for k, v in sorted(f["min_verify_score"].items()))
+                if f.get("min_verify_score")
+                else "not required"
+            )
+            + " (stages verify ran on; rows without a verdict kept)",
             f"- self-checked quality score ≥ {f['min_quality_score']} (anchored QA)",
             f"- relevance 'Relevant': {'required' if f['require_relevant'] else 'not required'}; "
             f"correctness 'Correct': {'required' if f['require_correct'] else 'not required'} (text and visual QA)",

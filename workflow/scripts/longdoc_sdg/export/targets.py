@@ -107,6 +107,7 @@ def report_settings(config: dict) -> dict:
     return {
         "judge_score_bins": config["report"]["settings"]["judge_score_bins"],
         "min_judge_score": config["export"]["settings"]["filters"]["min_judge_score"],
+        "min_verify_score": config["export"]["settings"]["filters"]["min_verify_score"],
         "code_version": __version__,
     }
 

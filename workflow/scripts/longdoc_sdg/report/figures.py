@@ -553,6 +553,28 @@ def summary_html(stats: dict) -> str:
             "<h3>Rows removed by the export filters</h3>",
             _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops]),
         ]
+    agreement = sorted(
+        stats["tables"].get("verify_agreement") or [], key=lambda r: (_stage_key(r["stage"]), r["question_type"])
+    )
+    if agreement:
+        parts += [
+            "<h3>Verify: independent answers that agree with the generated one</h3>",
+            _table(
+                ["stage", "question type", "format", "verified", "agreeing", "agreement", "mean score"],
+                [
+                    [
+                        r["stage"],
+                        r["question_type"],
+                        r["benchmark_format"],
+                        r["verified_rows"],
+                        r["agreeing_rows"],
+                        f"{r['agreeing_rows'] / r['verified_rows']:.0%}" if r["verified_rows"] else "",
+                        f"{r['mean_verify_score']:.2f}",
+                    ]
+                    for r in agreement
+                ],
+            ),
+        ]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -44,10 +44,19 @@ STATS_TABLES = (
     "page_classes",
     "page_sources",
     "text_layers",
+    "verify_agreement",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding", "format_compliance")
 
 SCHEMAS = {
+    "verify_agreement": [
+        ("stage", pa.string()),
+        ("question_type", pa.string()),
+        ("benchmark_format", pa.string()),
+        ("verified_rows", pa.int64()),
+        ("agreeing_rows", pa.int64()),
+        ("mean_verify_score", pa.float64()),
+    ],
     "stage_yield": [
         ("stage", pa.string()),
         ("unit", pa.string()),
@@ -159,6 +168,7 @@ def compute_stats(
     t = _Tables()
     totals: dict = {}
     judge_files = _group_judge(list(inputs.get("judge") or []))
+    verify_files = _group_judge(list(inputs.get("verify") or []))
     datasets = _by_stage(list(inputs.get("export_datasets") or []))
     summaries = {
         s: json.loads(Path(p).read_text()) for s, p in _by_stage(list(inputs.get("export_summaries") or [])).items()
@@ -353,6 +363,29 @@ def compute_stats(
                         con,
                         f"""SELECT criterion, score::BIGINT AS score,
                 count(*) AS rows FROM ({union}) GROUP BY 1, 2 ORDER BY 1, 2""",
+                    )
+                ],
+            )
+
+        # Verify: how often the independent answer agrees with the generated one, per question
+        # type; agreeing = at least the export's min_verify_score of the format (1.0 where unset).
+        thresholds = params.get("min_verify_score") or {}
+        threshold = (
+            "CASE benchmark_format "
+            + " ".join(f"WHEN {sql_str(fmt)} THEN {float(v)!r}" for fmt, v in sorted(thresholds.items()))
+            + " ELSE 1.0 END"
+        )
+        for qa, files in verify_files.items():
+            t.add(
+                "verify_agreement",
+                [
+                    dict(r, stage=qa)
+                    for r in _dicts(
+                        con,
+                        f"""SELECT question_type, benchmark_format, count(*) AS verified_rows,
+                        count(*) FILTER (WHERE verify_score >= {threshold}) AS agreeing_rows,
+                        avg(verify_score) AS mean_verify_score
+                        FROM {read_parquet(files)} WHERE status = 'ok' GROUP BY 1, 2 ORDER BY 1, 2""",
                     )
                 ],
             )

@@ -88,9 +88,11 @@ class WorkerParams(_Strict):
     )
     memory_mb: int = Field(
         4096,
-        ge=256,
+        ge=768,
         description="Address-space limit of a worker process (RLIMIT_AS), MB. Exceeding it makes the document a "
-        "`too_large` (or `crashed`) failure.",
+        "`too_large` (or `crashed`) failure. At least 768: measured, a worker's address space is 469 MB once "
+        "started (it cannot start under 448 MB) and peaks at 843 MB rendering the sample PDFs at 144 DPI without "
+        "a limit (RSS 160 MB); 768 leaves room for one page at the default pixel budget.",
     )
     chunk_pages: int = Field(
         32, ge=1, description="Pages rendered per worker task; long documents are split so all cores share them."

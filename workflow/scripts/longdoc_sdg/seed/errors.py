@@ -5,6 +5,7 @@ from __future__ import annotations
 # Reason classes written to failures.parquet.
 REASONS = (
     "missing",  # local file gone
+    "refused_entry",  # a local entry not read: symlink loop, broken link, link leaving the folder, FIFO
     "bad_url",  # not an http(s) URL, or no URL at all
     "blocked_address",  # the URL or a redirect leads to a loopback/private/... address not allowed
     "http_error",  # 4xx, or 5xx / connection errors after all retries

@@ -22,9 +22,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..io import get_logger
+from ..manifest import local_entry_problem
 from .config import DownloadParams, SeedParams, load_params
 from .errors import SeedFailure
 
@@ -546,11 +547,28 @@ def _extra(row: dict) -> dict:
     return {}
 
 
+def _check_local_entry(path: Path, extra: dict) -> None:
+    """Refuse what the listing refused, and check again now (the folder may have changed)."""
+    if extra.get("refused"):
+        raise SeedFailure("refused_entry", str(extra["refused"]))
+    relative = extra.get("relative_path")
+    if not isinstance(relative, str) or not relative:
+        return
+    depth = len(PurePosixPath(relative).parts)
+    if depth < 1 or depth > len(path.parents):
+        return
+    problem = local_entry_problem(path, path.parents[depth - 1], extra.get("symlinks", "inside"))
+    if problem:
+        raise SeedFailure("refused_entry", f"{relative} in source.settings.local.path: {problem}")
+
+
 def materialise(row: dict, params: SeedParams, workdir: str | os.PathLike) -> tuple[Path, bool]:
     """A local path holding the row's PDF, and whether it is a temporary copy (to delete)."""
     kind = row.get("source_kind")
     if kind == "local":
         path = Path(row["source"])
+        extra = _extra(row)
+        _check_local_entry(path, extra)
         if not path.is_file():
             raise SeedFailure("missing", f"{path} does not exist or is not a regular file")
         with open(path, "rb") as handle:

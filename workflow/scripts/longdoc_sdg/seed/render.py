@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -67,9 +68,15 @@ def _mupdf_warnings() -> str:
     return "; ".join(lines[:4])
 
 
+# MuPDF reports a failed allocation as a generic error ("malloc (N bytes) failed", "calloc
+# (N x M bytes) failed", "out of memory", ...): under the worker's memory limit that is the
+# document being too large, not broken.
+_MEMORY_TEXT = re.compile(r"\b(?:m|c|re)alloc\b|out of memory|cannot allocate|memory limit|too large", re.IGNORECASE)
+MEMORY_ADVICE = "raise seed.run.worker.memory_mb or lower seed.settings.max_pixels_per_page"
+
+
 def _is_memory_error(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or "malloc" in text or "out of memory" in text
+    return isinstance(error, MemoryError) or bool(_MEMORY_TEXT.search(str(error)))
 
 
 def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
@@ -81,13 +88,15 @@ def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
         doc = pymupdf.open(path, filetype="pdf")
     except Exception as error:  # MuPDF reports parse errors as several exception types
         if _is_memory_error(error):
-            raise SeedFailure("too_large", f"memory limit reached while opening: {error}") from None
+            raise SeedFailure("too_large", f"memory limit reached while opening: {error}: {MEMORY_ADVICE}") from None
         raise SeedFailure("corrupt", f"cannot open PDF: {error}") from None
     if doc.needs_pass:
         raise SeedFailure("encrypted", "the PDF needs a password")
     try:
         page_count = doc.page_count
     except Exception as error:
+        if _is_memory_error(error):
+            raise SeedFailure("too_large", f"memory limit reached counting pages: {error}: {MEMORY_ADVICE}") from None
         raise SeedFailure("corrupt", f"broken page tree: {error}") from None
     if doc.is_repaired:
         # MuPDF repairs a truncated file into a plausible-looking document with blank pages;
@@ -102,7 +111,9 @@ def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
     if page_count == 0:
         raise SeedFailure("empty", "the PDF has no pages")
     if page_count > max_pages:
-        raise SeedFailure("too_large", f"{page_count} pages exceed the cap of {max_pages}")
+        raise SeedFailure(
+            "too_large", f"{page_count} pages exceed the cap of {max_pages}: raise seed.max_document_pages"
+        )
     return doc
 
 
@@ -219,7 +230,10 @@ def render_page(page: pymupdf.Page, options: RenderOptions) -> RenderedPage:
     dpi = effective_dpi(bounds.width, bounds.height, options.dpi, options.max_pixels_per_page)
     if dpi < 1.0:
         size = f"{bounds.width:.0f}x{bounds.height:.0f} pt"
-        raise SeedFailure("too_large", f"page {page.number + 1} ({size}) does not fit the pixel budget even at 1 DPI")
+        raise SeedFailure(
+            "too_large",
+            f"page {page.number + 1} ({size}) does not fit the pixel budget even at 1 DPI: raise seed.settings.max_pixels_per_page",
+        )
     keep_alive, rgb, verdict = rasterise(display_list, dpi / 72.0)
     pixels = rgb
     is_gray = False
@@ -257,5 +271,7 @@ def render_pages(doc: pymupdf.Document, start: int, stop: int, options: RenderOp
             raise
         except Exception as error:
             if _is_memory_error(error):
-                raise SeedFailure("too_large", f"memory limit reached on page {number + 1}: {error}") from None
+                raise SeedFailure(
+                    "too_large", f"memory limit reached on page {number + 1}: {error}: {MEMORY_ADVICE}"
+                ) from None
             raise SeedFailure("corrupt", f"page {number + 1}: {type(error).__name__}: {error}") from None

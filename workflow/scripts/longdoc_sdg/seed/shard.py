@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import atomic_path, get_logger, progress, write_parquet_atomic
+from ..io import atomic_path, get_logger, progress, remove_stale_temps, write_parquet_atomic
 from .config import SeedParams, load_params
 from .errors import SeedFailure
 from .fetch import materialise
@@ -233,6 +233,8 @@ def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, th
     pages_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in pages_path.parent.glob(".seed-work-*"):  # left by a killed run of this shard
         shutil.rmtree(stale, ignore_errors=True)
+    for output in outputs.values():
+        remove_stale_temps(output)
     workdir = Path(tempfile.mkdtemp(prefix=".seed-work-", dir=pages_path.parent))
     started = time.monotonic()
     log.info("seeding %d documents from %s with %d worker(s)", len(rows), manifest_path, max(1, threads))

@@ -19,6 +19,7 @@ from ..io import get_logger
 from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .classify import ClassifyStage
+from .evaluate import EvaluateStage
 from .judge import JudgeStage
 from .ocr import PDF_TEXT_MODEL, OcrStage
 from .text_qa import TextQaStage
@@ -39,6 +40,7 @@ STAGES: dict[str, Stage] = {
         WholeDocumentQaStage(),
         JudgeStage(),
         VerifyStage(),
+        EvaluateStage(),
     )
 }
 
@@ -192,9 +194,28 @@ def run_stage(
 
     try:
         asyncio.run(main())
+        check_not_all_failed(stage, writer.outcomes())
         return writer.finalize(plan.expected_ids)
     finally:
         writer.close()
+
+
+# Fewer rows than this all failing alike can be chance (one long page, one odd reply).
+ALL_FAILED_MIN_ROWS = 4
+
+
+def check_not_all_failed(stage: str, outcomes) -> None:
+    """Fail the job (the journal keeps its rows) when every row failed with one reason a
+    setting causes, naming the setting, rather than end with a shard of failures and rc 0."""
+    from ..engine.errors import SETTING_REASONS, AllRowsFailed
+
+    total = sum(outcomes.values())
+    if total < ALL_FAILED_MIN_ROWS or len(outcomes) != 1:
+        return
+    (reason,) = outcomes
+    if reason in SETTING_REASONS:
+        advice = SETTING_REASONS[reason].format(stage=stage)
+        raise AllRowsFailed(f"{stage}: all {total} rows of the shard failed with {reason}: {advice}")
 
 
 def stage_config_hash(stage: str, params: dict | None, model: str | None = None) -> str:
@@ -203,4 +224,13 @@ def stage_config_hash(stage: str, params: dict | None, model: str | None = None)
     return config_hash(spec, spec.config_model.model_validate(params or {}), model)
 
 
-__all__ = ["STAGES", "EndpointSettings", "get_stage", "make_engine", "run_stage", "stage_config", "stage_config_hash"]
+__all__ = [
+    "STAGES",
+    "EndpointSettings",
+    "check_not_all_failed",
+    "get_stage",
+    "make_engine",
+    "run_stage",
+    "stage_config",
+    "stage_config_hash",
+]

@@ -89,6 +89,8 @@ class FakeServerConfig:
     hang_s: float = 30.0
     max_model_len: int = 8192
     healthy: bool = True
+    # a misbehaving endpoint or proxy quoting the request's Authorization header in error bodies
+    echo_key_in_errors: bool = False
 
     def __post_init__(self) -> None:
         for kind in list(self.faults) + [s for s in self.schedule if s != "ok"]:
@@ -427,6 +429,9 @@ class FakeOpenAIServer:
         if not self._authorized(request):
             return self._unauthorized()
         body = await request.read()
+        echo = ""
+        if self.config.echo_key_in_errors:
+            echo = f" (request had Authorization: {request.headers.get('Authorization')})"
         index = self.requests
         self.requests += 1
         key = hashlib.blake2b(body, digest_size=10).hexdigest()
@@ -438,11 +443,11 @@ class FakeOpenAIServer:
                 raise ValueError("messages must be a list")
         except ValueError as exc:
             return self._count(
-                "400", _json_response(_error_body(400, f"malformed request: {exc}", "BadRequestError"), 400)
+                "400", _json_response(_error_body(400, f"malformed request: {exc}{echo}", "BadRequestError"), 400)
             )
         model = req.get("model")
         if model not in self.config.models:
-            message = f"The model `{model}` does not exist."
+            message = f"The model `{model}` does not exist.{echo}"
             return self._count("404", _json_response(_error_body(404, message, "NotFoundError", "model"), 404))
 
         fault = self._choose_fault(index, key, attempt, body)
@@ -468,10 +473,11 @@ class FakeOpenAIServer:
         if fault in ("500", "502", "503"):
             status = int(fault)
             return self._count(
-                fault, _json_response(_error_body(status, "injected server error", "InternalServerError"), status)
+                fault,
+                _json_response(_error_body(status, "injected server error" + echo, "InternalServerError"), status),
             )
         if fault == "400":
-            message = "This model's maximum context length is 8192 tokens. (injected)"
+            message = "This model's maximum context length is 8192 tokens. (injected)" + echo
             return self._count(fault, _json_response(_error_body(400, message, "BadRequestError", "messages"), 400))
 
         assert self._sem is not None
@@ -638,6 +644,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=SHARE")
     parser.add_argument("--schedule", default="", help="comma-separated fault kinds by request index")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--echo-key-in-errors", action="store_true", help="quote the request's Authorization header in error bodies"
+    )
     parser.add_argument("--hang", type=float, default=30.0, help="stall of a timeout fault, seconds")
     # Start-up behaviour, for tests of the serve rule.
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before listening")
@@ -687,6 +696,7 @@ def main(argv: list[str] | None = None) -> None:
         schedule=[s for s in args.schedule.split(",") if s],
         seed=args.seed,
         hang_s=args.hang,
+        echo_key_in_errors=args.echo_key_in_errors,
     )
     server = FakeOpenAIServer(config)
     if args.stats_file:

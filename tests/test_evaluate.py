@@ -1,0 +1,145 @@
+"""`evaluate` against a scripted double of the OpenAI server: the benchmark fixture
+(tests/data/evaluate/samples.json, 3 sample PDFs, 10 questions) plus a sample whose PDF is
+absent; scores worked out by hand; results.json re-scores identically with `longdoc-sdg score`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import REPO, SAMPLE_PDF_DIR
+from longdoc_sdg.cli import main as cli_main
+from longdoc_sdg.evaluate import run_evaluation
+from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
+
+SAMPLES = REPO / "tests" / "data" / "evaluate" / "samples.json"
+# The model's (extracted) answer per question, in fixture order; hand scores official / fixed.
+PREDS = [
+    "Torsten Hothorn",  # 1 / 1
+    "3",  # 1 / 1
+    "0.828",  # within 1%: 1 / 1
+    "80",  # not 8.06, /100 or x100: 0 / 0
+    "vcd package",  # ANLS 1 - 8/11 <= 0.5: 0 / 0
+    "Vienna",  # wien -> vienna: 3 edits of 6, 0.5 is not above the cut-off: 0 / 0
+    "Not answerable",  # 1 / 1
+    "The zoo Development Team",  # 4 insertions of 24: 5/6 / 5/6
+    "[irregular time series, ordered observations]",  # official: eval fails (error); fixed: split, 1
+    "answerable",  # official ANLS 10/14; fixed 0
+]
+
+
+class ScriptedModel(FakeOpenAIServer):
+    """TEST DOUBLE: a free reply per question, then the extractor's two lines."""
+
+    def __init__(self, questions: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.questions = questions
+        self.images_per_question: dict[str, int] = {}
+        self.prompts: list[str] = []
+
+    def _completion(self, req, key, fault):
+        payload = super()._completion(req, key, fault)
+        content = req["messages"][-1]["content"]
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        text = "\n".join(p.get("text", "") for p in parts if p.get("type") == "text")
+        self.prompts.append(text)
+        for question, pred in zip(self.questions, PREDS):
+            if question in text:
+                if "Extracted answer:" in text:
+                    reply = f"Extracted answer: {pred}\nAnswer format: String"
+                else:
+                    self.images_per_question[question] = sum(p.get("type") == "image_url" for p in parts)
+                    reply = f"Looking at the pages, I would say {pred}."
+                payload["choices"][0]["message"]["content"] = reply
+        return payload
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    samples = json.loads(SAMPLES.read_text())
+    missing = dict(samples[0], doc_id="absent.pdf", question="What does the absent document say?")
+    path = tmp / "samples.json"
+    path.write_text(json.dumps(samples + [missing]))
+    server = ScriptedModel([s["question"] for s in samples])
+    server.start()
+    try:
+        endpoint = {"base_url": server.base_url, "model": "fake-model", "request_timeout_s": 20}
+        scores = run_evaluation(
+            str(path), str(SAMPLE_PDF_DIR), str(tmp / "out"), endpoint, {"max_images": 2}, {"dpi": 30}
+        )
+    finally:
+        server.stop()
+    return tmp / "out", scores, server, samples
+
+
+def test_scores_by_hand(evaluated):
+    _, scores, _, _ = evaluated
+    assert (scores["samples"], scores["answered"], scores["failed"]) == (11, 10, 1)
+    official, fixed = scores["official"], scores["fixed"]
+    assert official["errors"] == 1 and official["overall"]["n"] == 9
+    assert official["overall"]["accuracy"] == pytest.approx((4 + 5 / 6 + 5 / 7) / 9)
+    assert official["unanswerable"] == pytest.approx({"accuracy": (1 + 5 / 7) / 2, "n": 2})
+    assert fixed["errors"] == 0 and fixed["overall"]["n"] == 10
+    assert fixed["overall"]["accuracy"] == pytest.approx((5 + 5 / 6) / 10)
+    assert fixed["unanswerable"] == pytest.approx({"accuracy": 1 / 2, "n": 2})
+
+
+def test_results_file_is_the_benchmark_layout_and_rescores_identically(evaluated, capsys):
+    out, scores, _, samples = evaluated
+    results = json.loads((out / "results.json").read_text())
+    assert [r["question"] for r in results] == [s["question"] for s in samples]
+    for result, sample, pred in zip(results, samples, PREDS):
+        assert {k: result[k] for k in sample} == sample
+        assert result["pred"] == pred and result["response"].endswith(f"{pred}.")
+        assert result["extracted_res"].startswith("Extracted answer:")
+    assert results[8]["score"] is None and "eval" in results[8]["score_error"]
+    assert cli_main(["score", str(out / "results.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == scores["official"]
+    assert cli_main(["score", str(out / "results.json"), "--mode", "fixed"]) == 0
+    assert json.loads(capsys.readouterr().out) == scores["fixed"]
+
+
+def test_missing_pdf_is_a_failure_row_and_pages_are_capped(evaluated):
+    out, _, server, samples = evaluated
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert failures == [
+        {
+            "sample_index": 10,
+            "doc_id": "absent.pdf",
+            "question": "What does the absent document say?",
+            "reason": "missing_document",
+            "message": "no seeded PDF named 'absent.pdf' in evaluate.documents",
+        }
+    ]
+    assert not any("absent document" in p for p in server.prompts)  # never asked
+    assert set(server.images_per_question.values()) == {2}  # every document is longer than max_images
+    first = next(p for p in server.prompts if samples[0]["question"] in p and "Extracted answer" not in p)
+    assert re.search(r"The document has 6 pages; the first 2 are shown", first)
+    page = (out / "report.html").read_text()
+    assert "official scoring" in page and "fixed scoring" in page and "1 failed" in page
+
+
+def test_bad_samples_name_the_row_and_field(tmp_path, capsys):
+    bad = json.loads(SAMPLES.read_text())[:2]
+    del bad[1]["answer_format"]
+    (tmp_path / "s.json").write_text(json.dumps(bad))
+    code = cli_main(
+        [
+            "evaluate",
+            "--samples",
+            str(tmp_path / "s.json"),
+            "--documents",
+            str(SAMPLE_PDF_DIR),
+            "--out",
+            str(tmp_path / "o"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+        ]
+    )
+    assert code == 2
+    assert "row 2 (doc_id 'MVT_Rnews.pdf'): missing field answer_format" in capsys.readouterr().err
