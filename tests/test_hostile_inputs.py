@@ -427,7 +427,7 @@ def test_symlink_settings(hostile_folder):
 def test_results_folder_checks(tmp_path):
     from longdoc_sdg.config import check_paths
 
-    source = {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}
+    source = {"settings": {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}}
     for bad, words in (("", "results_dir: empty"), ("/", "filesystem root"), (" ", "results_dir: empty")):
         with pytest.raises(ValueError, match=words):
             check_paths({"results_dir": bad, "source": source})
