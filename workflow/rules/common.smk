@@ -35,6 +35,13 @@ def manifest_shards():
     return manifest_store.read_index(MANIFEST_DIR)["shards"]
 
 
+def get_manifest_shard(wildcards):
+    """A seed job's manifest file, once the manifest job listed it (so a seed file can be a
+    target on a fresh directory)."""
+    checkpoints.manifest.get()
+    return f"{MANIFEST_DIR}/{wildcards.shard}.parquet"
+
+
 def get_source_listing():
     """What the source lists now (read only): a new document reruns the manifest job. Only the
     main process decides what runs; cluster jobs skip the listing."""

@@ -21,7 +21,7 @@ checkpoint manifest:
 
 rule seed:
     input:
-        manifest=f"{MANIFEST_DIR}/{{shard}}.parquet",
+        manifest=get_manifest_shard,
     output:
         pages=seed_table("pages"),
         documents=seed_table("documents"),
