@@ -156,6 +156,44 @@ def test_a_new_document_reruns_the_manifest_job_only(seeded, real_pdfs):
     assert planned_jobs(result.stdout) == {"all": 1, "manifest": 1}
 
 
+def test_a_dead_server_is_forgotten_by_a_run_not_by_a_dry_run(seeded, tmp_path):
+    """A server an earlier, SIGKILLed run left published: only a run that executes jobs
+    unpublishes it (so it serves again); a dry run leaves every file as it was."""
+    import json
+    import shutil
+
+    workdir = tmp_path / "wf"
+    shutil.copytree(seeded, workdir, symlinks=True)
+    serve = workdir / "results" / "serve"
+    (serve / "servers").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    runtime = serve / "ghost.runtime.json"
+    runtime.write_text(json.dumps({"instance": "i1", "base_url": "http://127.0.0.1:9/v1"}))
+    record = serve / "servers" / "ghost.json"
+    record.write_text(
+        json.dumps(
+            {
+                "launcher": "local",
+                "deployment": "ghost",
+                "pid": gone.pid,
+                "pgid": gone.pid,
+                "start_time": 1,  # never the pid's start time: the wrapper is gone
+                "instance": "i1",
+                "stop_grace_s": 0,
+                "runtime_path": str(runtime),
+                "heartbeat_path": str(serve / "ghost.heartbeat"),
+                "bound_path": str(serve / "ghost.bound.json"),
+            }
+        )
+    )
+    result = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert record.exists() and runtime.exists()
+    run_snakemake(workdir)
+    assert not record.exists() and not runtime.exists()
+
+
 def test_forcing_one_shard_reruns_only_that_shard(seeded):
     target = "results/seed/00001/pages.parquet"
     result = run_snakemake(seeded, "-n", "--force", target)
