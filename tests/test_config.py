@@ -46,7 +46,8 @@ def test_every_section_splits_into_settings_and_run():
     config = {}
     check_config(config, SCHEMA_PATH)
     chooser_keys = {"enabled", "model", "stages", "layouts"}
-    sections = {name: config[name] for name in ("source", "sharding", "seed", "serving", "export", "publish", "report")}
+    names = ("source", "sharding", "seed", "decontamination", "serving", "export", "publish", "report")
+    sections = {name: config[name] for name in names}
     sections.update({f"stages.{name}": section for name, section in config["stages"].items()})
     for name, section in sections.items():
         assert set(section) - chooser_keys <= {"settings", "run"}, name

@@ -334,8 +334,9 @@ def hostile_folder(tmp_path):
 
     root = tmp_path / "source"
     (root / "sub").mkdir(parents=True)
-    (root / "good.pdf").write_bytes(PDF)
-    (root / "sub" / "real.pdf").write_bytes(PDF)
+    samples = sorted(SAMPLE.parent.glob("*.pdf"))
+    (root / "good.pdf").write_bytes(samples[0].read_bytes())
+    (root / "sub" / "real.pdf").write_bytes(samples[1].read_bytes())
     (root / "inside-link.pdf").symlink_to(root / "sub" / "real.pdf")
     (root / "a.pdf").symlink_to(root / "b.pdf")
     (root / "b.pdf").symlink_to(root / "a.pdf")
@@ -391,7 +392,12 @@ def test_a_hostile_source_folder_ends_as_one_row_per_entry_without_reading_outsi
     documents = pq.read_table(outputs["documents"]).to_pylist()
     failures = pq.read_table(outputs["failures"]).to_pylist()
     relative = {r["doc_id"]: json.loads(r["extra"])["relative_path"] for r in rows}
-    assert sorted(relative[d["doc_id"]] for d in documents) == ["good.pdf", "inside-link.pdf", "sub/real.pdf"]
+    seeded = sorted(relative[d["doc_id"]] for d in documents)
+    # the inside link is read: it and its target are one document, the other its duplicate
+    assert seeded in (["good.pdf", "inside-link.pdf"], ["good.pdf", "sub/real.pdf"])
+    duplicates = [f for f in failures if f["reason"] == "duplicate"]
+    assert [relative[f["doc_id"]] for f in duplicates] == list({"inside-link.pdf", "sub/real.pdf"} - set(seeded))
+    failures = [f for f in failures if f["reason"] != "duplicate"]
     assert sorted(relative[f["doc_id"]] for f in failures) == sorted(REFUSED)
     for failure in failures:
         name = relative[failure["doc_id"]]
@@ -501,3 +507,90 @@ def test_a_shard_failing_alike_for_a_setting_fails_the_job():
     check_not_all_failed("text_qa", collections.Counter({"length": 5, None: 1}))  # some rows worked
     check_not_all_failed("text_qa", collections.Counter({"length": 2}))  # too few to tell
     check_not_all_failed("text_qa", collections.Counter({"server_error": 9}))  # not a setting
+
+
+def test_an_endpoint_refusing_every_request_fails_the_stage_job(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.engine.errors import AllRowsFailed
+    from longdoc_sdg.seed import run_seed_shard
+    from longdoc_sdg.stages import run_stage
+    from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
+
+    manifest = [
+        {"doc_id": "d", "source_kind": "local", "source": str(SAMPLE), "url": None, "date": None, "extra": "{}"}
+    ]
+    pq.write_table(pa.Table.from_pylist(manifest), tmp_path / "m.parquet")
+    seed = {name: str(tmp_path / "seed" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    run_seed_shard(str(tmp_path / "m.parquet"), seed, {"dpi": 36}, threads=1)
+    ocr = tmp_path / "ocr.parquet"
+    run_stage("ocr", {"pages": seed["pages"]}, str(ocr), {}, None, 1, str(tmp_path / "j" / "ocr.jsonl"))
+    with FakeOpenAIServer(faults={"400": 1.0}) as server:
+        endpoint = {"base_url": server.base_url, "model": "fake-model"}
+        journal = tmp_path / "j" / "text_qa.jsonl"
+        with pytest.raises(AllRowsFailed, match="all 4 rows of the shard failed with bad_request"):
+            run_stage(
+                "text_qa",
+                {"ocr": str(ocr)},
+                str(tmp_path / "qa.parquet"),
+                {"num_records": 4},
+                endpoint,
+                1,
+                str(journal),
+            )
+    assert not (tmp_path / "qa.parquet").exists()
+    assert len(journal.read_text().splitlines()) == 5  # header + the 4 failed rows, kept for a resume
+
+
+def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
+    import pyarrow as pa
+
+    from longdoc_sdg.rowstore import ShardWriter
+
+    (tmp_path / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial")
+    (tmp_path / ".00001.parquet.other.tmp").write_bytes(b"another shard's")
+    ShardWriter(tmp_path / "00000.parquet", tmp_path / "j.jsonl", "h", pa.schema([])).close()
+    assert not (tmp_path / ".00000.parquet.k1ll3d.tmp").exists()
+    assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
+
+
+def test_hostile_urls_in_a_shard_end_as_one_row_each(server, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longdoc_sdg.seed import run_seed_shard
+
+    server.routes["/good.pdf"] = lambda h: send(h, 200, PDF)
+    server.routes["/to-metadata"] = lambda h: send(h, 302, b"", {"Location": "http://169.254.169.254/"})
+    server.routes["/trickle.pdf"] = drip
+
+    def cut(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PDF)))
+        handler.end_headers()
+        handler.wfile.write(PDF[:1000])
+
+    server.routes["/short.pdf"] = cut
+    cases = {
+        "good": (server.url("/good.pdf"), None),
+        "metadata": (server.url("/to-metadata"), "blocked_address"),
+        "private": ("http://10.0.0.1/a.pdf", "blocked_address"),
+        "decimal": ("http://2130706433/a.pdf", "blocked_address"),
+        "trickle": (server.url("/trickle.pdf"), "timeout"),
+        "short": (server.url("/short.pdf"), "http_error"),
+        "scheme": ("file:///etc/passwd", "bad_url"),
+    }
+    rows = [{**row(url), "doc_id": doc_id} for doc_id, (url, _) in cases.items()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    outputs = {
+        name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")
+    }
+    settings = {**params(deadline_s=1.0, min_bytes_per_s=0), "dpi": 36}
+    run_seed_shard(str(tmp_path / "m.parquet"), outputs, settings, threads=1)
+    failures = pq.read_table(outputs["failures"]).to_pylist()
+    documents = pq.read_table(outputs["documents"]).to_pylist()
+    assert [d["doc_id"] for d in documents] == ["good"]
+    assert sorted((f["doc_id"], f["reason"]) for f in failures) == sorted(
+        (doc_id, reason) for doc_id, (_, reason) in cases.items() if reason
+    )

@@ -125,3 +125,11 @@ def test_a_results_folder_inside_the_source_folder_is_a_config_error(hostile_run
     output = dry.stdout + dry.stderr
     assert dry.returncode != 0 and "results_dir" in output and "inside source.settings.local.path" in output
     assert not (source / "results").exists()
+
+
+def test_the_seed_job_stays_under_its_memory_limit(hostile_run):
+    workdir, _, _ = hostile_run
+    benchmark = (workdir / "results" / "benchmarks" / "seed" / "00000.tsv").read_text().splitlines()
+    record = dict(zip(benchmark[0].split("\t"), benchmark[1].split("\t")))
+    limit_mb = 4000  # the seed rule's mem_mb
+    assert 0 < float(record["max_rss"]) < limit_mb

@@ -89,10 +89,13 @@ def test_zero_weight_types_are_never_sampled():
     assert {taxonomy.sample_weighted(weights, str(i), 0) for i in range(500)} == {"b"}
 
 
-def test_select_records_first_n_and_shuffled_n():
+def test_select_records_spread_n_and_shuffled_n():
     keys = [f"k{i}" for i in range(100)]
     assert select_records(iter(keys), None, 0, False) is None
-    assert select_records(iter(keys), 5, 0, False) == set(keys[:5])
+    spread = select_records(iter(keys), 5, 0, False)
+    assert len(spread) == 5 and spread <= set(keys) and spread != set(keys[:5])
+    assert spread == select_records(iter(keys), 5, 0, False) != select_records(iter(keys), 5, 1, False)
+    assert select_records(iter(keys), 500, 0, False) == set(keys)
     pick10 = select_records(iter(keys), 10, 3, True)
     assert len(pick10) == 10 and pick10 != set(keys[:10])
     assert pick10 == select_records(iter(reversed(keys)), 10, 3, True)  # order-independent

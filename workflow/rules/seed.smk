@@ -39,6 +39,7 @@ rule seed:
         runtime=120,
     params:
         settings=config["seed"]["settings"],
+        decontamination=config["decontamination"]["settings"],
         code_version=run_plan.__version__,
     script:
         "../scripts/seed.py"

@@ -12,4 +12,6 @@ run_seed_shard(
     # job time, so download, sandbox and compression limits never rerun a shard.
     params=seed_params(snakemake.params.settings, snakemake.config["seed"]["run"]),
     threads=snakemake.threads,
+    decontamination=snakemake.params.decontamination,
+    cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",
 )

@@ -328,6 +328,13 @@ def workflow_config_model():
         settings: SeedSettings = Field(SeedSettings(), description="What the seed makes (rule params).")
         run: SeedRun = Field(SeedRun(), description="How seed jobs run (read at job time, never a rerun trigger).")
 
+    from .seed.decontaminate import DecontaminationConfig
+
+    class DecontaminationSection(Section):
+        settings: DecontaminationConfig = Field(
+            DecontaminationConfig(), description="Benchmarks to keep out and how closely (rule params)."
+        )
+
     stages = _stages_model()
     return create_model(
         "WorkflowConfig",
@@ -344,6 +351,14 @@ def workflow_config_model():
                 f"The built-in aliases ({', '.join(DEFAULT_MODELS)}) are always defined; redefine one to point "
                 "it elsewhere. Only a model's identity (endpoint model name, deployment identity) is a rerun "
                 "trigger, never its host or key.",
+            ),
+        ),
+        decontamination=(
+            DecontaminationSection,
+            Field(
+                DecontaminationSection(),
+                description="Benchmarks kept out of the data: their documents are not seeded (failure reason "
+                "`contaminated`), questions overlapping theirs are dropped at export.",
             ),
         ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),

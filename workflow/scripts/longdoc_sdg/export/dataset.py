@@ -32,6 +32,7 @@ log = get_logger("export.dataset")
 # Filter names in the order they are checked (a row counts under the first that drops it).
 DROP_ORDER = (
     "failed",
+    "contaminated",
     "judge_missing",
     "judge_score",
     "format",
@@ -61,6 +62,31 @@ def _settings(params: dict):
         ExportDedup.model_validate(params.get("dedup") or {}),
         ExportSplit.model_validate(params.get("split") or {}),
     )
+
+
+def _contaminated_questions(con, decontamination: dict | None, columns: set[str]) -> list[dict] | None:
+    """Ok rows whose question overlaps a benchmark question, as a DuckDB table
+    `contaminated_questions(row_id, message)`; None when no benchmark lists its questions."""
+    from ..seed.decontaminate import QuestionIndex, load_config
+
+    cfg = load_config(decontamination)
+    if not cfg.enabled or "question" not in columns:
+        return None
+    index = QuestionIndex(cfg)
+    if not index:
+        return None
+    hits = []
+    for row_id, question in con.execute(
+        "SELECT row_id, question FROM joined WHERE status = 'ok' ORDER BY row_id"
+    ).fetchall():
+        message = index.match(question)
+        if message:
+            hits.append({"row_id": row_id, "message": message})
+    con.register(
+        "contaminated_questions",
+        pa.Table.from_pylist(hits, schema=pa.schema([("row_id", pa.string()), ("message", pa.string())])),
+    )
+    return hits
 
 
 def _empty_stage_table(stage: str) -> pa.Table:
@@ -203,6 +229,9 @@ def build_dataset(
         )
 
         conds = filter_conditions(filters, colset, judged, verified)
+        contaminated = _contaminated_questions(con, params.get("decontamination"), colset)
+        if contaminated is not None:
+            conds.insert(1, ("contaminated", "row_id IN (SELECT row_id FROM contaminated_questions)"))
         case = "CASE " + " ".join(f"WHEN {cond} THEN {sql_str(name)}" for name, cond in conds) + " END"
         if dedup.keep == "best":
             order = []
@@ -291,6 +320,9 @@ def build_dataset(
         ),
         "settings": {"filters": filters.model_dump(), "dedup": dedup.model_dump(), "split": split.model_dump()},
     }
+    if contaminated is not None:
+        # Which benchmark question each dropped row overlaps (the rows are not in the dataset).
+        summary["contaminated_questions"] = contaminated[:1000]
     assert summary["rows"] == summary["kept"] + sum(summary["dropped"].values()), summary
     write_json_atomic(summary_output, summary)
     log.info(

@@ -37,10 +37,20 @@ def _seed(results: str, table: str, shards: list[str]) -> list[str]:
     return [f"{results}/seed/{shard}/{table}.parquet" for shard in shards]
 
 
+def verified_stages(config: dict, statuses: dict) -> list[str]:
+    """The active QA stages the verify stage runs on (stages.verify.verify_stages)."""
+    status = statuses.get("verify")
+    if status is None or not status.active:
+        return []
+    return [s for s in config["stages"]["verify"].get("verify_stages", []) if s in statuses and statuses[s].active]
+
+
 def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str], stage: str) -> dict:
     inputs = {"qa": _shards(results, stage, shards), "documents": _seed(results, "documents", shards)}
     if stage in judged_stages(config):
         inputs["judge"] = _shards(results, f"judge/{stage}", shards)
+    if stage in verified_stages(config, statuses):
+        inputs["verify"] = _shards(results, f"verify/{stage}", shards)
     upstream = UPSTREAM.get(stage, (None,))[0]
     if upstream and statuses[upstream].active:
         inputs["upstream"] = _shards(results, upstream, shards)
@@ -54,6 +64,7 @@ def dataset_settings(config: dict) -> dict:
         "filters": export["filters"],
         "dedup": export["dedup"],
         "split": export["split"],
+        "decontamination": config["decontamination"]["settings"],
         "code_version": __version__,
     }
 
@@ -96,6 +107,7 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
         if statuses[stage].active:
             inputs[stage] = _shards(results, stage, shards)
     inputs["judge"] = [f for qa in judged_stages(config) for f in _shards(results, f"judge/{qa}", shards)]
+    inputs["verify"] = [f for qa in verified_stages(config, statuses) for f in _shards(results, f"verify/{qa}", shards)]
     stages = export_stages(config, statuses)
     inputs["export_datasets"] = [dataset_path(results, s) for s in stages]
     inputs["export_summaries"] = [summary_path(results, s) for s in stages]

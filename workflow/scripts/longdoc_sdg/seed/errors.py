@@ -17,6 +17,8 @@ REASONS = (
     "corrupt",  # unparsable, truncated, or a page that cannot be loaded/rendered
     "crashed",  # the worker process died (signal, abnormal exit)
     "warc_truncated",  # the Common Crawl record holds only a truncated copy of the PDF
+    "contaminated",  # a copy of a benchmark document (decontamination)
+    "duplicate",  # the same bytes as another document of the shard, which is seeded
 )
 
 

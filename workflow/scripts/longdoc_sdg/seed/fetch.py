@@ -547,28 +547,27 @@ def _extra(row: dict) -> dict:
     return {}
 
 
-def _check_local_entry(path: Path, extra: dict) -> None:
-    """Refuse what the listing refused, and check again now (the folder may have changed)."""
+def check_local_row(row: dict) -> Path:
+    """The path of a local row that may be read; SeedFailure("refused_entry") for what the
+    listing refused, checked again now (the folder may have changed since)."""
+    path = Path(row["source"])
+    extra = _extra(row)
     if extra.get("refused"):
         raise SeedFailure("refused_entry", str(extra["refused"]))
     relative = extra.get("relative_path")
-    if not isinstance(relative, str) or not relative:
-        return
-    depth = len(PurePosixPath(relative).parts)
-    if depth < 1 or depth > len(path.parents):
-        return
-    problem = local_entry_problem(path, path.parents[depth - 1], extra.get("symlinks", "inside"))
-    if problem:
-        raise SeedFailure("refused_entry", f"{relative} in source.settings.local.path: {problem}")
+    if isinstance(relative, str) and 1 <= len(PurePosixPath(relative).parts) <= len(path.parents):
+        root = path.parents[len(PurePosixPath(relative).parts) - 1]
+        problem = local_entry_problem(path, root, extra.get("symlinks", "inside"))
+        if problem:
+            raise SeedFailure("refused_entry", f"{relative} in source.settings.local.path: {problem}")
+    return path
 
 
 def materialise(row: dict, params: SeedParams, workdir: str | os.PathLike) -> tuple[Path, bool]:
     """A local path holding the row's PDF, and whether it is a temporary copy (to delete)."""
     kind = row.get("source_kind")
     if kind == "local":
-        path = Path(row["source"])
-        extra = _extra(row)
-        _check_local_entry(path, extra)
+        path = check_local_row(row)
         if not path.is_file():
             raise SeedFailure("missing", f"{path} does not exist or is not a regular file")
         with open(path, "rb") as handle:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ..io import atomic_path, get_logger, progress, remove_stale_temps, write_parquet_atomic
 from .config import SeedParams, load_params
+from .decontaminate import SeedScreen
 from .errors import SeedFailure
 from .fetch import materialise
 from .pool import WorkerPool
@@ -219,14 +220,38 @@ def _read_manifest(path: str) -> list[dict]:
     return rows
 
 
+def _rendered_content(doc: _Doc, workdir: Path, first_pages: int) -> tuple[str, list[bytes]]:
+    """A rendered document's text layer and the PNGs of its first pages (from the blobs)."""
+    text = "\n".join(p.get("pdf_text") or "" for start in sorted(doc.chunks) for p in doc.chunks[start]["pages"])
+    pngs = []
+    first = doc.chunks.get(0)
+    if first:
+        with open(workdir / f"{doc.index}-0.bin", "rb") as blob:
+            for page in first["pages"][:first_pages]:
+                blob.seek(page["png_offset"])
+                pngs.append(blob.read(page["png_size"]))
+    return text, pngs
+
+
 def _extra_text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, threads: int) -> dict:
-    """Seed every document of one manifest shard; returns a small summary dict."""
+def run_seed_shard(
+    manifest_path: str,
+    outputs: dict[str, str],
+    params: dict,
+    threads: int,
+    decontamination: dict | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Seed every document of one manifest shard; returns a small summary dict.
+
+    decontamination: the `decontamination` config section (benchmark documents are not seeded);
+    cache_dir: where the benchmark index's fingerprints are cached (default: next to the shard).
+    """
     params = load_params(params)
     rows = _read_manifest(manifest_path)
     pages_path = Path(outputs["pages"])
@@ -240,7 +265,8 @@ def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, th
     log.info("seeding %d documents from %s with %d worker(s)", len(rows), manifest_path, max(1, threads))
     try:
         with atomic_path(pages_path) as pages_tmp:
-            summary = _run(rows, params, max(1, threads), workdir, pages_tmp, outputs)
+            screen = SeedScreen(decontamination, cache_dir or pages_path.parent.parent / ".decontamination", rows)
+            summary = _run(rows, params, max(1, threads), workdir, pages_tmp, outputs, screen)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
@@ -257,7 +283,7 @@ def run_seed_shard(manifest_path: str, outputs: dict[str, str], params: dict, th
     return summary
 
 
-def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path, outputs) -> dict:
+def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path, outputs, screen: SeedScreen) -> dict:
     events: queue.Queue = queue.Queue()
     docs = [_Doc(i, row) for i, row in enumerate(rows)]
     tasks: collections.deque = collections.deque()  # (doc index, start page)
@@ -285,6 +311,12 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         nonlocal next_fetch, in_flight
         while next_fetch < len(docs) and in_flight < in_flight_cap:
             doc = docs[next_fetch]
+            refused = screen.before_fetch(doc.row)  # a benchmark document by name: not even fetched
+            if refused:
+                next_fetch += 1
+                in_flight += 1
+                fail(doc, *refused)
+                continue
             future = downloads.submit(materialise, doc.row, params, workdir)
             future.add_done_callback(lambda f, i=doc.index: events.put(("fetched", i, f)))
             next_fetch += 1
@@ -361,6 +393,11 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         cleanup = [workdir / f"{doc.index}-{start}.bin" for start in set(doc.chunks) | {0}]
         if doc.temporary and doc.path is not None:
             cleanup.append(doc.path)
+        if doc.failure is None and screen.needs_content:
+            refused = screen.after_render(row, *_rendered_content(doc, workdir, screen.cfg.image_pages))
+            if refused:
+                doc.failure = refused
+                log.info("document %s failed: %s: %.300s", row["doc_id"], *refused)
         if doc.failure is None:
             chunks = [(doc.chunks[s], workdir / f"{doc.index}-{s}.bin") for s in sorted(doc.chunks)]
             writer.submit(row["doc_id"], chunks, doc.page_count, cleanup)
@@ -434,6 +471,10 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
                     continue
                 except Exception as error:  # a fetcher bug must not take the shard down
                     fail(doc, "crashed", f"fetch raised {type(error).__name__}: {error}")
+                    continue
+                refused = screen.after_fetch(doc.row, doc.path)
+                if refused:
+                    fail(doc, *refused)
                     continue
                 doc.outstanding = 1
                 tasks.append((doc.index, 0))

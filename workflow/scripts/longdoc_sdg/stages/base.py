@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal, get_args, get_origin
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, get_args, get_origin
 
 import jinja2
 import jinja2.meta
@@ -29,7 +29,7 @@ from ..taxonomy import NOT_ANSWERABLE, QuestionType, normalise_weights, sample_w
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 # Bump when a stage's row logic changes in a way that makes old journal rows wrong.
-LOGIC_VERSION = "1"
+LOGIC_VERSION = "2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +119,11 @@ class StageConfig(Strict):
     # Part of the hash on purpose: it changes which rows a shard holds, and a resumed journal
     # with rows outside the new selection would fail the accounting check.
     num_records: int | None = Field(
-        None, ge=0, description="Process at most this many input records after the stage's filter (null: all)."
+        None,
+        ge=0,
+        description="Process at most this many input records after the stage's filter (null: all): a seeded "
+        "sample spread over the shard's documents and page positions (single-page and windowed QA: a seeded "
+        "shuffle, as the reference samples them).",
     )
     seed: int = Field(0, description="Seed of the stage's deterministic choices (question types, sampled records).")
 
@@ -274,21 +278,22 @@ def iter_rows(path: str, columns: list[str] | None = None, batch_size: int = 512
         yield from batch.to_pylist()
 
 
-def select_records(keys: Iterator[str], num_records: int | None, seed: int, shuffled: bool) -> set[str] | None:
-    """Which records to keep: the first N (in order) or a seeded random N (shuffled).
+def select_records(
+    keys: Iterable[str | tuple[str, str]], num_records: int | None, seed: int, shuffled: bool
+) -> set[str] | None:
+    """Which records to keep when `num_records` is set (None = all), always seeded by `seed`.
 
-    Returns None for "all". The shuffled pick ranks records by a hash of (seed, key), so growing N
-    keeps every record picked before, and only keys (not rows) are held in memory.
+    shuffled: a seeded random N, ranked by a hash of (seed, key), so growing N keeps every record
+    picked before (the reference samples 06/07 this way). Otherwise a spread sample: `keys` are
+    (document, key) pairs in page order (a bare key is its own document) and the N records are
+    shared out round-robin over the documents in a seeded order, each document's share taken one
+    from each equal slice of its pages, so the sample reaches every document (while N allows) and
+    late pages as well as openings.
     """
     if num_records is None:
         return None
     if not shuffled:
-        out: set[str] = set()
-        for key in keys:
-            if len(out) >= num_records:
-                break
-            out.add(key)
-        return out
+        return _spread_sample(keys, num_records, seed)
     import heapq
 
     heap: list[tuple[float, str]] = []  # max-heap of the N smallest ranks (negated)
@@ -299,6 +304,28 @@ def select_records(keys: Iterator[str], num_records: int | None, seed: int, shuf
         elif num_records and -heap[0][0] > rank:
             heapq.heapreplace(heap, (-rank, key))
     return {key for _, key in heap}
+
+
+def _spread_sample(keys: Iterable[str | tuple[str, str]], num_records: int, seed: int) -> set[str]:
+    groups: dict[str, list[str]] = {}
+    for item in keys:
+        group, key = item if isinstance(item, tuple) else (item, item)
+        groups.setdefault(group, []).append(key)
+    order = sorted(groups, key=lambda g: (unit_hash("spread", seed, g), g))
+    quota = dict.fromkeys(order, 0)
+    left = min(num_records, sum(len(v) for v in groups.values()))
+    while left:
+        for group in order:
+            if left and quota[group] < len(groups[group]):
+                quota[group] += 1
+                left -= 1
+    picked: set[str] = set()
+    for group in order:
+        members, share = groups[group], quota[group]
+        for i in range(share):
+            low, high = i * len(members) // share, (i + 1) * len(members) // share
+            picked.add(members[low + int(unit_hash("slice", seed, group, i) * (high - low))])
+    return picked
 
 
 def sample_question_type(weights: dict[str, float], row_id: str, seed: int) -> str:

@@ -112,10 +112,10 @@ class ClassifyStage(Stage):
 
         def ids():
             for row in iter_page_meta(path):
-                yield page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                yield row["doc_id"], page_row_id(self.name, row["doc_id"], int(row["page_number"]))
 
         chosen = select_records(ids(), config.num_records, config.seed, shuffled=False)
-        expected = [i for i in ids() if chosen is None or i in chosen]
+        expected = [i for _, i in ids() if chosen is None or i in chosen]
 
         def tasks():
             for row in iter_page_meta(path):

@@ -98,7 +98,9 @@ class TextQaStage(Stage):
         def has_text(row) -> bool:
             return len((row["transcribed_texts"] or "").strip()) >= config.min_text_chars
 
-        chosen = select_records((r["row_id"] for r in ok_rows() if has_text(r)), config.num_records, config.seed, False)
+        chosen = select_records(
+            ((r["doc_id"], r["row_id"]) for r in ok_rows() if has_text(r)), config.num_records, config.seed, False
+        )
 
         def base_id(row) -> str:
             # The OCR id is "ocr:<doc>:p<page>": keep its document/page part.

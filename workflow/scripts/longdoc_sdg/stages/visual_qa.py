@@ -101,7 +101,9 @@ class VisualQaStage(Stage):
                 ):
                     yield row
 
-        chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
+        chosen = select_records(
+            ((r["doc_id"], r["row_id"]) for r in eligible()), config.num_records, config.seed, False
+        )
 
         def tasks():
             for row in eligible():
