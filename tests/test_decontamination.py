@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import copy_pdfs
+from helpers.workflow import run_snakemake
 from longdoc_sdg.seed.decontaminate import (
     DecontaminationConfig,
     hamming,
@@ -26,7 +27,6 @@ from longdoc_sdg.seed.decontaminate import (
     name_key,
     perceptual_hash,
 )
-from test_workflow import run_snakemake
 
 VOCABULARY = (
     "revenue margin quarter growth forecast segment capital asset liability equity dividend board "
@@ -143,8 +143,7 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
 
 
 def test_questions_overlapping_the_benchmark_are_dropped_at_export(folders, tmp_path):
-    from test_export_support import SyntheticRun, make_row, write_rows
-
+    from helpers.export_run import SyntheticRun, make_row, write_rows
     from longdoc_sdg.export.dataset import build_dataset
 
     run = SyntheticRun(tmp_path / "synthetic")
