@@ -91,7 +91,7 @@ def write_config(workdir: Path, all_stages: bool) -> None:
     stages, models = {}, {}
     for stage in ALL_MODEL_STAGES:
         if all_stages:
-            endpoint = {"base_url": base_url, "model": f"{stage}-model", "api_key_env": "BENCH_KEY"}
+            endpoint = {"base_url": base_url, "model": f"{stage}-model", "api_key_env": None}
             models[stage] = {"endpoint": endpoint}
             stages[stage] = {"model": stage}
         else:

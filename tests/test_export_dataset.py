@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers.export_run import SyntheticRun, load_hub_offline, png_bytes
+from helpers.export_run import SyntheticRun, load_hub_offline, png_bytes, reference_rows
 from longdoc_sdg.export.common import QA_STAGES, answer_format_sql, normalised_question_sql
 from longdoc_sdg.export.dataset import DROP_ORDER, build_dataset
 from longdoc_sdg.export.hub import write_hub
@@ -203,25 +203,28 @@ def test_reference_layout_round_trips_the_pngs(run, exported, tmp_path):
     for stage in QA_STAGES:
         out = tmp_path / stage
         manifest = write_reference(stage, str(exported["dir"] / f"{stage}.parquet"), pages, str(out), 500)
-        table_rows = [r for f in sorted(out.glob("*.parquet")) for r in rows(f)]
+        table_rows = reference_rows(out)
         assert (
             len(table_rows)
             == exported["summaries"][stage]["kept"]
             == sum(s["rows"] for s in manifest["splits"].values())
         )
         for r in table_rows:
-            assert r["id"] == f"<urn:uuid:{r['doc_id']}>" and r["url"].endswith(f"{r['doc_id']}.pdf")
+            doc_id = r["trace"]["doc_id"]
+            assert r["id"] == f"<urn:uuid:{doc_id}>" and r["url"].endswith(f"{doc_id}.pdf")
             assert r["total_pages"] == 4
-            doc = int(r["doc_id"][1:])
-            pages_of_row = r.get("page_number") and [r["page_number"]]
+            doc = int(doc_id[1:])
+            pages_of_row = r.get("page_number") is not None and [r["page_number"] + 1]  # 0-based there
             if stage == "windowed_qa":
-                pages_of_row = list(range(r["start_page"], r["end_page"] + 1))
+                pages_of_row = list(range(r["start_page"] + 1, r["end_page"] + 1))  # end exclusive
                 assert r["window_size"] == len(pages_of_row)
             if stage == "whole_document_qa":
                 pages_of_row = [1, 2, 3, 4]
+            assert pages_of_row == r["trace"]["pages"]
             assert decode_images(r["png_images_base64"]) == [png_bytes(doc, p) for p in pages_of_row]
-            assert r["question"] and r["answer"]
-    judged = rows(next((tmp_path / "single_page_qa").glob("*.parquet")))
+            question = r["question_and_answer"]["question"] if stage == "text_qa" else r["question"]
+            assert question
+    judged = [r["trace"] for r in reference_rows(tmp_path / "single_page_qa")]
     assert all(r["weighted_quality_score"] is not None and json.loads(r["qa_quality_judge"]) for r in judged)
 
 

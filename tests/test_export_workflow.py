@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, require
-from helpers.export_run import ExportFakeServer, load_hub_offline
+from helpers.export_run import ExportFakeServer, load_hub_offline, reference_rows
 from helpers.workflow import planned_jobs
 from longdoc_sdg.export.common import QA_STAGES
-from longdoc_sdg.export.reference import decode_images
+from longdoc_sdg.export.reference import decode_images, reference_schema
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.report.figures import FIGURES
 
@@ -54,6 +54,7 @@ EXPORT_RULES = {
     "publish",
     "stats",
     "report_figures",
+    "report_samples",
     "export_and_report",
     "all",
 }
@@ -234,20 +235,14 @@ def test_reference_layout_round_trips_the_pngs(wf):
     pngs = page_pngs(wf)
     for stage in QA_STAGES:
         folder = wf["results"] / "export" / "reference" / stage
-        rows = [r for f in sorted(folder.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        rows = reference_rows(folder)
         summary = json.loads((wf["results"] / "export" / "datasets" / f"{stage}.summary.json").read_text())
         assert len(rows) == summary["kept"]
         for r in rows:
-            assert decode_images(r["png_images_base64"]) == [pngs[(r["doc_id"], p)] for p in r["pages"]]
-            assert {
-                "id",
-                "url",
-                "date",
-                "total_pages",
-                "question_type",
-                "weighted_quality_score",
-                "qa_quality_judge",
-            } <= set(r)
+            trace = r.pop("trace")
+            assert decode_images(r["png_images_base64"]) == [pngs[(trace["doc_id"], p)] for p in trace["pages"]]
+            assert [f.name for f in reference_schema(stage)] == list(r)
+            assert trace["weighted_quality_score"] is not None and json.loads(trace["qa_quality_judge"])
 
 
 def test_dataset_card_states_counts_models_and_filters(wf):
@@ -284,7 +279,7 @@ def report_results(wf) -> dict:
 def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
     results = report_results(wf)
     by_name = {Path(path).name: entry for path, entry in results.items()}
-    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html"}
+    assert set(by_name) == {f"{name}.png" for name in FIGURES} | {"summary.html", "samples.html"}
     for name in FIGURES:
         uri = by_name[f"{name}.png"]["data_uri"]
         data = base64.b64decode(uri.split("base64,", 1)[1])

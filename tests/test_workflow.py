@@ -46,7 +46,7 @@ def seeded(tmp_path_factory, real_pdfs):
     assert not (workdir / "results").exists()
     run_snakemake(workdir, "results/manifest/index.json")
     dry = run_snakemake(workdir, "-n")
-    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
+    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     run_snakemake(workdir)
     return workdir
 
@@ -116,7 +116,7 @@ def dry_run_with(seeded: Path, change) -> subprocess.CompletedProcess:
 
 def test_dpi_change_reruns_seed_and_dependents_only(seeded):
     result = dry_run_with(seeded, lambda c: c["seed"]["settings"].update(dpi=96))
-    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1}
+    assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     assert "params changed" in result.stdout.lower() or "Params have changed" in result.stdout
 
 

@@ -17,7 +17,16 @@ from helpers.workflow import planned_jobs
 from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
-AGGREGATE_RULES = {"all", "stats", "report_figures", "export_dataset", "export_reference", "export_hub"}
+AGGREGATE_RULES = {
+    "all",
+    "stats",
+    "report_figures",
+    "report_samples",
+    "summary",
+    "export_dataset",
+    "export_reference",
+    "export_hub",
+}
 
 
 def stage_jobs(output: str) -> dict[str, int]:

@@ -634,3 +634,17 @@ def load_hub_offline(folder: Path, configs: list[str], cache: Path) -> dict:
     if result.returncode != 0:
         raise AssertionError(f"load_dataset failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def reference_rows(folder: Path) -> list[dict]:
+    """A reference-layout folder's rows, each joined with its traceability row (same order)."""
+    out = []
+    for split in ("train", "validation"):
+        files = sorted(folder.glob(f"{split}-*.parquet"))
+        if not files:
+            continue
+        data = [r for f in files for r in pq.read_table(f).to_pylist()]
+        trace = pq.read_table(folder / "traceability" / f"{split}.parquet").to_pylist()
+        assert len(data) == len(trace)
+        out += [{**row, "trace": t} for row, t in zip(data, trace)]
+    return out

@@ -169,6 +169,11 @@ def journal_path(stage):
 
 
 def get_final_outputs(wildcards):
+    """Everything a full run makes; the closing summary comes last, after all the rest."""
+    return get_run_outputs(wildcards) + [SUMMARY]
+
+
+def get_run_outputs(wildcards):
     forget_dead_servers_once()
     shards = manifest_shards()
     outputs = []
@@ -202,6 +207,28 @@ def announce_plan():
 
 if workflow.is_main_process:
     announce_plan()
+
+
+def check_before_running(launcher):
+    """Plan-time checks (longdoc_sdg.preflight): missing key variables, a served deployment
+    that cannot start here. `launcher` None: not known yet (auto), checked at onstart.
+    """
+    from longdoc_sdg import preflight
+
+    problems = preflight.missing_api_keys(config, STATUSES)
+    if config["serving"]["enabled"] and launcher is not None:
+        problems += preflight.check_serving(
+            config,
+            STATUSES,
+            launcher,
+            lambda name: endpoints.load_deployment_of(config, name),
+        )
+    preflight.fail_on(problems)
+
+
+if workflow.is_main_process:
+    configured_launcher = config["serving"]["launcher"]
+    check_before_running(None if configured_launcher == "auto" else configured_launcher)
 
 
 def served_deployments():
@@ -320,4 +347,100 @@ def get_export_targets():
 
 def get_report_targets():
     """Statistics, figures and summary page: for get_final_outputs."""
-    return export_plan.report_targets(config, RESULTS)
+    return export_plan.report_targets(config, STATUSES, RESULTS)
+
+
+FIGURE_CAPTIONS = {
+    "stage_yield": ("Yield", "rows per stage"),
+    "failures": ("Yield", "failure reasons and filter drops"),
+    "question_types": ("Question mix", "question types"),
+    "answer_formats": ("Question mix", "answer formats vs MMLongBench-Doc"),
+    "evidence_pages": ("Question mix", "evidence pages"),
+    "judge_scores": ("Quality", "judge scores"),
+    "quality_scores": ("Quality", "self-checked quality scores"),
+    "tokens": ("Cost", "token usage"),
+    "page_classes": ("Pages", "page classes"),
+}
+
+
+def report_figure_outputs():
+    """The figures of the stages that run (no placeholders for the others), and the summary."""
+    outputs = {
+        name: report(
+            f"{RESULTS}/report/figures/{name}.png",
+            caption=f"../report/{name}.rst",
+            category=FIGURE_CAPTIONS[name][0],
+            labels={"figure": FIGURE_CAPTIONS[name][1]},
+        )
+        for name in export_plan.report_figures(config, STATUSES)
+    }
+    outputs["summary"] = report(
+        f"{RESULTS}/report/summary.html",
+        caption="../report/summary.rst",
+        category="Summary",
+        labels={"figure": "run summary"},
+    )
+    return outputs
+
+
+# The closing summary (rule summary; printed by onsuccess).
+from longdoc_sdg.report import summary as run_summary
+
+SUMMARY = f"{RESULTS}/summary.json"
+RUN_STARTED = {}
+
+
+def get_summary_plan():
+    """What the run planned, for the summary: skipped stages with what they need, served
+    deployments with their GPUs, where the export is."""
+    return export_plan.summary_plan(config, STATUSES, RESULTS, served_deployments())
+
+
+def start_run():
+    import time
+
+    if config["serving"]["launcher"] == "auto" and config["serving"]["enabled"]:
+        check_before_running(get_serve_launcher(None, None))
+    RUN_STARTED["at"] = time.time()
+    record_progress_plan()
+    start_heartbeat()
+
+
+def record_progress_plan():
+    """The jobs of this run per seed/stage rule, for the progress lines the jobs print."""
+    from collections import Counter
+
+    from longdoc_sdg import progress
+
+    tracked = {"seed", *run_plan.ALL_MODEL_STAGES}
+    planned = Counter(
+        job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
+    )
+    progress.record_plan(RESULTS, dict(planned))
+
+
+def print_summary(failed=False):
+    """Print the closing summary; apply the yield floor (summary.*, run settings). A summary
+    older than this run (targets without the summary, or a failed run) is labelled so.
+    """
+    summary = run_summary.load_summary(SUMMARY)
+    if summary is None:
+        return
+    floor = config["summary"]
+    text = run_summary.render_text(
+        summary, floor["min_ok_rows"], floor["fail_below_floor"]
+    )
+    if failed or os.path.getmtime(SUMMARY) < RUN_STARTED.get("at", 0):
+        text = (
+            f"(summary of an earlier run, {summary['generated']}: this run did not rebuild {SUMMARY})\n"
+            + text
+        )
+    print(text, file=sys.stderr)
+    low = run_summary.below_floor(summary, floor["min_ok_rows"])
+    if low and floor["fail_below_floor"] and not failed:
+        print(
+            f"longdoc-sdg: failing the run: {', '.join(s['stage'] for s in low)} below "
+            f"summary.min_ok_rows={floor['min_ok_rows']} (summary.fail_below_floor: true)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)

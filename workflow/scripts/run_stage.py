@@ -1,5 +1,8 @@
 """Snakemake entry point of the model stages 02-09; the work is in longdoc_sdg.stages."""
 
+import time
+
+from longdoc_sdg import progress
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.ids import stable_id
 from longdoc_sdg.io import setup_job_logging
@@ -9,6 +12,7 @@ from longdoc_sdg.stages import run_stage
 from longdoc_sdg.stages.base import deep_merge
 
 setup_job_logging(snakemake.log[0])
+started = time.monotonic()
 stage = snakemake.params.stage
 # Run settings (`stages.NAME.run`) steer the job without changing its rows: read here from the
 # config at job time, never through params, so changing them never reruns finished shards.
@@ -52,3 +56,11 @@ with keep_server_alive(snakemake.params.endpoint):
                     journal,
                 ),
             )
+
+progress.report_job(
+    snakemake.config["results_dir"],
+    snakemake.rule,
+    snakemake.wildcards.shard,
+    progress.output_rows(snakemake.output),
+    time.monotonic() - started,
+)

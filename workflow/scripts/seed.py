@@ -1,10 +1,14 @@
 """Snakemake entry point of stage 01 (seed); the work is in longdoc_sdg.seed."""
 
+import time
+
+from longdoc_sdg import progress
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.seed import run_seed_shard
 from longdoc_sdg.seed.config import seed_params
 
 setup_job_logging(snakemake.log[0])
+started = time.monotonic()
 run_seed_shard(
     manifest_path=snakemake.input.manifest,
     outputs={name: snakemake.output[name] for name in ("pages", "documents", "windows", "failures")},
@@ -14,4 +18,12 @@ run_seed_shard(
     threads=snakemake.threads,
     decontamination=snakemake.params.decontamination,
     cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",
+)
+progress.report_job(
+    snakemake.config["results_dir"],
+    "seed",
+    snakemake.wildcards.shard,
+    progress.output_rows([snakemake.output.pages]),
+    time.monotonic() - started,
+    unit="pages",
 )

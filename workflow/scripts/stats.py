@@ -1,4 +1,4 @@
-"""Snakemake entry point of the stats and report_figures rules; the work is in longdoc_sdg.report."""
+"""Snakemake entry point of the stats, report_figures, report_samples and summary rules; the work is in longdoc_sdg.report."""
 
 import json
 
@@ -24,7 +24,26 @@ elif rule == "report_figures":
 
     with open(snakemake.input.stats, encoding="utf-8") as handle:
         stats = json.load(handle)
-    draw_figures(stats, {name: snakemake.output[name] for name in FIGURES}, snakemake.params.settings)
-    write_summary(stats, snakemake.output.summary)
+    draw_figures(
+        stats,
+        {name: snakemake.output[name] for name in FIGURES if name in snakemake.output.keys()},
+        snakemake.params.settings,
+    )
+    write_summary(stats, snakemake.output.summary, demo=snakemake.params.settings.get("demo", False))
+elif rule == "report_samples":
+    from longdoc_sdg.report.samples import write_samples
+
+    write_samples(
+        {key: files(value) for key, value in snakemake.input.items()},
+        snakemake.output[0],
+        demo=snakemake.params.demo,
+        mem_mb=snakemake.resources.mem_mb,
+    )
+elif rule == "summary":
+    from longdoc_sdg.report.summary import build_summary, write_summary_json
+
+    with open(snakemake.input.stats, encoding="utf-8") as handle:
+        stats = json.load(handle)
+    write_summary_json(snakemake.output[0], build_summary(stats, snakemake.params.plan))
 else:
     raise ValueError(f"stats.py does not handle rule {rule}")

@@ -100,34 +100,59 @@ def field_rows(
 
 
 def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> str:
+    """Columns up to 40 characters wide; a longer cell (e.g. a long default) wraps onto the
+    following lines instead of being cut off."""
     import textwrap
 
     rows = [tuple(headers)] + [tuple(str(c) for c in r) for r in rows]
     widths = [min(max(len(r[i]) for r in rows), 40) for i in range(len(headers) - 1)]
+    indent = sum(widths) + 2 * len(widths)
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[i][: widths[i]].ljust(widths[i]) for i in range(len(widths))]
-        indent = sum(widths) + 2 * len(widths)
-        desc = textwrap.wrap(row[-1], width=max(40, 110 - indent)) or [""]
-        lines.append("  ".join(cells + [desc[0]]))
-        lines.extend(" " * indent + more for more in desc[1:])
+        columns = [textwrap.wrap(row[i], width=widths[i], break_on_hyphens=False) or [""] for i in range(len(widths))]
+        columns.append(textwrap.wrap(row[-1], width=max(40, 110 - indent)) or [""])
+        for k in range(max(len(c) for c in columns)):
+            cells = [(c[k] if k < len(c) else "").ljust(w) for c, w in zip(columns, widths)]
+            last = columns[-1][k] if k < len(columns[-1]) else ""
+            lines.append("  ".join(cells + [last]).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 11)
     return "\n".join(lines)
 
 
+def endpoint_rows() -> list[tuple[str, str, str, str]]:
+    """The endpoint keys, named as the workflow config names them (models.ALIAS.endpoint.*,
+    stages.NAME.run.request_timeout_s/concurrency/retry/error_budget)."""
+    from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
+    from .stages import EndpointSettings
+
+    rows = [r for r in field_rows(EndpointSettings) if r[0] not in ("concurrency", "retry", "breaker", "error_budget")]
+    for key, model in (("concurrency", ConcurrencyConfig), ("retry", RetryConfig), ("error_budget", BreakerConfig)):
+        rows += field_rows(model, f"{key}.")
+    return rows
+
+
 def stage_help(name: str) -> str:
+    import textwrap
+
     from .stages import get_stage
 
     stage = get_stage(name)
     table = format_table(field_rows(stage.config_model), ("name", "type", "default", "description"))
+    endpoint = format_table(endpoint_rows(), ("name", "type", "default", "description"))
     inputs = ", ".join(stage.input_keys)
+    about_endpoint = textwrap.fill(
+        f"Endpoint (RUN.yaml `endpoint:`){' (not needed for engine pdf-text)' if name == 'ocr' else ''}: "
+        "where requests go and how hard to push; they change no result. In the workflow config base_url, "
+        f"model and api_key_env are the stage's model (models.ALIAS.endpoint.*, stages.{name}.model: ALIAS); "
+        f"request_timeout_s, concurrency, retry and error_budget are stages.{name}.run.*:",
+        width=110,
+    )
     return (
         f"longdoc-sdg stage {name} --config RUN.yaml [key=value ...]\n\n{stage.description}\n\n"
-        f"Inputs (RUN.yaml `inputs:`): {inputs}\n"
-        f"Endpoint (RUN.yaml `endpoint:`): base_url, model, api_key_env, request_timeout_s, "
-        f"concurrency, retry, breaker{' (not needed for engine pdf-text)' if name == 'ocr' else ''}\n\n"
-        f"Settings (RUN.yaml `params:`, or key=value overrides):\n{table}\n"
+        f"Inputs (RUN.yaml `inputs:`): {inputs}\n\n"
+        f"{about_endpoint}\n{endpoint}\n\n"
+        f"Settings (RUN.yaml `params:`, or key=value overrides; stages.{name}.settings.* in the workflow config):\n{table}\n"
     )
 
 
@@ -320,6 +345,26 @@ register(
     "score a served model on a benchmark in MMLongBench-Doc's layout",
     _evaluate_arguments,
     _evaluate_command,
+)
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import add_arguments
+
+    add_arguments(parser)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+register(
+    "demo",
+    "the whole pipeline on the sample PDFs against a local stand-in server (DEMO data)",
+    _demo_arguments,
+    _demo_command,
 )
 
 

@@ -375,6 +375,21 @@ def workflow_config_model():
             ReportConfig,
             Field(ReportConfig(), description="Run statistics and the figures of `snakemake --report`."),
         ),
+        summary=(
+            SummaryConfig,
+            Field(
+                SummaryConfig(),
+                description="The closing summary printed at the end of a run (and written to results_dir/summary.json).",
+            ),
+        ),
+        demo=(
+            bool,
+            Field(
+                False,
+                description="Label every output (summary, report, dataset card) as demo data: set by "
+                "config/demo.yaml, whose answers come from a test-double model server.",
+            ),
+        ),
     )
 
 
@@ -599,6 +614,18 @@ class ReportConfig(Section):
         True, description="Compute run statistics and the report figures (snakemake --report report.html)."
     )
     settings: ReportSettings = Field(ReportSettings(), description="How the figures are drawn (rule params).")
+
+
+class SummaryConfig(Section):
+    min_ok_rows: int = Field(
+        1,
+        ge=0,
+        description="Yield floor: the closing summary warns loudly about every stage (the seed: documents) "
+        "with fewer ok rows than this; 0 turns the check off. A run setting: never reruns anything.",
+    )
+    fail_below_floor: bool = Field(
+        False, description="Make the run fail (exit status 1, after the summary) when a stage is below min_ok_rows."
+    )
 
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"

@@ -40,6 +40,16 @@ def deployment_settings(config: dict, name: str) -> dict[str, Any]:
     }
 
 
+def load_deployment_of(config: dict, name: str):
+    """The validated deployment NAME (its file and the config's overrides)."""
+    return _deployment(config, name)
+
+
+def deployment_gpus(config: dict, name: str) -> int:
+    """GPUs one server of the deployment takes (for the run summary)."""
+    return _deployment(config, name).gpus_per_node
+
+
 def deployment_identity(config: dict, name: str) -> dict[str, str]:
     """Who a deployment serves (model, served name, hash of answer-changing settings)."""
     from .serve import identity

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterator
@@ -18,12 +19,32 @@ import pyarrow.parquet as pq
 LOGGER_NAME = "longdoc_sdg"
 
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; the lock keeps threads from racing)."""
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give: 0644 / 0755 under the usual umask 022."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it into place only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it into place only if the block succeeds.
+
+    The file gets the umask's mode (mkstemp's own 0600 would hide results from a team), or
+    `mode` for secret-bearing files, set before anything is written to it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, umask_mode() if mode is None else mode)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -46,13 +67,12 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
-    """Write `text` atomically; `mode=0o600` marks a secret file, the only kind not redacted."""
+    """Write `text` atomically; `mode=0o600` marks a secret file, the only kind not redacted
+    (and set before the text is written); other files follow the umask."""
     if mode is None or mode & 0o077:
         text = redact(text)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        if mode is not None:
-            os.chmod(tmp, mode)
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, **kwargs) -> None:

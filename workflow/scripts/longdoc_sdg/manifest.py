@@ -132,7 +132,7 @@ def _finepdfs_documents(cfg: dict) -> Iterator[dict]:
         from datasets import load_dataset
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SourceError(
-            "source.settings.kind=finepdfs needs the `datasets` package: pip install 'longdoc-sdg[hub]'"
+            "source.settings.kind=finepdfs needs the `datasets` package: pip install -e '.[hub]' (from a checkout; 'longdoc-sdg[hub]' from a package index)"
         ) from exc
     data_files = cfg["data_files"].format(subset=cfg["subset"], split=cfg["split"])
     dataset = load_dataset(cfg["dataset"], data_files={"train": data_files}, split="train", streaming=True)

@@ -238,7 +238,7 @@ class ChatEngine:
             except _Retryable as exc:
                 failure = exc
                 if exc.kind in _OVERLOAD:
-                    self.limiter.on_overload(epoch)
+                    self.limiter.on_overload(epoch, f"{exc.kind}: {exc.message}")
             except RecordError:
                 self.limiter.on_success()  # the server answered: not an overload signal
                 self._record("bad_request", failed=False)
@@ -252,13 +252,15 @@ class ChatEngine:
                 delay = self.retry.delay(attempt, self._rng.random())
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, self.retry.backoff_max_s))
-                log.debug(
-                    "%s: attempt %d failed (%s: %s); retry in %.2f s",
+                log.info(
+                    "%s: attempt %d of %d failed (%s: %s); retrying in %.2f s%s",
                     where,
                     attempt,
+                    self.retry.max_attempts,
                     failure.kind,
                     failure.message,
                     delay,
+                    " (the server's Retry-After)" if failure.retry_after is not None else " (back-off)",
                 )
                 await asyncio.sleep(delay)
         assert failure is not None

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from ..io import get_logger
 from .config import BreakerConfig, ConcurrencyConfig
+
+log = get_logger("engine.limiter")
 
 
 class AdaptiveLimiter:
@@ -58,17 +61,20 @@ class AdaptiveLimiter:
         if self._successes >= self.limit:
             self._successes = 0
             if self.limit < self.config.max:
+                old = self.limit
                 self.limit = min(self.config.max, self.limit + self.config.increase_step)
                 self.increases += 1
+                log.info("concurrency %d -> %d: %d requests succeeded since the last change", old, self.limit, old)
                 self._wake()
 
-    def on_overload(self, epoch: int) -> None:
+    def on_overload(self, epoch: int, reason: str = "overload") -> None:
         if epoch != self.epoch:
             return  # this failure belongs to a period already answered with a decrease
         self.epoch += 1
         self._successes = 0
         new_limit = max(self.config.min, int(self.limit * self.config.decrease_factor))
         if new_limit < self.limit:
+            log.info("concurrency %d -> %d: the server is overloaded (%s)", self.limit, new_limit, reason)
             self.limit = new_limit
             self.decreases += 1
 

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from ..io import umask_mode
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -169,7 +171,9 @@ def fresh_tmp_dir(target: str | os.PathLike) -> Path:
     """An empty folder next to `target`, on the same file system (for an atomic rename)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(umask_mode(directory=True))  # mkdtemp's 0700 would hide the export from a team
+    return tmp
 
 
 def query_table(con, sql: str):

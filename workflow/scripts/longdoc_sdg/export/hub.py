@@ -184,6 +184,8 @@ def card_metadata(configs: dict[str, dict], summaries: dict[str, dict], card, pa
     source = params.get("source") or {}
     if source.get("kind") == "finepdfs" and source.get("dataset"):
         meta["source_datasets"] = [source["dataset"]]
+    if params.get("demo"):
+        meta["tags"] = [*meta["tags"], "demo-data"]
     meta["configs"] = []
     meta["dataset_info"] = []
     first = True
@@ -217,7 +219,15 @@ def _models_line(summary: dict) -> str:
 
 def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict], card, params: dict) -> str:
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", "", card.description, ""]
+    lines = [f"---\n{header}---", "", f"# {card.pretty_name}", ""]
+    if params.get("demo"):
+        lines += [
+            "> **DEMO DATA.** Made by `longdoc-sdg demo`: the questions, answers and judge scores come "
+            "from a test-double server (or a tiny random-weight model), not from a real model. Do not "
+            "train on it or publish it as a dataset.",
+            "",
+        ]
+    lines += [card.description, ""]
     lines += [
         "## Configurations",
         "",

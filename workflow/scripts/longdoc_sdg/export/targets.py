@@ -38,11 +38,12 @@ def _seed(results: str, table: str, shards: list[str]) -> list[str]:
 
 
 def verified_stages(config: dict, statuses: dict) -> list[str]:
-    """The active QA stages the verify stage runs on (stages.verify.verify_stages)."""
+    """The active QA stages the verify stage runs on (stages.verify.settings.verify_stages)."""
     status = statuses.get("verify")
     if status is None or not status.active:
         return []
-    return [s for s in config["stages"]["verify"].get("verify_stages", []) if s in statuses and statuses[s].active]
+    verify = config["stages"]["verify"]["settings"]
+    return [s for s in verify.get("verify_stages", []) if s in statuses and statuses[s].active]
 
 
 def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str], stage: str) -> dict:
@@ -88,6 +89,7 @@ def hub_settings(config: dict) -> dict:
         "card": config["export"]["settings"]["card"],
         "max_file_mb": config["export"]["settings"]["max_file_mb"],
         "source": described,
+        "demo": bool(config.get("demo")),
         "code_version": __version__,
     }
 
@@ -120,6 +122,7 @@ def report_settings(config: dict) -> dict:
         "judge_score_bins": config["report"]["settings"]["judge_score_bins"],
         "min_judge_score": config["export"]["settings"]["filters"]["min_judge_score"],
         "min_verify_score": config["export"]["settings"]["filters"]["min_verify_score"],
+        "demo": bool(config.get("demo")),
         "code_version": __version__,
     }
 
@@ -157,9 +160,60 @@ def check_publish(config: dict) -> None:
         raise ValueError("publish.enabled is true, but " + "; ".join(problems))
 
 
-def report_targets(config: dict, results: str) -> list[str]:
+def report_figures(config: dict, statuses: dict) -> list[str]:
+    """The figures with something to show: a view of stages that did not run is left out rather
+    than drawn as a placeholder."""
+    active = {s for s, status in statuses.items() if status.active}
+    qa = active & set(QA_STAGES)
+    wanted = {
+        "stage_yield": True,
+        "failures": True,
+        "question_types": bool(qa),
+        "answer_formats": bool(qa),
+        "evidence_pages": bool(qa),
+        "judge_scores": bool(judged_stages(config)),
+        "quality_scores": bool(qa & {"single_page_qa", "windowed_qa", "whole_document_qa"}),
+        "tokens": any(statuses[s].mode not in ("none",) for s in active),
+        "page_classes": "classify" in active,
+    }
+    return [name for name in REPORT_FIGURES if wanted[name]]
+
+
+def report_samples(config: dict, statuses: dict) -> bool:
+    """Whether the report has a page of sample QA rows (some QA stage ran)."""
+    return any(statuses[s].active for s in QA_STAGES)
+
+
+def report_targets(config: dict, statuses: dict, results: str) -> list[str]:
     if not config["report"]["enabled"]:
         return []
-    return [f"{results}/report/stats.json", f"{results}/report/summary.html"] + [
-        f"{results}/report/figures/{name}.png" for name in REPORT_FIGURES
+    targets = [f"{results}/report/stats.json", f"{results}/report/summary.html"] + [
+        f"{results}/report/figures/{name}.png" for name in report_figures(config, statuses)
     ]
+    if report_samples(config, statuses):
+        targets.append(f"{results}/report/samples.html")
+    return targets
+
+
+def summary_plan(config: dict, statuses: dict, results: str, served: list[str]) -> dict:
+    """What the closing summary tells beyond the statistics: skipped stages and what they need,
+    the GPUs of the served deployments, where the export and the report are."""
+    from ..endpoints import deployment_gpus
+
+    stages = export_stages(config, statuses)
+    export = {}
+    if stages:
+        export["datasets"] = f"{results}/export/datasets/"
+        layouts = config["export"]["layouts"]
+        if "reference" in layouts:
+            export["reference"] = f"{results}/export/reference/"
+        if "hub" in layouts:
+            export["hub"] = f"{results}/export/hub/"
+    return {
+        "results": results,
+        "demo": bool(config.get("demo")),
+        "skipped": [{"stage": s.stage, "why": s.why} for s in statuses.values() if not s.active],
+        "served": {name: deployment_gpus(config, name) for name in served},
+        "export": export,
+        "report": bool(config["report"]["enabled"]),
+    }

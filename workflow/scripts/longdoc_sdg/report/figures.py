@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, PNG) and its summary page, drawn from `stats.json`.
 
-Every figure is always written: a view without data (a stage that did not run) becomes a figure
-saying so, so the report's layout does not depend on which stages ran.
+The workflow asks only for the figures of stages that ran (longdoc_sdg.export.targets); a view
+that still has no rows says so. Legends sit outside the axes, where they hide no bar.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def _no_data(ax, message: str) -> None:
     )
 
 
+def _legend(ax, fontsize: int = 7) -> None:
+    """A legend right of the axes (saved with bbox_inches='tight'), never over a bar."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _label_bars(ax, bars, horizontal: bool = True) -> None:
     for bar in bars:
         value = bar.get_width() if horizontal else bar.get_height()
@@ -106,7 +111,7 @@ def fig_yield(stats: dict, plt):
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlabel("rows (seed: documents)")
-    ax.legend(loc="lower right", fontsize=8)
+    _legend(ax, fontsize=8)
     ax.set_title(FIGURES["stage_yield"][1])
     return fig
 
@@ -127,11 +132,13 @@ def _stacked(ax, data: dict[str, dict[str, int]], title: str, empty: str) -> Non
     ax.invert_yaxis()
     ax.set_xlabel("rows")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, fontsize=7)
 
 
 def fig_failures(stats: dict, plt):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    exported = bool(stats["totals"].get("exported"))
+    fig, axes = plt.subplots(1, 2 if exported else 1, figsize=(13 if exported else 7, 4.2), squeeze=False)
+    a1 = axes[0][0]
     failures: dict[str, dict[str, int]] = defaultdict(dict)
     for r in stats["tables"]["failure_reasons"]:
         failures[r["stage"]][r["reason"]] = r["rows"]
@@ -139,7 +146,8 @@ def fig_failures(stats: dict, plt):
     for r in stats["tables"]["filter_drops"]:
         drops[r["stage"]][r["filter"]] = r["rows"]
     _stacked(a1, failures, "Failure reasons (failed rows)", "No failed rows")
-    _stacked(a2, drops, "Rows removed by the export filters", "No rows removed by the export filters")
+    if exported:  # the filter panel only when the export ran
+        _stacked(axes[0][1], drops, "Rows removed by the export filters", "No rows removed by the export filters")
     fig.tight_layout()
     return fig
 
@@ -180,7 +188,7 @@ def fig_question_types(stats: dict, plt):
         ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(stage)
-        ax.legend(fontsize=7, loc="best")
+        _legend(ax, fontsize=7)
     fig.suptitle(FIGURES["question_types"][1])
     fig.tight_layout()
     return fig
@@ -219,7 +227,7 @@ def fig_answer_formats(stats: dict, plt):
     ax.set_xticks(range(len(formats)), [f if f != "None" else "None (not answerable)" for f in formats])
     ax.set_ylabel("% of questions")
     ax.set_title(FIGURES["answer_formats"][1])
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7)
     if not stages:
         ax.text(0.5, 0.9, "No QA stage ran: benchmark only", transform=ax.transAxes, ha="center", color="#666666")
     fig.tight_layout()
@@ -250,7 +258,7 @@ def fig_evidence_pages(stats: dict, plt):
         a1.set_xticks(xs, [str(x) for x in xs[:-1]] + ["9+"])
         a1.set_xlabel("evidence pages per answerable question (ok rows)")
         a1.set_ylabel("questions")
-        a1.legend(fontsize=7)
+        _legend(a1, fontsize=7)
         a1.set_title("Evidence pages per question")
     kinds = list(benchmark.EVIDENCE_PAGES)
     series = [(benchmark.NAME, benchmark.EVIDENCE_PAGES, COLORS["benchmark"])]
@@ -277,7 +285,7 @@ def fig_evidence_pages(stats: dict, plt):
             _label_bars(a2, bars, horizontal=False)
     a2.set_xticks(range(len(kinds)), kinds)
     a2.set_ylabel("% of questions")
-    a2.legend(fontsize=7)
+    _legend(a2, fontsize=7)
     a2.set_title("Single-page, cross-page, unanswerable vs the benchmark")
     fig.tight_layout()
     return fig
@@ -306,7 +314,7 @@ def fig_judge_scores(stats: dict, plt, bins: int = 20, threshold: float | None =
         ax.set_xlim(0, 1)
         ax.set_xlabel("weighted quality score")
         ax.set_title(stage)
-        ax.legend(fontsize=7, loc="upper left")
+        _legend(ax, fontsize=7)
     ax = axes[len(stages)]
     criteria = [
         c
@@ -332,7 +340,7 @@ def fig_judge_scores(stats: dict, plt, bins: int = 20, threshold: float | None =
     ax.set_ylim(0, 5)
     ax.set_ylabel("mean score (0-5)")
     ax.set_title("Rubric means")
-    ax.legend(fontsize=6)
+    _legend(ax, fontsize=6)
     fig.suptitle(FIGURES["judge_scores"][1])
     fig.tight_layout()
     return fig
@@ -368,7 +376,7 @@ def fig_quality_scores(stats: dict, plt):
         )
     ax.set_xticks(range(3), ["0: a check failed", "1: all checks pass", "2: pass + high value"])
     ax.set_ylabel("rows")
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7)
     ax.set_title(FIGURES["quality_scores"][1])
     fig.tight_layout()
     return fig
@@ -402,7 +410,7 @@ def fig_tokens(stats: dict, plt):
     ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("tokens")
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, fontsize=7)
     ax.set_title(FIGURES["tokens"][1])
     fig.tight_layout()
     return fig
@@ -453,7 +461,7 @@ def fig_page_classes(stats: dict, plt):
     )
     a2.set_xticks(range(len(sources)), sources)
     a2.set_ylabel("%")
-    a2.legend(fontsize=7)
+    _legend(a2, fontsize=7)
     a2.set_title("Page classes as evidence sources (layout has no page class)")
     fig.tight_layout()
     return fig
@@ -502,8 +510,9 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_html(stats: dict) -> str:
-    """A one-page summary: yield per stage (the numbers behind the yield figure) and totals."""
+def summary_html(stats: dict, demo: bool = False) -> str:
+    """A one-page summary: yield per stage (the numbers behind the yield figure), totals, and
+    where the export is (only when one ran)."""
     totals = stats["totals"]
     yield_rows = sorted(stats["tables"]["stage_yield"], key=lambda r: _stage_key(r["stage"]))
     tokens: dict[str, int] = defaultdict(int)
@@ -515,6 +524,14 @@ def summary_html(stats: dict) -> str:
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
         "</style></head><body>",
         "<h2>longdoc-sdg run summary</h2>",
+        *(
+            [
+                "<p style='background:#fff3cd;border:2px solid #d39e00;padding:.6em'><b>DEMO DATA</b>: made by "
+                "<code>longdoc-sdg demo</code> against a test-double model server; not training data.</p>"
+            ]
+            if demo
+            else []
+        ),
         f"<p id='totals'>Documents listed: <b>{totals.get('documents_listed', 0):,}</b>, seeded: "
         f"<b>{totals.get('documents_seeded', 0):,}</b>, failed: <b>{totals.get('documents_failed', 0):,}</b>; "
         f"pages: <b>{totals.get('pages', 0):,}</b>. Generated {html.escape(stats.get('generated', ''))}.</p>",
@@ -547,12 +564,22 @@ def summary_html(stats: dict) -> str:
                 [[r["text_layer"], r["ocr_engine"], r["pages"], r["with_text"]] for r in layers],
             ),
         ]
-    drops = stats["tables"]["filter_drops"]
-    if drops:
-        parts += [
-            "<h3>Rows removed by the export filters</h3>",
-            _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops]),
-        ]
+    exported = totals.get("exported") or {}
+    if exported:
+        drops = stats["tables"]["filter_drops"]
+        parts.append("<h3>Rows removed by the export filters</h3>")
+        parts.append(
+            _table(["stage", "filter", "rows"], [[r["stage"], r["filter"], r["rows"]] for r in drops])
+            if drops
+            else "<p>The export filters removed no ok row.</p>"
+        )
+        parts.append(
+            "<h3>Export</h3><p>Final datasets per QA stage: <code>export/datasets/</code> "
+            f"({', '.join(f'{html.escape(s)} {n:,}' for s, n in exported.items())} rows); layouts under "
+            "<code>export/</code> (<code>reference/</code>, <code>hub/</code> with its dataset card).</p>"
+        )
+    else:
+        parts.append("<p>No export ran (no QA stage ran, or export.enabled is false).</p>")
     agreement = sorted(
         stats["tables"].get("verify_agreement") or [], key=lambda r: (_stage_key(r["stage"]), r["question_type"])
     )
@@ -579,8 +606,8 @@ def summary_html(stats: dict) -> str:
     return "\n".join(parts)
 
 
-def write_summary(stats: dict, path: str) -> None:
-    write_text_atomic(path, summary_html(stats))
+def write_summary(stats: dict, path: str, demo: bool = False) -> None:
+    write_text_atomic(path, summary_html(stats, demo))
 
 
 __all__ = ["FIGURES", "draw_figures", "summary_html", "write_summary"]

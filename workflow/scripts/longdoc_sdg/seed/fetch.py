@@ -380,16 +380,19 @@ def download_to_file(url: str, dest: str | os.PathLike, params: DownloadParams) 
 # --- Common Crawl WARC fallback -------------------------------------------------------
 
 
-def _split_headers(block: bytes, what: str) -> tuple[bytes, dict[str, str], bytes]:
-    end = block.find(b"\r\n\r\n")
+def _split_headers(block, what: str, start: int = 0, stop: int | None = None) -> tuple[bytes, dict[str, str], int]:
+    """First line, headers and where the body starts, of the header block at block[start:stop]
+    (offsets, not slices: a record near the size cap is not copied once per layer)."""
+    stop = len(block) if stop is None else stop
+    end = block.find(b"\r\n\r\n", start, stop)
     if end < 0:
         raise SeedFailure("corrupt", f"{what}: no end of headers")
-    lines = block[:end].decode("latin-1").split("\r\n")
+    lines = bytes(block[start:end]).decode("latin-1").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return lines[0].encode("latin-1"), headers, block[end + 4 :]
+    return lines[0].encode("latin-1"), headers, end + 4
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -424,7 +427,7 @@ def inflate_capped(data: bytes, wbits: int, cap: int, what: str) -> bytes:
     return out
 
 
-def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> bytes:
+def parse_warc_response(record: bytes | bytearray, max_bytes: int = 200 * 1024 * 1024) -> bytes:
     """The HTTP response body stored in one (decompressed) WARC response record; a body
     decoding to more than `max_bytes` is `too_large`."""
     version, headers, rest = _split_headers(record, "WARC record")
@@ -436,9 +439,10 @@ def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> by
         # Common Crawl cuts large payloads; a cut PDF is a broken PDF.
         raise SeedFailure("corrupt", f"WARC record holds a truncated copy ({headers['warc-truncated']})")
     length = int(headers.get("content-length", "-1"))
-    if length < 0 or len(rest) < length:
+    if length < 0 or len(record) - rest < length:
         raise SeedFailure("corrupt", "WARC record is shorter than its Content-Length")
-    status_line, http_headers, body = _split_headers(rest[:length], "archived HTTP response")
+    status_line, http_headers, body_start = _split_headers(record, "archived HTTP response", rest, rest + length)
+    body = record[body_start : rest + length]
     parts = status_line.split()
     if len(parts) < 2 or not parts[1].isdigit():
         raise SeedFailure("corrupt", f"archived HTTP status line {status_line[:60]!r} is malformed")
@@ -505,7 +509,7 @@ def fetch_warc_record(extra: dict, dest: str | os.PathLike, params: SeedParams) 
                     break
             if not inflater.eof:
                 raise _Transient("http_error", "WARC gzip member ended early")
-        body = parse_warc_response(bytes(record), download.max_bytes)
+        body = parse_warc_response(record, download.max_bytes)
         del record
         check_pdf_head(body[:SNIFF_BYTES], "the WARC payload")
         Path(dest).write_bytes(body)
