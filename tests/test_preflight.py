@@ -122,7 +122,7 @@ def test_real_sinfo_knows_the_partition_size(slurm_cluster, tmp_path):
     assert preflight.partition_gpus("gpu") >= 1
     assert preflight.partition_gpus("no-such-partition") in (None, -1)
     config = {
-        "serving": {"enabled": True, "launcher": "slurm", "overrides": {"qwen3-vl-30b": {"gpus": 64}}},
+        "serving": {"enabled": True, "run": {"launcher": "slurm", "overrides": {"qwen3-vl-30b": {"gpus": 64}}}},
         "stages": {
             **{
                 s: {"enabled": False}

@@ -227,7 +227,7 @@ def check_before_running(launcher):
 
 
 if workflow.is_main_process:
-    configured_launcher = config["serving"]["launcher"]
+    configured_launcher = config["serving"]["run"]["launcher"]
     check_before_running(None if configured_launcher == "auto" else configured_launcher)
 
 
@@ -399,7 +399,7 @@ def get_summary_plan():
 def start_run():
     import time
 
-    if config["serving"]["launcher"] == "auto" and config["serving"]["enabled"]:
+    if config["serving"]["run"]["launcher"] == "auto" and config["serving"]["enabled"]:
         check_before_running(get_serve_launcher(None, None))
     RUN_STARTED["at"] = time.time()
     record_progress_plan()
