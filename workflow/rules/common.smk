@@ -176,6 +176,7 @@ def get_final_outputs(wildcards):
 def get_run_outputs(wildcards):
     forget_dead_servers_once()
     shards = manifest_shards()
+    record_plan_after_manifest(shards)
     outputs = []
     for shard in shards:
         outputs += [
@@ -413,10 +414,36 @@ def record_progress_plan():
     from longdoc_sdg import progress
 
     tracked = {"seed", *run_plan.ALL_MODEL_STAGES}
-    planned = Counter(
-        job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
-    )
+    jobs = list(workflow.dag.needrun_jobs())
+    if any(job.rule.name == "manifest" for job in jobs):
+        # The per-shard jobs are known once the manifest job ran: counted then.
+        RUN_STARTED["plan_after_manifest"] = True
+        return
+    planned = Counter(job.rule.name for job in jobs if job.rule.name in tracked)
     progress.record_plan(RESULTS, dict(planned))
+
+
+def record_plan_after_manifest(shards):
+    """Once the manifest job ran (this run listed the shards), the seed and stage jobs it needs:
+    those whose outputs are missing."""
+    if not RUN_STARTED.pop("plan_after_manifest", False):
+        return
+    from types import SimpleNamespace
+
+    from longdoc_sdg import progress
+
+    def missing(outputs):
+        return not all(os.path.exists(path) for path in outputs)
+
+    planned = {
+        "seed": sum(missing([seed_table("pages").format(shard=s)]) for s in shards)
+    }
+    for stage in run_plan.ALL_MODEL_STAGES:
+        if STATUSES[stage].active:
+            planned[stage] = sum(
+                missing(client_outputs(stage, SimpleNamespace(shard=s))) for s in shards
+            )
+    progress.record_plan(RESULTS, {rule: n for rule, n in planned.items() if n})
 
 
 def print_summary(failed=False):
