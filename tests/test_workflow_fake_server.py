@@ -144,8 +144,9 @@ def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
     assert stage_jobs(result.stdout) == {"judge": 2, "windowed_qa": 2}
 
 
-def changed_dry_run(fake_run, tmp_path, change) -> subprocess.CompletedProcess:
+def changed_dry_run(fake_run, tmp_path, change, **more_env) -> subprocess.CompletedProcess:
     workdir, env, _ = fake_run
+    env = {**env, **more_env}
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     change(config)
     changed = tmp_path / "changed.yaml"
@@ -178,7 +179,7 @@ def test_endpoint_host_alias_and_key_variable_rerun_nothing(fake_run, tmp_path):
             if stage.get("model") == "fake":
                 stage["model"] = "moved"
 
-    result = changed_dry_run(fake_run, tmp_path, change)
+    result = changed_dry_run(fake_run, tmp_path, change, OTHER_KEY=FAKE_KEY)
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
 
 
