@@ -14,7 +14,7 @@ machine() {
 
 echo "machine: $(machine)" | tee "$out/machine.txt"
 failed=()
-for bench in seed client memory dag decontamination; do
+for bench in seed client memory dag decontamination replicas; do
     echo
     echo "=== bench_$bench ($(date -u +%H:%M:%S) UTC; load $(cut -d' ' -f1 /proc/loadavg)) ==="
     # Each one's own figures go to JSON; the console output is kept as its log.

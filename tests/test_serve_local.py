@@ -55,6 +55,10 @@ def _record(paths, name="fake"):
     return read_json(paths["state"] / "servers" / f"{name}.json")
 
 
+def _replica(paths, index=0, name="fake"):
+    return _record(paths, name)["replicas"][index]
+
+
 def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
     job_log = tmp_path / "serve-job.log"
     stderr = sys.stderr
@@ -89,7 +93,19 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
     assert info["base_url"] == runtime["base_url"] and "api_key" not in info
 
     endpoint = read_endpoint(runtime_file)
-    assert endpoint == {"base_url": runtime["base_url"], "model": "fake-served", "api_key": key}
+    assert endpoint == {
+        "base_url": runtime["base_url"],
+        "model": "fake-served",
+        "api_key": key,
+        "replicas": [
+            {
+                "base_url": runtime["base_url"],
+                "capacity": None,
+                "server_log": runtime["server_log"],
+                "name": "replica 0",
+            }
+        ],
+    }
     assert verify_endpoint(runtime_file) == endpoint
     # The server really holds the key: without it, /v1/models is refused.
     assert http_get(f"{runtime['url']}/v1/models")[0] == 401
@@ -99,7 +115,7 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
     assert cmdlines_containing(key) == []
     assert files_containing(tmp_path, key) == [runtime_file]
     assert key not in job_log.read_text()
-    assert not Path(_record(paths)["key_path"]).exists()
+    assert not Path(_replica(paths)["key_path"]).exists()
 
     pid = runtime["pid"]
     assert alive(pid)
@@ -208,7 +224,7 @@ def test_killed_server_gives_clear_client_error_and_is_reaped(tmp_path, paths):
     dep = fake_deployment(tmp_path)
     _serve(dep, paths)
     runtime = json.loads(paths["runtime"].read_text())
-    bound = read_json(_record(paths)["bound_path"])
+    bound = read_json(_replica(paths)["bound_path"])
     # Like a lost node: wrapper and server die at once, nobody unpublishes.
     os.killpg(runtime["pid"], signal.SIGKILL)
     os.killpg(bound["server_pid"], signal.SIGKILL)
@@ -304,10 +320,11 @@ def test_sigterm_while_waiting_stops_the_half_started_server(tmp_path):
     )
     record_path = state / "servers" / "slowload.json"
     try:
-        assert wait_until(lambda: (read_json(record_path) or {}).get("pid"), 30)
-        wrapper_pid = read_json(record_path)["pid"]
-        assert wait_until(lambda: (state / "servers" / "slowload" / "bound.json").exists(), 30)
-        server_pid = read_json(state / "servers" / "slowload" / "bound.json")["server_pid"]
+        assert wait_until(lambda: (read_json(record_path) or {}).get("replicas"), 30)
+        wrapper_pid = read_json(record_path)["replicas"][0]["pid"]
+        bound_path = state / "servers" / "slowload" / "replica-0" / "bound.json"
+        assert wait_until(bound_path.exists, 30)
+        server_pid = read_json(bound_path)["server_pid"]
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     finally:

@@ -85,3 +85,60 @@ def test_crash_in_slurm_job_fails_fast_with_log_tail(tmp_path, paths):
     assert "CUDA out of memory (simulated by the shim)" in str(caught.value)
     assert "Slurm job" in str(caught.value)
     assert not paths["sentinel"].exists()
+
+
+def test_replicas_as_slurm_jobs_one_cancelled_one_queued_all_gone_after_teardown(tmp_path, paths):
+    """Three replicas of one GPU each on a node with two: two run (each in gpu with its GRES),
+    the third stays queued. scancel of a running one: requests go on to the other; teardown
+    cancels the rest, the queued one included. FAKE server (test double) as vLLM."""
+    import asyncio
+
+    from longdoc_sdg.engine import ChatEngine, ConcurrencyConfig, EndpointConfig, RetryConfig
+    from longdoc_sdg.serve import read_replicas
+    from test_serve_replicas import fake_replicas
+
+    dep = fake_replicas(
+        name="slurmpool", replicas=3, min_ready=2, partition="gpu", gpus=1, mem_mb=500, cpus=1, walltime=10
+    )
+    serve(dep, paths["sentinel"], paths["runtime"], launcher="slurm", state_dir=paths["state"])
+    record = json.loads((paths["state"] / "servers" / "slurmpool.json").read_text())
+    job_ids = [r["job_id"] for r in record["replicas"]]
+    runtime = json.loads(paths["runtime"].read_text())
+    running = [r["job_id"] for r in runtime["replicas"]]
+    assert len(running) == 2 and len(set(job_ids)) == 3
+    queued = next(j for j in job_ids if j not in running)
+    assert _squeue(queued) == "PENDING"
+    for job_id in running:
+        assert wait_until(lambda job_id=job_id: _sacct(job_id, "State") == "RUNNING", 30)
+        partition, tres = _sacct(job_id, "Partition,AllocTRES").split("|")
+        assert partition == "gpu" and "gres/gpu=1" in tres
+
+    endpoint = EndpointConfig(
+        base_url=runtime["base_url"], model=runtime["model"], api_key=runtime["api_key"], request_timeout_s=20
+    )
+
+    async def use_it():
+        engine = ChatEngine(
+            endpoint,
+            concurrency=ConcurrencyConfig(max=4),
+            retry=RetryConfig(max_attempts=3),
+            replicas=lambda: read_replicas(paths["runtime"]),
+        )
+        async with engine:
+
+            async def ask(i):
+                await engine.chat([{"role": "user", "content": f"q{i}"}], max_tokens=8)
+
+            await asyncio.gather(*(ask(i) for i in range(20)))
+            subprocess.run(["scancel", running[0]], check=True, timeout=30)
+            assert wait_until(lambda: _squeue(running[0]) == "", 60)
+            await asyncio.gather(*(ask(i) for i in range(20, 60)))
+            return {r["base_url"]: r for r in engine.stats()["replicas"]}
+
+    stats = asyncio.run(use_it())
+    by_job = {r["job_id"]: stats[r["base_url"]] for r in runtime["replicas"]}
+    assert by_job[running[0]]["requests"] > 0 and by_job[running[1]]["requests"] > 0
+    assert not by_job[running[0]]["admitted"]
+
+    assert teardown(paths["state"]) == ["slurmpool"]
+    assert [j for j in job_ids if _squeue(j)] == []

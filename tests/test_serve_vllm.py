@@ -80,7 +80,7 @@ def test_real_vllm_local(tmp_path, tiny_model):
         info = serve(dep, paths["sentinel"], paths["runtime"], launcher="local", state_dir=paths["state"])
         print(f"real vLLM (local) ready in {time.monotonic() - t0:.1f}s")
         runtime = _check_served(paths, info)
-        server_pgid = read_json(paths["state"] / "servers" / "tiny-cpu-vlm" / "bound.json")["server_pid"]
+        server_pgid = read_json(paths["state"] / "servers" / "tiny-cpu-vlm" / "replica-0" / "bound.json")["server_pid"]
         assert group_alive(server_pgid)
     finally:
         t0 = time.monotonic()

@@ -159,7 +159,7 @@ class Watcher:
             self.published = True
             self.keys.add(runtime["api_key"])
             if self.kill_when is not None and self.killed_pid is None and self.kill_when():
-                bound_path = serve_dir(self.workdir) / "servers" / DEPLOYMENT / "bound.json"
+                bound_path = serve_dir(self.workdir) / "servers" / DEPLOYMENT / "replica-0" / "bound.json"
                 server_pid = json.loads(bound_path.read_text())["server_pid"]
                 # Like a crashed engine: the server's whole group, not the wrapper.
                 os.killpg(server_pid, signal.SIGKILL)
@@ -329,7 +329,11 @@ def test_forced_shard_gets_a_server(served_run, tmp_path):
     before = ocr_outputs(workdir)
     result = snakemake(workdir, "--force", f"results/ocr/{shard}.parquet")
     assert result.returncode == 0, output_of(result)[-4000:]
-    assert planned_jobs(output_of(result)) == {"serve": 1, "ocr": 1}
+    # No serve job in this DAG: the client serves the deployment itself, teardown stops it.
+    assert planned_jobs(output_of(result)) == {"ocr": 1}
+    client_log = (workdir / "results" / "logs" / "ocr" / f"{shard}.log").read_text()
+    assert "no serve job of this run started it; serving it here" in client_log
+    assert "stopped servers: fake-vllm" in output_of(result)
     after = ocr_outputs(workdir)
     assert after[shard] != before[shard]
     assert {s: t for s, t in after.items() if s != shard} == {s: t for s, t in before.items() if s != shard}
@@ -357,7 +361,7 @@ def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
     template, pdf_dir = seeded
     # The double answers /health but lists another model; the ready timeout ends the wait.
     workdir = workdir_from(
-        template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"], ready_timeout_s=5
+        template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"], ready_timeout_s=15
     )
     t0 = time.monotonic()
     with Watcher(workdir) as watcher:
@@ -367,7 +371,7 @@ def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
     assert not watcher.published, "a server listing another model was published"
     text = output_of(result)
     assert "Error in rule serve" in text
-    assert "someone-elses-model" in text and f"not '{SERVED}'" in text
+    assert "someone-elses-model" in text and f"not '{SERVED}'" in text, text[-6000:]
     assert ocr_outputs(workdir) == {}
     assert not (serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json").exists()
     assert_unpublished(workdir)
@@ -384,7 +388,18 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     pages = shard_pages(workdir)
 
     t0 = time.monotonic()
-    with Watcher(workdir, kill_when=lambda: bool(ocr_outputs(workdir))) as watcher:
+
+    biggest = max(pages, key=pages.get)
+    big_journal = workdir / "results" / ".journal" / "ocr" / f"{biggest}.jsonl"
+
+    def one_shard_done_the_big_one_under_way() -> bool:
+        # Two rows of the 14-page shard journaled: a dozen are still to come.
+        try:
+            return bool(ocr_outputs(workdir)) and len(big_journal.read_text().splitlines()) >= 2
+        except OSError:
+            return False
+
+    with Watcher(workdir, kill_when=one_shard_done_the_big_one_under_way) as watcher:
         first = snakemake(workdir)
     print(f"run with the server killed: failed after {time.monotonic() - t0:.1f}s")
     assert watcher.killed_pid is not None, output_of(first)[-4000:]
@@ -394,7 +409,7 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     assert "is gone" in text or "is not running" in text
     assert "rerun — the serve rule will start it again" in text
     # The job the server died under says so (the engine's own error names only the URL).
-    assert "It went away during this job" in text
+    assert "It went away during this job" in text, text[-8000:]
     assert_unpublished(workdir)
     finished = ocr_outputs(workdir)
     assert finished and len(finished) < len(pages), finished
@@ -405,7 +420,7 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     dry = snakemake(workdir, "-n")
     assert dry.returncode == 0, output_of(dry)[-4000:]
     unfinished = sorted(set(pages) - set(finished))
-    assert planned_jobs(dry.stdout) == {"serve": 1, "ocr": len(unfinished), "served": 1, "all": 1}
+    assert planned_jobs(dry.stdout) == {"serve": 1, "ocr": len(unfinished), "served": 1, "ledger": 1, "all": 1}
 
     t0 = time.monotonic()
     second = snakemake(workdir)
@@ -423,3 +438,125 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
         table = pq.read_table(workdir / "results" / "ocr" / f"{shard}.parquet")
         assert table.num_rows == count and set(table.column("status").to_pylist()) == {"ok"}
     assert_unpublished(workdir)
+
+
+def replica_bound(workdir: Path, index: int) -> dict:
+    return json.loads((serve_dir(workdir) / "servers" / DEPLOYMENT / f"replica-{index}" / "bound.json").read_text())
+
+
+def requests_of(stats_path: Path) -> int:
+    try:
+        return json.loads(stats_path.read_text())["requests"]
+    except (OSError, ValueError):
+        return 0
+
+
+def job_logs(workdir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted((workdir / "results" / "logs").rglob("*.log")))
+
+
+def assert_every_page_once(workdir: Path) -> None:
+    for shard, count in shard_pages(workdir).items():
+        table = pq.read_table(workdir / "results" / "ocr" / f"{shard}.parquet")
+        ids = table.column("row_id").to_pylist()
+        assert len(ids) == count and len(set(ids)) == count, shard
+        assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+def test_two_replicas_one_sigkilled_mid_stage_the_run_still_succeeds(seeded, tmp_path):
+    template, pdf_dir = seeded
+    stats = tmp_path / "stats.json"
+    workdir = workdir_from(
+        template,
+        tmp_path,
+        pdf_dir,
+        replicas=2,
+        min_ready=2,
+        extra_args=["--latency", "0.3", "--max-num-seqs", "2"],
+        env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
+    )
+    victim = Path(f"{stats}.replica-1")
+    killed = []
+
+    def kill_replica_once_it_served() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if requests_of(victim) >= 3:
+                pid = replica_bound(workdir, 1)["server_pid"]
+                os.killpg(pid, signal.SIGKILL)  # a lost node: no goodbye
+                killed.append(requests_of(victim))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_replica_once_it_served, daemon=True)
+    thread.start()
+    result = snakemake(workdir)
+    thread.join(5)
+    text = output_of(result)
+    assert killed, text[-4000:]
+    assert result.returncode == 0, text[-6000:]
+    assert "ejected replica 1" in job_logs(workdir)
+    assert_every_page_once(workdir)
+    # Both served; the survivor took the rest, the victim nothing after its death.
+    assert requests_of(victim) <= killed[0] + 2  # at most what was already arriving
+    assert requests_of(stats) > 0
+    assert_unpublished(workdir)
+
+
+def test_elastic_second_replica_joins_running_clients(seeded, tmp_path):
+    template, pdf_dir = seeded
+    stats = tmp_path / "stats.json"
+    # Replica 1 loads 4 s longer; clients start on replica 0 (min_ready: 1) and take ~10 s on it alone.
+    workdir = workdir_from(
+        template,
+        tmp_path,
+        pdf_dir,
+        replicas=2,
+        min_ready=1,
+        extra_args=["--latency", "0.5", "--max-num-seqs", "1", "--replica-startup-delay", "1=4"],
+        env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
+    )
+    late = Path(f"{stats}.replica-1")
+    first_request_of_late_replica_after_clients_started = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if requests_of(late) > 0:
+                first_request_of_late_replica_after_clients_started.append(requests_of(stats))
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    result = snakemake(workdir)
+    thread.join(5)
+    text = output_of(result)
+    assert result.returncode == 0, text[-6000:]
+    # Published with replica 0 alone, replica 1 admitted later; then it got requests while
+    # replica 0 had already served some (the clients were running before it joined).
+    assert "1 replica(s) still starting; admitter" in job_logs(workdir)
+    assert first_request_of_late_replica_after_clients_started, text[-4000:]
+    assert first_request_of_late_replica_after_clients_started[0] > 0
+    assert requests_of(late) > 0
+    assert requests_of(stats) + requests_of(late) == sum(shard_pages(workdir).values())
+    assert_every_page_once(workdir)
+    assert_unpublished(workdir)
+
+
+def test_ledger_has_gpu_time_per_deployment_and_per_accepted_row(served_run):
+    workdir, _, _, _ = served_run
+    ledger = json.loads((workdir / "results" / "report" / "ledger.json").read_text())
+    deployment = ledger["deployments"][DEPLOYMENT]
+    assert deployment["instances"] == 1 and deployment["replicas_ready"] == 1
+    # fake-vllm.yaml asks for one GPU per replica: GPU-seconds = replica-seconds.
+    assert deployment["gpu_seconds"] == deployment["replica_seconds"] > 0
+    # Scraped from the server's /metrics just before it was stopped: one request per page.
+    assert deployment["requests"] == sum(shard_pages(workdir).values())
+    assert deployment["prompt_tokens"] > 0 and deployment["generation_tokens"] > 0
+    ocr = ledger["stages"]["ocr"]
+    assert ocr["deployment"] == DEPLOYMENT and ocr["accepted_rows"] == sum(shard_pages(workdir).values())
+    assert ocr["gpu_seconds"] == deployment["gpu_seconds"]  # its only stage
+    assert ocr["gpu_hours_per_1000_accepted"] == pytest.approx(
+        ocr["gpu_seconds"] / 3600 / (ocr["accepted_rows"] / 1000), rel=1e-3
+    )
+    assert (workdir / "results" / "report" / "figures" / "ledger.png").stat().st_size > 0

@@ -172,7 +172,14 @@ def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
     endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
-    params = {"max_images": 2, "max_tokens": 96, "extract_max_tokens": 48, "sampling": {"extra_body": NO_THINKING}}
+    # The grammar makes the random model's replies end (else every row is a 'length' failure).
+    params = {
+        "max_images": 2,
+        "max_tokens": 128,
+        "extract_max_tokens": 128,
+        "constrain_output": True,
+        "sampling": {"extra_body": NO_THINKING},
+    }
     samples = REPO / "tests" / "data" / "evaluate" / "samples.json"
     scores = run_evaluation(str(samples), str(SAMPLE_PDF_DIR), str(tmp_path / "out"), endpoint, params, {"dpi": 40})
     assert scores["samples"] == 10 == scores["answered"] + scores["failed"]
@@ -187,3 +194,42 @@ def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys
             assert cli_main(["score", str(tmp_path / "out" / "results.json"), "--mode", mode]) == 0
             assert json.loads(capsys.readouterr().out) == scores[mode]
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
+    """Anchored QA from the real server, then verify over its rows: every eligible QA row gets
+    one verify row (ok with a score in [0, 1], or failed with a reason); the scores are noise."""
+    from test_stages_support import build_seed
+
+    from conftest import SAMPLE_PDF_DIR
+    from longdoc_sdg.stages import run_stage
+
+    monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
+    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    seed = build_seed(tmp_path / "seed", sorted(SAMPLE_PDF_DIR.glob("*.pdf"))[:1], max_pages=2)
+    qa = tmp_path / "single_page_qa" / "00000.parquet"
+    settings = tiny_model_stage_settings()["single_page_qa"]
+    run_stage("single_page_qa", {"pages": seed["pages"]}, str(qa), settings, endpoint, 1, str(tmp_path / "j1.jsonl"))
+    out = tmp_path / "verify" / "single_page_qa" / "00000.parquet"
+    params = {
+        "max_tokens": 128,
+        "extract_max_tokens": 128,
+        "constrain_output": True,
+        "only_format_ok": False,
+        "sampling": {"extra_body": NO_THINKING},
+    }
+    summary = run_stage(
+        "verify", {"qa": str(qa), "pages": seed["pages"]}, str(out), params, endpoint, 1, str(tmp_path / "j2.jsonl")
+    )
+    qa_rows = pq.read_table(qa).to_pylist()
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["qa_row_id"] for r in rows if r["status"] == "ok") == sorted(
+        r["row_id"] for r in qa_rows if r["status"] == "ok" and r["row_id"] in {v["qa_row_id"] for v in rows}
+    )
+    assert summary["rows"] == len(rows) == sum(r["status"] == "ok" for r in qa_rows)
+    assert {r["row_id"] for r in rows} == {f"verify:{r['row_id']}" for r in qa_rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] == "ok":
+            assert 0.0 <= r["verify_score"] <= 1.0 and r["benchmark_format"] in ("Int", "Float", "Str", "None", "List")
+        else:
+            assert r["failure_reason"]

@@ -108,21 +108,6 @@ def client_outputs(stage, wildcards):
     return [stage_output(stage).format(shard=wildcards.shard)]
 
 
-def job_forced(rule_name, outputs):
-    """Whether this run forces the job (--forcerun RULE, --force/-f TARGET, -F). Only the main
-    process decides what runs; a cluster job re-parsing the workflow never needs the server
-    brought up for it."""
-    if not workflow.is_main_process:
-        return False
-    settings = workflow.dag_settings
-    if settings.forceall or rule_name in settings.forcerun:
-        return True
-    if not settings.forcetargets:
-        return False
-    targets = {os.path.abspath(t) for t in settings.targets}
-    return any(os.path.abspath(output) in targets for output in outputs)
-
-
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
@@ -138,16 +123,14 @@ def get_stage_inputs(stage):
 
 def get_serving_inputs(stage):
     """Input function factory: the deployment's sentinel as `ancient()`, so a restarted server
-    never reruns finished jobs; a forced client also takes the runtime file, which makes
-    Snakemake serve for it (see serve.smk)."""
+    never reruns finished jobs. The serve job comes into the DAG through the `served` rule
+    (see serve.smk); a client whose deployment this run never started (a forced target) serves
+    it itself (endpoints.ensure_served)."""
     deployment = run_plan.stage_deployment(config, stage)
 
     def serving(wildcards):
         forget_dead_servers_once()
-        paths = [ancient(sentinel_path(deployment))]
-        if job_forced(stage, client_outputs(stage, wildcards)):
-            paths.append(runtime_path(deployment))
-        return paths
+        return [ancient(sentinel_path(deployment))]
 
     return serving
 
@@ -212,7 +195,8 @@ if workflow.is_main_process:
 
 def check_before_running(launcher):
     """Plan-time checks (longdoc_sdg.preflight): missing key variables, a served deployment
-    that cannot start here. `launcher` None: not known yet (auto), checked at onstart.
+    that cannot start here. `launcher` None: not known yet (auto), checked by the serve job
+    (get_serve_launcher).
     """
     from longdoc_sdg import preflight
 
@@ -265,9 +249,10 @@ def record_served(deployment, clients, path):
 
     from longdoc_sdg.io import write_text_atomic
 
+    # Stopped first: teardown accounts for its GPU time in the ledger, which reads the marker.
+    endpoints.stop_deployment(SERVE_DIR, deployment)
     marker = {"deployment": deployment, "clients": len(clients)}
     write_text_atomic(path, json.dumps(marker) + "\n")
-    endpoints.stop_deployment(SERVE_DIR, deployment)
 
 
 def get_deployment_settings(wildcards, output):
@@ -277,15 +262,19 @@ def get_deployment_settings(wildcards, output):
     return endpoints.deployment_settings(config, wildcards.deployment)
 
 
-def get_serve_launcher(wildcards, output):
-    """Where model servers start: 'auto' follows the executor (slurm profile -> GPU jobs).
-    A params function on purpose: the executor plugin is known only once the DAG is built,
-    not while the Snakefile is parsed. Takes `output`: not a rerun trigger."""
-    launcher = config["serving"]["run"]["launcher"]
-    if launcher != "auto":
-        return launcher
-    plugin = workflow.executor_plugin
-    return "slurm" if plugin is not None and "slurm" in plugin.name else "local"
+AUTO_LAUNCHER_CHECKED = []
+
+
+def get_serve_launcher(wildcards, output, resources):
+    """Where model servers start. 'auto' follows the profile: profiles/slurm sets the serve
+    rule's `serve_launcher` resource to slurm (GPU jobs); without it, local processes. Known
+    only from the serve job's resources, so the serving checks of an auto launcher run here,
+    once, before the first server starts. Takes `output`: not a rerun trigger."""
+    launcher = endpoints.serve_launcher(config, resources.get("serve_launcher"))
+    if config["serving"]["run"]["launcher"] == "auto" and not AUTO_LAUNCHER_CHECKED:
+        check_before_running(launcher)
+        AUTO_LAUNCHER_CHECKED.append(launcher)
+    return launcher
 
 
 def serve_state_dir(wildcards, output):
@@ -400,8 +389,6 @@ def get_summary_plan():
 def start_run():
     import time
 
-    if config["serving"]["run"]["launcher"] == "auto" and config["serving"]["enabled"]:
-        check_before_running(get_serve_launcher(None, None))
     RUN_STARTED["at"] = time.time()
     record_progress_plan()
     start_heartbeat()
@@ -471,3 +458,45 @@ def print_summary(failed=False):
             file=sys.stderr,
         )
         raise SystemExit(1)
+
+
+# the serving ledger (rules/ledger.smk)
+def served_stage_outputs():
+    """Client outputs of every active served stage, by stage."""
+    outputs = {}
+    for stage, status in STATUSES.items():
+        if not (status.active and status.mode == "serve"):
+            continue
+        if stage == "judge":
+            outputs[stage] = [
+                judge_output(q).format(shard=shard)
+                for q in JUDGED
+                for shard in manifest_shards()
+            ]
+        else:
+            outputs[stage] = [
+                f"{RESULTS}/{stage}/{shard}.parquet" for shard in manifest_shards()
+            ]
+    return outputs
+
+
+def get_ledger_inputs(wildcards):
+    inputs = {"served": [f"{SERVE_DIR}/{d}.served.json" for d in served_deployments()]}
+    for stage, files in served_stage_outputs().items():
+        inputs[f"stage_{stage}"] = files
+    return inputs
+
+
+def get_ledger_stage_deployments():
+    return {
+        stage: run_plan.stage_deployment(config, stage)
+        for stage, status in STATUSES.items()
+        if status.active and status.mode == "serve"
+    }
+
+
+def get_ledger_targets(wildcards):
+    """The ledger when this run serves something (and has shards to serve for)."""
+    if not (served_deployments() and manifest_shards()):
+        return []
+    return [f"{RESULTS}/report/ledger.json", f"{RESULTS}/report/figures/ledger.png"]

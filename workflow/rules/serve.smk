@@ -2,15 +2,16 @@
 # serves the model, publish a sentinel (identity only) and a runtime file (endpoint, key).
 #
 # How a server is started only when needed, without rerunning finished clients
-# (Snakemake 9 facts, see dag.py update_needrun):
+# (Snakemake's documented rerun semantics: ancient(), temp(), update()):
 # - A job is triggered by an upstream job that reruns unless every file it takes from it is
 #   ancient() AND exists. So the sentinel is persistent (update(): kept before the job and
 #   restored if serving fails; teardown leaves it) and clients take it as ancient().
 # - A producer runs only when a rerunning consumer needs one of its outputs that is missing.
 #   The runtime file (temp, removed whenever the server goes) is that output: the `served`
 #   rule below takes it plus every client output of the deployment, so it reruns exactly when
-#   some client reruns, and pulls the serve job in. Forced clients (--force FILE, --forcerun)
-#   take the runtime file themselves (get_stage_inputs), as `served` is not in such DAGs.
+#   some client reruns, and pulls the serve job in. A forced target (--force FILE) has no
+#   `served` in its DAG: its client serves the deployment itself (endpoints.ensure_served),
+#   so no rule needs to know what Snakemake forces.
 
 
 rule serve:

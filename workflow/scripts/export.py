@@ -38,6 +38,7 @@ elif rule == "export_hub":
 
     datasets = {Path(p).name.split(".")[0]: p for p in files(snakemake.input.datasets)}
     summaries = {Path(p).name.split(".")[0]: read_summary(p) for p in files(snakemake.input.summaries)}
-    write_hub(datasets, summaries, files(snakemake.input.pages), snakemake.output[0], snakemake.params.settings)
+    ledger = snakemake.input.get("ledger")
+    write_hub(datasets, summaries, files(snakemake.input.pages), snakemake.output[0], snakemake.params.settings, ledger)
 else:
     raise ValueError(f"export.py does not handle rule {rule}")

@@ -81,7 +81,8 @@ class ServingRun(Section):
     launcher: Literal["auto", "local", "slurm"] = Field(
         "auto",
         description="Start servers as local processes or as Slurm GPU jobs (sbatch to the deployment's "
-        "partition); auto = slurm when the workflow runs with the slurm executor, else local.",
+        "partition); auto = slurm under profiles/slurm (it sets the serve rule's serve_launcher resource), "
+        "else local.",
     )
     deployments_dir: str = Field("config/deployments", description="Folder of deployment YAML files (NAME.yaml).")
     overrides: dict[str, dict[str, Any]] = Field(
@@ -343,6 +344,10 @@ def workflow_config_model():
         source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
         seed=(SeedConfig, Field(SeedConfig(), description="Stage 01: fetching and rendering.")),
+        mix=(
+            MixConfig,
+            Field(MixConfig(), description="Which question-type mix the QA stages aim at (see longdoc_sdg/mix.py)."),
+        ),
         models=(
             dict[str, ModelSpec],
             Field(
@@ -460,6 +465,15 @@ def default_config() -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
+
+
+class MixConfig(Section):
+    target: Literal["reference", "benchmark", "custom"] = Field(
+        "reference",
+        description="'reference': the reference recipe's question-type weights (stage weights may not be "
+        "changed); 'benchmark': weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
+        "(visual and anchored QA); 'custom': each stage's question_type_weights as configured.",
+    )
 
 
 class ExportFilters(Section):

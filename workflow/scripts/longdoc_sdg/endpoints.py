@@ -26,9 +26,21 @@ def deployment_file(config: dict, name: str) -> Path:
 
 
 def _deployment(config: dict, name: str):
+    from pydantic import ValidationError
+
     from .serve import load_deployment
 
-    return load_deployment(deployment_file(config, name), config["serving"]["run"]["overrides"].get(name))
+    path = deployment_file(config, name)
+    try:
+        return load_deployment(path, config["serving"]["run"]["overrides"].get(name))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'deployment'}: {error['msg']}" for error in exc.errors()
+        )
+        raise ValueError(
+            f"deployment {name!r} ({path}, with serving.run.overrides.{name}): {problems}; fix the field in the "
+            f"deployment file or its override"
+        ) from None
 
 
 def deployment_settings(config: dict, name: str) -> dict[str, Any]:
@@ -55,6 +67,22 @@ def deployment_identity(config: dict, name: str) -> dict[str, str]:
     from .serve import identity
 
     return identity(_deployment(config, name))
+
+
+def serve_launcher(config: dict, profile_launcher: str | None = None, client: bool = False) -> str:
+    """serving.run.launcher with 'auto' resolved: what the profile asks for (the serve rule's
+    `serve_launcher` resource, set by profiles/slurm), else local; for a client job serving
+    for itself (see ensure_served), slurm when that job runs inside Slurm."""
+    launcher = config["serving"]["run"]["launcher"]
+    if launcher != "auto":
+        return launcher
+    if profile_launcher:
+        if profile_launcher not in ("local", "slurm"):
+            raise ValueError(
+                f"the profile sets the serve rule's resource serve_launcher={profile_launcher!r}; use local or slurm"
+            )
+        return profile_launcher
+    return "slurm" if client and os.environ.get("SLURM_JOB_ID") else "local"
 
 
 def serve_deployment(settings: dict, sentinel_path: str, runtime_path: str, launcher: str, state_dir: str):
@@ -135,9 +163,42 @@ def read_api_key(env_name: str, what: str) -> str:
     return key
 
 
+def ensure_served(params: dict, config: dict) -> None:
+    """Serve a client's deployment from the client job when this run never started it: a
+    forced target (`--force FILE`) has no serve job in its DAG when the sentinel already
+    exists. One client serves (under a lock), the others wait for it and find it published;
+    end-of-run teardown stops it like any other. A deployment that was started and died is
+    left alone: its client fails with the rerun hint instead of restarting it in a loop."""
+    import fcntl
+
+    from .serve import serve
+
+    runtime = Path(params["runtime"])
+    if runtime.exists():
+        return
+    name = params["deployment"]
+    servers = runtime.parent / "servers"
+    servers.mkdir(parents=True, exist_ok=True)
+    with open(servers / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if runtime.exists() or (servers / f"{name}.json").exists():
+            return
+        log.info("deployment %s is not running and no serve job of this run started it; serving it here", name)
+        settings = deployment_settings(config, name)
+        serve(
+            settings["file"],
+            runtime.parent / f"{name}.sentinel.json",
+            runtime,
+            launcher=serve_launcher(config, client=True),
+            state_dir=runtime.parent,
+            overrides=settings["overrides"],
+        )
+
+
 def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
-    """The engine endpoint of a job, from its endpoint params (the identity) and, for a manual
-    endpoint, the config's model alias read at job time."""
+    """The engine endpoint of a job, from its endpoint params (the identity) and the config
+    read at job time: a manual model's alias (base URL, key variable); a served deployment
+    nobody started yet is served first (ensure_served)."""
     mode = params["mode"]
     if mode == "none":
         return None
@@ -154,6 +215,8 @@ def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
     if mode == "serve":
         from .serve import verify_endpoint
 
+        ensure_served(params, config)
+
         endpoint = verify_endpoint(params["runtime"])
         if endpoint["model"] != params["served_name"]:
             raise RuntimeError(
@@ -161,6 +224,9 @@ def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
                 f"{params['served_name']!r}; rerun to serve the configured deployment"
             )
         register_secret(endpoint.get("api_key"))
+        # The engine re-reads the replicas from the runtime file (late ones join).
+        endpoint.pop("replicas", None)
+        endpoint["runtime"] = params["runtime"]
         return endpoint
     raise RuntimeError(f"stage has no reachable model (endpoint mode {mode!r})")
 

@@ -125,13 +125,16 @@ def judged_stages(config: dict) -> list[str]:
 
 
 def stage_config_section(config: dict, stage: str) -> dict:
-    """The stage's own config as a job works with it: its settings plus the few of its fields
-    that only steer a run (e.g. image transport), which the config keeps under `run:`."""
+    """The stage's own config as a job works with it: its settings (with the question-type
+    weights of `mix.target`) plus the few of its fields that only steer a run (e.g. image
+    transport), which the config keeps under `run:`."""
     from .config import STAGE_RUN_FIELDS
+    from .mix import apply_mix
 
     section = config["stages"][stage]
     run = {key: section["run"][key] for key in STAGE_RUN_FIELDS if key in section["run"]}
-    return {**section["settings"], **run}
+    settings = apply_mix((config.get("mix") or {}).get("target", "reference"), stage, section["settings"])
+    return {**settings, **run}
 
 
 def stage_settings(config: dict, stage: str) -> dict:

@@ -8,7 +8,7 @@ import collections
 import contextvars
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -16,8 +16,9 @@ from ..io import get_logger, register_secret
 from .config import BreakerConfig, ConcurrencyConfig, EndpointConfig, RetryConfig
 from .errors import EndpointError, RecordError
 from .limiter import AdaptiveLimiter, ByteBudget, CircuitBreaker
+from .pool import NoReplicaLeft, ReplicaPool
 from .schema import parse_reply, response_format
-from .transport import EncodedBody, TransportError, encode_body, loads, make_transport
+from .transport import EncodedBody, TransportError, encode_body, loads
 
 log = get_logger("engine")
 
@@ -62,6 +63,7 @@ class EngineUsage(Usage):
 
     requests: int = 0  # answered (HTTP 200) requests, including replies that failed checks
     attempts: int = 0  # HTTP attempts, retries included
+    replica_retries: int = 0  # attempts resent because their replica stopped answering
 
 
 @dataclass
@@ -88,11 +90,17 @@ row_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("row_us
 
 
 class _Retryable(Exception):
-    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+    def __init__(self, kind: str, message: str, retry_after: float | None = None, replica_lost: bool = False):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
+        # the replica it went to stopped answering and was ejected: retry on another at once
+        self.replica_lost = replica_lost
+
+
+# Kinds of transport failure that mean the replica itself is gone, not this request.
+_REPLICA_GONE = ("unreachable", "connection_error")
 
 
 def _error_message(data: bytes) -> str:
@@ -112,8 +120,12 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class ChatEngine:
-    """Send chat requests to one endpoint and model.
+    """Send chat requests to one endpoint and model, or to the replicas of one served model.
 
+    `replicas`: a function listing the replicas ready now (dicts with base_url, optionally
+    capacity, name, server_log), re-read every few seconds; requests go to the replica with the
+    fewest outstanding requests for its capacity, and one that stops answering is ejected and
+    its requests retried on the others (see pool.py). `concurrency.max` is then per replica.
     Use within one event loop; `await engine.aclose()` (or `async with engine`) at the end.
     """
 
@@ -124,6 +136,9 @@ class ChatEngine:
         retry: RetryConfig | None = None,
         breaker: BreakerConfig | None = None,
         transport: str = "aiohttp",
+        replicas: Callable[[], list[dict]] | None = None,
+        balance: str = "least_outstanding",
+        lost_grace_s: float = 10.0,
     ):
         self.endpoint = endpoint
         self.concurrency = concurrency or ConcurrencyConfig()
@@ -135,8 +150,17 @@ class ChatEngine:
         # are what a job's memory is made of
         self.budget = ByteBudget(self.concurrency.max_inflight_bytes)
         self.breaker = CircuitBreaker(breaker or BreakerConfig())
-        # pool a little above the limit: a closing connection must not stall a new request
-        self._transport = make_transport(transport, endpoint, self.concurrency.max + 8)
+        self.pool = ReplicaPool(
+            endpoint,
+            self.concurrency.max,
+            transport,
+            source=replicas,
+            policy=balance,
+            max_waiting=self.concurrency.replica_max_waiting,
+            lost_grace_s=lost_grace_s,
+            on_resize=self.limiter.resize,
+        )
+        self.limiter.resize(max(1, self.pool.total_capacity()))
         self.usage = EngineUsage()
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._failed: EndpointError | None = None
@@ -151,17 +175,35 @@ class ChatEngine:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._transport.close()
+        await self.pool.close()
 
     # -- checks
 
     async def verify(self) -> dict:
-        """Check that the endpoint answers and lists our model; returns its /v1/models entry."""
-        where = self.endpoint.describe()
+        """Check that the endpoint answers and lists our model; returns its /v1/models entry.
+        With replicas: every listed replica is checked; those not answering are ejected, and
+        the check fails only when none answers."""
+        errors: list[EndpointError] = []
+        for replica in list(self.pool.admitted()):
+            try:
+                return await self._verify_one(replica)
+            except EndpointError as exc:
+                if not self.pool.elastic:
+                    raise
+                errors.append(exc)
+                self.pool.eject(replica, str(exc))
+        if errors:
+            raise EndpointError("; ".join(str(e) for e in errors))
+        raise EndpointError(f"{self.endpoint.describe()}: no replica is listed")
+
+    async def _verify_one(self, replica) -> dict:
+        where = (
+            self.endpoint.describe() if not self.pool.elastic else f"{self.endpoint.describe()} {replica.describe()}"
+        )
         last = ""
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
-                status, data, _ = await self._transport.request("GET", "/models")
+                status, data, _ = await replica.transport.request("GET", "/models")
             except TransportError as exc:
                 if exc.kind == "unreachable":
                     raise EndpointError(f"{where} is unreachable: {exc}") from None
@@ -228,7 +270,10 @@ class ChatEngine:
     async def _post_with_retries(self, body: EncodedBody) -> tuple[dict, int]:
         where = self.endpoint.describe()
         failure: _Retryable | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
+        attempt = 0
+        lost = 0
+        while attempt < self.retry.max_attempts:
+            attempt += 1
             if self._failed is not None:
                 raise self._copy_failure()
             epoch = await self.limiter.acquire()
@@ -237,6 +282,13 @@ class ChatEngine:
                 data = await self._attempt(body)
             except _Retryable as exc:
                 failure = exc
+                if exc.replica_lost and lost < 4 * max(1, len(self.pool.replicas)):
+                    # Not this request's fault and not an overload of the others: again, now,
+                    # elsewhere, without using up an attempt.
+                    lost += 1
+                    attempt -= 1
+                    self.usage.replica_retries += 1
+                    continue
                 if exc.kind in _OVERLOAD:
                     self.limiter.on_overload(epoch, f"{exc.kind}: {exc.message}")
             except RecordError:
@@ -290,16 +342,27 @@ class ChatEngine:
                 self.budget.release(held)
 
         try:
-            status, data, retry_after = await self._transport.request("POST", "/chat/completions", body, sent)
+            replica = await self.pool.acquire()
+        except NoReplicaLeft as exc:
+            sent()
+            self._fail(str(exc))
+        try:
+            status, data, retry_after = await replica.transport.request("POST", "/chat/completions", body, sent)
         except TransportError as exc:
+            if self.pool.elastic and exc.kind in _REPLICA_GONE:
+                self.pool.eject(replica, f"{exc.kind}: {exc}")
+                raise _Retryable(exc.kind, f"{replica.describe()}: {exc}", replica_lost=True) from None
             raise _Retryable(exc.kind, str(exc)) from None
         finally:
             sent()
+            self.pool.release(replica)
+        replica.answered += 1
         if status == 200:
             try:
                 parsed = loads(data)
                 if not isinstance(parsed, dict) or not parsed.get("choices"):
                     raise ValueError("no choices")
+                replica.count_tokens(parsed.get("usage"))
                 return parsed
             except ValueError as exc:
                 raise _Retryable("malformed_response", f"HTTP 200 with a malformed body ({exc})") from None
@@ -405,4 +468,5 @@ class ChatEngine:
             "concurrency_decreases": self.limiter.decreases,
             "inflight_mb_peak": round(self.budget.peak / 2**20, 1),
             "inflight_budget_waits": self.budget.waits,
+            "replicas": self.pool.stats(),
         }

@@ -37,7 +37,11 @@ class ConcurrencyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min: int = Field(default=1, ge=1, description="the limit never shrinks below this")
-    max: int = Field(default=256, ge=1, description="near the server's --max-num-seqs")
+    max: int = Field(
+        default=256,
+        ge=1,
+        description="near the server's --max-num-seqs; per replica when a deployment runs several",
+    )
     initial: int | None = Field(default=None, description="starting limit; None = max")
     increase_step: int = Field(default=1, ge=1, description="added after a window of successes")
     decrease_factor: float = Field(default=0.5, gt=0, lt=1, description="applied on overload")
@@ -48,6 +52,13 @@ class ConcurrencyConfig(BaseModel):
         "request waits for room before its body is built and frees it once the body is sent (a retry "
         "builds it again); one larger than the budget goes alone. Bounds a job's memory when "
         "requests are large (a 50-page document is about 14 MiB); null = no limit",
+    )
+
+    replica_max_waiting: int = Field(
+        default=2,
+        ge=0,
+        description="a replica whose /metrics shows more requests waiting than this gets no new "
+        "request until its queue drains (requests go to the others)",
     )
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ class AdaptiveLimiter:
 
     def __init__(self, config: ConcurrencyConfig):
         self.config = config
+        self.max = config.max  # config.max per replica times the replicas admitted (resize)
         self.limit = config.start
         self.in_flight = 0
         self.epoch = 0
@@ -60,12 +61,22 @@ class AdaptiveLimiter:
         # additive increase: one step per limit's worth of successes (about one round trip)
         if self._successes >= self.limit:
             self._successes = 0
-            if self.limit < self.config.max:
+            if self.limit < self.max:
                 old = self.limit
-                self.limit = min(self.config.max, self.limit + self.config.increase_step)
+                self.limit = min(self.max, self.limit + self.config.increase_step)
                 self.increases += 1
                 log.info("concurrency %d -> %d: %d requests succeeded since the last change", old, self.limit, old)
                 self._wake()
+
+    def resize(self, new_max: int) -> None:
+        """Replicas joined or left: the ceiling follows their capacity, and the limit moves by
+        the capacity gained or lost (a new replica is used at once, not after slow growth)."""
+        new_max = max(self.config.min, new_max)
+        if new_max == self.max:
+            return
+        self.limit = max(self.config.min, min(new_max, self.limit + new_max - self.max))
+        self.max = new_max
+        self._wake()
 
     def on_overload(self, epoch: int, reason: str = "overload") -> None:
         if epoch != self.epoch:

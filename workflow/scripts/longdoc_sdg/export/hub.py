@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import yaml
@@ -121,10 +122,12 @@ def write_hub(
     pages_files: list[str],
     output_dir: str,
     params: dict,
+    ledger_path: str | None = None,
 ) -> dict:
     """Write the Hub folder for the given stages' final datasets; returns the card metadata.
 
     params: `card` (export.settings.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
+    ledger_path: the serving ledger (report/ledger.json), whose compute section the card shows.
     """
     from ..config import ExportCard
 
@@ -146,7 +149,12 @@ def write_hub(
             splits = write_layout(datasets[stage], pages_files, tmp / stage, schema, make_row, max_bytes)
             configs[stage] = {"schema": schema, "splits": splits}
         metadata = card_metadata(configs, summaries, card, params)
-        write_text_atomic(tmp / "README.md", render_card(metadata, configs, summaries, card, params))
+        text = render_card(metadata, configs, summaries, card, params)
+        if ledger_path:
+            from ..report.ledger import card_lines
+
+            text += "\n" + "\n".join(card_lines(json.loads(Path(ledger_path).read_text(encoding="utf-8"))))
+        write_text_atomic(tmp / "README.md", text)
         replace_dir(tmp, output_dir)
     finally:
         if tmp.exists():
@@ -326,6 +334,20 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         *_format_table(),
         "",
     ]
+    mix = params.get("mix")
+    if mix:
+        what = {
+            "reference": "the reference recipe's question-type weights",
+            "benchmark": "weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
+            "(Int 27.6%, Str 23.1%, None 20.6%, Float 14.7%, List 14.0%)",
+            "custom": "question-type weights set in this run's configuration",
+        }[mix["target"]]
+        lines += ["## Question-type mix", "", f"Target `{mix['target']}`: {what}. Weights per config:", ""]
+        for stage, weights in mix.get("weights", {}).items():
+            total = sum(weights.values()) or 1.0
+            shares = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in weights.items() if v)
+            lines.append(f"- `{stage}`: {shares}")
+        lines += ["", "The report's answer-format figure sets the generated mix against the benchmark's.", ""]
     source = params.get("source") or {}
     lines += [
         "## Source",

@@ -72,11 +72,14 @@ def dataset_settings(config: dict) -> dict:
 
 def hub_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
     stages = export_stages(config, statuses)
-    return {
+    inputs = {
         "datasets": [dataset_path(results, s) for s in stages],
         "summaries": [summary_path(results, s) for s in stages],
         "pages": _seed(results, "pages", shards),
     }
+    if shards and any(status.active and status.mode == "serve" for status in statuses.values()):
+        inputs["ledger"] = f"{results}/report/ledger.json"  # the card's compute section
+    return inputs
 
 
 def hub_settings(config: dict) -> dict:
@@ -89,9 +92,23 @@ def hub_settings(config: dict) -> dict:
         "card": config["export"]["settings"]["card"],
         "max_file_mb": config["export"]["settings"]["max_file_mb"],
         "source": described,
+        "mix": mix_statement(config),
         "demo": bool(config.get("demo")),
         "code_version": __version__,
     }
+
+
+def mix_statement(config: dict) -> dict:
+    """`mix.target` and the question-type weights each exported QA stage ran with (for the card)."""
+    from ..plan import stage_config_section
+    from ..stages import stage_config
+
+    target = (config.get("mix") or {}).get("target", "reference")
+    weights = {}
+    for stage in QA_STAGES:
+        validated = stage_config(stage, stage_config_section(config, stage))
+        weights[stage] = dict(validated.question_type_weights)
+    return {"target": target, "weights": weights}
 
 
 def publish_settings(config: dict) -> dict:

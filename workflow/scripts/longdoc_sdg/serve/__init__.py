@@ -1,10 +1,12 @@
 """Serving models for the workflow: deployments, launch, readiness, publication, teardown.
 
-A serve rule calls `serve(...)`; it starts the serve wrapper (`python -m longdoc_sdg.serve
-run`) as a detached local process group or as a Slurm job, waits until `/health` is 200 AND
-`/v1/models` lists the served name, then publishes a runtime file (endpoint + API key,
-mode 0600) and a sentinel (identity only). Clients call `verify_endpoint(runtime)` and run
-inside `keep_alive(runtime)`; `teardown(state_dir)` in onsuccess/onerror stops everything.
+A serve rule calls `serve(...)`; it starts one serve wrapper (`python -m longdoc_sdg.serve
+run`) per replica, each a detached local process group or a Slurm job, waits until `min_ready`
+of them answer `/health` with 200 AND list the served name in `/v1/models`, then publishes a
+runtime file (ready replicas + API key, mode 0600) and a sentinel (identity only); a detached
+admitter adds the later replicas to the runtime file as they become ready. Clients call
+`verify_endpoint(runtime)`, re-read `read_replicas(runtime)` and run inside
+`keep_alive(runtime)`; `teardown(state_dir)` in onsuccess/onerror stops everything.
 """
 
 from .core import (
@@ -14,6 +16,7 @@ from .core import (
     keep_alive,
     keep_servers_alive,
     read_endpoint,
+    read_replicas,
     reap_stale,
     serve,
     teardown,
@@ -45,6 +48,7 @@ __all__ = [
     "keep_servers_alive",
     "load_deployment",
     "read_endpoint",
+    "read_replicas",
     "reap_stale",
     "serve",
     "teardown",

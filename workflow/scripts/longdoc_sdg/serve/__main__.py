@@ -1,4 +1,4 @@
-"""Command line: `python -m longdoc_sdg.serve {run,serve,teardown,verify,identity} ...`."""
+"""Command line: `python -m longdoc_sdg.serve {run,admit,serve,teardown,verify,identity} ...`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="the serve wrapper (started by the launchers)")
     run.add_argument("--spec", required=True, help="spec.json written by serve()")
 
+    admit = sub.add_parser("admit", help="admit replicas still starting (started by serve())")
+    admit.add_argument("--record", required=True, help="the deployment's record in STATE/servers")
+
     start = sub.add_parser("serve", help="start a deployment and publish it when ready")
     start.add_argument("deployment", help="deployment YAML file")
     start.add_argument("--sentinel", required=True)
@@ -51,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         from .wrapper import run_wrapper
 
         return run_wrapper(args.spec)
+    if args.command == "admit":
+        from ..io import setup_job_logging as _setup
+        from .core import run_admitter
+
+        _setup(None)
+        return run_admitter(args.record)
 
     from ..io import setup_job_logging
     from . import EndpointGoneError, ServeError, identity, load_deployment, serve, teardown, verify_endpoint

@@ -57,6 +57,24 @@ class Deployment(BaseModel):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="--tensor-parallel-size (GPUs per model replica).")
     pipeline_parallel_size: int = Field(1, ge=1, description="--pipeline-parallel-size.")
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="--data-parallel-size: vLLM's own copies of the model inside one server (one "
+        "node); GPUs per server = tensor x pipeline x data parallel size.",
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Servers started for this deployment, each its own process group or Slurm job "
+        "on its own port; clients spread their requests over the ready ones.",
+    )
+    min_ready: int = Field(
+        1,
+        ge=1,
+        description="Replicas that must be ready before clients start (at most replicas); the "
+        "others join running clients as soon as they are ready.",
+    )
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="--gpu-memory-utilization; null = vLLM's default (0.9)."
     )
@@ -140,6 +158,15 @@ class Deployment(BaseModel):
             raise ValueError("serve_command uses {image} but image is not set")
         return self
 
+    @model_validator(mode="after")
+    def _min_ready_within_replicas(self) -> "Deployment":
+        if self.min_ready > self.replicas:
+            raise ValueError(
+                f"min_ready ({self.min_ready}) exceeds replicas ({self.replicas}): clients would wait "
+                f"for replicas that are never started; set min_ready to at most {self.replicas}"
+            )
+        return self
+
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.name
@@ -148,7 +175,7 @@ class Deployment(BaseModel):
     def gpus_per_node(self) -> int:
         if self.gpus is not None:
             return self.gpus
-        return self.tensor_parallel_size * self.pipeline_parallel_size
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
 
 def _resolve_relative(value: Any, base: Path) -> Any:
@@ -241,6 +268,8 @@ def build_command(dep: Deployment, host: str, port: int, chat_template_path: str
         argv += ["--tensor-parallel-size", str(dep.tensor_parallel_size)]
     if dep.pipeline_parallel_size > 1:
         argv += ["--pipeline-parallel-size", str(dep.pipeline_parallel_size)]
+    if dep.data_parallel_size > 1:
+        argv += ["--data-parallel-size", str(dep.data_parallel_size)]
     if dep.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", str(dep.gpu_memory_utilization)]
     if dep.max_model_len is not None:

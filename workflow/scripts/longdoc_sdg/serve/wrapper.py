@@ -99,6 +99,8 @@ class Wrapper:
         key_path = Path(self.spec["key_path"])
         # The key reaches vLLM through its environment only (not argv: ps, sacct).
         env["VLLM_API_KEY"] = key_path.read_text(encoding="utf-8").strip()
+        # Which replica this is (logs; test doubles misbehave per replica).
+        env["LONGDOC_SERVE_REPLICA"] = str(self.spec.get("replica", 0))
         # One use: afterwards the key lives only in the runtime file (0600) and in memory.
         unlink(key_path)
         return env
@@ -107,11 +109,15 @@ class Wrapper:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         bind_host = self.spec["bind_host"]
-        port = self.dep.port or free_port(bind_host)
+        # A fixed port is the first replica's; the next ones take the ports after it.
+        port = self.dep.port + self.spec.get("replica", 0) if self.dep.port else free_port(bind_host)
         host = self.spec.get("advertise_host") or advertised_host()
         argv = build_command(self.dep, bind_host, port, self.spec.get("chat_template_path"))
         env = self._server_env()
-        say(f"deployment {self.dep.name} instance {self.spec['instance']} on {host}:{port}")
+        say(
+            f"deployment {self.dep.name} instance {self.spec['instance']} replica "
+            f"{self.spec.get('replica', 0)} of {self.spec.get('replicas', 1)} on {host}:{port}"
+        )
         if self.dep.env_vars:
             say("extra environment: " + ", ".join(sorted(self.dep.env_vars)))
         say("command: " + shlex.join(argv))
@@ -176,9 +182,18 @@ class Wrapper:
             pass
 
     def _cleanup(self) -> None:
-        """A dead server must not stay published: drop our runtime file so clients fail
-        clearly and the next run serves again (the sentinel, identity only, stays). Only
-        ours: a newer server may own the paths by now."""
+        """A deployment whose every replica is gone must not stay published: the last wrapper
+        to exit drops the runtime file so clients fail clearly and the next run serves again
+        (the sentinel, identity only, stays). Each writes its exit marker first, then looks
+        for the others', so of two exiting at once at least one sees them all. Only ours: a
+        newer server may own the paths by now."""
+        exit_path = self.spec.get("exit_path")
+        if exit_path:
+            marker = {"instance": self.spec["instance"], "at": now_iso(), "epoch": time.time()}
+            write_text_atomic(exit_path, json.dumps(marker))
+        others = self.spec.get("all_exit_paths") or []
+        if any((read_json(path) or {}).get("instance") != self.spec["instance"] for path in others):
+            return
         runtime = read_json(self.spec["runtime_path"])
         if runtime and runtime.get("instance") == self.spec["instance"]:
             unlink(self.spec["runtime_path"])

@@ -10,6 +10,7 @@ Usage (Snakemake scripts, the CLI and tests all come through here):
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import Any
 
@@ -73,6 +74,11 @@ class EndpointSettings(BaseModel):
         {}, description="engine BreakerConfig fields (window, min_requests, max_error_rate)."
     )
     error_budget: dict[str, Any] = Field({}, description="Alias of breaker.")
+    runtime: str | None = Field(
+        None,
+        description="Runtime file of a served deployment: its ready replicas are re-read from it and "
+        "requests spread over them.",
+    )
 
 
 def make_engine(endpoint: dict):
@@ -90,8 +96,14 @@ def make_engine(endpoint: dict):
         request_timeout_s=settings.request_timeout_s,
         connect_timeout_s=settings.connect_timeout_s,
     )
+    replicas = None
+    if settings.runtime:
+        from ..serve import read_replicas
+
+        replicas = functools.partial(read_replicas, settings.runtime)
     return ChatEngine(
         config,
+        replicas=replicas,
         concurrency=ConcurrencyConfig(**settings.concurrency),
         retry=RetryConfig(**settings.retry),
         breaker=BreakerConfig(**{**settings.error_budget, **settings.breaker}),

@@ -31,6 +31,9 @@ from .base import (
 
 DEFAULT_MAX_IMAGES = 50
 FAILED_EXTRACTION = "Failed to extract"  # the benchmark's pred when the markers are missing
+# constrain_output: vLLM regex grammars that make any model's replies end (tiny test models).
+ANSWER_REGEX = r"[^\n]{1,60}"
+EXTRACT_REGEX = r"Extracted answer: [^\n]{1,60}\nAnswer format: (Integer|Float|String|List|None)"
 
 
 def _sampling() -> SamplingConfig:
@@ -50,6 +53,11 @@ class EvaluateConfig(ModelStageConfig):
         ge=1,
         description=f"Pages shown per question; a longer document shows its first max_images pages. Null: the "
         f"deployment's image limit (--limit-mm-per-prompt), else {DEFAULT_MAX_IMAGES}.",
+    )
+    constrain_output: bool = Field(
+        False,
+        description="Ask vLLM to hold both replies to a short fixed layout with a regex grammar "
+        "(structured_outputs.regex): a one-line answer, the extractor's two lines. For models that never stop.",
     )
     answer_template: str = Field("evaluate_answer.j2", description="Prompt template of the answer call.")
     extract_template: str = Field("evaluate_extract.j2", description="Prompt template of the extractor call.")
@@ -117,16 +125,22 @@ class EvaluateStage(Stage):
             truncated=len(task.pages) < task.data["total"],
         )
         sampling = cfg.sampling.to_request()
+        answer_sampling, extract_sampling = sampling, sampling
+        if cfg.constrain_output:
+            answer_sampling = {**sampling, "structured_outputs": {"regex": ANSWER_REGEX}}
+            extract_sampling = {**sampling, "structured_outputs": {"regex": EXTRACT_REGEX}}
         # The benchmark's order: the question first, then the pages.
         reply = await calls.chat(
-            user_message([{"type": "text", "text": prompt}, *images]), sampling=sampling, max_tokens=cfg.max_tokens
+            user_message([{"type": "text", "text": prompt}, *images]),
+            sampling=answer_sampling,
+            max_tokens=cfg.max_tokens,
         )
         response = reply.content or ""
         extract_prompt = ctx.templates["extract_template"].render(
             question=question, reply=response.strip() or "(empty)"
         )
         extraction = await calls.chat(
-            user_message(extract_prompt), sampling=sampling, max_tokens=cfg.extract_max_tokens
+            user_message(extract_prompt), sampling=extract_sampling, max_tokens=cfg.extract_max_tokens
         )
         return {
             "sample_index": task.data["index"],

@@ -56,6 +56,11 @@ _EXTRACTED_LINE = re.compile(r"^[\s*_]*extracted answer[\s*_]*:[\s*_]*(.*?)[\s*_
 _OPTION_LETTER = re.compile(r"\(?([A-Z])(?:[.)]|\s|$)")
 
 
+# constrain_output: vLLM regex grammars that make any model's replies end (tiny test models).
+ANSWER_REGEX = r"Answer: [^\n]{1,60}"
+EXTRACT_REGEX = r"Extracted answer: [^\n]{1,60}"
+
+
 def _sampling() -> SamplingConfig:
     return SamplingConfig(temperature=0.0)
 
@@ -76,6 +81,11 @@ class VerifyConfig(ModelStageConfig):
     )
     only_format_ok: bool = Field(
         True, description="Verify only rows whose generated answer passed its format check (format_ok)."
+    )
+    constrain_output: bool = Field(
+        False,
+        description="Ask vLLM to hold both replies to one 'Answer:' / 'Extracted answer:' line with a regex "
+        "grammar (structured_outputs.regex). For models that never stop.",
     )
     answer_template: str = Field("verify_answer.j2", description="Prompt template of the answering call.")
     extract_template: str = Field("verify_extract.j2", description="Prompt template of the extractor call.")
@@ -182,7 +192,9 @@ class VerifyStage(Stage):
         images = ctx.page_images(task.doc_id, task.pages, labelled=len(task.pages) > 1)
         prompt = ctx.templates["answer_template"].render(question=question, answer_format=fmt.value, pages=task.pages)
         result = await calls.chat(
-            user_message([*images, {"type": "text", "text": prompt}]), sampling=sampling, max_tokens=cfg.max_tokens
+            user_message([*images, {"type": "text", "text": prompt}]),
+            sampling={**sampling, "structured_outputs": {"regex": ANSWER_REGEX}} if cfg.constrain_output else sampling,
+            max_tokens=cfg.max_tokens,
         )
         reply = result.content or ""
         answer = last_answer_line(reply)
@@ -192,7 +204,11 @@ class VerifyStage(Stage):
                 question=question, reply=reply.strip() or "(empty)", hint=EXTRACT_HINTS[fmt]
             )
             extraction = await calls.chat(
-                user_message(extract_prompt), sampling=sampling, max_tokens=cfg.extract_max_tokens
+                user_message(extract_prompt),
+                sampling={**sampling, "structured_outputs": {"regex": EXTRACT_REGEX}}
+                if cfg.constrain_output
+                else sampling,
+                max_tokens=cfg.extract_max_tokens,
             )
             answer = last_answer_line(extraction.content, _EXTRACTED_LINE) or _last_line(extraction.content)
             extracted = True

@@ -3,7 +3,10 @@
 It is not a model. It answers `/health`, `/v1/models` and `/v1/chat/completions` the way vLLM's
 OpenAI server does (shapes, error bodies, reasoning fields, usage), with output derived
 deterministically from the request bytes, schema-valid JSON for `json_schema` requests, a
-`--max-num-seqs`-like queue, a fixed latency, an optional API key, and injectable faults.
+capacity limit like vLLM's `--max-num-seqs` (that many requests run at once, the rest queue),
+a fixed latency per request, a vLLM-style `/metrics` (`vllm:num_requests_running`,
+`vllm:num_requests_waiting`, request and token counters), an optional API key, and injectable
+faults.
 
 Faults, three ways (checked in this order for every chat request):
 - schedule: `schedule[i]` is the fault of the i-th chat request received ("ok" = none);
@@ -21,7 +24,9 @@ in the test process, or `spawn_fake_server(...)` for a separate process. The com
 takes vLLM's server flags (`--served-model-name`, `--host`, `--port`, the key in `VLLM_API_KEY`;
 unknown vLLM flags are ignored), so a test deployment (tests/deployments/fake-vllm.yaml) can
 run it under the serve rule in place of vLLM; `--crash-on-start`, `--pretend NAME`,
-`--startup-delay` and `--stats-file` misbehave or report on request.
+`--startup-delay` and `--stats-file` misbehave or report on request. Under the serve wrapper
+`LONGDOC_SERVE_REPLICA` names the replica, so `--replica-startup-delay I=S` and
+`--replica-pretend I=NAME` make one replica of several late or an impostor.
 """
 
 from __future__ import annotations
@@ -267,7 +272,11 @@ class FakeOpenAIServer:
         self.content_fault_keys: dict[str, set[str]] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.waiting = 0  # admitted chat requests queued for a free slot
         self.other_requests = 0
+        self.completed = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
 
     def stats(self) -> dict:
         return {
@@ -295,6 +304,7 @@ class FakeOpenAIServer:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/_config", self._config)
@@ -390,6 +400,25 @@ class FakeOpenAIServer:
         ]
         return _json_response(_dumps({"object": "list", "data": data}))
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text like vLLM's /metrics (no key needed there either)."""
+        label = f'{{model_name="{self.config.models[0]}"}}'
+        lines = [
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{label} {float(self.in_flight)}",
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{label} {float(self.waiting)}",
+            "# TYPE vllm:request_success_total counter",
+            f"vllm:request_success_total{label} {float(self.completed)}",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{label} {float(self.prompt_tokens)}",
+            "# TYPE vllm:generation_tokens_total counter",
+            f"vllm:generation_tokens_total{label} {float(self.generation_tokens)}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
     async def _stats(self, request: web.Request) -> web.Response:
         return _json_response(_dumps(self.stats()))
 
@@ -481,7 +510,13 @@ class FakeOpenAIServer:
             return self._count(fault, _json_response(_error_body(400, message, "BadRequestError", "messages"), 400))
 
         assert self._sem is not None
-        async with self._sem:
+        sem = self._sem  # configure() may swap it meanwhile: release the one we hold
+        self.waiting += 1
+        try:
+            await sem.acquire()
+        finally:
+            self.waiting -= 1
+        try:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
@@ -489,10 +524,15 @@ class FakeOpenAIServer:
                     await asyncio.sleep(self.config.latency_s)
             finally:
                 self.in_flight -= 1
+        finally:
+            sem.release()
 
         if fault == "malformed_body":
             return self._count(fault, _json_response(b'{"id": "chatcmpl-fake", "choices": [{"message": {"content": "'))
         payload = self._completion(req, key, fault)
+        self.completed += 1
+        self.prompt_tokens += payload["usage"]["prompt_tokens"]
+        self.generation_tokens += payload["usage"]["completion_tokens"]
         response = _json_response(_dumps(payload))
         return response if hung else self._count(fault or "ok", response)
 
@@ -661,6 +701,20 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="list NAME in /v1/models instead of the served names (an impostor on the port)",
     )
     parser.add_argument(
+        "--replica-startup-delay",
+        action="append",
+        default=[],
+        metavar="INDEX=SECONDS",
+        help="extra start-up delay of replica INDEX ($LONGDOC_SERVE_REPLICA, set by the serve wrapper)",
+    )
+    parser.add_argument(
+        "--replica-pretend",
+        action="append",
+        default=[],
+        metavar="INDEX=NAME",
+        help="replica INDEX lists NAME instead of the served names (one impostor among replicas)",
+    )
+    parser.add_argument(
         "--stats-file",
         default=os.environ.get("FAKE_OPENAI_SERVER_STATS"),
         help="write the request statistics (JSON) here after every chat request (default: $FAKE_OPENAI_SERVER_STATS)",
@@ -685,6 +739,15 @@ def main(argv: list[str] | None = None) -> None:
     models = args.served_names or args.models or ["fake-model"]
     if args.pretend:
         models = [args.pretend]
+    replica = os.environ.get("LONGDOC_SERVE_REPLICA", "")
+    for item in args.replica_pretend:
+        index, _, name = item.partition("=")
+        if index == replica:
+            models = [name]
+    for item in args.replica_startup_delay:
+        index, _, seconds = item.partition("=")
+        if index == replica:
+            args.startup_delay += float(seconds)
     config = FakeServerConfig(
         models=models,
         api_key=api_key,
@@ -700,7 +763,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = FakeOpenAIServer(config)
     if args.stats_file:
-        server.stats_path = os.path.abspath(args.stats_file)
+        # One file per replica when several share a deployment's settings.
+        stats_file = f"{args.stats_file}.replica-{replica}" if replica not in ("", "0") else args.stats_file
+        server.stats_path = os.path.abspath(stats_file)
 
     if args.startup_delay > 0:
         say(f"loading for {args.startup_delay:g}s (pretend)")
