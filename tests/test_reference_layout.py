@@ -7,8 +7,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_export_support import SyntheticRun, reference_rows
 
+from helpers.export_run import SyntheticRun, reference_rows
 from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.reference import write_reference

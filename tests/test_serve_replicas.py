@@ -10,29 +10,12 @@ import time
 
 import pytest
 from pydantic import ValidationError
-from test_serve_support import alive, wait_until
 
+from helpers.replicas import FAKE, fake_replicas
+from helpers.serving import alive, wait_until
 from longdoc_sdg.endpoints import deployment_settings
-from longdoc_sdg.serve import Deployment, ServeError, build_command, read_replicas, serve, teardown
+from longdoc_sdg.serve import ServeError, build_command, read_replicas, serve, teardown
 from longdoc_sdg.serve.procs import http_get, read_json
-
-FAKE = "{python} -m longdoc_sdg.testing.fake_openai_server --model {model}"
-
-
-def fake_replicas(name="pool", extra_args=(), **fields) -> Deployment:
-    settings = {
-        "name": name,
-        "model": "fake/never-loaded",
-        "served_model_name": f"{name}-served",
-        "serve_command": FAKE,
-        "extra_args": list(extra_args),
-        "ready_timeout_s": 60,
-        "idle_timeout_s": None,
-        "stop_grace_s": 2,
-        "replicas": 2,
-    }
-    settings.update(fields)
-    return Deployment.model_validate(settings)
 
 
 @pytest.fixture

@@ -93,9 +93,9 @@ def test_replicas_as_slurm_jobs_one_cancelled_one_queued_all_gone_after_teardown
     cancels the rest, the queued one included. FAKE server (test double) as vLLM."""
     import asyncio
 
+    from helpers.replicas import fake_replicas
     from longdoc_sdg.engine import ChatEngine, ConcurrencyConfig, EndpointConfig, RetryConfig
     from longdoc_sdg.serve import read_replicas
-    from test_serve_replicas import fake_replicas
 
     dep = fake_replicas(
         name="slurmpool", replicas=3, min_ready=2, partition="gpu", gpus=1, mem_mb=500, cpus=1, walltime=10

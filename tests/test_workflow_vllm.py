@@ -199,9 +199,8 @@ def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys
 def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
     """Anchored QA from the real server, then verify over its rows: every eligible QA row gets
     one verify row (ok with a score in [0, 1], or failed with a reason); the scores are noise."""
-    from test_stages_support import build_seed
-
     from conftest import SAMPLE_PDF_DIR
+    from helpers.stage_inputs import build_seed
     from longdoc_sdg.stages import run_stage
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
