@@ -47,6 +47,9 @@ def render_pool(dpi: float) -> list[dict]:
     import pymupdf
 
     from longdoc_sdg.seed.render import RenderOptions, render_page
+    from longdoc_sdg.seed.shard import PAGES_SCHEMA
+
+    rendered_columns = [name for name in PAGES_SCHEMA.names if name not in ("doc_id", "page_number")]
 
     pymupdf.TOOLS.mupdf_display_errors(False)
     options = RenderOptions(dpi=dpi)
@@ -55,22 +58,7 @@ def render_pool(dpi: float) -> list[dict]:
         with pymupdf.open(pdf) as doc:
             for page in doc:
                 rendered = render_page(page, options)
-                pool.append(
-                    {
-                        k: getattr(rendered, k)
-                        for k in (
-                            "png",
-                            "width",
-                            "height",
-                            "dpi",
-                            "is_gray",
-                            "page_width_pt",
-                            "page_height_pt",
-                            "pdf_text",
-                            "text_blocks",
-                        )
-                    }
-                )
+                pool.append({k: getattr(rendered, k) for k in rendered_columns})
     return pool
 
 
@@ -105,7 +93,6 @@ def build_shard(directory: Path, pool: list[dict], docs: int, pages: int) -> dic
                     "url": None,
                     "date": None,
                     "total_pages": pages,
-                    "whole_document": True,
                     "extra": "{}",
                 }
             )

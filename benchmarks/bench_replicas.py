@@ -59,7 +59,9 @@ async def drive(urls: list[str], capacity: int, total: int, balance: str) -> tup
 def measure(latencies: list[float], capacity: int, rounds: int, balance: str) -> dict:
     with contextlib.ExitStack() as stack:
         urls = [
-            stack.enter_context(spawn_fake_server("--latency", str(lat), "--max-num-seqs", str(capacity)))[1]
+            stack.enter_context(spawn_fake_server("--latency", str(lat), "--max-num-seqs", str(capacity), quiet=True))[
+                1
+            ]
             for lat in latencies
         ]
         ideal = sum(capacity / lat for lat in latencies)

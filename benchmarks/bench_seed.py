@@ -120,7 +120,7 @@ def end_to_end(pdfs: list[Path], copies: int, threads: int, workdir: Path) -> di
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.parquet"
     pq.write_table(pa.Table.from_pylist(rows), manifest)
-    outputs = {name: str(run_dir / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {name: str(run_dir / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     cpu_self, cpu_children, wall = _cpu_self(), _cpu_children(), time.monotonic()
     summary = run_seed_shard(str(manifest), outputs, {}, threads)
     wall = time.monotonic() - wall

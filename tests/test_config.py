@@ -30,7 +30,7 @@ def test_defaults_fill_an_empty_config(repo_root):
     config = {}
     check_config(config, SCHEMA_PATH)
     assert config["seed"]["settings"]["dpi"] == 144
-    assert config["seed"]["settings"]["whole_document_max_pages"] == 50
+    assert config["stages"]["whole_document_qa"]["settings"]["max_pages"] == 50
     assert config["seed"]["run"]["download"]["concurrency"] == 8
     assert config["source"]["settings"]["kind"] == "local"
     assert config["stages"]["ocr"]["settings"]["engine"] == "pdf-text"

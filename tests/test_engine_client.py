@@ -405,6 +405,7 @@ def test_byte_budget_bounds_payload_in_flight(server, transport):
 
     server.reset(latency_s=0.4)
     png = bytes(range(256)) * 1200  # 307 KB, about 410 KB as base64
+    TOGETHER = 4  # the 1 MiB budget holds two bodies: more in flight means waiting ones hold none
     engine = engine_for(server, transport, concurrency=ConcurrencyConfig(max=64, max_inflight_mb=1))
     budget = engine.budget
     held_at_build = []
@@ -423,7 +424,7 @@ def test_byte_budget_bounds_payload_in_flight(server, transport):
     async def watch():
         while True:
             await asyncio.sleep(0.05)
-            if server.in_flight >= 10:  # answers pending at the server: their bodies are gone
+            if server.in_flight >= TOGETHER:  # answers pending at the server: their bodies are gone
                 held_while_waiting.append(budget.in_use)
 
     async def go():
@@ -439,5 +440,5 @@ def test_byte_budget_bounds_payload_in_flight(server, transport):
     assert 0 < min(held_at_build) and max(held_at_build) <= big
     assert all(held <= 2**20 for held in held_at_build if held < 4 * 409_600)  # the big one went alone
     assert budget.peak <= big and budget.waits > 0 and budget.in_use == 0
-    assert server.stats()["max_in_flight"] >= 10  # yet the requests were in flight together
+    assert server.stats()["max_in_flight"] >= TOGETHER  # yet more were in flight than the budget holds
     assert held_while_waiting and min(held_while_waiting) < 2**20 // 2

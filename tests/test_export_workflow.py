@@ -27,10 +27,12 @@ import yaml
 from conftest import REPO, SAMPLE_PDF_DIR, require
 from helpers.export_run import ExportFakeServer, load_hub_offline, reference_rows
 from helpers.workflow import planned_jobs
-from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.reference import decode_images, reference_schema
 from longdoc_sdg.export.split import assign_splits
+from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.report.figures import FIGURES
+
+QA_STAGES = qa_stages()
 
 pytestmark = pytest.mark.workflow
 
@@ -179,7 +181,7 @@ def expected_counts(wf, stage: str) -> dict[str, int]:
         where += ["q.question_relevance = 'Relevant'", "q.answer_correctness = 'Correct'"]
     order = "j.weighted_quality_score DESC" + (", q.quality_score DESC" if "quality_score" in cols else "")
     rows = con.execute(f"""SELECT q.doc_id, q.question FROM read_parquet({qa}) q
-        JOIN read_parquet({judge}) j ON j.row_id = 'judge:' || q.row_id
+        JOIN read_parquet({judge}) j ON j.qa_row_id = q.row_id
         WHERE {" AND ".join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
     seen, kept = set(), []
     for doc_id, question in rows:

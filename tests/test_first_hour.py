@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, copy_pdfs
-from longdoc_sdg.plan import QA_STAGES
+from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
+
+QA_STAGES = qa_stages()
 
 pytestmark = pytest.mark.workflow
 
@@ -81,9 +83,10 @@ def test_demo_console_shows_whole_run_progress(demo):
     _, results, result = demo
     lines = [line for line in result.stderr.splitlines() if line.startswith("[progress] ")]
     plan = json.loads((results / "logs" / "progress" / "plan.json").read_text())["planned"]
-    # One line per seed and stage job, the last one counting every tracked job of the run.
+    # One line per seed and stage job; the last job to finish counts every tracked job of the run.
     assert len(lines) == sum(plan.values())
-    assert f"run {len(lines)}/{len(lines)} tracked jobs" in lines[-1]
+    # (jobs finishing together may print in either order: one of them counts every job)
+    assert any(f"run {len(lines)}/{len(lines)} tracked jobs" in line for line in lines)
     assert any(line.startswith("[progress] seed 00000 done: seed 1/1 shard(s), 111 pages") for line in lines)
     assert all("ETA" in line and "/s per job" in line for line in lines)
 
@@ -119,8 +122,10 @@ def small_run(workdir: Path, base_url: str, **extra) -> Path:
         "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}},
         "seed": {"settings": {"dpi": 40}},
         "models": {"fake": {"endpoint": endpoint}},
-        "stages": {"single_page_qa": {"model": "fake", "settings": {"num_records": 3}}},
+        # One model stage, nothing else: the fewest jobs that reach the closing summary.
+        "stages": {"ocr": {"enabled": False}, "single_page_qa": {"model": "fake", "settings": {"num_records": 3}}},
         "export": {"enabled": False},
+        "report": {"enabled": False},
         **extra,
     }
     path = workdir / "config.yaml"
@@ -151,12 +156,12 @@ def snakemake(workdir: Path, configfile: Path, *args: str):
 def test_a_server_failing_every_row_makes_the_summary_warn_and_fail_when_configured(tmp_path):
     # Every chat request answers 400 (a content fault: no retries), so single_page_qa has 0 ok rows.
     with spawn_fake_server("--fault", "400=1.0") as (_, base_url):
-        failing = small_run(tmp_path, base_url, summary={"fail_below_floor": True})
+        failing = small_run(tmp_path, base_url, summary={"run": {"fail_below_floor": True}})
         result = snakemake(tmp_path, failing)
         assert result.returncode == 1, result.stderr[-4000:]
         assert "WARNING: 1 stage(s) below the yield floor of 1 ok row(s)" in result.stderr
         assert "single_page_qa: 0 ok of 3; failures: bad_request" in result.stderr
-        assert "failing the run: single_page_qa below summary.min_ok_rows=1" in result.stderr
+        assert "failing the run: single_page_qa below summary.run.min_ok_rows=1" in result.stderr
         summary = json.loads((tmp_path / "results" / "summary.json").read_text())
         row = next(s for s in summary["stages"] if s["stage"] == "single_page_qa")
         assert (row["rows"], row["ok"], row["failed"]) == (3, 0, 3)
@@ -167,5 +172,73 @@ def test_a_server_failing_every_row_makes_the_summary_warn_and_fail_when_configu
         result = snakemake(tmp_path, warning_only, "--forcerun", "summary")
         assert result.returncode == 0, result.stderr[-4000:]
         assert "WARNING: 1 stage(s) below the yield floor" in result.stderr
-        assert "set summary.fail_below_floor: true to make such a run fail" in result.stderr
+        assert "set summary.run.fail_below_floor: true to make such a run fail" in result.stderr
         assert "next: read results/logs/single_page_qa/*.log" in result.stderr
+
+
+def test_summary_counts_tokens_gpu_hours_and_names_the_next_command():
+    from longdoc_sdg.report.summary import below_floor, build_summary, render_text
+
+    stats = {
+        "generated": "2026-01-01T00:00:00+00:00",
+        "totals": {
+            "documents_listed": 2,
+            "documents_seeded": 2,
+            "documents_failed": 0,
+            "pages": 9,
+            "exported": {"single_page_qa": 3},
+        },
+        "tables": {
+            "stage_yield": [
+                {
+                    "stage": "seed",
+                    "unit": "documents",
+                    "rows": 2,
+                    "ok": 2,
+                    "failed": 0,
+                    "exported": None,
+                    "train": None,
+                    "validation": None,
+                },
+                {
+                    "stage": "single_page_qa",
+                    "unit": "rows",
+                    "rows": 6,
+                    "ok": 4,
+                    "failed": 2,
+                    "exported": 3,
+                    "train": 2,
+                    "validation": 1,
+                },
+            ],
+            "failure_reasons": [{"stage": "single_page_qa", "reason": "length", "rows": 2}],
+            "tokens": [
+                {
+                    "stage": "single_page_qa",
+                    "model": "m",
+                    "rows": 6,
+                    "prompt_tokens": 600,
+                    "completion_tokens": 120,
+                    "reasoning_tokens": 20,
+                }
+            ],
+        },
+    }
+    plan = {
+        "results": "results",
+        "skipped": [],
+        "served": {"qwen3-vl-30b": 2},
+        "report": True,
+        "export": {"datasets": "results/export/datasets/"},
+    }
+    ledger = {"deployments": {"qwen3-vl-30b": {"gpu_seconds": 7200.0}}}
+    summary = build_summary(stats, plan, ledger)
+    assert summary["tokens"] == {"prompt_tokens": 600, "completion_tokens": 120, "reasoning_tokens": 20}
+    assert summary["gpu_hours"] == {"qwen3-vl-30b": 2.0}
+    assert summary["stages"][1]["top_failure_reasons"] == [["length", 2]]
+    text = render_text(summary)
+    assert "served deployments: qwen3-vl-30b 2 GPU(s), 2 GPU-hours" in text
+    assert "QA pairs exported: single_page_qa 3" in text
+    assert "next: snakemake --profile profiles/local --report report.html" in text
+    assert below_floor(summary, 5) == [summary["stages"][0], summary["stages"][1]]
+    assert "WARNING: 2 stage(s) below the yield floor of 5 ok row(s)" in render_text(summary, 5)

@@ -385,7 +385,7 @@ def test_a_hostile_source_folder_ends_as_one_row_per_entry_without_reading_outsi
         out = tmp_path / "results" / "seed"
         out.mkdir(parents=True)
         (out / ".pages.parquet.killedjob.tmp").write_bytes(b"partial")  # a killed job's leftover
-        outputs = {name: str(out / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+        outputs = {name: str(out / f"{name}.parquet") for name in ("pages", "documents", "failures")}
         run_seed_shard(str(tmp_path / "m.parquet"), outputs, {"dpi": 36}, threads=1)
     finally:
         watching[0] = False
@@ -522,7 +522,7 @@ def test_an_endpoint_refusing_every_request_fails_the_stage_job(tmp_path):
         {"doc_id": "d", "source_kind": "local", "source": str(SAMPLE), "url": None, "date": None, "extra": "{}"}
     ]
     pq.write_table(pa.Table.from_pylist(manifest), tmp_path / "m.parquet")
-    seed = {name: str(tmp_path / "seed" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    seed = {name: str(tmp_path / "seed" / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     run_seed_shard(str(tmp_path / "m.parquet"), seed, {"dpi": 36}, threads=1)
     ocr = tmp_path / "ocr.parquet"
     run_stage("ocr", {"pages": seed["pages"]}, str(ocr), {}, None, 1, str(tmp_path / "j" / "ocr.jsonl"))

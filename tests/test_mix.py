@@ -1,4 +1,4 @@
-"""`mix.target`: the reference's weights, weights aimed at the benchmark's mix, or custom ones."""
+"""`mix.settings.target`: the reference's weights, weights aimed at the benchmark's mix, or custom ones."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from longdoc_sdg.taxonomy import DEFAULT_WEIGHTS, sample_weighted
 
 def config_with(target: str, **stage_weights) -> dict:
     config = copy.deepcopy(default_config())
-    config["mix"] = {"target": target}
+    config["mix"] = {"settings": {"target": target}}
     for stage, weights in stage_weights.items():
         config["stages"][stage]["settings"]["question_type_weights"] = {**DEFAULT_WEIGHTS[stage], **weights}
     return config

@@ -9,9 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.export_run import SyntheticRun, reference_rows
-from longdoc_sdg.export.common import QA_STAGES
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.reference import write_reference
+from longdoc_sdg.registry import qa_stages
+
+QA_STAGES = qa_stages()
 
 STRING, INT = "string", "int64"
 SEED = {"id": STRING, "url": STRING, "date": STRING}

@@ -180,9 +180,7 @@ def test_shard_downloads_concurrently_and_records_failures(server, warc, tmp_pat
         }
     )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
-    outputs = {
-        name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")
-    }
+    outputs = {name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     server.max_active = 0
     params = {**warc_params(server), "dpi": 36}
     run_seed_shard(str(tmp_path / "m.parquet"), outputs, params, threads=1)

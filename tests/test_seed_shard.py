@@ -11,7 +11,7 @@ import pymupdf
 import pytest
 
 import pdf_factory
-from longdoc_sdg.seed import make_windows, run_seed_shard, window_size_for
+from longdoc_sdg.seed import run_seed_shard
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "resources" / "sample_pdfs").glob("*.pdf"))
 
@@ -65,7 +65,7 @@ def seeded(tmp_path_factory):
     missing = bad_dir / "deleted.pdf"
     sources = SAMPLES + [bad_dir / name for name in BAD] + [giant, missing]
     rows = write_manifest(root / "manifest.parquet", sources)
-    outputs = {name: str(root / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {name: str(root / "out" / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     summary = run_seed_shard(str(root / "manifest.parquet"), outputs, PARAMS, threads=2)
     tables = {name: pq.read_table(path) for name, path in outputs.items()}
     return {"rows": rows, "outputs": outputs, "summary": summary, "tables": tables, "root": root}
@@ -180,21 +180,6 @@ def test_text_layer_and_normalised_blocks(seeded):
             assert box.size and box.min() < 200, block["text"][:40]  # ink where the text is
 
 
-def test_windows_cover_every_page(seeded):
-    windows = seeded["tables"]["windows"].to_pylist()
-    for document in seeded["tables"]["documents"].to_pylist():
-        mine = [w for w in windows if w["doc_id"] == document["doc_id"]]
-        total = document["total_pages"]
-        covered = {p for w in mine for p in range(w["start_page"], w["end_page"] + 1)}
-        assert covered == set(range(1, total + 1))
-        assert {w["window_size"] for w in mine} == {window_size_for(total)}
-        assert [(w["start_page"], w["end_page"]) for w in mine] == [
-            (w.start_page, w.end_page) for w in make_windows(total)
-        ]
-        assert all(w["total_pages"] == total for w in mine)
-    assert len({w["window_id"] for w in windows}) == len(windows)
-
-
 def test_documents_table(seeded):
     documents = seeded["tables"]["documents"]
     assert documents.schema.names == [
@@ -204,12 +189,10 @@ def test_documents_table(seeded):
         "url",
         "date",
         "total_pages",
-        "whole_document",
         "extra",
     ]
     rows = {r["doc_id"]: r for r in seeded["rows"]}
     for document in documents.to_pylist():
-        assert document["whole_document"] == (document["total_pages"] <= 50)
         assert document["extra"] == rows[document["doc_id"]]["extra"]
         assert document["date"] == rows[document["doc_id"]]["date"]
 
@@ -231,14 +214,6 @@ def test_schemas_follow_the_contract(seeded):
     ]
     assert pages.field("page_number").type == pa.int32() and pages.field("png").type == pa.binary()
     assert pages.field("dpi").type == pa.float32()
-    assert pq.read_schema(seeded["outputs"]["windows"]).names == [
-        "window_id",
-        "doc_id",
-        "start_page",
-        "end_page",
-        "window_size",
-        "total_pages",
-    ]
     assert pq.read_schema(seeded["outputs"]["failures"]).names == ["doc_id", "source", "reason", "message"]
 
 
@@ -248,30 +223,7 @@ def test_no_temporary_files_left(seeded):
         "documents.parquet",
         "failures.parquet",
         "pages.parquet",
-        "windows.parquet",
     ]
-
-
-def test_whole_document_limit_and_window_params(tmp_path):
-    rows = write_manifest(tmp_path / "m.parquet", SAMPLES)
-    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
-    run_seed_shard(
-        str(tmp_path / "m.parquet"),
-        outputs,
-        {"whole_document_max_pages": 12, "window_size": 4, "window_stride": 2, "dpi": 36},
-        threads=1,
-    )
-    documents = pq.read_table(outputs["documents"]).to_pylist()
-    assert len(documents) == len(rows)
-    assert {d["total_pages"] <= 12 for d in documents} == {True, False}
-    assert all(d["whole_document"] == (d["total_pages"] <= 12) for d in documents)
-    windows = pq.read_table(outputs["windows"]).to_pylist()
-    assert {w["window_size"] for w in windows} == {4}
-    longest = max(documents, key=lambda d: d["total_pages"])
-    mine = [(w["start_page"], w["end_page"]) for w in windows if w["doc_id"] == longest["doc_id"]]
-    assert mine[:3] == [(1, 4), (3, 6), (5, 8)]
-    assert mine[-1] == (longest["total_pages"] - 3, longest["total_pages"])
-    assert set(pq.read_table(outputs["pages"], columns=["dpi"])["dpi"].to_pylist()) == {36.0}
 
 
 def test_empty_manifest_writes_empty_tables(tmp_path):
@@ -281,7 +233,7 @@ def test_empty_manifest_writes_empty_tables(tmp_path):
         ),
         tmp_path / "m.parquet",
     )
-    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     summary = run_seed_shard(str(tmp_path / "m.parquet"), outputs, {}, threads=2)
     assert summary["documents"] == summary["failures"] == 0
     assert all(pq.read_table(p).num_rows == 0 for p in outputs.values())
@@ -291,7 +243,7 @@ def test_duplicate_doc_ids_are_a_manifest_bug(tmp_path):
     rows = write_manifest(tmp_path / "m.parquet", SAMPLES[:1] * 2)
     rows[1]["doc_id"] = rows[0]["doc_id"]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
-    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     with pytest.raises(ValueError, match="twice"):
         run_seed_shard(str(tmp_path / "m.parquet"), outputs, {}, threads=1)
     assert not any(os.path.exists(p) for p in outputs.values())
@@ -301,7 +253,7 @@ def test_real_pdfs_fetched_from_debian(real_pdfs, tmp_path):
     """The vignettes ci/fetch_real_pdfs.sh extracts from Debian packages: all seeded, page
     counts as PyMuPDF's, every 5th page pixel-identical to PyMuPDF's own raster."""
     write_manifest(tmp_path / "m.parquet", real_pdfs)
-    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")}
+    outputs = {name: str(tmp_path / f"{name}.parquet") for name in ("pages", "documents", "failures")}
     summary = run_seed_shard(str(tmp_path / "m.parquet"), outputs, {}, threads=2)
     assert summary["failures"] == 0 and summary["documents"] == len(real_pdfs)
     documents = {d["source"]: d for d in pq.read_table(outputs["documents"]).to_pylist()}

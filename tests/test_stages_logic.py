@@ -15,7 +15,8 @@ from helpers.stage_inputs import build_seed, page_row, real_pdfs
 from longdoc_sdg import taxonomy
 from longdoc_sdg.engine.schema import parse_reply
 from longdoc_sdg.pages import PageStore
-from longdoc_sdg.stages import STAGES, get_stage, stage_config, stage_config_hash
+from longdoc_sdg.registry import model_stages
+from longdoc_sdg.stages import get_stage, stage_config, stage_config_hash
 from longdoc_sdg.stages.base import PROMPTS_DIR, select_records
 from longdoc_sdg.stages.classify import PageClassification, classification_dict
 from longdoc_sdg.stages.ocr import pdf_text_columns
@@ -128,9 +129,9 @@ def _walk_fields(model: type[BaseModel], where: str):
             yield from _walk_fields(info.annotation, f"{where}.{name}")
 
 
-@pytest.mark.parametrize("name", list(STAGES))
+@pytest.mark.parametrize("name", model_stages())
 def test_stage_configs_document_every_field_and_refuse_unknown_keys(name):
-    stage = STAGES[name]
+    stage = get_stage(name)
     for where, info in _walk_fields(stage.config_model, name):
         assert info.description, f"{where} has no description"
         assert not info.is_required(), f"{where} has no default"

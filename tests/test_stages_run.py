@@ -113,9 +113,10 @@ def test_all_model_stages_over_a_shard(tmp_path, seed, endpoint):
     single = check_shard("single_page_qa", t, s, 4)
     assert all(r["reasoning"] and r["quality_score"] in (0, 1, 2) for r in single)
 
-    _, s, t = run(tmp_path, "windowed_qa", {"windows": seed["windows"], **pages}, {}, endpoint)
-    windowed = check_shard("windowed_qa", t, s, pq.read_table(seed["windows"]).num_rows)
-    assert all(len(r["pages"]) == 2 for r in windowed)
+    # windows are built here from each document's page count: 3 pages, size 2 -> 1-2 and 2-3
+    _, s, t = run(tmp_path, "windowed_qa", {"documents": seed["documents"], **pages}, {"window_size": 2}, endpoint)
+    windowed = check_shard("windowed_qa", t, s, 4)
+    assert sorted(tuple(r["pages"]) for r in windowed) == [(1, 2), (1, 2), (2, 3), (2, 3)]
 
     _, s, t = run(tmp_path, "whole_document_qa", {"documents": seed["documents"], **pages}, {}, endpoint)
     whole = check_shard("whole_document_qa", t, s, 2)

@@ -81,11 +81,6 @@ def test_seed_tables_match_the_pdfs(seeded):
             assert abs(first["height"] - rect.height * first["dpi"] / 72) <= 1
             decoded = fitz.Pixmap(first["png"])
             assert (decoded.width, decoded.height) == (first["width"], first["height"])
-        windows = pq.read_table(
-            results / "seed" / shard / "windows.parquet", filters=[("doc_id", "=", doc["doc_id"])]
-        ).to_pylist()
-        covered = {p for w in windows for p in range(w["start_page"], w["end_page"] + 1)}
-        assert covered == set(range(1, doc["total_pages"] + 1))
 
 
 def test_ocr_rows_account_for_every_page(seeded):

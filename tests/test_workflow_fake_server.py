@@ -14,8 +14,12 @@ import yaml
 
 from conftest import REPO, copy_pdfs
 from helpers.workflow import planned_jobs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
+
+QA_STAGES = qa_stages()
+# Stages with one output per shard (judge and verify: one per QA stage and shard).
+MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
 AGGREGATE_RULES = {
     "all",
@@ -60,7 +64,7 @@ def model_config(base_url: str) -> dict:
 
 
 def stage_config() -> dict:
-    stages = {stage: {"model": "fake", "settings": {"num_records": 6}} for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: {"model": "fake", "settings": {"num_records": 6}} for stage in model_stages()}
     stages["ocr"] = {"settings": {"engine": "pdf-text"}}
     stages["windowed_qa"]["settings"]["num_records"] = 4
     stages["whole_document_qa"]["settings"]["num_records"] = 2
@@ -87,7 +91,7 @@ def fake_run(tmp_path_factory, real_pdfs):
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)
         assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
-        assert jobs["judge"] == 2  # one job per shard judges every QA stage
+        assert jobs["judge"] == 2 * len(QA_STAGES)  # one job per (QA stage, shard)
         result = snakemake(workdir, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         yield workdir, env, base_url
@@ -166,6 +170,20 @@ def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
     assert stage_jobs(result.stdout) == {"classify": 2, "visual_qa": 2, "judge": 2}
 
 
+def test_window_size_change_reruns_only_windowed_qa_and_what_reads_it(fake_run, tmp_path):
+    result = changed_dry_run(fake_run, tmp_path, lambda c: c["stages"]["windowed_qa"]["settings"].update(window_size=3))
+    jobs = planned_jobs(result.stdout)
+    assert stage_jobs(result.stdout) == {"windowed_qa": 2, "judge": 2}
+    assert jobs["export_dataset"] == jobs["export_reference"] == 1  # windowed_qa's only
+
+
+def test_dpi_change_reruns_from_the_seed(fake_run, tmp_path):
+    result = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"]["settings"].update(dpi=60))
+    jobs = planned_jobs(result.stdout)
+    assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
+    assert jobs["judge"] == 2 * len(QA_STAGES)
+
+
 def test_endpoint_host_alias_and_key_variable_rerun_nothing(fake_run, tmp_path):
     """Only the model's identity (its name) is a rerun trigger: the same model reached through
     another alias, host spelling or key variable reruns nothing."""
@@ -209,8 +227,8 @@ def test_the_key_never_leaks(fake_run):
 
 
 def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
-    """One judge job per shard covers all QA stages, but after a windowed_qa prompt edit only
-    windowed_qa's rows are judged again; the other judgements are reused unchanged."""
+    """After a windowed_qa prompt edit only windowed_qa's rows are asked and judged again; the
+    other QA stages' judgements stay as they were."""
     import json
     import urllib.request
 
@@ -248,5 +266,3 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     # Each windowed row is one generation request (plus retries of injected faults: none here)
     # and each ok windowed row one judge request; nothing for the other stages.
     assert new_requests == windowed_rows + windowed_ok, (new_requests, windowed_rows, windowed_ok)
-    logs = "".join((results / "logs" / "judge" / f"{s}.log").read_text() for s in ("00000", "00001"))
-    assert logs.count("reused") == 2 * len(unchanged)

@@ -389,17 +389,24 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
 
     t0 = time.monotonic()
 
-    biggest = max(pages, key=pages.get)
-    big_journal = workdir / "results" / ".journal" / "ocr" / f"{biggest}.jsonl"
+    journals = workdir / "results" / ".journal" / "ocr"
 
-    def one_shard_done_the_big_one_under_way() -> bool:
-        # Two rows of the 14-page shard journaled: a dozen are still to come.
-        try:
-            return bool(ocr_outputs(workdir)) and len(big_journal.read_text().splitlines()) >= 2
-        except OSError:
+    def one_shard_done_another_under_way() -> bool:
+        # Jobs start in any order under load: wait for a finished shard and an unfinished one
+        # that has journaled some rows but not all.
+        done = ocr_outputs(workdir)
+        if not done:
             return False
+        for shard, count in pages.items():
+            try:
+                journaled = len((journals / f"{shard}.jsonl").read_text().splitlines())
+            except OSError:
+                continue
+            if shard not in done and 0 < journaled < count:
+                return True
+        return False
 
-    with Watcher(workdir, kill_when=one_shard_done_the_big_one_under_way) as watcher:
+    with Watcher(workdir, kill_when=one_shard_done_another_under_way) as watcher:
         first = snakemake(workdir)
     print(f"run with the server killed: failed after {time.monotonic() - t0:.1f}s")
     assert watcher.killed_pid is not None, output_of(first)[-4000:]
@@ -420,7 +427,8 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
     dry = snakemake(workdir, "-n")
     assert dry.returncode == 0, output_of(dry)[-4000:]
     unfinished = sorted(set(pages) - set(finished))
-    assert planned_jobs(dry.stdout) == {"serve": 1, "ocr": len(unfinished), "served": 1, "ledger": 1, "all": 1}
+    planned = {"serve": 1, "ocr": len(unfinished), "served": 1, "ledger": 1, "stats": 1, "summary": 1, "all": 1}
+    assert planned_jobs(dry.stdout) == planned  # the closing summary reads the run statistics
 
     t0 = time.monotonic()
     second = snakemake(workdir)
@@ -505,21 +513,26 @@ def test_two_replicas_one_sigkilled_mid_stage_the_run_still_succeeds(seeded, tmp
 def test_elastic_second_replica_joins_running_clients(seeded, tmp_path):
     template, pdf_dir = seeded
     stats = tmp_path / "stats.json"
-    # Replica 1 loads 4 s longer; clients start on replica 0 (min_ready: 1) and take ~10 s on it alone.
+    # Replica 1 keeps loading until the test opens its gate, which it does once replica 0 has
+    # served clients (min_ready: 1); about 18 requests of 1 s each are left for it to join.
+    gate = tmp_path / "replica-1-may-start"
     workdir = workdir_from(
         template,
         tmp_path,
         pdf_dir,
         replicas=2,
         min_ready=1,
-        extra_args=["--latency", "0.5", "--max-num-seqs", "1", "--replica-startup-delay", "1=4"],
+        extra_args=["--latency", "1.0", "--max-num-seqs", "1", "--replica-start-gate", f"1={gate}"],
         env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats)},
     )
     late = Path(f"{stats}.replica-1")
     first_request_of_late_replica_after_clients_started = []
 
     def watch() -> None:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and requests_of(stats) == 0:
+            time.sleep(0.05)
+        gate.touch()
         while time.monotonic() < deadline:
             if requests_of(late) > 0:
                 first_request_of_late_replica_after_clients_started.append(requests_of(stats))

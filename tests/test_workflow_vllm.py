@@ -24,7 +24,11 @@ from helpers.vllm_config import (
     tiny_model_stage_settings,
 )
 from helpers.workflow import planned_jobs
-from longdoc_sdg.plan import MODEL_STAGES, QA_STAGES
+from longdoc_sdg.registry import get_spec, model_stages, qa_stages
+
+QA_STAGES = qa_stages()
+# Stages with one output per shard (judge and verify: one per QA stage and shard).
+MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 

@@ -21,26 +21,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from longdoc_sdg.rowstore import output_schema
+from longdoc_sdg.seed.shard import PAGES_SCHEMA
 from longdoc_sdg.stages import get_stage
 from longdoc_sdg.stages.base import arrow_schema
 from longdoc_sdg.taxonomy import ANCHORED_TYPES, JUDGE_RUBRIC
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
-PAGE_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("page_number", pa.int32()),
-        ("png", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("dpi", pa.float32()),
-        ("is_gray", pa.bool_()),
-        ("page_width_pt", pa.float32()),
-        ("page_height_pt", pa.float32()),
-        ("pdf_text", pa.string()),
-        ("text_blocks", pa.string()),
-    ]
-)
+PAGE_SCHEMA = PAGES_SCHEMA  # the seed's own pages table layout
 
 
 def png_bytes(doc_index: int, page: int) -> bytes:
@@ -221,30 +208,12 @@ class SyntheticRun:
                         "url": f"https://example.org/{d}.pdf",
                         "date": "2024-01-01",
                         "total_pages": self.PAGES,
-                        "whole_document": True,
                         "extra": json.dumps({"id": f"<urn:uuid:{d}>"}),
                     }
                     for d in docs
                 ]
             ),
             seed / "documents.parquet",
-        )
-        pq.write_table(
-            pa.Table.from_pylist(
-                [
-                    {
-                        "window_id": f"{d}:w{s:04d}",
-                        "doc_id": d,
-                        "start_page": s,
-                        "end_page": s + 1,
-                        "window_size": 2,
-                        "total_pages": self.PAGES,
-                    }
-                    for d in docs
-                    for s in (1, 3)
-                ]
-            ),
-            seed / "windows.parquet",
         )
         failures = (
             [{"doc_id": "dead", "source": "https://example.org/dead.pdf", "reason": "http_error", "message": "404"}]

@@ -109,7 +109,8 @@ class Server:
             self.send(h, 301, b"", {"Location": "/ok.pdf"})
         elif path.startswith("/delay/"):
             time.sleep(0.4)
-            self.send(h, 200, PDF)
+            # A distinct trailing comment per path: distinct documents, not exact duplicates.
+            self.send(h, 200, PDF + f"\n% copy {path}\n".encode())
         elif path in self.files:
             data = self.files[path]
             match = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))

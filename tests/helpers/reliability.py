@@ -31,7 +31,7 @@ SMALL = ("MVT_Rnews.pdf", "residual-shadings.pdf")
 LARGER = SMALL + ("zoo-faq.pdf",)
 
 
-RUN_TIMEOUT = 300  # seconds: a bound on any single snakemake call (a shared machine can be slow)
+RUN_TIMEOUT = 600  # seconds: a hang guard for one snakemake call, generous for a loaded machine
 
 
 def make_workdir(

@@ -16,26 +16,13 @@ import pyarrow.parquet as pq
 import pymupdf
 
 from longdoc_sdg.ids import stable_id
+from longdoc_sdg.seed.shard import PAGES_SCHEMA
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
 PDF_DIRS = (REPO / "resources" / "sample_pdfs", REPO / "tests" / "data" / "real_pdfs")
 
-PAGE_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("page_number", pa.int32()),
-        ("png", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("dpi", pa.float32()),
-        ("is_gray", pa.bool_()),
-        ("page_width_pt", pa.float32()),
-        ("page_height_pt", pa.float32()),
-        ("pdf_text", pa.string()),
-        ("text_blocks", pa.string()),
-    ]
-)
+PAGE_SCHEMA = PAGES_SCHEMA  # the seed's own pages table layout
 
 
 def real_pdfs() -> list[Path]:
@@ -68,11 +55,11 @@ def page_row(doc_id: str, page: pymupdf.Page, number: int, dpi: float = 40) -> d
     }
 
 
-def build_seed(out_dir: Path, pdfs: list[Path], max_pages: int = 3, window: int = 2) -> dict[str, str]:
-    """pages / documents / windows parquet files for the given PDFs (first `max_pages` pages)."""
+def build_seed(out_dir: Path, pdfs: list[Path], max_pages: int = 3) -> dict[str, str]:
+    """pages / documents parquet files for the given PDFs (first `max_pages` pages)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: str(out_dir / f"{k}.parquet") for k in ("pages", "documents", "windows")}
-    docs, windows = [], []
+    paths = {k: str(out_dir / f"{k}.parquet") for k in ("pages", "documents")}
+    docs = []
     with pq.ParquetWriter(paths["pages"], PAGE_SCHEMA) as writer:
         for pdf in pdfs:
             doc_id = stable_id(str(pdf.name))
@@ -89,23 +76,10 @@ def build_seed(out_dir: Path, pdfs: list[Path], max_pages: int = 3, window: int 
                     "url": None,
                     "date": None,
                     "total_pages": n,
-                    "whole_document": True,
                     "extra": "{}",
                 }
             )
-            for start in range(1, n - window + 2, window):
-                windows.append(
-                    {
-                        "window_id": f"{doc_id}:w{start:04d}",
-                        "doc_id": doc_id,
-                        "start_page": start,
-                        "end_page": start + window - 1,
-                        "window_size": window,
-                        "total_pages": n,
-                    }
-                )
     pq.write_table(pa.Table.from_pylist(docs), paths["documents"])
-    pq.write_table(pa.Table.from_pylist(windows), paths["windows"])
     return paths
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pymupdf
 
 from conftest import REPO, copy_pdfs
-from longdoc_sdg.plan import MODEL_STAGES
+from longdoc_sdg.registry import model_stages
 
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 
@@ -29,7 +29,7 @@ def tiny_model_stage_settings() -> dict:
     stage -> its `settings`."""
     # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
-    stages = {stage: dict(common) for stage in MODEL_STAGES + ("judge",)}
+    stages = {stage: dict(common) for stage in model_stages()}
     # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
     # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
     # tests below send the Nemotron-Parse request format to the real server.
@@ -39,6 +39,8 @@ def tiny_model_stage_settings() -> dict:
     stages["whole_document_qa"].update(output_format="json")
     stages["visual_qa"]["check_sampling"] = {"extra_body": NO_THINKING}
     stages["whole_document_qa"]["num_records"] = 2
+    stages["whole_document_qa"]["max_pages"] = 8
+    stages["windowed_qa"]["window_size"] = 2
     return stages
 
 
@@ -49,7 +51,7 @@ def base_config(workdir: Path, pdfs: list[Path]) -> dict:
         "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
         "sharding": {"settings": {"documents_per_shard": 1}},
         # Small pages keep every image near 200 tokens for the tiny model's context.
-        "seed": {"settings": {"dpi": 40, "window_size": 2, "whole_document_max_pages": 8}},
+        "seed": {"settings": {"dpi": 40}},
     }
 
 

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from longdoc_sdg import endpoints
 from longdoc_sdg import plan as run_plan
 from longdoc_sdg.config import check_config, check_paths
+from longdoc_sdg.registry import SEED_TABLES, get_spec, model_stages, qa_stages
 from longdoc_sdg import manifest as manifest_store
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -19,7 +20,6 @@ MANIFEST_DIR = f"{RESULTS}/manifest"
 MANIFEST_INDEX = f"{MANIFEST_DIR}/{manifest_store.INDEX_NAME}"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
-JUDGED = run_plan.judged_stages(config)
 
 # Parsing only reads: the manifest is written by the `manifest` checkpoint (seed.smk), under
 # Snakemake's lock. A sharding change against an existing manifest fails here, naming both values.
@@ -69,25 +69,15 @@ def forget_dead_servers_once():
 wildcard_constraints:
     shard=r"\d{5}",
     deployment=r"[A-Za-z0-9_.-]+",
-    qa_stage="|".join(run_plan.QA_STAGES),
+    qa_stage="|".join(qa_stages()),
 
 
 def stage_output(stage):
-    return f"{RESULTS}/{stage}/{{shard}}.parquet"
+    return run_plan.output_path(stage, RESULTS)
 
 
 def seed_table(table):
     return f"{RESULTS}/seed/{{shard}}/{table}.parquet"
-
-
-def stage_inputs(stage):
-    """Input paths of a model stage: seed tables and upstream stage outputs."""
-    paths = {}
-    for name in run_plan.STAGE_INPUTS[stage]:
-        paths[name] = (
-            seed_table(name) if name in run_plan.SEED_TABLES else stage_output(name)
-        )
-    return paths
 
 
 def sentinel_path(deployment):
@@ -98,24 +88,15 @@ def runtime_path(deployment):
     return f"{SERVE_DIR}/{deployment}.runtime.json"
 
 
-def judge_output(qa_stage):
-    return f"{RESULTS}/judge/{qa_stage}/{{shard}}.parquet"
-
-
 def client_outputs(stage, wildcards):
-    if stage == "judge":
-        return [judge_output(q).format(shard=wildcards.shard) for q in JUDGED]
-    return [stage_output(stage).format(shard=wildcards.shard)]
+    return [stage_output(stage).format(**dict(wildcards.items()))]
 
 
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
     the deployment's files (see get_serving_inputs)."""
-    paths = dict(stage_inputs(stage))
-    if stage == "judge":
-        for qa_stage in JUDGED:
-            paths[f"qa_{qa_stage}"] = stage_output(qa_stage)
+    paths = run_plan.input_paths(stage, RESULTS)
     if STATUSES[stage].mode == "serve":
         paths["serving"] = get_serving_inputs(stage)
     return paths
@@ -148,7 +129,11 @@ def get_stage_settings(stage):
 
 
 def journal_path(stage):
-    return f"{RESULTS}/.journal/{stage}/{{shard}}.jsonl"
+    return run_plan.journal_path(stage, RESULTS)
+
+
+def log_path(stage):
+    return run_plan.log_path(stage, RESULTS)
 
 
 def get_final_outputs(wildcards):
@@ -162,13 +147,12 @@ def get_run_outputs(wildcards):
     record_plan_after_manifest(shards)
     outputs = []
     for shard in shards:
-        outputs += [
-            f"{RESULTS}/seed/{shard}/{table}.parquet" for table in run_plan.SEED_TABLES
-        ]
-        for stage in run_plan.MODEL_STAGES:
+        outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
+        for stage in model_stages():
             if STATUSES[stage].active:
-                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
-        outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
+                outputs += run_plan.stage_outputs(
+                    stage, RESULTS, shard, config, STATUSES
+                )
     if shards:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
@@ -234,10 +218,7 @@ def get_deployment_clients(wildcards):
         if run_plan.stage_deployment(config, stage) != wildcards.deployment:
             continue
         for shard in manifest_shards():
-            if stage == "judge":
-                outputs += [judge_output(q).format(shard=shard) for q in JUDGED]
-            else:
-                outputs.append(f"{RESULTS}/{stage}/{shard}.parquet")
+            outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
 
 
@@ -400,7 +381,7 @@ def record_progress_plan():
 
     from longdoc_sdg import progress
 
-    tracked = {"seed", *run_plan.ALL_MODEL_STAGES}
+    tracked = {"seed", *model_stages()}
     jobs = list(workflow.dag.needrun_jobs())
     if any(job.rule.name == "manifest" for job in jobs):
         # The per-shard jobs are known once the manifest job ran: counted then.
@@ -425,7 +406,7 @@ def record_plan_after_manifest(shards):
     planned = {
         "seed": sum(missing([seed_table("pages").format(shard=s)]) for s in shards)
     }
-    for stage in run_plan.ALL_MODEL_STAGES:
+    for stage in model_stages():
         if STATUSES[stage].active:
             planned[stage] = sum(
                 missing(client_outputs(stage, SimpleNamespace(shard=s))) for s in shards
@@ -440,7 +421,7 @@ def print_summary(failed=False):
     summary = run_summary.load_summary(SUMMARY)
     if summary is None:
         return
-    floor = config["summary"]
+    floor = config["summary"]["run"]
     text = run_summary.render_text(
         summary, floor["min_ok_rows"], floor["fail_below_floor"]
     )
@@ -454,7 +435,7 @@ def print_summary(failed=False):
     if low and floor["fail_below_floor"] and not failed:
         print(
             f"longdoc-sdg: failing the run: {', '.join(s['stage'] for s in low)} below "
-            f"summary.min_ok_rows={floor['min_ok_rows']} (summary.fail_below_floor: true)",
+            f"summary.run.min_ok_rows={floor['min_ok_rows']} (summary.run.fail_below_floor: true)",
             file=sys.stderr,
         )
         raise SystemExit(1)
@@ -464,19 +445,16 @@ def print_summary(failed=False):
 def served_stage_outputs():
     """Client outputs of every active served stage, by stage."""
     outputs = {}
+    shards = None
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
-        if stage == "judge":
-            outputs[stage] = [
-                judge_output(q).format(shard=shard)
-                for q in JUDGED
-                for shard in manifest_shards()
-            ]
-        else:
-            outputs[stage] = [
-                f"{RESULTS}/{stage}/{shard}.parquet" for shard in manifest_shards()
-            ]
+        shards = shards if shards is not None else manifest_shards()
+        outputs[stage] = [
+            path
+            for shard in shards
+            for path in run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
+        ]
     return outputs
 
 

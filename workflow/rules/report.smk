@@ -73,6 +73,7 @@ rule summary:
     input:
         stats=rules.stats.output.json,
         run=get_run_outputs,
+        ledger=get_ledger_targets,
     output:
         SUMMARY,
     log:

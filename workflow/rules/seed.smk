@@ -1,4 +1,4 @@
-# 01 seed: fetch each shard's documents, render pages once, derive window and document seeds.
+# 01 seed: fetch each shard's documents, render pages once, list the documents.
 
 
 # The manifest: new documents of the source become new shards (append-only, under a file
@@ -25,7 +25,6 @@ rule seed:
     output:
         pages=seed_table("pages"),
         documents=seed_table("documents"),
-        windows=seed_table("windows"),
         failures=seed_table("failures"),
     log:
         f"{RESULTS}/logs/seed/{{shard}}.log",

@@ -1,13 +1,11 @@
-"""Snakemake entry point of the model stages 02-09; the work is in longdoc_sdg.stages."""
+"""Snakemake entry point of the model stages (longdoc_sdg.registry); the work is in longdoc_sdg.stages."""
 
 import time
 
 from longdoc_sdg import progress
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
-from longdoc_sdg.ids import stable_id
 from longdoc_sdg.io import setup_job_logging
-from longdoc_sdg.memo import file_digest, produce_or_reuse
-from longdoc_sdg.plan import canonical_json, stage_config_section
+from longdoc_sdg.plan import stage_config_section
 from longdoc_sdg.stages import run_stage
 from longdoc_sdg.stages.base import deep_merge
 
@@ -27,35 +25,7 @@ params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.par
 inputs = {key: value for key, value in snakemake.input.items() if key != "serving"}
 
 with keep_server_alive(snakemake.params.endpoint):
-    if stage != "judge":
-        run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
-    else:
-        # One judge job per shard covers every judged QA stage; unchanged ones are reused.
-        shard = snakemake.wildcards.shard
-        for qa_stage, output in snakemake.output.items():
-            qa_input = inputs[f"qa_{qa_stage}"]
-            journal = f"{snakemake.params.journal_dir}/{qa_stage}/{shard}.jsonl"
-            key = stable_id(
-                file_digest(qa_input),
-                snakemake.params.settings["fingerprint"],
-                canonical_json(snakemake.params.endpoint),
-                length=32,
-            )
-            produce_or_reuse(
-                output,
-                key,
-                f"{snakemake.params.reuse_dir}/{qa_stage}",
-                journal,
-                lambda: run_stage(
-                    "judge",
-                    {"qa": qa_input, "pages": inputs["pages"]},
-                    output,
-                    params,
-                    endpoint,
-                    snakemake.threads,
-                    journal,
-                ),
-            )
+    run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
 
 progress.report_job(
     snakemake.config["results_dir"],

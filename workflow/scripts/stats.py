@@ -44,6 +44,11 @@ elif rule == "summary":
 
     with open(snakemake.input.stats, encoding="utf-8") as handle:
         stats = json.load(handle)
-    write_summary_json(snakemake.output[0], build_summary(stats, snakemake.params.plan))
+    ledger = None
+    for path in files(snakemake.input.ledger):
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as handle:
+                ledger = json.load(handle)
+    write_summary_json(snakemake.output[0], build_summary(stats, snakemake.params.plan, ledger))
 else:
     raise ValueError(f"stats.py does not handle rule {rule}")

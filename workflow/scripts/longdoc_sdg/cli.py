@@ -157,9 +157,9 @@ def stage_help(name: str) -> str:
 
 
 def stages_help() -> str:
-    from .stages import STAGES
+    from .registry import STAGES
 
-    rows = [(s.name, ", ".join(s.input_keys), s.description) for s in STAGES.values()]
+    rows = [(s.name, ", ".join(s.inputs), s.summary) for s in STAGES if s.handler]
     return (
         "longdoc-sdg stage NAME --config RUN.yaml [key=value ...]\n"
         "longdoc-sdg stage NAME --help   (settings of one stage)\n\n"
@@ -236,9 +236,10 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .io import setup_job_logging
-    from .stages import STAGES, get_stage, run_stage, stage_config_hash
+    from .registry import handler_stages
+    from .stages import get_stage, run_stage, stage_config_hash
 
-    if args.name is None or args.name not in STAGES:
+    if args.name is None or args.name not in handler_stages():
         print(stages_help())
         if args.name is not None:
             print(f"\nerror: unknown stage {args.name!r}", file=sys.stderr)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .registry import qa_stages
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -246,17 +248,6 @@ DEFAULT_MODELS: dict[str, dict] = {
     "judge": {"endpoint": {"base_url": None, "model": None, "api_key_env": "JUDGE_API_KEY"}},
 }
 
-DEFAULT_STAGE_MODELS = {
-    "ocr": "nemotron-parse",
-    "text_qa": "gpt-oss-120b",
-    "classify": "qwen3-vl-30b",
-    "visual_qa": "qwen3-vl-235b-thinking",
-    "single_page_qa": "qwen3-vl-235b-thinking",
-    "windowed_qa": "qwen3-vl-235b-thinking",
-    "whole_document_qa": "qwen3-vl-235b-thinking",
-    "judge": "judge",
-}
-
 # Fields of a stage's own config that only steer a run: the workflow config puts them under
 # `stages.NAME.run`, the job merges them back.
 STAGE_RUN_FIELDS = ("image_transport",)
@@ -268,6 +259,7 @@ def _stage_section(stage_name: str):
     from pydantic import create_model
 
     from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
+    from .registry import get_spec
     from .stages import get_stage
 
     base = get_stage(stage_name).config_model
@@ -275,7 +267,11 @@ def _stage_section(stage_name: str):
         name: (info.annotation, info) for name, info in base.model_fields.items() if name not in STAGE_RUN_FIELDS
     }
     settings = create_model(f"{base.__name__}Settings", __base__=Section, **settings_fields)
-    run_fields = {name: (base.model_fields[name].annotation, base.model_fields[name]) for name in STAGE_RUN_FIELDS}
+    run_fields = {
+        name: (base.model_fields[name].annotation, base.model_fields[name])
+        for name in STAGE_RUN_FIELDS
+        if name in base.model_fields
+    }
     run = create_model(
         f"{base.__name__}Run",
         __base__=Section,
@@ -298,11 +294,11 @@ def _stage_section(stage_name: str):
     return create_model(
         f"{base.__name__}Section",
         __base__=Section,
-        enabled=(bool, Field(True, description="Run this stage when its model is reachable.")),
-        model=(
-            str,
-            Field(DEFAULT_STAGE_MODELS[stage_name], description="Alias (a key of `models:`) of the stage's model."),
+        enabled=(
+            bool,
+            Field(get_spec(stage_name).enabled_by_default, description="Run this stage when its model is reachable."),
         ),
+        model=(str, Field(get_spec(stage_name).model, description="Alias (a key of `models:`) of the stage's model.")),
         settings=(settings, Field(settings(), description="What the stage produces (rule params).")),
         run=(run, Field(run(), description="How the stage's jobs run (read at job time, never a rerun trigger).")),
     )
@@ -311,12 +307,13 @@ def _stage_section(stage_name: str):
 def _stages_model():
     from pydantic import create_model
 
-    from .plan import ALL_MODEL_STAGES
+    from .registry import get_spec, model_stages
 
     fields = {}
-    for name in ALL_MODEL_STAGES:
+    for name in model_stages():
         section = _stage_section(name)
-        fields[name] = (section, Field(section(), description=f"Stage {name}."))
+        spec = get_spec(name)
+        fields[name] = (section, Field(section(), description=f"Stage {spec.number:02d}: {spec.summary}."))
     return create_model("StagesConfig", __base__=Section, **fields)
 
 
@@ -367,7 +364,7 @@ def workflow_config_model():
             ),
         ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
-        stages=(stages, Field(stages(), description="Model stages 02-09.")),
+        stages=(stages, Field(stages(), description="Model stages (longdoc_sdg.registry), by name.")),
         export=(
             ExportConfig,
             Field(ExportConfig(), description="Final datasets per QA stage and their export layouts."),
@@ -467,13 +464,17 @@ def default_config() -> dict:
 # Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
 
 
-class MixConfig(Section):
+class MixSettings(Section):
     target: Literal["reference", "benchmark", "custom"] = Field(
         "reference",
         description="'reference': the reference recipe's question-type weights (stage weights may not be "
         "changed); 'benchmark': weights derived from MMLongBench-Doc's answer-format and evidence-source mix "
         "(visual and anchored QA); 'custom': each stage's question_type_weights as configured.",
     )
+
+
+class MixConfig(Section):
+    settings: MixSettings = Field(MixSettings(), description="The question-type mix (QA stage params).")
 
 
 class ExportFilters(Section):
@@ -511,8 +512,8 @@ class ExportFilters(Section):
     )
     require_evidence_ok: bool = Field(
         True,
-        description="Anchored QA (06-08): keep rows whose cited evidence pages are among the pages shown and "
-        "number at least the stage's min_evidence_pages.",
+        description="Anchored QA (06-08): keep rows citing at least the stage's min_evidence_pages evidence "
+        "pages (a cited page outside the pages shown fails the row as `bad_evidence` when it is generated).",
     )
 
 
@@ -577,7 +578,7 @@ class ExportSettings(Section):
 
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Build the final datasets and their layouts for every active QA stage.")
-    stages: list[Literal["text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa"]] | None = Field(
+    stages: list[Literal[qa_stages()]] | None = Field(
         None, description="QA stages to export (null: every active QA stage)."
     )
     layouts: list[Literal["reference", "hub"]] = Field(
@@ -630,15 +631,21 @@ class ReportConfig(Section):
     settings: ReportSettings = Field(ReportSettings(), description="How the figures are drawn (rule params).")
 
 
-class SummaryConfig(Section):
+class SummaryRun(Section):
     min_ok_rows: int = Field(
         1,
         ge=0,
         description="Yield floor: the closing summary warns loudly about every stage (the seed: documents) "
-        "with fewer ok rows than this; 0 turns the check off. A run setting: never reruns anything.",
+        "with fewer ok rows than this; 0 turns the check off.",
     )
     fail_below_floor: bool = Field(
         False, description="Make the run fail (exit status 1, after the summary) when a stage is below min_ok_rows."
+    )
+
+
+class SummaryConfig(Section):
+    run: SummaryRun = Field(
+        SummaryRun(), description="The yield floor of the closing summary (read when the run ends, never a rerun trigger)."
     )
 
 

@@ -26,12 +26,11 @@ import pyarrow.parquet as pq
 
 from .ids import stable_id
 from .io import get_logger, write_parquet_atomic, write_text_atomic
+from .registry import SEED_TABLES
 from .score import SAMPLE_FIELDS, aggregate, check_rows, score_rows
 from .stages.evaluate import read_samples
 
 log = get_logger("evaluate")
-
-SEED_TABLES = ("pages", "documents", "windows", "failures")
 
 
 def check_samples(samples: list, source: str) -> None:

@@ -11,31 +11,7 @@ import json
 from dataclasses import dataclass
 
 from . import __version__
-
-MODEL_STAGES = (
-    "ocr",
-    "text_qa",
-    "classify",
-    "visual_qa",
-    "single_page_qa",
-    "windowed_qa",
-    "whole_document_qa",
-)
-QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
-ALL_MODEL_STAGES = MODEL_STAGES + ("judge",)
-
-# Which seed tables or stage outputs each stage reads (besides its endpoint).
-STAGE_INPUTS = {
-    "ocr": ("pages",),
-    "text_qa": ("ocr",),
-    "classify": ("pages",),
-    "visual_qa": ("classify", "pages"),
-    "single_page_qa": ("pages",),
-    "windowed_qa": ("windows", "pages"),
-    "whole_document_qa": ("documents", "pages"),
-    "judge": ("pages",),  # plus the judged QA stage's output
-}
-SEED_TABLES = ("pages", "documents", "windows", "failures")
+from .registry import JUDGED_INPUT, SEED_TABLES, get_spec, judge_stage, model_stages, qa_stages
 
 
 @dataclass(frozen=True)
@@ -69,7 +45,7 @@ def stage_deployment(config: dict, stage: str) -> str | None:
 
 
 def endpoint_mode(config: dict, stage: str) -> str:
-    if stage == "ocr" and config["stages"][stage]["settings"].get("engine", "pdf-text") == "pdf-text":
+    if not _uses_model(config, stage):
         return "none"
     spec = model_spec(config, stage)
     if (spec.get("endpoint") or {}).get("base_url"):
@@ -90,38 +66,96 @@ def _unavailable_reason(config: dict, stage: str) -> str:
     return f"needs a model endpoint: set models.{alias}.endpoint.base_url (+ model, api_key_env)"
 
 
+def _uses_model(config: dict, stage: str) -> bool:
+    """Whether the stage's settings need a model (OCR with the pdf-text engine does not)."""
+    from .stages import get_stage
+
+    handler = get_stage(stage)
+    return handler.needs_endpoint(handler.config_model.model_validate(stage_config_section(config, stage)))
+
+
 def stage_statuses(config: dict) -> dict[str, StageStatus]:
     statuses: dict[str, StageStatus] = {}
-    for stage in ALL_MODEL_STAGES:
+    # Stages reading QA outputs (the judge) last: they wait on QA stages listed after them too.
+    for stage in sorted(model_stages(), key=lambda name: get_spec(name).per_qa_stage):
+        spec = get_spec(stage)
         settings = config["stages"][stage]
         mode = endpoint_mode(config, stage)
-        upstream = [s for s in STAGE_INPUTS[stage] if s in MODEL_STAGES]
-        if stage == "judge":
-            upstream = [s for s in settings["settings"].get("judge_stages", []) if s in QA_STAGES]
+        upstream = list(spec.upstream)
+        if spec.per_qa_stage:
+            upstream = [s for s in settings["settings"].get(spec.qa_stages_key, []) if s in qa_stages()]
         blocked = [s for s in upstream if not statuses[s].active]
         if not settings.get("enabled", True):
             statuses[stage] = StageStatus(stage, False, "disabled", "disabled in config")
         elif mode == "unavailable":
             statuses[stage] = StageStatus(stage, False, mode, _unavailable_reason(config, stage))
-        elif stage == "judge" and not upstream:
+        elif spec.per_qa_stage and not upstream:
             statuses[stage] = StageStatus(
-                stage, False, "disabled", "no QA stage listed in stages.judge.settings.judge_stages"
+                stage, False, "disabled", f"no QA stage listed in stages.{stage}.settings.{spec.qa_stages_key}"
             )
-        elif stage == "judge" and len(blocked) == len(upstream):
+        elif spec.per_qa_stage and len(blocked) == len(upstream):
             statuses[stage] = StageStatus(stage, False, mode, f"waits for {', '.join(blocked)}")
-        elif stage != "judge" and blocked:
+        elif not spec.per_qa_stage and blocked:
             statuses[stage] = StageStatus(stage, False, mode, f"waits for {', '.join(blocked)}")
         else:
             how = {"none": "runs on CPU, no endpoint", "manual": "manual endpoint", "serve": "served deployment"}[mode]
             statuses[stage] = StageStatus(stage, True, mode, how)
-    return statuses
+    return {stage: statuses[stage] for stage in model_stages()}
 
 
-def judged_stages(config: dict) -> list[str]:
-    statuses = stage_statuses(config)
-    if not statuses["judge"].active:
+def qa_inputs(config: dict, stage: str, statuses: dict[str, StageStatus] | None = None) -> list[str]:
+    """The active QA stages a per-QA-stage stage runs on (one job per such stage and shard)."""
+    statuses = statuses or stage_statuses(config)
+    spec = get_spec(stage)
+    if not (spec.per_qa_stage and statuses[stage].active):
         return []
-    return [s for s in config["stages"]["judge"]["settings"]["judge_stages"] if statuses[s].active]
+    return [s for s in config["stages"][stage]["settings"][spec.qa_stages_key] if statuses[s].active]
+
+
+def judged_stages(config: dict, statuses: dict[str, StageStatus] | None = None) -> list[str]:
+    """The active QA stages the judge runs on."""
+    return qa_inputs(config, judge_stage(), statuses)
+
+
+def input_paths(stage: str, results: str) -> dict[str, str]:
+    """A stage's inputs as path patterns with {shard} (and {qa_stage} for the judge's QA input)."""
+    paths = {}
+    for name in get_spec(stage).inputs:
+        if name in SEED_TABLES:
+            paths[name] = f"{results}/seed/{{shard}}/{name}.parquet"
+        elif name == JUDGED_INPUT:
+            paths[name] = f"{results}/{{qa_stage}}/{{shard}}.parquet"
+        else:
+            paths[name] = output_path(name, results)
+    return paths
+
+
+def _job_path(stage: str, root: str, suffix: str) -> str:
+    if get_spec(stage).per_qa_stage:
+        return f"{root}/{stage}/{{qa_stage}}/{{shard}}{suffix}"
+    return f"{root}/{stage}/{{shard}}{suffix}"
+
+
+def output_path(stage: str, results: str) -> str:
+    """A stage's output pattern: {stage}/{shard}.parquet, judge/{qa_stage}/{shard}.parquet."""
+    return _job_path(stage, results, ".parquet")
+
+
+def journal_path(stage: str, results: str) -> str:
+    """Where a job keeps its finished rows until the shard is written (the resume journal)."""
+    return _job_path(stage, f"{results}/.journal", ".jsonl")
+
+
+def log_path(stage: str, results: str) -> str:
+    return _job_path(stage, f"{results}/logs", ".log")
+
+
+def stage_outputs(stage: str, results: str, shard: str, config: dict, statuses: dict[str, StageStatus]) -> list[str]:
+    """The stage's output files of one shard (the judge: one per judged QA stage)."""
+    pattern = output_path(stage, results)
+    if get_spec(stage).per_qa_stage:
+        return [pattern.format(qa_stage=q, shard=shard) for q in qa_inputs(config, stage, statuses)]
+    return [pattern.format(shard=shard)]
 
 
 def stage_config_section(config: dict, stage: str) -> dict:
@@ -133,7 +167,7 @@ def stage_config_section(config: dict, stage: str) -> dict:
 
     section = config["stages"][stage]
     run = {key: section["run"][key] for key in STAGE_RUN_FIELDS if key in section["run"]}
-    settings = apply_mix((config.get("mix") or {}).get("target", "reference"), stage, section["settings"])
+    settings = apply_mix(config["mix"]["settings"]["target"], stage, section["settings"])
     return {**settings, **run}
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from .engine.errors import INFRA_REASONS
 from .io import get_logger
-from .plan import MODEL_STAGES, QA_STAGES
+from .registry import get_spec, model_stages, qa_stages
 from .rowstore import shard_provenance, write_journal
 
 log = get_logger("reprocess")
@@ -123,21 +123,21 @@ def shard_paths(targets: list[str], results_dir: str | os.PathLike) -> list[Path
     """Shard files named by `targets`: a shard parquet path, or a stage (`classify`,
     `judge/text_qa`, `judge` for every judged stage) meaning all its shards under results_dir."""
     results = Path(results_dir)
-    stage_dirs = set(MODEL_STAGES) | {f"judge/{s}" for s in QA_STAGES}
+    per_qa = {s for s in model_stages() if get_spec(s).per_qa_stage}
+    stage_dirs = {s for s in model_stages() if s not in per_qa} | {f"{j}/{q}" for j in per_qa for q in qa_stages()}
     paths: list[Path] = []
     for target in targets:
         if target.endswith(".parquet"):
             paths.append(Path(target))
             continue
         name = target.strip("/")
-        if name == "judge":
-            dirs = [results / "judge" / s for s in QA_STAGES]
+        if name in per_qa:
+            dirs = [results / name / s for s in qa_stages()]
         elif name in stage_dirs:
             dirs = [results / name]
         else:
             raise RequeueError(
-                f"{target!r} is neither a shard parquet nor a stage; stages: "
-                f"{', '.join(sorted(stage_dirs | {'judge'}))}"
+                f"{target!r} is neither a shard parquet nor a stage; stages: {', '.join(sorted(stage_dirs | per_qa))}"
             )
         found = sorted(p for d in dirs if d.is_dir() for p in d.glob(SHARD_GLOB))
         if not found:

@@ -19,10 +19,6 @@ from ..io import umask_mode
 if TYPE_CHECKING:
     import duckdb
 
-QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
-ANCHORED_STAGES = ("single_page_qa", "windowed_qa", "whole_document_qa")
-# A QA stage's upstream stage output and the column the exports carry over from it.
-UPSTREAM = {"text_qa": ("ocr", "transcribed_texts"), "visual_qa": ("classify", "page_classification")}
 SPLITS = ("train", "validation")
 # The benchmark's answer formats (MMLongBench-Doc), in its order of frequency.
 ANSWER_FORMATS = ("Int", "Str", "None", "Float", "List")

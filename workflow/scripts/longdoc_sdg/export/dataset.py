@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..io import atomic_path, get_logger
+from ..registry import get_spec
 from .common import (
-    UPSTREAM,
     answer_format_sql,
     columns_of,
     duckdb_connection,
@@ -151,6 +151,7 @@ def build_dataset(
     qa_files, judge_files = list(inputs.get("qa") or []), list(inputs.get("judge") or [])
     doc_files, up_files = list(inputs.get("documents") or []), list(inputs.get("upstream") or [])
     judged = bool(judge_files)
+    carried = get_spec(stage).carries  # (upstream stage, column) or None
     verify_files = list(inputs.get("verify") or [])
     verified = bool(verify_files)
     spill = Path(output).resolve().parent
@@ -171,9 +172,9 @@ def build_dataset(
         judge_cols = ""
         if judged:
             con.execute(
-                "CREATE VIEW judge AS SELECT regexp_replace(row_id, '^judge:', '') AS qa_row_id, "
-                "status AS judge_status, model AS judge_model, weighted_quality_score, "
-                f"{', '.join(JUDGE_SCORE_COLUMNS)}, qa_quality_judge FROM {read_parquet(judge_files)}"
+                "CREATE VIEW judge AS SELECT qa_row_id, status AS judge_status, model AS judge_model, "
+                f"weighted_quality_score, {', '.join(JUDGE_SCORE_COLUMNS)}, qa_quality_judge "
+                f"FROM {read_parquet(judge_files)} WHERE qa_row_id IS NOT NULL"
             )
             judge_cols = (
                 ", j.judge_status, j.judge_model, j.weighted_quality_score, "
@@ -201,8 +202,8 @@ def build_dataset(
                 "NULL::INTEGER AS total_pages, NULL::VARCHAR AS source_id WHERE false"
             )
         up_join = up_cols = ""
-        if stage in UPSTREAM and up_files:
-            _, up_column = UPSTREAM[stage]
+        if carried and up_files:
+            _, up_column = carried
             con.execute(
                 f"CREATE VIEW up AS SELECT doc_id, pages[1] AS page, {up_column} "
                 f"FROM {read_parquet(up_files)} WHERE status = 'ok'"
@@ -294,8 +295,8 @@ def build_dataset(
             models["judge"] = _distinct(con, "SELECT DISTINCT judge_model FROM judge WHERE judge_status = 'ok'")
         if verified:
             models["verify"] = _distinct(con, "SELECT DISTINCT verify_model FROM verify WHERE verify_status = 'ok'")
-        if stage in UPSTREAM and up_files:
-            up_stage = UPSTREAM[stage][0]
+        if carried and up_files:
+            up_stage = carried[0]
             models[up_stage] = _distinct(
                 con, f"SELECT DISTINCT model FROM {read_parquet(up_files)} WHERE status = 'ok'"
             )

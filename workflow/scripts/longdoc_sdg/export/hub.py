@@ -17,7 +17,8 @@ import pyarrow as pa
 import yaml
 
 from ..io import get_logger, write_text_atomic
-from .common import QA_STAGES, fresh_tmp_dir, replace_dir
+from ..registry import get_spec, qa_stages
+from .common import fresh_tmp_dir, replace_dir
 from .dataset import DROP_ORDER
 from .layout import arrow_fields, write_layout
 
@@ -38,14 +39,6 @@ LEADING = (
     "num_evidence_pages",
 )
 DROPPED = {"shard", "split", "prompt_tokens", "completion_tokens", "reasoning_tokens"}
-
-STAGE_TITLES = {
-    "text_qa": "Text QA: questions from a page's OCR text, checked for relevance and correctness",
-    "visual_qa": "Visual QA: one-step reasoning over charts, tables and diagrams on one page",
-    "single_page_qa": "Single-page QA: anchored questions answerable from one page",
-    "windowed_qa": "Windowed QA: questions that need two or more pages of a window",
-    "whole_document_qa": "Whole-document QA: questions over all pages of a document",
-}
 
 
 def hub_schema(dataset: str) -> pa.Schema:
@@ -136,7 +129,7 @@ def write_hub(
     tmp = fresh_tmp_dir(output_dir)
     configs: dict[str, dict] = {}
     try:
-        for stage in [s for s in QA_STAGES if s in datasets]:
+        for stage in [s for s in qa_stages() if s in datasets]:
             schema = hub_schema(datasets[stage])
             names = [f.name for f in schema]
 
@@ -246,7 +239,7 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
         s = summaries[stage]
         rows = {k: v.rows for k, v in c["splits"].items()}
         lines.append(
-            f"| `{stage}` | {STAGE_TITLES[stage]} | {rows.get('train', 0)} | {rows.get('validation', 0)} | "
+            f"| `{stage}` | {get_spec(stage).summary} | {rows.get('train', 0)} | {rows.get('validation', 0)} | "
             f"{s['documents']['train']} / {s['documents']['validation']} |"
         )
     total = sum(f.rows for c in configs.values() for f in c["splits"].values())
@@ -305,8 +298,8 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
             f"- self-checked quality score ≥ {f['min_quality_score']} (anchored QA)",
             f"- relevance 'Relevant': {'required' if f['require_relevant'] else 'not required'}; "
             f"correctness 'Correct': {'required' if f['require_correct'] else 'not required'} (text and visual QA)",
-            f"- evidence pages among the pages shown: {'required' if f['require_evidence_ok'] else 'not required'} "
-            "(anchored QA)",
+            f"- at least min_evidence_pages evidence pages: {'required' if f['require_evidence_ok'] else 'not required'} "
+            "(anchored QA; a cited page outside the pages shown already failed the row as `bad_evidence`)",
             f"- near-duplicate questions within a document: "
             f"{'removed, keeping the ' + settings['dedup']['keep'] if settings['dedup']['enabled'] else 'kept'}",
         ]

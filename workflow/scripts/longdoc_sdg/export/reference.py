@@ -38,13 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path, get_logger
+from ..registry import get_spec, qa_stages
 from .common import fresh_tmp_dir, replace_dir, write_json_atomic
 from .layout import arrow_fields, iter_dataset, write_layout
 
 log = get_logger("export.reference")
 
-PER_PAGE_STAGES = ("text_qa", "visual_qa", "single_page_qa")
-ANCHORED = ("single_page_qa", "windowed_qa", "whole_document_qa")
+PER_PAGE_STAGES = tuple(s for s in qa_stages() if get_spec(s).unit == "page")
+ANCHORED = tuple(s for s in qa_stages() if get_spec(s).question_types == "anchored")
 
 # The reference's question type labels, by our keys (reference-pipeline.md).
 _ANCHORED_LABELS = {
@@ -119,7 +120,7 @@ def seed_fields(stage: str) -> list[pa.Field]:
     fields = [pa.field("id", _STR), pa.field("url", _STR), pa.field("date", _STR)]
     if stage in PER_PAGE_STAGES:
         fields.append(pa.field("page_number", pa.int64()))
-    if stage == "windowed_qa":
+    if get_spec(stage).unit == "window":
         fields += [
             pa.field("start_page", pa.int64()),
             pa.field("end_page", pa.int64()),
@@ -151,7 +152,7 @@ def reference_row(stage: str, row: dict, pngs: list[bytes]) -> dict:
     out = {"id": row.get("source_id") or row["doc_id"], "url": row.get("url"), "date": row.get("date")}
     if stage in PER_PAGE_STAGES:
         out["page_number"] = pages[0] - 1 if pages else None  # the reference counts pages from 0
-    if stage == "windowed_qa":
+    if get_spec(stage).unit == "window":
         out.update(start_page=min(pages) - 1, end_page=max(pages), window_size=len(pages))
     out["total_pages"] = row.get("total_pages")
     out["png_images_base64"] = json.dumps([base64.b64encode(png).decode("ascii") for png in pngs])

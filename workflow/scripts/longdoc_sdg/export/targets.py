@@ -4,8 +4,9 @@ statuses and the shard list, so the Snakemake input functions stay one-liners an
 from __future__ import annotations
 
 from .. import __version__
-from ..plan import MODEL_STAGES, QA_STAGES, judged_stages
-from .common import UPSTREAM, dataset_path, hub_dir, publish_record, reference_dir, summary_path
+from ..plan import judged_stages, qa_inputs
+from ..registry import get_spec, model_stages, qa_stages
+from .common import dataset_path, hub_dir, publish_record, reference_dir, summary_path
 
 REPORT_FIGURES = (
     "stage_yield",
@@ -26,7 +27,11 @@ def export_stages(config: dict, statuses: dict) -> list[str]:
     if not export.get("enabled", True):
         return []
     chosen = export.get("stages")
-    return [s for s in QA_STAGES if statuses[s].active and (chosen is None or s in chosen)]
+    return [s for s in qa_stages() if statuses[s].active and (chosen is None or s in chosen)]
+
+
+def _per_qa_stages() -> list[str]:
+    return [s for s in model_stages() if get_spec(s).per_qa_stage]
 
 
 def _shards(results: str, stage: str, shards: list[str]) -> list[str]:
@@ -37,22 +42,13 @@ def _seed(results: str, table: str, shards: list[str]) -> list[str]:
     return [f"{results}/seed/{shard}/{table}.parquet" for shard in shards]
 
 
-def verified_stages(config: dict, statuses: dict) -> list[str]:
-    """The active QA stages the verify stage runs on (stages.verify.settings.verify_stages)."""
-    status = statuses.get("verify")
-    if status is None or not status.active:
-        return []
-    verify = config["stages"]["verify"]["settings"]
-    return [s for s in verify.get("verify_stages", []) if s in statuses and statuses[s].active]
-
-
 def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str], stage: str) -> dict:
     inputs = {"qa": _shards(results, stage, shards), "documents": _seed(results, "documents", shards)}
-    if stage in judged_stages(config):
-        inputs["judge"] = _shards(results, f"judge/{stage}", shards)
-    if stage in verified_stages(config, statuses):
-        inputs["verify"] = _shards(results, f"verify/{stage}", shards)
-    upstream = UPSTREAM.get(stage, (None,))[0]
+    # the verdicts of the stages run per QA stage (judge, verify), by their name
+    for name in _per_qa_stages():
+        if stage in qa_inputs(config, name, statuses):
+            inputs[name] = _shards(results, f"{name}/{stage}", shards)
+    upstream = (get_spec(stage).carries or (None,))[0]
     if upstream and statuses[upstream].active:
         inputs["upstream"] = _shards(results, upstream, shards)
     return inputs
@@ -99,15 +95,16 @@ def hub_settings(config: dict) -> dict:
 
 
 def mix_statement(config: dict) -> dict:
-    """`mix.target` and the question-type weights each exported QA stage ran with (for the card)."""
+    """`mix.settings.target` and the question-type weights each exported QA stage ran with (for the card)."""
     from ..plan import stage_config_section
     from ..stages import stage_config
 
-    target = (config.get("mix") or {}).get("target", "reference")
+    target = config["mix"]["settings"]["target"]
     weights = {}
-    for stage in QA_STAGES:
+    for stage in qa_stages():
         validated = stage_config(stage, stage_config_section(config, stage))
-        weights[stage] = dict(validated.question_type_weights)
+        if hasattr(validated, "question_type_weights"):  # a QA stage may not sample question types
+            weights[stage] = dict(validated.question_type_weights)
     return {"target": target, "weights": weights}
 
 
@@ -122,11 +119,11 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
         "failures": _seed(results, "failures", shards),
         "pages": _seed(results, "pages", shards),
     }
-    for stage in MODEL_STAGES:
-        if statuses[stage].active:
+    for stage in model_stages():
+        if statuses[stage].active and not get_spec(stage).per_qa_stage:
             inputs[stage] = _shards(results, stage, shards)
-    inputs["judge"] = [f for qa in judged_stages(config) for f in _shards(results, f"judge/{qa}", shards)]
-    inputs["verify"] = [f for qa in verified_stages(config, statuses) for f in _shards(results, f"verify/{qa}", shards)]
+    for name in _per_qa_stages():
+        inputs[name] = [f for qa in qa_inputs(config, name, statuses) for f in _shards(results, f"{name}/{qa}", shards)]
     stages = export_stages(config, statuses)
     inputs["export_datasets"] = [dataset_path(results, s) for s in stages]
     inputs["export_summaries"] = [summary_path(results, s) for s in stages]
@@ -181,15 +178,15 @@ def report_figures(config: dict, statuses: dict) -> list[str]:
     """The figures with something to show: a view of stages that did not run is left out rather
     than drawn as a placeholder."""
     active = {s for s, status in statuses.items() if status.active}
-    qa = active & set(QA_STAGES)
+    qa = active & set(qa_stages())
     wanted = {
         "stage_yield": True,
         "failures": True,
         "question_types": bool(qa),
         "answer_formats": bool(qa),
         "evidence_pages": bool(qa),
-        "judge_scores": bool(judged_stages(config)),
-        "quality_scores": bool(qa & {"single_page_qa", "windowed_qa", "whole_document_qa"}),
+        "judge_scores": bool(judged_stages(config, statuses)),
+        "quality_scores": any(get_spec(s).question_types == "anchored" for s in qa),
         "tokens": any(statuses[s].mode not in ("none",) for s in active),
         "page_classes": "classify" in active,
     }
@@ -198,7 +195,7 @@ def report_figures(config: dict, statuses: dict) -> list[str]:
 
 def report_samples(config: dict, statuses: dict) -> bool:
     """Whether the report has a page of sample QA rows (some QA stage ran)."""
-    return any(statuses[s].active for s in QA_STAGES)
+    return any(statuses[s].active for s in qa_stages())
 
 
 def report_targets(config: dict, statuses: dict, results: str) -> list[str]:

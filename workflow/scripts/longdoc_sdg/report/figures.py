@@ -10,6 +10,7 @@ import html
 from collections import defaultdict
 
 from ..io import atomic_path, get_logger, write_text_atomic
+from ..registry import stage_order
 from . import benchmark
 
 log = get_logger("report.figures")
@@ -26,7 +27,6 @@ FIGURES = {
     "tokens": ("Cost", "Token usage per stage and model"),
     "page_classes": ("Pages", "Page classes next to MMLongBench-Doc's evidence sources"),
 }
-STAGE_ORDER = ("seed", "ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
 COLORS = {"rows": "#b0b7c3", "ok": "#3a9a5b", "failed": "#d1495b", "exported": "#2e6fba", "benchmark": "#444444"}
 PALETTE = ("#2e6fba", "#e08e2b", "#3a9a5b", "#8e5bb5", "#d1495b", "#4bb3c4", "#a6761d", "#7f7f7f", "#c9b22f", "#1b9e77")
 
@@ -44,8 +44,10 @@ def _plt():
 
 
 def _stage_key(stage: str) -> tuple:
-    base = stage.split("/")[-1] if stage.startswith("judge/") else stage
-    return (stage.startswith("judge/"), STAGE_ORDER.index(base) if base in STAGE_ORDER else 99, stage)
+    """Pipeline order; judge rows (`judge/{qa_stage}`) after the stages, in their QA stage's order."""
+    order = stage_order()
+    judged, _, base = stage.rpartition("/")
+    return (bool(judged), order.index(base) if base in order else len(order), stage)
 
 
 def _no_data(ax, message: str) -> None:

@@ -12,13 +12,13 @@ import html
 from pathlib import Path
 
 from ..export.common import (
-    QA_STAGES,
     columns_of,
     duckdb_connection,
     read_parquet,
     sql_str,
 )
 from ..io import get_logger, write_text_atomic
+from ..registry import qa_stages
 
 log = get_logger("report.samples")
 
@@ -119,7 +119,7 @@ def write_samples(
     datasets = {Path(f).name.split(".")[0]: f for f in inputs.get("export_datasets") or []}
     with duckdb_connection(mem_mb, str(Path(output).resolve().parent)) as con:
         sections = []
-        for stage in QA_STAGES:
+        for stage in qa_stages():
             if not inputs.get(stage):
                 continue
             rows, source = pick_rows(con, stage, datasets.get(stage), list(inputs[stage]), rows_per_stage)

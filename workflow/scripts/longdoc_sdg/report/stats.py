@@ -14,8 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..export.common import (
-    ANCHORED_STAGES,
-    QA_STAGES,
     answer_format_sql,
     columns_of,
     duckdb_connection,
@@ -25,11 +23,11 @@ from ..export.common import (
     write_json_atomic,
 )
 from ..io import atomic_path, get_logger
+from ..registry import get_spec, judge_stage, model_stages, qa_stages
 from .benchmark import CATEGORY_TO_SOURCE
 
 log = get_logger("report.stats")
 
-MODEL_STAGES = ("ocr", "text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
 STATS_TABLES = (
     "stage_yield",
     "failure_reasons",
@@ -203,8 +201,10 @@ def compute_stats(
             )
 
         # Model stages and the judge: yield, failure reasons, tokens.
-        stage_files = {s: list(inputs.get(s) or []) for s in MODEL_STAGES if inputs.get(s)}
-        stage_files.update({f"judge/{qa}": files for qa, files in judge_files.items()})
+        stage_files = {
+            s: list(inputs.get(s) or []) for s in model_stages() if inputs.get(s) and not get_spec(s).per_qa_stage
+        }
+        stage_files.update({f"{judge_stage()}/{qa}": files for qa, files in judge_files.items()})
         for stage, files in stage_files.items():
             src = read_parquet(files)
             row = _dicts(
@@ -269,7 +269,7 @@ def compute_stats(
             )
 
         # QA mixes: the ok rows of each QA stage next to the exported (final) rows.
-        for stage in [s for s in QA_STAGES if s in stage_files]:
+        for stage in [s for s in qa_stages() if s in stage_files]:
             src = read_parquet(stage_files[stage])
             cols = set(columns_of(con, src))
             exported = read_parquet([datasets[stage]]) if stage in datasets else None
@@ -321,7 +321,7 @@ def compute_stats(
                     }
                 )
             t.add("evidence_pages", sorted(rows, key=lambda r: (r["num_evidence_pages"], r["evidence_kind"])))
-            if "quality_score" in cols and stage in ANCHORED_STAGES:
+            if "quality_score" in cols and get_spec(stage).question_types == "anchored":
                 t.add(
                     "quality_scores",
                     [dict(r, stage=stage) for r in mix("quality_score", "quality_score", "quality_score")],

@@ -19,12 +19,13 @@ log = get_logger("report.summary")
 TOP_REASONS = 3
 
 
-def build_summary(stats: dict, plan: dict) -> dict:
+def build_summary(stats: dict, plan: dict, ledger: dict | None = None) -> dict:
     """The summary from `stats.json` and what the run planned.
 
     plan: `results` (the results folder), `demo`, `skipped` ([{stage, why}]), `served`
     ({deployment: gpus}), `export` (paths of the export folders, or {} when nothing was exported),
-    `report` (whether figures were drawn)."""
+    `report` (whether figures were drawn). ledger: the serving ledger (GPU time per served
+    deployment), when the run served models."""
     tables = stats["tables"]
     reasons: dict[str, list[list]] = defaultdict(list)
     for row in tables["failure_reasons"]:
@@ -67,6 +68,10 @@ def build_summary(stats: dict, plan: dict) -> dict:
         "exported": dict(totals.get("exported") or {}),
         "tokens": token_totals,
         "gpus": dict(plan.get("served") or {}),
+        "gpu_hours": {
+            name: round(entry.get("gpu_seconds", 0.0) / 3600, 4)
+            for name, entry in ((ledger or {}).get("deployments") or {}).items()
+        },
         "report": {
             "stats": f"{results}/report/stats.json",
             "figures": f"{results}/report/figures/" if plan.get("report") else None,
@@ -136,7 +141,14 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
             f"({tokens['reasoning_tokens']:,} reasoning)"
         )
     if summary["gpus"]:
-        lines.append("GPUs of served deployments: " + ", ".join(f"{d} {g}" for d, g in summary["gpus"].items()))
+        hours = summary.get("gpu_hours") or {}
+        lines.append(
+            "served deployments: "
+            + ", ".join(
+                f"{d} {g} GPU(s)" + (f", {hours[d]:g} GPU-hours" if d in hours else "")
+                for d, g in summary["gpus"].items()
+            )
+        )
     if summary["exported"]:
         lines.append("QA pairs exported: " + ", ".join(f"{s} {n:,}" for s, n in summary["exported"].items()))
     if summary["export"]:
@@ -152,7 +164,7 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
         lines += [
             "",
             "!" * 78,
-            (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.min_ok_rows):"),
+            (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.run.min_ok_rows):"),
         ]
         for s in low:
             lines.append(
@@ -164,9 +176,9 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
                 )
             )
         lines.append(
-            "  the run fails (summary.fail_below_floor: true)"
+            "  the run fails (summary.run.fail_below_floor: true)"
             if fail_below_floor
-            else "  set summary.fail_below_floor: true to make such a run fail"
+            else "  set summary.run.fail_below_floor: true to make such a run fail"
         )
         lines.append("!" * 78)
     if summary["demo"]:

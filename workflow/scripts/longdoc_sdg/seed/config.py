@@ -1,13 +1,13 @@
 """Parameters of stage 01 (seed). The config splits them in two: `seed.settings` change what
 the seed produces (rule params, a change reruns the seed and everything after it); `seed.run`
-only steers a run (downloads, sandbox limits, PNG compression; read at job time, never a rerun
+only steers a run (downloads, sandbox limits, safety caps, PNG compression; read at job time, never a rerun
 trigger). A seed job works on both merged: `SeedParams`."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -112,7 +112,7 @@ class WarcParams(_Strict):
 
 
 class SeedSettings(_Strict):
-    """What the seed makes: pages, documents and windows (rule params)."""
+    """What the seed makes: pages and documents (rule params)."""
 
     dpi: float = Field(144.0, gt=0, le=1200, description="Render resolution in dots per inch (the reference uses 144).")
     max_pixels_per_page: int = Field(
@@ -122,39 +122,12 @@ class SeedSettings(_Strict):
         description="Pixel budget per page (width x height). Pages larger than that at `dpi` are rendered at the "
         "highest lower DPI (a multiple of 0.25) that fits; the effective DPI is stored.",
     )
-    whole_document_max_pages: int = Field(
-        50,
-        ge=1,
-        description="Documents with more pages get no whole-document seed (still pages and windows); the reference "
-        "skips such documents entirely at 50.",
-    )
-    window_size: int | None = Field(
-        None,
-        ge=1,
-        description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, "
-        "... 7 up to 60, 8 beyond.",
-    )
-    window_stride: int | None = Field(
-        None,
-        ge=1,
-        description="Pages between window starts; null = window size (no overlap). Never larger than the window "
-        "size, so no page is skipped. The last window is shifted back to end on the last page.",
-    )
     gray_detection: bool = Field(
         True,
         description="Store a page as 8-bit gray PNG when every rendered pixel has R == G == B (lossless; smaller "
         "and faster).",
     )
     warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
-
-    @model_validator(mode="after")
-    def _stride_within_size(self) -> "SeedSettings":
-        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
-            raise ValueError(
-                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
-                "pages would be skipped"
-            )
-        return self
 
 
 class SeedRun(_Strict):

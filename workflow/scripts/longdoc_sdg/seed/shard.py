@@ -1,4 +1,4 @@
-"""`run_seed_shard`: one manifest shard -> pages, documents, windows and failures tables.
+"""`run_seed_shard`: one manifest shard -> pages, documents and failures tables.
 
 Flow: download threads fetch PDFs ahead (bounded), worker processes render chunks of pages
 into blob files, and a writer thread appends each finished document as one parquet row group
@@ -31,7 +31,6 @@ from .decontaminate import SeedScreen
 from .errors import SeedFailure
 from .fetch import materialise
 from .pool import WorkerPool
-from .windows import make_windows, within_whole_document_limit
 
 log = get_logger("seed")
 
@@ -58,18 +57,7 @@ DOCUMENTS_SCHEMA = pa.schema(
         ("url", pa.string()),
         ("date", pa.string()),
         ("total_pages", pa.int32()),
-        ("whole_document", pa.bool_()),
         ("extra", pa.string()),
-    ]
-)
-WINDOWS_SCHEMA = pa.schema(
-    [
-        ("window_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("start_page", pa.int32()),
-        ("end_page", pa.int32()),
-        ("window_size", pa.int32()),
-        ("total_pages", pa.int32()),
     ]
 )
 FAILURES_SCHEMA = pa.schema(
@@ -292,7 +280,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
     # (manifest index, row) so the small tables come out in manifest order whatever the
     # completion order; page row groups are written as documents complete, so one slow
     # download never holds up the rest of the shard.
-    documents, windows, failures = [], [], []
+    documents, failures = [], []
     pool = WorkerPool(threads, params.worker.memory_mb, events)
     downloads = concurrent.futures.ThreadPoolExecutor(
         max_workers=params.download.concurrency, thread_name_prefix="seed-fetch"
@@ -412,25 +400,10 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
                         "url": row.get("url"),
                         "date": row.get("date"),
                         "total_pages": doc.page_count,
-                        "whole_document": within_whole_document_limit(doc.page_count, params.whole_document_max_pages),
                         "extra": _extra_text(row.get("extra")),
                     },
                 )
             )
-            for window in make_windows(doc.page_count, params.window_size, params.window_stride):
-                windows.append(
-                    (
-                        doc.index,
-                        {
-                            "window_id": f"{row['doc_id']}:{window.start_page}-{window.end_page}",
-                            "doc_id": row["doc_id"],
-                            "start_page": window.start_page,
-                            "end_page": window.end_page,
-                            "window_size": window.window_size,
-                            "total_pages": doc.page_count,
-                        },
-                    )
-                )
         else:
             reason, message = doc.failure
             failures.append(
@@ -491,7 +464,6 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         writer.close()
 
     documents = [row for _index, row in sorted(documents, key=lambda item: item[0])]
-    windows = [row for _index, row in sorted(windows, key=lambda item: item[0])]
     failures = [row for _index, row in sorted(failures, key=lambda item: item[0])]
     # Accounting: every manifest row is exactly one seeded document or one failure.
     seeded = [d["doc_id"] for d in documents]
@@ -507,14 +479,12 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         )
 
     write_parquet_atomic(pa.Table.from_pylist(documents, schema=DOCUMENTS_SCHEMA), outputs["documents"])
-    write_parquet_atomic(pa.Table.from_pylist(windows, schema=WINDOWS_SCHEMA), outputs["windows"])
     write_parquet_atomic(pa.Table.from_pylist(failures, schema=FAILURES_SCHEMA), outputs["failures"])
     by_reason = collections.Counter(f["reason"] for f in failures)
     return {
         "documents": len(documents),
         "failures": len(failures),
         "pages": writer.writer.pages,
-        "windows": len(windows),
         "failures_by_reason": dict(by_reason),
         "worker_restarts": pool.restarts,
     }

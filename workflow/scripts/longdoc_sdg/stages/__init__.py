@@ -1,4 +1,4 @@
-"""Model stages 02-09, declared as data, and `run_stage` that runs one over one shard.
+"""`run_stage`: one model stage (declared in longdoc_sdg.registry) over one shard.
 
 Usage (Snakemake scripts, the CLI and tests all come through here):
 
@@ -16,41 +16,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..io import get_logger
-from .anchored_qa import SinglePageQaStage, WholeDocumentQaStage, WindowedQaStage
+from ..io import get_logger, register_secret
+from ..registry import handler_stages, load_handler
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
-from .classify import ClassifyStage
-from .evaluate import EvaluateStage
-from .judge import JudgeStage
-from .ocr import PDF_TEXT_MODEL, OcrStage
-from .text_qa import TextQaStage
-from .verify import VerifyStage
-from .visual_qa import VisualQaStage
+from .ocr import PDF_TEXT_MODEL
 
 log = get_logger("stages")
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        OcrStage(),
-        TextQaStage(),
-        ClassifyStage(),
-        VisualQaStage(),
-        SinglePageQaStage(),
-        WindowedQaStage(),
-        WholeDocumentQaStage(),
-        JudgeStage(),
-        VerifyStage(),
-        EvaluateStage(),
-    )
-}
-
 
 def get_stage(name: str) -> Stage:
-    try:
-        return STAGES[name]
-    except KeyError:
-        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None
+    """The row handler of a model stage (see longdoc_sdg.registry)."""
+    if name not in handler_stages():
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(handler_stages())}")
+    return load_handler(name)
 
 
 def stage_config(name: str, params: dict | None):
@@ -237,7 +215,6 @@ def stage_config_hash(stage: str, params: dict | None, model: str | None = None)
 
 
 __all__ = [
-    "STAGES",
     "EndpointSettings",
     "check_not_all_failed",
     "get_stage",

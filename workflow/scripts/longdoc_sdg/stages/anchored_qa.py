@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..engine.schema import response_format
+from ..ids import RowId
 from ..pages import iter_page_meta
 from ..taxonomy import ANCHORED_TYPES, DEFAULT_WEIGHTS, find_type
 from ..validators import validate_answer
@@ -26,8 +27,6 @@ from .base import (
     StageOutput,
     check_weights,
     iter_rows,
-    page_row_id,
-    qa_row_ids,
     sample_question_type,
     select_records,
     user_message,
@@ -43,6 +42,7 @@ from .replies import (
     parse_tagged,
     tagged_regex,
 )
+from .windows import make_windows
 
 TYPE_KEYS = ", ".join(t.key for t in ANCHORED_TYPES)
 
@@ -91,6 +91,27 @@ class WindowedQaConfig(AnchoredQaConfig):
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     prompt_template: str = Field("windowed_qa.j2", description="Prompt template of the generation call.")
+    window_size: int | None = Field(
+        None,
+        ge=1,
+        description="Fixed window size in pages; null = grow with document length: 2 up to 10 pages, 3 up to 20, "
+        "... 7 up to 60, 8 beyond.",
+    )
+    window_stride: int | None = Field(
+        None,
+        ge=1,
+        description="Pages between window starts; null = window size (no overlap). Never larger than the window "
+        "size, so no page is skipped. The last window is shifted back to end on the last page.",
+    )
+
+    @model_validator(mode="after")
+    def _stride_within_size(self) -> "WindowedQaConfig":
+        if self.window_size is not None and self.window_stride is not None and self.window_stride > self.window_size:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must not exceed window_size ({self.window_size}): "
+                "pages would be skipped"
+            )
+        return self
 
 
 class WholeDocumentQaConfig(AnchoredQaConfig):
@@ -100,9 +121,10 @@ class WholeDocumentQaConfig(AnchoredQaConfig):
     )
     min_evidence_pages: int = Field(2, ge=1, description="Evidence pages an item needs for evidence_ok.")
     max_pages: int | None = Field(
-        None,
+        50,
         ge=1,
-        description="Skip documents longer than this (on top of the seed's whole_document flag); null: no limit.",
+        description="Documents with more pages get no whole-document question (the reference skips them at 50); "
+        "null: no limit.",
     )
     prompt_template: str = Field("whole_document_qa.j2", description="Prompt template of the generation call.")
 
@@ -176,10 +198,7 @@ class _AnchoredStage(Stage):
 
 
 class SinglePageQaStage(_AnchoredStage):
-    name = "single_page_qa"
-    description = "Anchored QA on one page (unambiguous among all pages of its document)."
     config_model = SinglePageQaConfig
-    input_keys = ("pages",)
     labelled_pages = False
 
     def plan(self, config: SinglePageQaConfig, inputs: dict[str, str]) -> Plan:
@@ -190,7 +209,7 @@ class SinglePageQaStage(_AnchoredStage):
 
         def keys():
             for row in iter_page_meta(path):
-                yield page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                yield str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
 
         # The reference samples single pages at random: a seeded hash rank, not file order.
         chosen = select_records(keys(), config.num_records, config.seed, shuffled=True)
@@ -198,10 +217,10 @@ class SinglePageQaStage(_AnchoredStage):
         def tasks():
             for row in iter_page_meta(path):
                 page = int(row["page_number"])
-                base = page_row_id(self.name, row["doc_id"], page)
-                if chosen is not None and base not in chosen:
+                base = RowId.page(self.name, row["doc_id"], page)
+                if chosen is not None and str(base) not in chosen:
                     continue
-                for row_id in qa_row_ids(base, config.questions_per_record):
+                for row_id in map(str, base.questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"question_type": qtype, "total_pages": totals[row["doc_id"]]}
                     yield RowTask(row_id, row["doc_id"], [page], data)
@@ -213,23 +232,32 @@ class SinglePageQaStage(_AnchoredStage):
 
 
 class WindowedQaStage(_AnchoredStage):
-    name = "windowed_qa"
-    description = "QA needing at least two pages of a window of consecutive pages."
     config_model = WindowedQaConfig
-    input_keys = ("windows", "pages")
+
+    def window_id(self, window: dict) -> RowId:
+        return RowId.window(self.name, window["doc_id"], window["start_page"], window["end_page"])
 
     def plan(self, config: WindowedQaConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["windows"]
-        columns = ["window_id", "doc_id", "start_page", "end_page", "total_pages"]
+        path = inputs["documents"]
 
         def eligible():
-            # A cross-page question needs two pages: one-page windows (one-page documents) are skipped.
-            for row in iter_rows(path, columns):
-                if int(row["end_page"]) - int(row["start_page"]) + 1 >= config.min_evidence_pages:
-                    yield row
+            # Each document's windows, in document order. A cross-page question needs two pages:
+            # one-page windows (one-page documents) are skipped.
+            for doc in iter_rows(path, ["doc_id", "total_pages"]):
+                total = int(doc["total_pages"] or 0)
+                if total < 1:
+                    continue
+                for window in make_windows(total, config.window_size, config.window_stride):
+                    if window.window_size >= config.min_evidence_pages:
+                        yield {
+                            "doc_id": doc["doc_id"],
+                            "start_page": window.start_page,
+                            "end_page": window.end_page,
+                            "total_pages": total,
+                        }
 
         chosen = select_records(
-            (f"{self.name}:{r['window_id']}" for r in eligible()),
+            (str(self.window_id(r)) for r in eligible()),
             config.num_records,
             config.seed,
             shuffled=True,
@@ -237,11 +265,11 @@ class WindowedQaStage(_AnchoredStage):
 
         def tasks():
             for row in eligible():
-                base = f"{self.name}:{row['window_id']}"
-                if chosen is not None and base not in chosen:
+                base = self.window_id(row)
+                if chosen is not None and str(base) not in chosen:
                     continue
                 pages = list(range(int(row["start_page"]), int(row["end_page"]) + 1))
-                for row_id in qa_row_ids(base, config.questions_per_record):
+                for row_id in map(str, base.questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"question_type": qtype, "total_pages": row["total_pages"]}
                     yield RowTask(row_id, row["doc_id"], pages, data)
@@ -255,20 +283,16 @@ class WindowedQaStage(_AnchoredStage):
 
 
 class WholeDocumentQaStage(_AnchoredStage):
-    name = "whole_document_qa"
-    description = "QA over all pages of a document (needs 2+ pages, 4-8 preferred)."
     config_model = WholeDocumentQaConfig
-    input_keys = ("documents", "pages")
 
     def plan(self, config: WholeDocumentQaConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["documents"]
-        columns = ["doc_id", "total_pages", "whole_document"]
 
         def eligible():
-            for row in iter_rows(path, columns):
+            for row in iter_rows(path, ["doc_id", "total_pages"]):
                 total = int(row["total_pages"] or 0)
                 enough = total >= config.min_evidence_pages  # the question must need 2+ pages
-                if row["whole_document"] and enough and (config.max_pages is None or total <= config.max_pages):
+                if enough and (config.max_pages is None or total <= config.max_pages):
                     yield row
 
         chosen = select_records((r["doc_id"] for r in eligible()), config.num_records, config.seed, False)
@@ -278,7 +302,7 @@ class WholeDocumentQaStage(_AnchoredStage):
                 if chosen is not None and row["doc_id"] not in chosen:
                     continue
                 pages = list(range(1, int(row["total_pages"]) + 1))
-                for row_id in qa_row_ids(f"{self.name}:{row['doc_id']}", config.questions_per_record):
+                for row_id in map(str, RowId.document(self.name, row["doc_id"]).questions(config.questions_per_record)):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     yield RowTask(row_id, row["doc_id"], pages, {"question_type": qtype})
 

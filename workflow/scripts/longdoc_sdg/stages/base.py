@@ -258,14 +258,6 @@ class Plan:
     tasks: Callable[[], Iterator[RowTask]]  # streams the tasks in input order
 
 
-def page_row_id(stage: str, doc_id: str, page: int) -> str:
-    return f"{stage}:{doc_id}:p{page:04d}"
-
-
-def qa_row_ids(base: str, count: int) -> list[str]:
-    return [f"{base}:q{k}" for k in range(count)]
-
-
 def iter_rows(path: str, columns: list[str] | None = None, batch_size: int = 512) -> Iterator[dict]:
     """Stream a parquet file's rows as dicts, a batch at a time."""
     pf = pq.ParquetFile(path)
@@ -468,16 +460,33 @@ class StageFailure(RecordError):
 
 
 class Stage:
-    """A stage as data: subclasses fill in the class attributes and the three methods."""
+    """A stage's row logic: subclasses fill in the class attributes and the three methods. Its
+    name, inputs and description come from its registry entry (longdoc_sdg.registry)."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
     config_model: ClassVar[type[StageConfig]]
     output_model: ClassVar[type[StageOutput]]
-    input_keys: ClassVar[tuple[str, ...]]
-    pages_key: ClassVar[str | None] = "pages"  # the input holding page images, if any
     # Structured replies the stage asks for: their schemas shape the rows, so they are hashed.
     response_models: ClassVar[tuple[type[BaseModel], ...]] = ()
+
+    def __init__(self, spec: Any):
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def description(self) -> str:
+        return self.spec.summary
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        return self.spec.inputs
+
+    @property
+    def pages_key(self) -> str | None:
+        """The input holding page images, if any."""
+        return "pages" if "pages" in self.spec.inputs else None
 
     def template_names(self, config: Any) -> dict[str, str]:
         """Role → template name, read from the config's *_template fields."""

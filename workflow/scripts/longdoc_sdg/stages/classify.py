@@ -7,6 +7,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from ..ids import RowId
 from ..pages import iter_page_meta
 from ..taxonomy import (
     CATEGORY_HINTS,
@@ -25,7 +26,6 @@ from .base import (
     Stage,
     StageContext,
     StageOutput,
-    page_row_id,
     select_records,
     user_message,
 )
@@ -100,11 +100,8 @@ class ClassifyOutput(StageOutput):
 
 
 class ClassifyStage(Stage):
-    name = "classify"
-    description = "Page classification into 8 categories / 45 subcategories (structured output)."
     config_model = ClassifyConfig
     output_model = ClassifyOutput
-    input_keys = ("pages",)
     response_models = (PageClassification,)
 
     def plan(self, config: ClassifyConfig, inputs: dict[str, str]) -> Plan:
@@ -112,14 +109,14 @@ class ClassifyStage(Stage):
 
         def ids():
             for row in iter_page_meta(path):
-                yield row["doc_id"], page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                yield row["doc_id"], str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
 
         chosen = select_records(ids(), config.num_records, config.seed, shuffled=False)
         expected = [i for _, i in ids() if chosen is None or i in chosen]
 
         def tasks():
             for row in iter_page_meta(path):
-                row_id = page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                row_id = str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
                 if chosen is None or row_id in chosen:
                     yield RowTask(row_id, row["doc_id"], [int(row["page_number"])])
 

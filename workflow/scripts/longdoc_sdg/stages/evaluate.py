@@ -89,11 +89,8 @@ def read_samples(path: str) -> list[dict]:
 
 
 class EvaluateStage(Stage):
-    name = "evaluate"
-    description = "Answers a benchmark's questions (MMLongBench-Doc layout) from their documents' pages."
     config_model = EvaluateConfig
     output_model = EvaluateOutput
-    input_keys = ("samples", "documents", "pages")
 
     def plan(self, config: EvaluateConfig, inputs: dict[str, str]) -> Plan:
         samples = read_samples(inputs["samples"])

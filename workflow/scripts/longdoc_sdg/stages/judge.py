@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from ..ids import RowId
+from ..registry import get_spec, qa_stages
 from ..taxonomy import JUDGE_RUBRIC, find_type, weighted_quality_score
 from .base import (
     ModelStageConfig,
@@ -21,8 +23,6 @@ from .base import (
     select_records,
     user_message,
 )
-
-QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
 
 
 class RubricScore(BaseModel):
@@ -48,10 +48,18 @@ class JudgeConfig(ModelStageConfig):
     show_images: bool = Field(True, description="Send the pages of each item to the judge.")
     prompt_template: str = Field("judge.j2", description="Prompt template of the judge call.")
     judge_stages: list[str] = Field(
-        list(QA_STAGES),
-        description="QA stages the workflow sends to the judge (read by the workflow; one run judges one stage).",
+        default_factory=lambda: list(qa_stages()),
+        description="QA stages the workflow sends to the judge (read by the workflow; one job judges one stage's shard).",
         **no_hash(),
     )
+
+    @field_validator("judge_stages")
+    @classmethod
+    def _known_qa_stages(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in qa_stages()]
+        if unknown:
+            raise ValueError(f"{unknown} are not QA stages; choose from {list(qa_stages())}")
+        return value
 
 
 def _rubric_fields() -> dict:
@@ -73,18 +81,14 @@ JudgeOutput = create_model(
 )
 
 
-class JudgeStage(Stage):
-    name = "judge"
-    description = "Five-criterion rubric judge (0-5 each) with a weighted quality score."
-    config_model = JudgeConfig
-    output_model = JudgeOutput
-    input_keys = ("qa", "pages")
-    response_models = (JudgeVerdict,)
+class QaReviewStage(Stage):
+    """A stage that reviews the ok rows of one QA stage (the judge, verify): one task per row,
+    sampled by `num_records`, the row id derived from the QA row's."""
 
-    def plan(self, config: JudgeConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["qa"]
+    def plan(self, config, inputs: dict[str, str]) -> Plan:
         import pyarrow.parquet as pq
 
+        path = inputs["qa"]
         names = set(pq.ParquetFile(path).schema_arrow.names)
         columns = ["row_id", "doc_id", "pages", "status", "question_type", "question", "answer"]
         if "format_ok" in names:
@@ -105,15 +109,22 @@ class JudgeStage(Stage):
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
                 data = {k: row[k] for k in ("row_id", "question_type", "question", "answer")}
-                yield RowTask(f"{self.name}:{row['row_id']}", row["doc_id"], list(row["pages"] or []), data)
+                row_id = str(RowId.parse(row["row_id"]).judged_by(self.name))
+                yield RowTask(row_id, row["doc_id"], list(row["pages"] or []), data)
 
         return Plan([t.row_id for t in tasks()], tasks)
+
+
+class JudgeStage(QaReviewStage):
+    config_model = JudgeConfig
+    output_model = JudgeOutput
+    response_models = (JudgeVerdict,)
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: JudgeConfig = ctx.config
         qa_row_id = task.data["row_id"]
-        qa_stage = qa_row_id.split(":", 1)[0]
-        qtype = find_type(task.data["question_type"], _type_set(qa_stage))
+        qa_stage = RowId.parse(qa_row_id).stage
+        qtype = find_type(task.data["question_type"], get_spec(qa_stage).question_types)
         prompt = ctx.templates["prompt_template"].render(
             qtype_label=qtype.label if qtype else task.data["question_type"],
             format_hint=qtype.format_hint if qtype else "",
@@ -145,7 +156,3 @@ class JudgeStage(Stage):
             **{f"{k}_score": v for k, v in scores.items()},
             "weighted_quality_score": weighted_quality_score(scores),
         }
-
-
-def _type_set(qa_stage: str) -> str | None:
-    return {"text_qa": "text", "visual_qa": "visual"}.get(qa_stage, "anchored" if qa_stage in QA_STAGES else None)

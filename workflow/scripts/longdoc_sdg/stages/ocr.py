@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import nemotron_parse
+from ..ids import RowId
 from ..pages import iter_page_meta
 from .base import (
     ModelStageConfig,
@@ -19,7 +20,6 @@ from .base import (
     StageContext,
     StageFailure,
     StageOutput,
-    page_row_id,
     select_records,
 )
 
@@ -109,11 +109,8 @@ def pdf_text_columns(pdf_text: str | None, text_blocks: str | None, class_label:
 
 
 class OcrStage(Stage):
-    name = "ocr"
-    description = "Page text with element boxes and classes (PDF text layer or Nemotron-Parse)."
     config_model = OcrConfig
     output_model = OcrOutput
-    input_keys = ("pages",)
 
     def needs_endpoint(self, config: OcrConfig) -> bool:
         return config.engine in ("nemotron-parse", "auto")
@@ -123,7 +120,7 @@ class OcrStage(Stage):
 
         def ids():
             for row in iter_page_meta(path):
-                yield row["doc_id"], page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                yield row["doc_id"], str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
 
         chosen = select_records(ids(), config.num_records, config.seed, shuffled=False)
         expected = [i for _, i in ids() if chosen is None or i in chosen]
@@ -132,7 +129,7 @@ class OcrStage(Stage):
 
         def tasks():
             for row in iter_page_meta(path, columns=columns):
-                row_id = page_row_id(self.name, row["doc_id"], int(row["page_number"]))
+                row_id = str(RowId.page(self.name, row["doc_id"], int(row["page_number"])))
                 if chosen is not None and row_id not in chosen:
                     continue
                 yield RowTask(row_id, row["doc_id"], [int(row["page_number"])], row)

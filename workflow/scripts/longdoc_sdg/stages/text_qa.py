@@ -6,6 +6,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..ids import RowId
 from ..taxonomy import DEFAULT_WEIGHTS, TEXT_TYPES, find_type
 from ..validators import validate_answer
 from .base import (
@@ -21,7 +22,6 @@ from .base import (
     check_weights,
     gather_or_cancel,
     iter_rows,
-    qa_row_ids,
     sample_question_type,
     select_records,
     user_message,
@@ -78,12 +78,8 @@ class TextQaOutput(StageOutput):
 
 
 class TextQaStage(Stage):
-    name = "text_qa"
-    description = "Question/answer pairs from OCR text, judged for relevance and correctness."
     config_model = TextQaConfig
     output_model = TextQaOutput
-    input_keys = ("ocr",)
-    pages_key = None
     response_models = (QuestionAnswer, RelevanceVerdict, CorrectnessVerdict)
 
     def plan(self, config: TextQaConfig, inputs: dict[str, str]) -> Plan:
@@ -102,10 +98,6 @@ class TextQaStage(Stage):
             ((r["doc_id"], r["row_id"]) for r in ok_rows() if has_text(r)), config.num_records, config.seed, False
         )
 
-        def base_id(row) -> str:
-            # The OCR id is "ocr:<doc>:p<page>": keep its document/page part.
-            return self.name + row["row_id"][row["row_id"].index(":") :]
-
         def tasks():
             for row in ok_rows():
                 pages = list(row["pages"] or [])
@@ -117,11 +109,14 @@ class TextQaStage(Stage):
                         "chars": chars,
                         "source_row_id": row["row_id"],
                     }
-                    yield RowTask(qa_row_ids(base_id(row), 1)[0], row["doc_id"], pages, skip)
+                    row_id = str(RowId.parse(row["row_id"]).for_stage(self.name).questions(1)[0])
+                    yield RowTask(row_id, row["doc_id"], pages, skip)
                     continue
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
-                for row_id in qa_row_ids(base_id(row), config.questions_per_record):
+                for row_id in map(
+                    str, RowId.parse(row["row_id"]).for_stage(self.name).questions(config.questions_per_record)
+                ):
                     qtype = sample_question_type(config.question_type_weights, row_id, config.seed)
                     data = {"text": row["transcribed_texts"], "question_type": qtype, "source_row_id": row["row_id"]}
                     yield RowTask(row_id, row["doc_id"], pages, data)

@@ -12,29 +12,25 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-import pyarrow.parquet as pq
 from pydantic import Field
 
+from ..ids import RowId
+from ..registry import get_spec, qa_stages
 from ..score import NOT_ANSWERABLE, is_not_answerable, score_answer
 from ..taxonomy import AnswerFormat, benchmark_format, find_type
 from ..validators import validate_answer
 from .base import (
     ModelStageConfig,
-    Plan,
     RowCalls,
     RowTask,
     SamplingConfig,
-    Stage,
     StageContext,
     StageOutput,
-    iter_rows,
     no_hash,
-    select_records,
     user_message,
 )
+from .judge import QaReviewStage
 
-QA_STAGES = ("text_qa", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa")
-TYPE_SETS = {"text_qa": "text", "visual_qa": "visual"}  # the rest: anchored
 NO_ANSWER = "No answer"
 
 # How the extractor is told to write an answer of each format (the answering prompt has its own).
@@ -90,8 +86,8 @@ class VerifyConfig(ModelStageConfig):
     answer_template: str = Field("verify_answer.j2", description="Prompt template of the answering call.")
     extract_template: str = Field("verify_extract.j2", description="Prompt template of the extractor call.")
     verify_stages: list[str] = Field(
-        list(QA_STAGES),
-        description="QA stages the workflow verifies (read by the workflow; one run verifies one stage).",
+        default_factory=lambda: list(qa_stages()),
+        description="QA stages the workflow verifies (read by the workflow; one job verifies one stage's shard).",
         **no_hash(),
     )
 
@@ -107,10 +103,6 @@ class VerifyOutput(StageOutput):
     verify_score: float = Field(
         description="fixed-mode benchmark score of verify_answer against the generated answer (0-1)."
     )
-
-
-def type_set_of(qa_stage: str) -> str:
-    return TYPE_SETS.get(qa_stage, "anchored")
 
 
 def last_answer_line(reply: str | None, pattern: re.Pattern = _ANSWER_LINE) -> str | None:
@@ -146,45 +138,16 @@ def verify_score(generated: str, independent: str, fmt: AnswerFormat, benchmark:
     return score_answer(comparable(generated, fmt), comparable(independent, fmt), benchmark, "fixed")
 
 
-class VerifyStage(Stage):
-    name = "verify"
-    description = "Independent re-answer of each QA row from its pages, scored by the benchmark's rules."
+class VerifyStage(QaReviewStage):
     config_model = VerifyConfig
     output_model = VerifyOutput
-    input_keys = ("qa", "pages")
-
-    def plan(self, config: VerifyConfig, inputs: dict[str, str]) -> Plan:
-        path = inputs["qa"]
-        names = set(pq.ParquetFile(path).schema_arrow.names)
-        columns = ["row_id", "doc_id", "pages", "status", "question_type", "question", "answer"]
-        if "format_ok" in names:
-            columns.append("format_ok")
-
-        def eligible():
-            for row in iter_rows(path, columns):
-                if row["status"] != "ok":
-                    continue
-                if config.only_format_ok and row.get("format_ok") is False:
-                    continue
-                yield row
-
-        chosen = select_records((r["row_id"] for r in eligible()), config.num_records, config.seed, False)
-
-        def tasks():
-            for row in eligible():
-                if chosen is not None and row["row_id"] not in chosen:
-                    continue
-                data = {k: row[k] for k in ("row_id", "question_type", "question", "answer")}
-                yield RowTask(f"{self.name}:{row['row_id']}", row["doc_id"], list(row["pages"] or []), data)
-
-        return Plan([t.row_id for t in tasks()], tasks)
 
     async def process(self, task: RowTask, ctx: StageContext, calls: RowCalls) -> dict:
         cfg: VerifyConfig = ctx.config
         qa_row_id = task.data["row_id"]
-        qa_stage = qa_row_id.split(":", 1)[0]
+        qa_stage = RowId.parse(qa_row_id).stage
         question, generated = task.data["question"], task.data["answer"]
-        qtype = find_type(task.data["question_type"], type_set_of(qa_stage))
+        qtype = find_type(task.data["question_type"], get_spec(qa_stage).question_types)
         fmt = qtype.answer_format if qtype else AnswerFormat.SHORT_TEXT
         benchmark = benchmark_format(task.data["question_type"], generated) or "Str"
         sampling = cfg.sampling.to_request()

@@ -6,6 +6,7 @@ import json
 
 from pydantic import Field, field_validator
 
+from ..ids import RowId
 from ..taxonomy import DEFAULT_WEIGHTS, VISUAL_TYPES, find_type
 from ..validators import validate_answer
 from .base import (
@@ -21,7 +22,6 @@ from .base import (
     check_weights,
     gather_or_cancel,
     iter_rows,
-    qa_row_ids,
     sample_question_type,
     select_records,
     user_message,
@@ -73,11 +73,8 @@ class VisualQaOutput(StageOutput):
 
 
 class VisualQaStage(Stage):
-    name = "visual_qa"
-    description = "Reasoning QA on pages with charts, tables, diagrams (question, answer, two checks)."
     config_model = VisualQaConfig
     output_model = VisualQaOutput
-    input_keys = ("classify", "pages")
     response_models = (RelevanceVerdict, CorrectnessVerdict)
 
     def plan(self, config: VisualQaConfig, inputs: dict[str, str]) -> Plan:
@@ -109,8 +106,8 @@ class VisualQaStage(Stage):
             for row in eligible():
                 if chosen is not None and row["row_id"] not in chosen:
                     continue
-                base = self.name + row["row_id"][row["row_id"].index(":") :]
-                for row_id in qa_row_ids(base, config.questions_per_record):
+                base = RowId.parse(row["row_id"]).for_stage(self.name)
+                for row_id in map(str, base.questions(config.questions_per_record)):
                     data = {
                         "classification": json.loads(row["page_classification"]),
                         "question_type": sample_question_type(config.question_type_weights, row_id, config.seed),

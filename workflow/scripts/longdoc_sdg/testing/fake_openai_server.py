@@ -25,8 +25,9 @@ takes vLLM's server flags (`--served-model-name`, `--host`, `--port`, the key in
 unknown vLLM flags are ignored), so a test deployment (tests/deployments/fake-vllm.yaml) can
 run it under the serve rule in place of vLLM; `--crash-on-start`, `--pretend NAME`,
 `--startup-delay` and `--stats-file` misbehave or report on request. Under the serve wrapper
-`LONGDOC_SERVE_REPLICA` names the replica, so `--replica-startup-delay I=S` and
-`--replica-pretend I=NAME` make one replica of several late or an impostor.
+`LONGDOC_SERVE_REPLICA` names the replica, so `--replica-startup-delay I=S`,
+`--replica-start-gate I=PATH` (load until PATH exists) and `--replica-pretend I=NAME` make one
+replica of several late or an impostor.
 """
 
 from __future__ import annotations
@@ -623,11 +624,18 @@ class FakeOpenAIServer:
 
 @contextlib.contextmanager
 def spawn_fake_server(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 20.0, quiet: bool = False
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run the double in its own process (own event loop, own core); yields (process, base_url)."""
+    """Run the double in its own process (own event loop, own core); yields (process, base_url).
+    quiet: drop its stderr (its banner), e.g. when a benchmark starts many."""
     cmd = [sys.executable, "-m", "longdoc_sdg.testing.fake_openai_server", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL if quiet else None,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     try:
         deadline = time.monotonic() + timeout_s
         base_url = None
@@ -708,6 +716,13 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="extra start-up delay of replica INDEX ($LONGDOC_SERVE_REPLICA, set by the serve wrapper)",
     )
     parser.add_argument(
+        "--replica-start-gate",
+        action="append",
+        default=[],
+        metavar="INDEX=PATH",
+        help="replica INDEX keeps 'loading' until PATH exists (a test decides when it joins, whatever the load)",
+    )
+    parser.add_argument(
         "--replica-pretend",
         action="append",
         default=[],
@@ -748,6 +763,9 @@ def main(argv: list[str] | None = None) -> None:
         index, _, seconds = item.partition("=")
         if index == replica:
             args.startup_delay += float(seconds)
+    start_gate = next(
+        (path for index, _, path in (g.partition("=") for g in args.replica_start_gate) if index == replica), None
+    )
     config = FakeServerConfig(
         models=models,
         api_key=api_key,
@@ -770,6 +788,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.startup_delay > 0:
         say(f"loading for {args.startup_delay:g}s (pretend)")
         time.sleep(args.startup_delay)
+    if start_gate:
+        say(f"loading until {start_gate} exists (pretend)")
+        while not os.path.exists(start_gate):
+            time.sleep(0.1)
     if args.crash_on_start:
         say("RuntimeError: engine core failed to start (injected by --crash-on-start)")
         sys.exit(3)

@@ -1,4 +1,4 @@
-"""Windows of consecutive pages for windowed QA, and the whole-document limit."""
+"""Windows of consecutive pages for windowed QA (stage 07), built from each document's page count."""
 
 from __future__ import annotations
 
@@ -45,7 +45,3 @@ def make_windows(total_pages: int, size: int | None = None, stride: int | None =
             return windows
         windows.append(Window(start, end, size))
         start += step
-
-
-def within_whole_document_limit(total_pages: int, max_pages: int) -> bool:
-    return 1 <= total_pages <= max_pages

@@ -1,9 +1,14 @@
-"""Window sizes, page coverage, whole-document limit and the seed parameter model."""
+"""Stage 07's windows (sizes, page coverage, its settings, its plan over the documents table),
+stage 08's page limit, and the seed parameter model."""
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from longdoc_sdg.seed import SeedParams, make_windows, window_size_for, within_whole_document_limit
+from longdoc_sdg.seed import SeedParams
+from longdoc_sdg.stages import get_stage, stage_config
+from longdoc_sdg.stages.windows import make_windows, window_size_for
 
 # (pages, size): the reference's rule with its fall-through at exact multiples of ten fixed.
 RULE = [
@@ -83,15 +88,47 @@ def test_override_larger_than_document_is_the_whole_document():
     assert [(w.start_page, w.end_page, w.window_size) for w in make_windows(3, size=8)] == [(1, 3, 3)]
 
 
-def test_whole_document_limit():
-    assert within_whole_document_limit(50, 50)
-    assert not within_whole_document_limit(51, 50)
-    assert within_whole_document_limit(1, 50)
+def documents_table(path, pages_by_doc: dict[str, int]) -> str:
+    rows = [{"doc_id": d, "total_pages": n} for d, n in pages_by_doc.items()]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pa.schema([("doc_id", pa.string()), ("total_pages", pa.int32())])), path
+    )
+    return str(path)
+
+
+def planned(stage: str, params: dict, documents: str) -> list:
+    return list(get_stage(stage).plan(stage_config(stage, params), {"documents": documents, "pages": ""}).tasks())
+
+
+def test_windowed_qa_builds_its_windows_from_the_documents(tmp_path):
+    documents = documents_table(tmp_path / "documents.parquet", {"a": 11, "b": 1, "c": 3})
+    tasks = planned("windowed_qa", {"window_size": 4, "window_stride": 3}, documents)
+    assert [(t.doc_id, t.pages[0], t.pages[-1]) for t in tasks] == [
+        ("a", 1, 4),
+        ("a", 4, 7),
+        ("a", 7, 10),
+        ("a", 8, 11),
+        ("c", 1, 3),  # b: one page, no cross-page window
+    ]
+    assert tasks[0].row_id == "windowed_qa:a:1-4:q0" and tasks[0].data["total_pages"] == 11
+    default = planned("windowed_qa", {}, documents)
+    assert [(t.pages[0], t.pages[-1]) for t in default if t.doc_id == "a"] == [
+        (w.start_page, w.end_page) for w in make_windows(11)
+    ]
+    with pytest.raises(ValidationError, match="window_stride"):
+        stage_config("windowed_qa", {"window_size": 3, "window_stride": 4})
+
+
+def test_whole_document_qa_has_the_one_page_limit(tmp_path):
+    documents = documents_table(tmp_path / "documents.parquet", {"a": 50, "b": 51, "c": 1, "d": 12})
+    assert [t.doc_id for t in planned("whole_document_qa", {}, documents)] == ["a", "d"]
+    assert [t.doc_id for t in planned("whole_document_qa", {"max_pages": 12}, documents)] == ["d"]
+    assert [t.doc_id for t in planned("whole_document_qa", {"max_pages": None}, documents)] == ["a", "b", "d"]
 
 
 def test_params_defaults_and_validation():
     params = SeedParams()
-    assert params.dpi == 144 and params.whole_document_max_pages == 50
+    assert params.dpi == 144
     assert params.max_pixels_per_page <= 40_000_000
     assert params.download.timeout_s == 20 and params.download.retries == 3
     assert params.warc.enabled is False and params.warc.base_url.startswith("https://")
@@ -100,7 +137,7 @@ def test_params_defaults_and_validation():
     with pytest.raises(ValidationError):
         SeedParams.model_validate({"dpii": 100})  # typo must not pass silently
     with pytest.raises(ValidationError):
-        SeedParams.model_validate({"window_size": 3, "window_stride": 4})
+        SeedParams.model_validate({"window_size": 3})  # windows are stage 07's settings
     with pytest.raises(ValidationError):
         SeedParams.model_validate({"download": {"timeout": 3}})
     nested = SeedParams.model_validate({"worker": {"chunk_pages": 4}, "warc": {"enabled": True}})
