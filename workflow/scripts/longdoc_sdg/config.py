@@ -202,7 +202,7 @@ def _check_models(config: dict) -> list[str]:
             problems.append(f"  models.{alias}.endpoint.model: required with base_url (the name /v1/models lists)")
     for stage, section in (config.get("stages") or {}).items():
         alias = section.get("model")
-        if alias not in models:
+        if alias is not None and alias not in models:
             problems.append(f"  stages.{stage}.model: {alias!r} is not a model alias; defined: {sorted(models)}")
     return problems
 
@@ -298,7 +298,10 @@ def _stage_section(stage_name: str):
             bool,
             Field(get_spec(stage_name).enabled_by_default, description="Run this stage when its model is reachable."),
         ),
-        model=(str, Field(get_spec(stage_name).model, description="Alias (a key of `models:`) of the stage's model.")),
+        model=(
+            str | None,
+            Field(get_spec(stage_name).model, description="Alias (a key of `models:`) of the stage's model."),
+        ),
         settings=(settings, Field(settings(), description="What the stage produces (rule params).")),
         run=(run, Field(run(), description="How the stage's jobs run (read at job time, never a rerun trigger).")),
     )

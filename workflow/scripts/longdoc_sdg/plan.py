@@ -30,13 +30,15 @@ def short_hash(value) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
 
 
-def model_alias(config: dict, stage: str) -> str:
+def model_alias(config: dict, stage: str) -> str | None:
     return config["stages"][stage]["model"]
 
 
 def model_spec(config: dict, stage: str) -> dict:
-    """The stage's model: {deployment: NAME} or {endpoint: {base_url, model, api_key_env}}."""
-    return config["models"][model_alias(config, stage)]
+    """The stage's model: {deployment: NAME} or {endpoint: {base_url, model, api_key_env}}
+    ({} when the stage names none)."""
+    alias = model_alias(config, stage)
+    return config["models"][alias] if alias is not None else {}
 
 
 def stage_deployment(config: dict, stage: str) -> str | None:
@@ -57,6 +59,8 @@ def endpoint_mode(config: dict, stage: str) -> str:
 
 def _unavailable_reason(config: dict, stage: str) -> str:
     alias = model_alias(config, stage)
+    if alias is None:
+        return f"names no model: set stages.{stage}.model to an alias of `models:`"
     deployment = stage_deployment(config, stage)
     if deployment:
         return (
