@@ -500,7 +500,7 @@ def test_a_shard_failing_alike_for_a_setting_fails_the_job():
     from longdoc_sdg.engine.errors import AllRowsFailed
     from longdoc_sdg.stages import check_not_all_failed
 
-    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.max_tokens"):
+    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.settings.max_tokens"):
         check_not_all_failed("text_qa", collections.Counter({"length": 6}))
     with pytest.raises(AllRowsFailed, match="HTTP 400"):
         check_not_all_failed("classify", collections.Counter({"bad_request": 4}))

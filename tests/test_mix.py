@@ -47,7 +47,9 @@ def test_benchmark_target_aims_at_the_benchmark_answer_formats():
 
 
 def test_changed_weights_need_the_custom_target():
-    with pytest.raises(ValueError, match=r"stages\.windowed_qa\.settings\.question_type_weights .*mix\.settings\.target: custom"):
+    with pytest.raises(
+        ValueError, match=r"stages\.windowed_qa\.settings\.question_type_weights .*mix\.settings\.target: custom"
+    ):
         stage_settings(config_with("reference", windowed_qa={"layout": 9.0}), "windowed_qa")
     with pytest.raises(ValueError, match=r"mix\.settings\.target is 'benchmark'"):
         stage_settings(config_with("benchmark", windowed_qa={"layout": 9.0}), "windowed_qa")

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR
+from helpers.workflow import planned_jobs
 from longdoc_sdg.ids import RowId
 from longdoc_sdg.registry import STAGES, get_spec, model_stages, qa_stages
-from helpers.workflow import planned_jobs
 
 TOY_ENTRY = """
 STAGES = STAGES + (
@@ -136,6 +136,7 @@ def test_a_toy_stage_needs_only_its_entry_handler_and_prompt(tmp_path):
     workdir = tmp_path / "wd"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
     def snakemake(*args: str) -> subprocess.CompletedProcess:
         command = ["snakemake", "--snakefile", str(copy / "workflow" / "Snakefile"), "--directory", str(workdir)]
         command += ["--configfile", str(workdir / "config.yaml"), "--cores", "1", *args]

@@ -88,10 +88,6 @@ def runtime_path(deployment):
     return f"{SERVE_DIR}/{deployment}.runtime.json"
 
 
-def client_outputs(stage, wildcards):
-    return [stage_output(stage).format(**dict(wildcards.items()))]
-
-
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
@@ -396,20 +392,20 @@ def record_plan_after_manifest(shards):
     those whose outputs are missing."""
     if not RUN_STARTED.pop("plan_after_manifest", False):
         return
-    from types import SimpleNamespace
-
     from longdoc_sdg import progress
 
-    def missing(outputs):
-        return not all(os.path.exists(path) for path in outputs)
-
     planned = {
-        "seed": sum(missing([seed_table("pages").format(shard=s)]) for s in shards)
+        "seed": sum(
+            not os.path.exists(seed_table("pages").format(shard=s)) for s in shards
+        )
     }
     for stage in model_stages():
         if STATUSES[stage].active:
+            # one job per output file (the judge: per QA stage and shard)
             planned[stage] = sum(
-                missing(client_outputs(stage, SimpleNamespace(shard=s))) for s in shards
+                not os.path.exists(path)
+                for s in shards
+                for path in run_plan.stage_outputs(stage, RESULTS, s, config, STATUSES)
             )
     progress.record_plan(RESULTS, {rule: n for rule, n in planned.items() if n})
 

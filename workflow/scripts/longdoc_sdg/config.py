@@ -501,7 +501,7 @@ class ExportFilters(Section):
         description="Per MMLongBench-Doc answer format: keep a verified row when its verify_score (the independent "
         "answer scored against the generated one by the benchmark's fixed rules, 0-1) is at least this. 1.0 for "
         "the exactly scored formats; Str and List score by ANLS, whose cut-off is already 0.5. A format left out, "
-        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.verify_stages.",
+        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.settings.verify_stages.",
     )
     min_quality_score: int | None = Field(
         1,
@@ -648,7 +648,8 @@ class SummaryRun(Section):
 
 class SummaryConfig(Section):
     run: SummaryRun = Field(
-        SummaryRun(), description="The yield floor of the closing summary (read when the run ends, never a rerun trigger)."
+        SummaryRun(),
+        description="The yield floor of the closing summary (read when the run ends, never a rerun trigger).",
     )
 
 

@@ -164,7 +164,7 @@ def stage_outputs(stage: str, results: str, shard: str, config: dict, statuses: 
 
 def stage_config_section(config: dict, stage: str) -> dict:
     """The stage's own config as a job works with it: its settings (with the question-type
-    weights of `mix.target`) plus the few of its fields that only steer a run (e.g. image
+    weights of `mix.settings.target`) plus the few of its fields that only steer a run (e.g. image
     transport), which the config keeps under `run:`."""
     from .config import STAGE_RUN_FIELDS
     from .mix import apply_mix

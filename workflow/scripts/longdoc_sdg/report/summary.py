@@ -164,7 +164,9 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
         lines += [
             "",
             "!" * 78,
-            (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.run.min_ok_rows):"),
+            (
+                f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.run.min_ok_rows):"
+            ),
         ]
         for s in low:
             lines.append(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..io import get_logger, register_secret
+from ..io import get_logger
 from ..registry import handler_stages, load_handler
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .ocr import PDF_TEXT_MODEL
