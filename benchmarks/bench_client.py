@@ -1,4 +1,4 @@
-"""Client throughput against the fake OpenAI server with a fixed latency (issue 7, target 3).
+"""Client throughput against the fake OpenAI server with a fixed latency.
 
 Scenarios (concurrency C, server latency L, ideal throughput C / L requests per second):
   image: one real page PNG of about 200 KB per request (base64 data URL), C=64, L=1.0 s

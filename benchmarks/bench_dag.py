@@ -5,8 +5,8 @@ Snakefile planning the same number of jobs.
 
 A temporary work directory holds what a re-run of a large URL-list source has on disk: a
 manifest of `--shards` shards written directly (25 documents each, MANIFEST_SCHEMA) and the URL
-list those documents came from, so `sync_manifest` does its real work (reads every shard's ids,
-lists the source, finds nothing new). Every model stage 02-09 gets a manual endpoint on a closed
+list those documents came from, with the manifest job's index listing the shards (parsing
+reads it; the source listing's fingerprint is computed as on every run). Every model stage 02-09 gets a manual endpoint on a closed
 127.0.0.1 port (a dry run never connects); OCR uses nemotron-parse so it needs one too; export
 and report stay on. Nothing has been computed yet, so every job is planned.
 
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
 from longdoc_sdg.ids import shard_name, stable_id  # noqa: E402
-from longdoc_sdg.manifest import MANIFEST_SCHEMA  # noqa: E402
+from longdoc_sdg.manifest import INDEX_NAME, MANIFEST_SCHEMA  # noqa: E402
 from longdoc_sdg.registry import model_stages  # noqa: E402
 
 TARGET_RATIO = 1.5  # the workflow's planning time over a bare Snakefile's, same number of jobs
@@ -84,22 +84,28 @@ def build_workdir(workdir: Path, shards: int) -> None:
             )
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest / f"{shard_name(index)}.parquet")
     (workdir / "urls.txt").write_text("\n".join(urls) + "\n")
+    # The manifest job's index, as a finished run leaves it (parsing reads it, writes nothing).
+    index = {"documents_per_shard": DOCS_PER_SHARD, "shards": [shard_name(i) for i in range(shards)]}
+    (manifest / INDEX_NAME).write_text(json.dumps(index))
 
 
 def write_config(workdir: Path, all_stages: bool) -> None:
     base_url = f"http://127.0.0.1:{closed_port()}/v1"
-    stages = {}
+    stages, models = {}, {}
     for stage in model_stages():
         if all_stages:
-            stages[stage] = {"endpoint": {"base_url": base_url, "model": f"{stage}-model", "api_key_env": None}}
+            endpoint = {"base_url": base_url, "model": f"{stage}-model", "api_key_env": None}
+            models[stage] = {"endpoint": endpoint}
+            stages[stage] = {"model": stage}
         else:
             stages[stage] = {"enabled": False}
     if all_stages:
-        stages["ocr"]["engine"] = "nemotron-parse"
+        stages["ocr"]["settings"] = {"engine": "nemotron-parse"}
     config = {
         "results_dir": "results",
-        "source": {"kind": "urls", "urls": {"path": str(workdir / "urls.txt")}},
-        "sharding": {"documents_per_shard": DOCS_PER_SHARD},
+        "source": {"settings": {"kind": "urls", "urls": {"path": str(workdir / "urls.txt")}}},
+        "sharding": {"settings": {"documents_per_shard": DOCS_PER_SHARD}},
+        "models": models,
         "stages": stages,
     }
     if not all_stages:

@@ -1,4 +1,4 @@
-"""Peak memory of a whole-document stage job against the fake server (issue 7, target 3).
+"""Peak memory of a whole-document stage job against the fake server.
 
     python benchmarks/bench_memory.py [--docs 50] [--baseline-docs 5] [--pages 50] [--latency 5] [--json out.json]
 

@@ -18,13 +18,15 @@ def help_names(text: str) -> set[str]:
 def test_endpoint_keys_match_the_workflow_config():
     text = stage_help("single_page_qa")
     names = help_names(text)
-    stage_section = default_config()["stages"]["single_page_qa"]
+    config = default_config()
+    run = config["stages"]["single_page_qa"]["run"]
     for key in ("concurrency", "retry", "error_budget"):
-        for field in stage_section[key]:
+        for field in run[key]:
             assert f"{key}.{field}" in names, f"{key}.{field} missing from the help"
-    for field in stage_section["endpoint"]:
+    assert "request_timeout_s" in names
+    for field in config["models"]["judge"]["endpoint"]:
         assert field in names, f"endpoint {field} missing from the help"
-    assert "stages.single_page_qa.endpoint.*" in text
+    assert "models.ALIAS.endpoint.*" in text and "stages.single_page_qa.run.*" in text
     assert "breaker" not in text  # the workflow config calls it error_budget
 
 

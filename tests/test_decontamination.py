@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import copy_pdfs
+from helpers.workflow import run_snakemake
 from longdoc_sdg.seed.decontaminate import (
     DecontaminationConfig,
     hamming,
@@ -26,7 +27,6 @@ from longdoc_sdg.seed.decontaminate import (
     name_key,
     perceptual_hash,
 )
-from test_workflow import run_snakemake
 
 VOCABULARY = (
     "revenue margin quarter growth forecast segment capital asset liability equity dividend board "
@@ -111,10 +111,10 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
     benchmarks = [{"name": "MiniBench", "documents": str(folders["bench"]), "samples": str(folders["samples"])}]
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(folders["source"])}},
-        "sharding": {"documents_per_shard": 20},
-        "seed": {"dpi": 30},
-        "decontamination": {"benchmarks": benchmarks},
+        "source": {"settings": {"kind": "local", "local": {"path": str(folders["source"])}}},
+        "sharding": {"settings": {"documents_per_shard": 20}},
+        "seed": {"settings": {"dpi": 30}},
+        "decontamination": {"settings": {"benchmarks": benchmarks}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run_snakemake(tmp_path, "results/seed/00000/documents.parquet", timeout=900)
@@ -143,8 +143,8 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
 
 
 def test_questions_overlapping_the_benchmark_are_dropped_at_export(folders, tmp_path):
+    from helpers.export_run import SyntheticRun, make_row, write_rows
     from longdoc_sdg.export.dataset import build_dataset
-    from test_export_support import SyntheticRun, make_row, write_rows
 
     run = SyntheticRun(tmp_path / "synthetic")
     stage = "whole_document_qa"

@@ -8,6 +8,7 @@ import signal
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.engine_rows import STAGE, process, rows_with
 from longdoc_sdg.engine import (
     ChatEngine,
     ConcurrencyConfig,
@@ -20,7 +21,6 @@ from longdoc_sdg.engine import (
 from longdoc_sdg.engine.pool import parse_metrics
 from longdoc_sdg.serve.procs import http_get
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer, spawn_fake_server
-from test_engine_runner import STAGE, process, rows_with
 
 FAST_RETRY = RetryConfig(max_attempts=4, backoff_initial_s=0.01, backoff_max_s=0.05)
 

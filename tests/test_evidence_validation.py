@@ -9,6 +9,8 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.export_run import SyntheticRun, make_row, write_rows
+from helpers.stage_inputs import build_seed, real_pdfs
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.hub import write_hub
 from longdoc_sdg.stages import run_stage
@@ -19,8 +21,6 @@ from longdoc_sdg.stages.replies import (
     tagged_regex,
 )
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
-from test_export_support import SyntheticRun, make_row, write_rows
-from test_stages_support import build_seed, real_pdfs
 
 HUGE = 3033751746
 FORTY_DIGITS = 10**39 + 7

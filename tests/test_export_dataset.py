@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers.export_run import SyntheticRun, load_hub_offline, png_bytes, reference_rows
 from longdoc_sdg.export.common import answer_format_sql, normalised_question_sql
 from longdoc_sdg.export.dataset import DROP_ORDER, build_dataset
 from longdoc_sdg.export.hub import write_hub
 from longdoc_sdg.export.reference import decode_images, write_reference
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.registry import qa_stages
-from test_export_support import SyntheticRun, load_hub_offline, png_bytes, reference_rows
 
 QA_STAGES = qa_stages()
 

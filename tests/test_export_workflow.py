@@ -1,7 +1,7 @@
 """Export, publish (dry run) and report end to end: the real stages run by Snakemake against the fake
 OpenAI server (a test double), on the sample PDFs, in two shards.
 
-Issue #6's acceptance: the Hub folder loads every QA split with images and its row counts equal a
+Checked: the Hub folder loads every QA split with images and its row counts equal a
 filtered DuckDB count over the shards; the reference layout round-trips its PNGs; the card states
 the counts, models and filters of the run; `snakemake --report` makes a report whose figures a
 headless Chromium shows and whose numbers match DuckDB; changing a filter threshold reruns the
@@ -25,12 +25,12 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, require
+from helpers.export_run import ExportFakeServer, load_hub_offline, reference_rows
+from helpers.workflow import planned_jobs
 from longdoc_sdg.export.reference import decode_images, reference_schema
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.report.figures import FIGURES
-from test_export_support import ExportFakeServer, load_hub_offline, reference_rows
-from test_workflow import planned_jobs
 
 QA_STAGES = qa_stages()
 
@@ -113,23 +113,25 @@ def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: i
 
 
 def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:
-    endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": None}
     fast = {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
     stages = {
-        s: {"endpoint": endpoint, "retry": fast}
+        s: {"model": "fake", "run": {"retry": fast}}
         for s in ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
     }
-    stages["ocr"] = {"engine": "pdf-text"}
+    stages["ocr"] = {"settings": {"engine": "pdf-text"}}
     for stage, n in (("text_qa", 5), ("visual_qa", 4), ("single_page_qa", 6), ("windowed_qa", 4)):
-        stages[stage]["num_records"] = n
+        stages[stage]["settings"] = {"num_records": n}
     return {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": "pdfs"}},
-        "sharding": {"documents_per_shard": 1},
-        "seed": {"dpi": 40},
+        "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
+        "seed": {"settings": {"dpi": 40}},
+        "models": {"fake": {"endpoint": {"base_url": base_url, "model": "fake-model"}}},
         "stages": stages,
-        "export": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}},
-        "publish": {"enabled": True, "dry_run": True, "repo_id": "org/longdoc-test", "private": True},
+        "export": {
+            "settings": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}}
+        },
+        "publish": {"enabled": True, "settings": {"dry_run": True, "repo_id": "org/longdoc-test", "private": True}},
     }
 
 
@@ -256,7 +258,7 @@ def test_dataset_card_states_counts_models_and_filters(wf):
         row = next(line for line in text.splitlines() if line.startswith(f"| `{stage}` |") and "judge:" in line)
         assert "`fake-model`" in row
     assert "ocr: `pdf-text`" in text
-    assert f"judge weighted quality score ≥ {wf['config']['export']['filters']['min_judge_score']}" in text
+    assert f"judge weighted quality score ≥ {wf['config']['export']['settings']['filters']['min_judge_score']}" in text
     assert meta["license"] == "other" and "source_datasets" not in meta
 
 

@@ -119,10 +119,11 @@ def small_run(workdir: Path, base_url: str, **extra) -> Path:
     endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": None}
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": "pdfs"}},
-        "seed": {"dpi": 40},
+        "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}},
+        "seed": {"settings": {"dpi": 40}},
+        "models": {"fake": {"endpoint": endpoint}},
         # One model stage, nothing else: the fewest jobs that reach the closing summary.
-        "stages": {"ocr": {"enabled": False}, "single_page_qa": {"endpoint": endpoint, "num_records": 3}},
+        "stages": {"ocr": {"enabled": False}, "single_page_qa": {"model": "fake", "settings": {"num_records": 3}}},
         "export": {"enabled": False},
         "report": {"enabled": False},
         **extra,
@@ -155,12 +156,12 @@ def snakemake(workdir: Path, configfile: Path, *args: str):
 def test_a_server_failing_every_row_makes_the_summary_warn_and_fail_when_configured(tmp_path):
     # Every chat request answers 400 (a content fault: no retries), so single_page_qa has 0 ok rows.
     with spawn_fake_server("--fault", "400=1.0") as (_, base_url):
-        failing = small_run(tmp_path, base_url, summary={"fail_below_floor": True})
+        failing = small_run(tmp_path, base_url, summary={"run": {"fail_below_floor": True}})
         result = snakemake(tmp_path, failing)
         assert result.returncode == 1, result.stderr[-4000:]
         assert "WARNING: 1 stage(s) below the yield floor of 1 ok row(s)" in result.stderr
         assert "single_page_qa: 0 ok of 3; failures: bad_request" in result.stderr
-        assert "failing the run: single_page_qa below summary.min_ok_rows=1" in result.stderr
+        assert "failing the run: single_page_qa below summary.run.min_ok_rows=1" in result.stderr
         summary = json.loads((tmp_path / "results" / "summary.json").read_text())
         row = next(s for s in summary["stages"] if s["stage"] == "single_page_qa")
         assert (row["rows"], row["ok"], row["failed"]) == (3, 0, 3)
@@ -171,7 +172,7 @@ def test_a_server_failing_every_row_makes_the_summary_warn_and_fail_when_configu
         result = snakemake(tmp_path, warning_only, "--forcerun", "summary")
         assert result.returncode == 0, result.stderr[-4000:]
         assert "WARNING: 1 stage(s) below the yield floor" in result.stderr
-        assert "set summary.fail_below_floor: true to make such a run fail" in result.stderr
+        assert "set summary.run.fail_below_floor: true to make such a run fail" in result.stderr
         assert "next: read results/logs/single_page_qa/*.log" in result.stderr
 
 

@@ -180,7 +180,7 @@ def test_redirect_count_is_capped(server):
         server.routes[f"/chain/{hop}"] = lambda h, hop=hop: send(h, 302, b"", {"Location": f"/chain/{hop + 1}"})
     server.routes["/chain/4"] = lambda h: send(h, 200, PDF)
     failure = failure_of(row(server.url("/chain/0")), params(max_redirects=3))
-    assert failure.reason == "http_error" and "seed.download.max_redirects" in failure.message
+    assert failure.reason == "http_error" and "seed.run.download.max_redirects" in failure.message
     assert fetch_document(row(server.url("/chain/0")), params(max_redirects=4)) == PDF
 
 
@@ -215,13 +215,13 @@ def drip(handler, headers_too=False, limit=40, pause=0.25):
 def test_a_dripping_body_ends_at_the_attempt_deadline(server):
     server.routes["/drip.pdf"] = drip
     failure = failure_of(row(server.url("/drip.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
-    assert failure.reason == "timeout" and "seed.download.deadline_s" in failure.message
+    assert failure.reason == "timeout" and "seed.run.download.deadline_s" in failure.message
 
 
 def test_dripping_headers_end_at_the_attempt_deadline(server):
     server.routes["/drip-head.pdf"] = lambda h: drip(h, headers_too=True)
     failure = failure_of(row(server.url("/drip-head.pdf")), params(deadline_s=1.0, min_bytes_per_s=0))
-    assert failure.reason == "timeout" and "seed.download.deadline_s" in failure.message
+    assert failure.reason == "timeout" and "seed.run.download.deadline_s" in failure.message
 
 
 def test_the_url_deadline_caps_all_attempts_together(server):
@@ -235,7 +235,7 @@ def test_the_url_deadline_caps_all_attempts_together(server):
 def test_a_transfer_below_the_minimum_rate_ends(server):
     server.routes["/slow-rate.pdf"] = lambda h: drip(h, pause=0.1)
     failure = failure_of(row(server.url("/slow-rate.pdf")), params(timeout_s=0.5, min_bytes_per_s=1000))
-    assert failure.reason == "timeout" and "seed.download.min_bytes_per_s" in failure.message
+    assert failure.reason == "timeout" and "seed.run.download.min_bytes_per_s" in failure.message
 
 
 def test_a_body_shorter_than_its_content_length_is_retried(server):
@@ -315,7 +315,7 @@ def test_warc_bomb_reasons_are_too_large():
     record = gzip.decompress(warc_member(bomb, http_headers=b"Content-Encoding: gzip\r\n"))
     with pytest.raises(SeedFailure) as caught:
         parse_warc_response(record, max_bytes=1024 * 1024)
-    assert caught.value.reason == "too_large" and "seed.download.max_bytes" in caught.value.message
+    assert caught.value.reason == "too_large" and "seed.run.download.max_bytes" in caught.value.message
     with pytest.raises(SeedFailure) as caught:
         inflate_capped(bomb, 31, 1024 * 1024, "the member")
     assert caught.value.reason == "too_large"
@@ -433,11 +433,11 @@ def test_symlink_settings(hostile_folder):
 def test_results_folder_checks(tmp_path):
     from longdoc_sdg.config import check_paths
 
-    source = {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}
+    source = {"settings": {"kind": "local", "local": {"path": str(tmp_path / "pdfs")}}}
     for bad, words in (("", "results_dir: empty"), ("/", "filesystem root"), (" ", "results_dir: empty")):
         with pytest.raises(ValueError, match=words):
             check_paths({"results_dir": bad, "source": source})
-    with pytest.raises(ValueError, match="inside source.local.path"):
+    with pytest.raises(ValueError, match="inside source.settings.local.path"):
         check_paths({"results_dir": str(tmp_path / "pdfs" / "results"), "source": source})
     check_paths({"results_dir": str(tmp_path / "results"), "source": source})
 
@@ -500,7 +500,7 @@ def test_a_shard_failing_alike_for_a_setting_fails_the_job():
     from longdoc_sdg.engine.errors import AllRowsFailed
     from longdoc_sdg.stages import check_not_all_failed
 
-    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.max_tokens"):
+    with pytest.raises(AllRowsFailed, match="raise stages.text_qa.settings.max_tokens"):
         check_not_all_failed("text_qa", collections.Counter({"length": 6}))
     with pytest.raises(AllRowsFailed, match="HTTP 400"):
         check_not_all_failed("classify", collections.Counter({"bad_request": 4}))

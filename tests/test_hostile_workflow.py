@@ -55,15 +55,18 @@ def hostile_run(tmp_path_factory):
         endpoint = {"base_url": url, "model": "fake-model", "api_key_env": "HOSTILE_KEY"}
         config = {
             "results_dir": "results",
-            "source": {"kind": "local", "local": {"path": str(source)}},
-            "seed": {"dpi": 36},
+            "source": {"settings": {"kind": "local", "local": {"path": str(source)}}},
+            "seed": {"settings": {"dpi": 36}},
+            "models": {"fake": {"endpoint": endpoint}},
             "stages": {
-                "ocr": {"engine": "pdf-text"},
+                "ocr": {"settings": {"engine": "pdf-text"}},
                 "text_qa": {
-                    "endpoint": endpoint,
-                    "num_records": 8,
-                    "retry": {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.02},
-                    "error_budget": {"max_error_rate": 1.0},
+                    "model": "fake",
+                    "settings": {"num_records": 8},
+                    "run": {
+                        "retry": {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.02},
+                        "error_budget": {"max_error_rate": 1.0},
+                    },
                 },
             },
         }
@@ -115,12 +118,12 @@ def test_nothing_from_outside_the_source_folder_was_written(hostile_run):
 def test_a_results_folder_inside_the_source_folder_is_a_config_error(hostile_run, tmp_path):
     workdir, _, _ = hostile_run
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    source = Path(config["source"]["local"]["path"])
+    source = Path(config["source"]["settings"]["local"]["path"])
     config["results_dir"] = str(source / "results")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     dry = snakemake(tmp_path, "-n", env={**os.environ, "HOSTILE_KEY": KEY})
     output = dry.stdout + dry.stderr
-    assert dry.returncode != 0 and "results_dir" in output and "inside source.local.path" in output
+    assert dry.returncode != 0 and "results_dir" in output and "inside source.settings.local.path" in output
     assert not (source / "results").exists()
 
 

@@ -1,4 +1,4 @@
-"""`mix.target`: the reference's weights, weights aimed at the benchmark's mix, or custom ones."""
+"""`mix.settings.target`: the reference's weights, weights aimed at the benchmark's mix, or custom ones."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from longdoc_sdg.taxonomy import DEFAULT_WEIGHTS, sample_weighted
 
 def config_with(target: str, **stage_weights) -> dict:
     config = copy.deepcopy(default_config())
-    config["mix"] = {"target": target}
+    config["mix"] = {"settings": {"target": target}}
     for stage, weights in stage_weights.items():
-        config["stages"][stage]["question_type_weights"] = {**DEFAULT_WEIGHTS[stage], **weights}
+        config["stages"][stage]["settings"]["question_type_weights"] = {**DEFAULT_WEIGHTS[stage], **weights}
     return config
 
 
@@ -47,9 +47,11 @@ def test_benchmark_target_aims_at_the_benchmark_answer_formats():
 
 
 def test_changed_weights_need_the_custom_target():
-    with pytest.raises(ValueError, match=r"stages\.windowed_qa\.question_type_weights .*mix\.target: custom"):
+    with pytest.raises(
+        ValueError, match=r"stages\.windowed_qa\.settings\.question_type_weights .*mix\.settings\.target: custom"
+    ):
         stage_settings(config_with("reference", windowed_qa={"layout": 9.0}), "windowed_qa")
-    with pytest.raises(ValueError, match=r"mix\.target is 'benchmark'"):
+    with pytest.raises(ValueError, match=r"mix\.settings\.target is 'benchmark'"):
         stage_settings(config_with("benchmark", windowed_qa={"layout": 9.0}), "windowed_qa")
     assert weights_of(config_with("custom", windowed_qa={"layout": 9.0}), "windowed_qa")["layout"] == 9.0
 

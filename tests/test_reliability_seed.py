@@ -1,11 +1,10 @@
-"""The bad-PDF acceptance of issue 5 as a Snakemake job: test_seed_shard.py covers every bad kind
+"""Bad PDFs through the seed job: test_seed_shard.py covers every bad kind
 through run_seed_shard in-process; this runs the seed job itself, the way a user does, and checks
-that it exits 0 within its time limit with exactly one failure row per bad document."""
+that it exits 0 with exactly one failure row per bad document, the hang stopped by the worker's
+CPU limit."""
 
 from __future__ import annotations
 
-import csv
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,12 +13,12 @@ import yaml
 
 import pdf_factory
 from conftest import SAMPLE_PDF_DIR
-from test_reliability_workflow import ok, snakemake
+from helpers.reliability import ok, snakemake
 
 pytestmark = pytest.mark.workflow
 
 GOOD = ("MVT_Rnews.pdf", "residual-shadings.pdf")
-# file name -> (builder, expected failure reason); the acceptance list of issue 5
+# file name -> (builder, expected failure reason): one of each kind of bad PDF
 BAD = {
     "truncated.pdf": (lambda: pdf_factory.truncated_pdf((SAMPLE_PDF_DIR / "zoo.pdf").read_bytes(), 0.5), "corrupt"),
     "encrypted.pdf": (pdf_factory.encrypted_pdf, "encrypted"),
@@ -30,8 +29,8 @@ BAD = {
 }
 GIANT = "giant_200in.pdf"  # odd but good: seeded within the pixel budget
 PIXEL_BUDGET = 4_000_000
-# The job's limit for this test: the rule's own runtime (minutes) is far larger; the hang must
-# cost seconds (the worker's CPU limit), not a stuck job.
+# Bound of the snakemake call: the rule's own runtime (minutes) is far larger; the hang must be
+# stopped by the worker's CPU limit, not by a stuck job.
 JOB_LIMIT_S = 60
 
 
@@ -45,24 +44,20 @@ def test_seed_job_with_bad_pdfs_exits_0_in_time_with_one_failure_each(tmp_path):
     pdf_factory.write(pdf_dir / GIANT, pdf_factory.giant_page_pdf(200))
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
         "seed": {
-            "dpi": 50,
-            "max_pixels_per_page": PIXEL_BUDGET,
+            "settings": {"dpi": 50, "max_pixels_per_page": PIXEL_BUDGET},
             # a tight CPU budget so the hanging file is stopped in seconds (a task's budget
             # is base + per page x chunk pages: 4 s here)
-            "worker": {"cpu_seconds_base": 2.0, "cpu_seconds_per_page": 0.25, "chunk_pages": 8},
+            "run": {"worker": {"cpu_seconds_base": 2.0, "cpu_seconds_per_page": 0.25, "chunk_pages": 8}},
         },
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
-    started = time.monotonic()
+    # A bound on the call, not a timing assert: the hang is stopped by the worker's CPU limit
+    # (checked on its failure message below), never by this timeout.
     result = ok(snakemake(workdir, "results/seed/00000/failures.parquet", timeout=JOB_LIMIT_S + 40))
-    elapsed = time.monotonic() - started
     assert "Finished jobid" in result.stderr and "seed" in result.stderr
-    with open(workdir / "results" / "benchmarks" / "seed" / "00000.tsv") as f:
-        job_seconds = float(next(csv.DictReader(f, delimiter="\t"))["s"])
-    assert job_seconds < JOB_LIMIT_S and elapsed < JOB_LIMIT_S + 30
 
     seed = workdir / "results" / "seed" / "00000"
     documents = pq.read_table(seed / "documents.parquet").to_pylist()

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers.export_run import SyntheticRun
 from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.report.figures import FIGURES, draw_figures, summary_html
 from longdoc_sdg.report.stats import STATS_TABLES, compute_stats, write_stats
-from test_export_support import SyntheticRun
 
 QA_STAGES = qa_stages()
 # Stages with one output per shard (judge and verify: one per QA stage and shard).

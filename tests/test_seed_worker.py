@@ -83,10 +83,8 @@ def test_wall_clock_guard_kills_a_blocked_worker(pool, tmp_path):
     worker = next(w for w in pool._workers if w is not None)
     # A stopped process burns no CPU, like one blocked on I/O: only the wall clock sees it.
     os.kill(worker.process.pid, signal.SIGSTOP)
-    started = time.monotonic()
     _task_back, answer = _wait(pool, events)
     assert answer["reason"] == "timeout" and "wall-clock" in answer["message"]
-    assert time.monotonic() - started < 300  # a hang guard: the CPU limit (600 s) never fired
 
 
 def test_a_worker_killed_by_a_signal_is_a_crash(pool, tmp_path):

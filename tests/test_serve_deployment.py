@@ -70,6 +70,10 @@ def test_shipped_deployments_match_the_reference():
     assert argv[0].endswith(".venv-vllm/bin/python") and Path(argv[0]).is_absolute()
     assert argv[1:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
     assert tiny.partition == "gpu" and tiny.gpus_per_node == 1
+    # As shipped, a tiny model answers JSON at all: grammar-constrained and whitespace-free,
+    # so greedy replies close instead of padding to max_tokens.
+    structured = json.loads(argv[argv.index("--structured-outputs-config") + 1])
+    assert structured == {"backend": "guidance", "disable_any_whitespace": True}
 
 
 def test_overrides_and_relative_paths(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.serving import alive, cmdlines_containing, fake_deployment, files_containing, wait_until
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.serve import (
     EndpointGoneError,
@@ -31,7 +32,6 @@ from longdoc_sdg.serve import (
     verify_endpoint,
 )
 from longdoc_sdg.serve.procs import http_get, read_json
-from test_serve_support import alive, cmdlines_containing, fake_deployment, files_containing, wait_until
 
 
 @pytest.fixture
@@ -130,13 +130,10 @@ def test_ready_publishes_identity_only_and_private_runtime(tmp_path, paths):
 
 def test_crash_before_ready_fails_fast_with_log_tail(tmp_path, paths):
     dep = fake_deployment(tmp_path, shim_args="--crash-after 1", ready_timeout_s=600)
-    t0 = time.monotonic()
     with pytest.raises(ServeError) as caught:
         _serve(dep, paths)
-    elapsed = time.monotonic() - t0
-    print(f"crash detected in {elapsed:.2f}s")
-    assert elapsed < 60
     message = str(caught.value)
+    # Noticed as an exit, not by waiting out the 600 s ready timeout.
     assert "exited before it was ready" in message
     assert "CUDA out of memory (simulated by the shim)" in message
     assert not paths["sentinel"].exists() and not paths["runtime"].exists()

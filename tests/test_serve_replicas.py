@@ -11,28 +11,11 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from helpers.replicas import FAKE, fake_replicas
+from helpers.serving import alive, wait_until
 from longdoc_sdg.endpoints import deployment_settings
-from longdoc_sdg.serve import Deployment, ServeError, build_command, read_replicas, serve, teardown
+from longdoc_sdg.serve import ServeError, build_command, read_replicas, serve, teardown
 from longdoc_sdg.serve.procs import http_get, read_json
-from test_serve_support import alive, wait_until
-
-FAKE = "{python} -m longdoc_sdg.testing.fake_openai_server --model {model}"
-
-
-def fake_replicas(name="pool", extra_args=(), **fields) -> Deployment:
-    settings = {
-        "name": name,
-        "model": "fake/never-loaded",
-        "served_model_name": f"{name}-served",
-        "serve_command": FAKE,
-        "extra_args": list(extra_args),
-        "ready_timeout_s": 60,
-        "idle_timeout_s": None,
-        "stop_grace_s": 2,
-        "replicas": 2,
-    }
-    settings.update(fields)
-    return Deployment.model_validate(settings)
 
 
 @pytest.fixture
@@ -154,10 +137,10 @@ def test_replica_fields_validated_with_clear_errors(tmp_path):
     deployments = tmp_path / "deployments"
     deployments.mkdir()
     (deployments / "pool.yaml").write_text(json.dumps({"model": "m", "serve_command": FAKE}))
-    config = {"serving": {"deployments_dir": str(deployments), "overrides": {"pool": {"replicas": 0}}}}
+    config = {"serving": {"run": {"deployments_dir": str(deployments), "overrides": {"pool": {"replicas": 0}}}}}
     with pytest.raises(ValueError) as caught:
         deployment_settings(config, "pool")
-    assert "serving.overrides.pool" in str(caught.value) and "replicas:" in str(caught.value)
+    assert "serving.run.overrides.pool" in str(caught.value) and "replicas:" in str(caught.value)
 
 
 def test_data_parallel_size_reaches_vllm_and_the_gpu_count():

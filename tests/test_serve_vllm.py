@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.serving import REPO, VLLM_VENV, cmdlines_containing, require, slurm_available, vllm_python
 from longdoc_sdg.serve import load_deployment, serve, teardown, verify_endpoint
 from longdoc_sdg.serve.procs import group_alive, http_get, read_json
-from test_serve_support import REPO, VLLM_VENV, cmdlines_containing, require, slurm_available, vllm_python
 
 pytestmark = pytest.mark.vllm
 

@@ -193,13 +193,10 @@ def test_job_cancelled_outside_snakemake_fails_the_run(sweep, tmp_path: Path):
             assert time.monotonic() < deadline, "snakemake submitted no job"
             time.sleep(0.5)
         _sh("scancel", *ids)
-        cancelled_at = time.monotonic()
-        out, _ = proc.communicate(timeout=120)
-        waited = time.monotonic() - cancelled_at
+        out, _ = proc.communicate(timeout=120)  # a bound, not a timing assert
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
     assert proc.returncode not in (0, 124), out[-3000:]
-    assert waited < 90, f"took {waited:.0f}s to notice the cancelled job"
     assert not (tmp_path / "slow.txt").exists()

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR
+from helpers.workflow import planned_jobs
 from longdoc_sdg.ids import RowId
 from longdoc_sdg.registry import STAGES, get_spec, model_stages, qa_stages
-from test_workflow import planned_jobs
 
 TOY_ENTRY = """
 STAGES = STAGES + (
@@ -108,6 +108,7 @@ def closed_port() -> int:
 def test_a_toy_stage_needs_only_its_entry_handler_and_prompt(tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "workflow", copy / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "environment.yaml", copy / "environment.yaml")  # the rules' conda env
     package = copy / "workflow" / "scripts" / "longdoc_sdg"
     with open(package / "registry.py", "a", encoding="utf-8") as handle:
         handle.write(TOY_ENTRY)
@@ -125,30 +126,26 @@ def test_a_toy_stage_needs_only_its_entry_handler_and_prompt(tmp_path):
 
     endpoint = {"base_url": f"http://127.0.0.1:{closed_port()}/v1", "model": "toy-model"}
     stages = {name: {"enabled": False} for name in model_stages()}
-    stages["page_count_qa"] = {"endpoint": endpoint}
-    stages["judge"] = {"endpoint": endpoint}
-    config = {"source": {"kind": "local", "local": {"path": str(SAMPLE_PDF_DIR)}}, "stages": stages}
+    stages["page_count_qa"] = {"model": "toy"}
+    stages["judge"] = {"model": "toy"}
+    config = {
+        "source": {"settings": {"kind": "local", "local": {"path": str(SAMPLE_PDF_DIR)}}},
+        "models": {"toy": {"endpoint": endpoint}},
+        "stages": stages,
+    }
     workdir = tmp_path / "wd"
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    dry = subprocess.run(
-        [
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(copy / "workflow" / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+
+    def snakemake(*args: str) -> subprocess.CompletedProcess:
+        command = ["snakemake", "--snakefile", str(copy / "workflow" / "Snakefile"), "--directory", str(workdir)]
+        command += ["--configfile", str(workdir / "config.yaml"), "--cores", "1", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+    # The shards are listed by the manifest job; the dry run then plans every per-shard job.
+    manifest = snakemake("results/manifest/index.json")
+    assert manifest.returncode == 0, manifest.stderr[-4000:]
+    dry = snakemake("-n")
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-4000:]
     jobs = planned_jobs(dry.stdout)
     # its rule, a judge job for it (judge_stages defaults to every QA stage), its export

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import require
+from helpers.stage_inputs import build_seed, real_pdfs
 from longdoc_sdg.stages import run_stage
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
-from test_stages_support import build_seed, real_pdfs
 
 MC_QUESTION = "Which colour is the logo?\nA. red\nB. blue\nC. green\nD. black"
 # question type, question, generated answer, the verifier's reply, extractor reply or None, score

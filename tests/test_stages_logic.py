@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from conftest import require
+from helpers.stage_inputs import build_seed, page_row, real_pdfs
 from longdoc_sdg import taxonomy
 from longdoc_sdg.engine.schema import parse_reply
 from longdoc_sdg.pages import PageStore
@@ -20,7 +21,6 @@ from longdoc_sdg.stages.base import PROMPTS_DIR, select_records
 from longdoc_sdg.stages.classify import PageClassification, classification_dict
 from longdoc_sdg.stages.ocr import pdf_text_columns
 from longdoc_sdg.stages.replies import ParseError, parse_tagged
-from test_stages_support import build_seed, page_row, real_pdfs
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,13 +11,13 @@ import pytest
 import yaml
 
 from conftest import require
+from helpers.stage_inputs import TaggedFakeServer, build_seed, real_pdfs
 from longdoc_sdg.cli import main as cli_main
 from longdoc_sdg.engine import EndpointError
 from longdoc_sdg.rowstore import output_schema
 from longdoc_sdg.stages import get_stage, run_stage
 from longdoc_sdg.stages.base import arrow_schema
 from longdoc_sdg.taxonomy import JUDGE_RUBRIC
-from test_stages_support import TaggedFakeServer, build_seed, real_pdfs
 
 FAST_RETRY = {"max_attempts": 3, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 
@@ -201,10 +200,8 @@ def test_endpoint_down_fails_fast_without_output(tmp_path, seed):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     endpoint = {"base_url": f"http://127.0.0.1:{port}/v1", "model": "fake-model", "retry": FAST_RETRY}
-    start = time.monotonic()
     with pytest.raises(EndpointError, match=f"127.0.0.1:{port}"):
         run(tmp_path, "classify", {"pages": seed["pages"]}, {}, endpoint)
-    assert time.monotonic() - start < 20
     assert not (tmp_path / "classify" / "00000.parquet").exists()
 
 

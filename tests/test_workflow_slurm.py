@@ -9,44 +9,16 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from conftest import REPO
-from test_workflow_vllm import serving_config, shortest_pdfs
+from helpers.slurm import processes_with, sacct_jobs
+from helpers.vllm_config import serving_config, shortest_pdfs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.vllm, pytest.mark.workflow]
-
-
-def sacct_jobs(job_ids: list[str]) -> list[dict]:
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "--parsable2", "-j", ",".join(job_ids), "-o", "JobID,JobName,Partition,AllocTRES,State"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    fields = ("job_id", "name", "partition", "tres", "state")
-    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
-
-
-def processes_with(*needles: str) -> list[str]:
-    """Live processes whose command line holds every needle (zombies left out)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X") and all(n in cmdline for n in needles):
-            found.append(f"{entry.name} {cmdline}")
-    return found
 
 
 def test_slurm_profile_serves_on_gpu_and_runs_clients_on_cpu(slurm_cluster, tiny_vlm, real_pdfs, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from test_serve_support import require, slurm_available
+from helpers.serving import require, slurm_available
 from test_workflow_serving import (  # noqa: F401  (seeded is a fixture)
     DEPLOYMENT,
     assert_every_page_once,

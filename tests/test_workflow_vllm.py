@@ -12,11 +12,17 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pymupdf
 import pytest
 import yaml
 
-from conftest import REPO, copy_pdfs
+from conftest import REPO
+from helpers.vllm_config import (
+    GUIDED_JSON,
+    NO_THINKING,
+    base_config,
+    shortest_pdfs,
+    tiny_model_stage_settings,
+)
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 
 QA_STAGES = qa_stages()
@@ -27,36 +33,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
 VLLM_KEY = "vllm-test-key-3f9a61c2d7e84b05"
 SERVED = "tiny-vlm"
-NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
-# Without whitespace freedom a random model's constrained JSON always closes.
-GUIDED_JSON = ["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}']
-
-
-def shortest_pdfs(pdfs: list[Path], count: int) -> list[Path]:
-    def pages(path):
-        with pymupdf.open(path) as doc:
-            return doc.page_count
-
-    return sorted(pdfs, key=pages)[:count]
-
-
-def tiny_model_stage_settings() -> dict:
-    """Small budgets and constrained JSON so a random model's replies are still schema-valid."""
-    # A random model fills string fields up to their caps: ~1500 tokens lets JSON replies close.
-    common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
-    stages = {stage: dict(common) for stage in model_stages()}
-    # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
-    # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
-    # tests below send the Nemotron-Parse request format to the real server.
-    stages["ocr"] = {"engine": "pdf-text"}
-    for stage in ("single_page_qa", "windowed_qa"):
-        stages[stage].update(constrain_output=True)
-    stages["whole_document_qa"].update(output_format="json")
-    stages["visual_qa"]["check_sampling"] = {"extra_body": NO_THINKING}
-    stages["whole_document_qa"]["num_records"] = 2
-    stages["whole_document_qa"]["max_pages"] = 8
-    stages["windowed_qa"]["window_size"] = 2
-    return stages
 
 
 def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.CompletedProcess:
@@ -71,17 +47,6 @@ def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.Complet
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def base_config(workdir: Path, pdfs: list[Path]) -> dict:
-    pdf_dir = copy_pdfs(pdfs, workdir / "pdfs")
-    return {
-        "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 1},
-        # Small pages keep every image near 200 tokens for the tiny model's context.
-        "seed": {"dpi": 40},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +75,12 @@ def vllm_endpoint(tiny_vlm, tmp_path_factory):
 
 def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     config = base_config(tmp_path, shortest_pdfs(real_pdfs, 2))
-    stages = tiny_model_stage_settings()
-    for settings in stages.values():
-        settings["endpoint"] = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
-    config["stages"] = stages
+    config["models"] = {
+        "tiny": {"endpoint": {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}}
+    }
+    config["stages"] = {
+        stage: {"model": "tiny", "settings": settings} for stage, settings in tiny_model_stage_settings().items()
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "LONGDOC_TEST_LLM_KEY": VLLM_KEY}
 
@@ -157,35 +124,6 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     assert leaks == []
 
 
-def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: Path) -> dict:
-    config = base_config(tmp_path, pdfs)
-    stages = tiny_model_stage_settings()
-    for stage, settings in stages.items():
-        settings["deployment"] = "tiny-cpu-vlm"
-        settings["enabled"] = stage in ("ocr", "single_page_qa")
-    stages["ocr"] = {"engine": "nemotron-parse", "deployment": "tiny-cpu-vlm", "max_tokens": 64}
-    config["stages"] = stages
-    config["serving"] = {
-        "enabled": True,
-        "launcher": launcher,
-        "deployments_dir": str(REPO / "config" / "deployments"),
-        "overrides": {
-            "tiny-cpu-vlm": {
-                "model": str(model_dir),
-                "max_model_len": 16384,
-                "reasoning_parser": "qwen3",
-                "extra_args": [
-                    "--dtype",
-                    "bfloat16",
-                    "--enforce-eager",
-                    "--limit-mm-per-prompt",
-                    '{"image": 8}',
-                    *GUIDED_JSON,
-                ],
-            }
-        },
-    }
-    return config
 
 
 def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys):
@@ -227,8 +165,8 @@ def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
     """Anchored QA from the real server, then verify over its rows: every eligible QA row gets
     one verify row (ok with a score in [0, 1], or failed with a reason); the scores are noise."""
     from conftest import SAMPLE_PDF_DIR
+    from helpers.stage_inputs import build_seed
     from longdoc_sdg.stages import run_stage
-    from test_stages_support import build_seed
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
     endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}

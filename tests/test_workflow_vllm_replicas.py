@@ -24,10 +24,10 @@ import pytest
 import yaml
 
 from conftest import REPO
+from helpers.slurm import processes_with, sacct_jobs
+from helpers.workflow import planned_jobs
 from longdoc_sdg.engine.errors import INFRA_REASONS
 from longdoc_sdg.registry import model_stages
-from test_workflow import planned_jobs
-from test_workflow_slurm import processes_with, sacct_jobs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
@@ -36,8 +36,6 @@ STAGE = "classify"
 # Pages per generated document (one document per shard): 24 requests in three client jobs, so
 # the kill can land while a job is part-way through its shard.
 DOC_PAGES = (4, 6, 14)
-# Constrained JSON without whitespace freedom: the random model's replies close (ok rows).
-GUIDED_JSON = ["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}']
 # vLLM's access log: one line per answered request.
 ANSWERED = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" 200')
 
@@ -45,31 +43,36 @@ ANSWERED = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" 200')
 def write_config(workdir: Path, pdf_dir: Path, model_dir: Path, launcher: str) -> Path:
     stages = {stage: {"enabled": False} for stage in model_stages() if stage != STAGE}
     stages[STAGE] = {
-        "deployment": DEPLOYMENT,
-        "max_tokens": 1500,
-        "sampling": {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+        "model": "tiny",
+        "settings": {
+            "max_tokens": 1500,
+            "sampling": {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+        },
     }
     config = {
         "results_dir": "results",
-        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
-        "sharding": {"documents_per_shard": 1},
-        "seed": {"dpi": 30},
+        "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
+        "sharding": {"settings": {"documents_per_shard": 1}},
+        "seed": {"settings": {"dpi": 30}},
+        "models": {"tiny": {"deployment": DEPLOYMENT}},
         "stages": stages,
         "serving": {
             "enabled": True,
-            "launcher": launcher,
-            "deployments_dir": str(REPO / "config" / "deployments"),
-            "overrides": {
-                DEPLOYMENT: {
-                    "model": str(model_dir),
-                    "replicas": 2,
-                    "min_ready": 2,
-                    # Four requests at a time per replica keep both busy on two cores.
-                    "max_num_seqs": 4,
-                    # The tiny tokenizer spends many tokens on the long classification prompt.
-                    "max_model_len": 16384,
-                    "extra_args": ["--dtype", "bfloat16", "--enforce-eager", *GUIDED_JSON],
-                }
+            "run": {
+                "launcher": launcher,
+                "deployments_dir": str(REPO / "config" / "deployments"),
+                "overrides": {
+                    DEPLOYMENT: {
+                        "model": str(model_dir),
+                        "replicas": 2,
+                        "min_ready": 2,
+                        # Four requests at a time per replica keep both busy on two cores.
+                        "max_num_seqs": 4,
+                        # The tiny tokenizer spends many tokens on the long classification prompt.
+                        # (The deployment's whitespace-free JSON grammar makes its replies close.)
+                        "max_model_len": 16384,
+                    }
+                },
             },
         },
         "export": {"enabled": False},
@@ -126,7 +129,9 @@ def seeded(tiny_vlm, tmp_path_factory):
     template = root / "template"
     template.mkdir()
     write_config(template, pdf_dir, model_dir, "local")
-    result = snakemake(template, "local", 600, "--until", "seed")
+    # The seed tables as targets: the manifest job (a checkpoint) lists the shards first.
+    seeds = [f"results/seed/{shard:05d}/failures.parquet" for shard in range(len(DOC_PAGES))]
+    result = snakemake(template, "local", 600, *seeds)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return template, pdf_dir, model_dir
 

@@ -10,24 +10,44 @@ from longdoc_sdg import endpoints
 from longdoc_sdg import plan as run_plan
 from longdoc_sdg.config import check_config, check_paths
 from longdoc_sdg.registry import SEED_TABLES, get_spec, model_stages, qa_stages
-from longdoc_sdg.manifest import existing_shards, sync_manifest
+from longdoc_sdg import manifest as manifest_store
 
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_paths(config)
 
 RESULTS = config["results_dir"]
 MANIFEST_DIR = f"{RESULTS}/manifest"
+MANIFEST_INDEX = f"{MANIFEST_DIR}/{manifest_store.INDEX_NAME}"
 SERVE_DIR = f"{RESULTS}/serve"
 STATUSES = run_plan.stage_statuses(config)
 
-# Only the main process lists the source; cluster jobs reuse the manifest it wrote.
-if workflow.is_main_process:
-    endpoints.forget_dead_servers(SERVE_DIR)
-    SHARDS = sync_manifest(
-        config["source"], MANIFEST_DIR, config["sharding"]["documents_per_shard"]
-    )
-else:
-    SHARDS = existing_shards(MANIFEST_DIR)
+# Parsing only reads: the manifest is written by the `manifest` checkpoint (seed.smk), under
+# Snakemake's lock. A sharding change against an existing manifest fails here, naming both values.
+manifest_store.check_sharding(
+    MANIFEST_DIR, config["sharding"]["settings"]["documents_per_shard"]
+)
+
+
+def manifest_shards():
+    """The shard names, from the manifest job's index: input functions calling this wait for
+    that job (a checkpoint) before they list per-shard files."""
+    checkpoints.manifest.get()
+    return manifest_store.read_index(MANIFEST_DIR)["shards"]
+
+
+def get_manifest_shard(wildcards):
+    """A seed job's manifest file, once the manifest job listed it (so a seed file can be a
+    target on a fresh directory)."""
+    checkpoints.manifest.get()
+    return f"{MANIFEST_DIR}/{wildcards.shard}.parquet"
+
+
+def get_source_listing():
+    """What the source lists now (read only): a new document reruns the manifest job. Only the
+    main process decides what runs; cluster jobs skip the listing."""
+    if not workflow.is_main_process:
+        return None
+    return manifest_store.source_fingerprint(config["source"]["settings"])
 
 
 wildcard_constraints:
@@ -52,10 +72,6 @@ def runtime_path(deployment):
     return f"{SERVE_DIR}/{deployment}.runtime.json"
 
 
-def client_outputs(stage, wildcards):
-    return [stage_output(stage).format(**dict(wildcards.items()))]
-
-
 def get_stage_inputs(stage):
     """A stage's inputs: static path patterns of its seed tables and upstream outputs (cheap
     to plan over thousands of shards), plus, when its model is served, an input function for
@@ -71,7 +87,7 @@ def get_serving_inputs(stage):
     never reruns finished jobs. The serve job comes into the DAG through the `served` rule
     (see serve.smk); a client whose deployment this run never started (a forced target) serves
     it itself (endpoints.ensure_served)."""
-    deployment = config["stages"][stage]["deployment"]
+    deployment = run_plan.stage_deployment(config, stage)
 
     def serving(wildcards):
         return [ancient(sentinel_path(deployment))]
@@ -80,25 +96,11 @@ def get_serving_inputs(stage):
 
 
 def get_endpoint_params(stage):
-    """What identifies a stage's model: changing it reruns the stage (never the key itself)."""
-    mode = STATUSES[stage].mode
-    settings = config["stages"][stage]
-    if mode == "manual":
-        endpoint = settings["endpoint"]
-        return {
-            "mode": mode,
-            "base_url": endpoint["base_url"],
-            "model": endpoint["model"],
-            "api_key_env": endpoint.get("api_key_env"),
-        }
-    if mode == "serve":
-        deployment = settings["deployment"]
-        return {
-            "mode": mode,
-            "runtime": runtime_path(deployment),
-            **endpoints.deployment_identity(config, deployment),
-        }
-    return {"mode": mode}
+    """What identifies a stage's model: changing it reruns the stage; its host and key are
+    read at job time (see endpoints.endpoint_params)."""
+    deployment = run_plan.stage_deployment(config, stage)
+    runtime = runtime_path(deployment) if deployment else None
+    return endpoints.endpoint_params(config, stage, STATUSES[stage].mode, runtime)
 
 
 def get_stage_settings(stage):
@@ -119,15 +121,17 @@ def get_final_outputs(wildcards):
 
 
 def get_run_outputs(wildcards):
+    shards = manifest_shards()
+    record_plan_after_manifest(shards)
     outputs = []
-    for shard in SHARDS:
+    for shard in shards:
         outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
         for stage in model_stages():
             if STATUSES[stage].active:
                 outputs += run_plan.stage_outputs(
                     stage, RESULTS, shard, config, STATUSES
                 )
-    if SHARDS:
+    if shards:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"
             for deployment in served_deployments()
@@ -138,9 +142,9 @@ def get_run_outputs(wildcards):
 
 def announce_plan():
     """Tell the user which stages run and what the others need (stderr: dry runs too)."""
-    lines = [
-        f"longdoc-sdg: {len(SHARDS)} shard(s) from source '{config['source']['kind']}'"
-    ]
+    index = manifest_store.read_index(MANIFEST_DIR)
+    known = f"{len(index['shards'])} shard(s)" if index else "no manifest yet"
+    lines = [f"longdoc-sdg: {known}, source '{config['source']['settings']['kind']}'"]
     for status in STATUSES.values():
         state = "run " if status.active else "skip"
         lines.append(f"  [{state}] {status.stage:<18} {status.why}")
@@ -170,7 +174,7 @@ def check_before_running(launcher):
 
 
 if workflow.is_main_process:
-    configured_launcher = config["serving"]["launcher"]
+    configured_launcher = config["serving"]["run"]["launcher"]
     check_before_running(None if configured_launcher == "auto" else configured_launcher)
 
 
@@ -179,7 +183,7 @@ def served_deployments():
     names = []
     for status in STATUSES.values():
         if status.active and status.mode == "serve":
-            names.append(config["stages"][status.stage]["deployment"])
+            names.append(run_plan.stage_deployment(config, status.stage))
     return sorted(set(names))
 
 
@@ -189,9 +193,9 @@ def get_deployment_clients(wildcards):
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
-        if config["stages"][stage]["deployment"] != wildcards.deployment:
+        if run_plan.stage_deployment(config, stage) != wildcards.deployment:
             continue
-        for shard in SHARDS:
+        for shard in manifest_shards():
             outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
 
@@ -226,7 +230,7 @@ def get_serve_launcher(wildcards, output, resources):
     only from the serve job's resources, so the serving checks of an auto launcher run here,
     once, before the first server starts. Takes `output`: not a rerun trigger."""
     launcher = endpoints.serve_launcher(config, resources.get("serve_launcher"))
-    if config["serving"]["launcher"] == "auto" and not AUTO_LAUNCHER_CHECKED:
+    if config["serving"]["run"]["launcher"] == "auto" and not AUTO_LAUNCHER_CHECKED:
         check_before_running(launcher)
         AUTO_LAUNCHER_CHECKED.append(launcher)
     return launcher
@@ -253,7 +257,7 @@ from longdoc_sdg.report.stats import STATS_TABLES
 def get_export_dataset_inputs(wildcards):
     """A QA stage's shards, its judge shards (when judged), seed documents, upstream shards."""
     return export_plan.dataset_inputs(
-        config, STATUSES, RESULTS, SHARDS, wildcards.qa_stage
+        config, STATUSES, RESULTS, manifest_shards(), wildcards.qa_stage
     )
 
 
@@ -262,11 +266,11 @@ def get_export_dataset_settings():
 
 
 def get_export_pages(wildcards):
-    return [f"{RESULTS}/seed/{shard}/pages.parquet" for shard in SHARDS]
+    return [f"{RESULTS}/seed/{shard}/pages.parquet" for shard in manifest_shards()]
 
 
 def get_export_hub_inputs(wildcards):
-    return export_plan.hub_inputs(config, STATUSES, RESULTS, SHARDS)
+    return export_plan.hub_inputs(config, STATUSES, RESULTS, manifest_shards())
 
 
 def get_export_hub_settings():
@@ -278,7 +282,7 @@ def get_publish_settings():
 
 
 def get_stats_inputs(wildcards):
-    return export_plan.stats_inputs(config, STATUSES, RESULTS, SHARDS)
+    return export_plan.stats_inputs(config, STATUSES, RESULTS, manifest_shards())
 
 
 def get_report_settings():
@@ -341,10 +345,20 @@ def get_summary_plan():
     return export_plan.summary_plan(config, STATUSES, RESULTS, served_deployments())
 
 
+def forget_dead_servers():
+    """Unpublish servers a killed earlier run left behind (their process or job is gone). From
+    onstart, which Snakemake runs only when jobs execute: a dry run, --lint, --dag or --report
+    writes nothing. This run's DAG was planned while their runtime files still existed, so it
+    has no serve job for them: the first client that needs one serves it itself
+    (endpoints.ensure_served) and end-of-run teardown stops it."""
+    endpoints.forget_dead_servers(SERVE_DIR)
+
+
 def start_run():
     import time
 
     RUN_STARTED["at"] = time.time()
+    forget_dead_servers()
     record_progress_plan()
     start_heartbeat()
 
@@ -352,22 +366,38 @@ def start_run():
 def record_progress_plan():
     """The seed and stage jobs this run has left, per rule, for the progress lines the jobs
     print: counted from our own plan (the manifest's shards, the active stages), a job per
-    output still missing."""
+    output file still missing. When this run's manifest job lists the shards (a new source),
+    counted again then (record_plan_after_manifest), before any seed job can finish."""
+    RUN_STARTED["plan_after_manifest"] = True
+    index = manifest_store.read_index(MANIFEST_DIR)
+    record_planned_jobs(index["shards"] if index else [])
+
+
+def record_plan_after_manifest(shards):
+    """Called by get_run_outputs once the manifest checkpoint listed the shards: at DAG time
+    of a run (also a dry run) it does nothing; after onstart, only when the manifest job ran.
+    """
+    if RUN_STARTED.pop("plan_after_manifest", False):
+        record_planned_jobs(shards)
+
+
+def record_planned_jobs(shards):
     from longdoc_sdg import progress
 
     jobs = {
-        "seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in SHARDS]
+        "seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in shards]
     }
     for stage in model_stages():
         if STATUSES[stage].active:
             jobs[stage] = [
                 [path]
-                for shard in SHARDS
+                for shard in shards
                 for path in run_plan.stage_outputs(
                     stage, RESULTS, shard, config, STATUSES
                 )
             ]
-    progress.record_plan(RESULTS, progress.missing_jobs(jobs))
+    planned = progress.missing_jobs(jobs)
+    progress.record_plan(RESULTS, {rule: n for rule, n in planned.items() if n})
 
 
 def print_summary(failed=False):
@@ -377,7 +407,7 @@ def print_summary(failed=False):
     summary = run_summary.load_summary(SUMMARY)
     if summary is None:
         return
-    floor = config["summary"]
+    floor = config["summary"]["run"]
     text = run_summary.render_text(
         summary, floor["min_ok_rows"], floor["fail_below_floor"]
     )
@@ -391,7 +421,7 @@ def print_summary(failed=False):
     if low and floor["fail_below_floor"] and not failed:
         print(
             f"longdoc-sdg: failing the run: {', '.join(s['stage'] for s in low)} below "
-            f"summary.min_ok_rows={floor['min_ok_rows']} (summary.fail_below_floor: true)",
+            f"summary.run.min_ok_rows={floor['min_ok_rows']} (summary.run.fail_below_floor: true)",
             file=sys.stderr,
         )
         raise SystemExit(1)
@@ -401,12 +431,14 @@ def print_summary(failed=False):
 def served_stage_outputs():
     """Client outputs of every active served stage, by stage."""
     outputs = {}
+    shards = None
     for stage, status in STATUSES.items():
         if not (status.active and status.mode == "serve"):
             continue
+        shards = shards if shards is not None else manifest_shards()
         outputs[stage] = [
             path
-            for shard in SHARDS
+            for shard in shards
             for path in run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
         ]
     return outputs
@@ -421,12 +453,14 @@ def get_ledger_inputs(wildcards):
 
 def get_ledger_stage_deployments():
     return {
-        stage: config["stages"][stage]["deployment"] for stage in served_stage_outputs()
+        stage: run_plan.stage_deployment(config, stage)
+        for stage, status in STATUSES.items()
+        if status.active and status.mode == "serve"
     }
 
 
 def get_ledger_targets(wildcards):
     """The ledger when this run serves something (and has shards to serve for)."""
-    if not (SHARDS and served_deployments()):
+    if not (served_deployments() and manifest_shards()):
         return []
     return [f"{RESULTS}/report/ledger.json", f"{RESULTS}/report/figures/ledger.png"]

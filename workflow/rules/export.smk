@@ -41,7 +41,7 @@ rule export_reference:
         mem_mb=4000,
         runtime=120,
     params:
-        max_file_mb=config["export"]["max_file_mb"],
+        max_file_mb=config["export"]["settings"]["max_file_mb"],
         code_version=run_plan.__version__,
     script:
         "../scripts/export.py"

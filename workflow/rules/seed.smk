@@ -1,9 +1,27 @@
 # 01 seed: fetch each shard's documents, render pages once, list the documents.
 
 
+# The manifest: new documents of the source become new shards (append-only, under a file
+# lock). A checkpoint: the shard list is known once it ran, so parsing writes nothing.
+checkpoint manifest:
+    output:
+        MANIFEST_INDEX,
+    log:
+        f"{RESULTS}/logs/manifest.log",
+    localrule: True
+    conda:
+        "../../environment.yaml"
+    params:
+        source=config["source"]["settings"],
+        documents_per_shard=config["sharding"]["settings"]["documents_per_shard"],
+        listing=get_source_listing(),
+    script:
+        "../scripts/manifest.py"
+
+
 rule seed:
     input:
-        manifest=f"{MANIFEST_DIR}/{{shard}}.parquet",
+        manifest=get_manifest_shard,
     output:
         pages=seed_table("pages"),
         documents=seed_table("documents"),
@@ -19,8 +37,8 @@ rule seed:
         mem_mb=4000,
         runtime=120,
     params:
-        seed=config["seed"],
-        decontamination=config["decontamination"],
+        settings=config["seed"]["settings"],
+        decontamination=config["decontamination"]["settings"],
         code_version=run_plan.__version__,
     script:
         "../scripts/seed.py"

@@ -4,4 +4,6 @@ from longdoc_sdg.export.publish import publish_folder
 from longdoc_sdg.io import setup_job_logging
 
 setup_job_logging(snakemake.log[0])
-publish_folder(snakemake.input.hub, snakemake.params.settings, snakemake.output.record)
+# The token variable (`publish.run`) is read at job time, not a rerun trigger.
+params = {**snakemake.params.settings, **snakemake.config["publish"]["run"]}
+publish_folder(snakemake.input.hub, params, snakemake.output.record)

@@ -12,17 +12,15 @@ from longdoc_sdg.stages.base import deep_merge
 setup_job_logging(snakemake.log[0])
 started = time.monotonic()
 stage = snakemake.params.stage
-endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config)
+# Run settings (`stages.NAME.run`) steer the job without changing its rows: read here from the
+# config at job time, never through params, so changing them never reruns finished shards.
+run = snakemake.config["stages"][stage]["run"]
+endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config, stage)
 if endpoint is not None:
-    # Concurrency, retry and error-budget limits steer the run without changing its rows, so
-    # they are read from the config here on purpose, not through params: changing them must
-    # not rerun finished shards.
-    settings = snakemake.config["stages"][stage]
-    for key in ("concurrency", "retry", "error_budget"):
-        endpoint[key] = settings[key]
-    endpoint["request_timeout_s"] = settings["endpoint"]["request_timeout_s"]
-# Result-changing settings come from params; steering-only ones (e.g. image transport) from
-# the config, so changing those never reruns finished shards.
+    for key in ("concurrency", "retry", "error_budget", "request_timeout_s"):
+        endpoint[key] = run[key]
+# Result-changing settings come from params (validated, hashed); run-only stage fields (e.g.
+# image transport) from the config.
 params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])
 inputs = {key: value for key, value in snakemake.input.items() if key != "serving"}
 

@@ -6,13 +6,16 @@ from longdoc_sdg import progress
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.registry import SEED_TABLES
 from longdoc_sdg.seed import run_seed_shard
+from longdoc_sdg.seed.config import seed_params
 
 setup_job_logging(snakemake.log[0])
 started = time.monotonic()
 run_seed_shard(
     manifest_path=snakemake.input.manifest,
     outputs={name: snakemake.output[name] for name in SEED_TABLES},
-    params=snakemake.params.seed,
+    # `seed.settings` arrive as params (rerun triggers); `seed.run` is read from the config at
+    # job time, so download, sandbox and compression limits never rerun a shard.
+    params=seed_params(snakemake.params.settings, snakemake.config["seed"]["run"]),
     threads=snakemake.threads,
     decontamination=snakemake.params.decontamination,
     cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",

@@ -121,8 +121,8 @@ def format_table(rows: list[tuple[str, ...]], headers: tuple[str, ...]) -> str:
 
 
 def endpoint_rows() -> list[tuple[str, str, str, str]]:
-    """The endpoint keys, named as the workflow config names them (stages.NAME.endpoint.*,
-    stages.NAME.concurrency/retry/error_budget)."""
+    """The endpoint keys, named as the workflow config names them (models.ALIAS.endpoint.*,
+    stages.NAME.run.request_timeout_s/concurrency/retry/error_budget)."""
     from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
     from .stages import EndpointSettings
 
@@ -143,16 +143,16 @@ def stage_help(name: str) -> str:
     inputs = ", ".join(stage.input_keys)
     about_endpoint = textwrap.fill(
         f"Endpoint (RUN.yaml `endpoint:`){' (not needed for engine pdf-text)' if name == 'ocr' else ''}: "
-        "where requests go and how hard to push; they change no result. In the workflow config the first "
-        f"keys are stages.{name}.endpoint.*, and concurrency, retry and error_budget sit next to it "
-        f"(stages.{name}.concurrency, ...):",
+        "where requests go and how hard to push; they change no result. In the workflow config base_url, "
+        f"model and api_key_env are the stage's model (models.ALIAS.endpoint.*, stages.{name}.model: ALIAS); "
+        f"request_timeout_s, concurrency, retry and error_budget are stages.{name}.run.*:",
         width=110,
     )
     return (
         f"longdoc-sdg stage {name} --config RUN.yaml [key=value ...]\n\n{stage.description}\n\n"
         f"Inputs (RUN.yaml `inputs:`): {inputs}\n\n"
         f"{about_endpoint}\n{endpoint}\n\n"
-        f"Settings (RUN.yaml `params:`, or key=value overrides):\n{table}\n"
+        f"Settings (RUN.yaml `params:`, or key=value overrides; stages.{name}.settings.* in the workflow config):\n{table}\n"
     )
 
 

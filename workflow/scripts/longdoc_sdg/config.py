@@ -1,6 +1,12 @@
 """The workflow config: pydantic models are the single source of truth; the JSON schema in
-`workflow/schemas/config.schema.yaml` is generated from them (`longdoc-sdg schema`) and is what
-the workflow validates against at start."""
+`workflow/schemas/config.schema.yaml` is generated from them
+(`python3 -m longdoc_sdg.config --write-schema`) and is what the workflow validates against at start.
+
+One rule for every section: keys under `settings:` change results (they reach their rules
+through `params:`, so a change reruns what they affect); keys under `run:` only steer a run
+(read by the job at job time, never a rerun trigger). The few keys beside them choose what runs
+(`enabled`, a stage's `model`, export `stages`/`layouts`). Models are named once under
+`models:` and stages refer to them by alias."""
 
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ class FinePdfsSource(Section):
     num_documents: int = Field(100, ge=1, description="How many rows (documents) to take from the stream.")
 
 
-class SourceConfig(Section):
+class SourceSettings(Section):
     kind: Literal["local", "urls", "finepdfs"] = Field(
         "local", description="Where documents come from: a local folder, a URL list, or FinePDFs."
     )
@@ -56,20 +62,24 @@ class SourceConfig(Section):
     max_documents: int | None = Field(None, ge=1, description="Take at most this many documents (null: all).")
 
 
-class ShardingConfig(Section):
+class SourceConfig(Section):
+    settings: SourceSettings = Field(SourceSettings(), description="Which documents make the run.")
+
+
+class ShardingSettings(Section):
     documents_per_shard: int = Field(
         25,
         ge=1,
-        description="Documents per shard. New documents always go to new shards, so changing this "
-        "only affects shards created afterwards.",
+        description="Documents per shard. Fixed once a results_dir has a manifest: changing it later is an "
+        "error (new documents always go to new shards; use a new results_dir to shard differently).",
     )
 
 
-class ServingConfig(Section):
-    enabled: bool = Field(
-        False,
-        description="Start model servers for stages without a manual endpoint, from their deployment.",
-    )
+class ShardingConfig(Section):
+    settings: ShardingSettings = Field(ShardingSettings(), description="How documents are grouped into shards.")
+
+
+class ServingRun(Section):
     launcher: Literal["auto", "local", "slurm"] = Field(
         "auto",
         description="Start servers as local processes or as Slurm GPU jobs (sbatch to the deployment's "
@@ -79,8 +89,17 @@ class ServingConfig(Section):
     deployments_dir: str = Field("config/deployments", description="Folder of deployment YAML files (NAME.yaml).")
     overrides: dict[str, dict[str, Any]] = Field(
         {},
-        description="Per-deployment field overrides, e.g. {tiny-cpu-vlm: {model: /path/to/model}}.",
+        description="Per-deployment field overrides, e.g. {tiny-cpu-vlm: {model: /path/to/model}}. What "
+        "changes answers (the model) reaches the clients through the deployment's identity.",
     )
+
+
+class ServingConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Start a model server for every stage whose model alias names a deployment.",
+    )
+    run: ServingRun = Field(ServingRun(), description="Where and how servers start (never a rerun trigger).")
 
 
 # libyaml's loader reads the generated schema ~8x faster than the pure-Python one (every run).
@@ -97,6 +116,8 @@ def _format_error(error) -> str:
     message = error.message
     if error.validator == "enum":
         message = f"{error.instance!r} is not allowed; choose one of {error.validator_value}"
+    elif error.validator == "pattern" and key.endswith(".base_url"):
+        message = f"{error.instance!r} is not an http(s) URL with a host; write e.g. {BASE_URL_EXAMPLE!r}"
     elif error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         message = f"{message}; allowed keys here: {allowed}"
@@ -130,10 +151,13 @@ def check_config(config: dict, schema_path: str | Path) -> None:
     schema = load_yaml(schema_path)
     validator = _filling_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = "\n".join(_format_error(e) for e in errors)
+    lines = [_format_error(e) for e in errors]
+    if not errors:
+        lines = _check_models(config)
+    if lines:
+        text = "\n".join(lines)
         raise ValueError(
-            f"Invalid configuration (checked against {schema_path}):\n{lines}\n"
+            f"Invalid configuration (checked against {schema_path}):\n{text}\n"
             "Fix these keys in your config file or --configfile override (see config/README.md)."
         )
 
@@ -147,31 +171,91 @@ def check_paths(config: dict) -> None:
     results = Path(raw).expanduser().resolve()
     if results == Path(results.anchor):
         raise ValueError(f"results_dir: {raw!r} is the filesystem root; name a folder of its own (e.g. results)")
-    source = config.get("source") or {}
+    source = (config.get("source") or {}).get("settings") or {}
     if source.get("kind") == "local":
         folder = Path(str(source.get("local", {}).get("path", ""))).expanduser().resolve()
         if results == folder or results.is_relative_to(folder):
             raise ValueError(
-                f"results_dir: {raw!r} is inside source.local.path ({str(folder)!r}); the run would read its own "
+                f"results_dir: {raw!r} is inside source.settings.local.path ({str(folder)!r}); the run would read its own "
                 "outputs as documents. Move results_dir out of the source folder."
             )
 
 
-class ManualEndpoint(Section):
+def _check_models(config: dict) -> list[str]:
+    """Fill in the built-in model aliases and check what the schema cannot: each alias names
+    exactly one of deployment/endpoint, and each stage's alias exists."""
+    import copy
+
+    models = config.setdefault("models", {})
+    for alias, spec in DEFAULT_MODELS.items():
+        if alias not in models:
+            models[alias] = copy.deepcopy({"deployment": None, "endpoint": None, **spec})
+    problems = []
+    for alias, spec in models.items():
+        if bool(spec.get("deployment")) == (spec.get("endpoint") is not None):
+            problems.append(
+                f"  models.{alias}: give exactly one of deployment (e.g. {{deployment: qwen3-vl-30b}}) or endpoint "
+                f"(e.g. {{endpoint: {{base_url: {BASE_URL_EXAMPLE}, model: NAME, api_key_env: MY_KEY}}}})"
+            )
+        endpoint = spec.get("endpoint") or {}
+        if endpoint.get("base_url") and not endpoint.get("model"):
+            problems.append(f"  models.{alias}.endpoint.model: required with base_url (the name /v1/models lists)")
+    for stage, section in (config.get("stages") or {}).items():
+        alias = section.get("model")
+        if alias is not None and alias not in models:
+            problems.append(f"  stages.{stage}.model: {alias!r} is not a model alias; defined: {sorted(models)}")
+    return problems
+
+
+# http(s), a non-empty host (name, IPv4 or [IPv6]), optional port and path.
+BASE_URL_PATTERN = r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(:[0-9]+)?(/[^\s]*)?$"
+BASE_URL_EXAMPLE = "http://gpu-node:8000/v1"
+
+
+class Endpoint(Section):
+    """The one shape of a model endpoint. The API key never goes in the config: only the name of
+    the environment variable holding it."""
+
     base_url: str | None = Field(
         None,
-        description="OpenAI-compatible base URL (e.g. http://gpu-node:8000/v1) of an already running "
-        "server; set it to use that server instead of serving a deployment.",
+        pattern=BASE_URL_PATTERN,
+        description=f"OpenAI-compatible base URL of a running server, e.g. {BASE_URL_EXAMPLE} (http or https "
+        "and a host; null: not configured, stages using this model are skipped).",
     )
-    model: str | None = Field(None, description="Model name the server lists in /v1/models.")
+    model: str | None = Field(None, min_length=1, description="Model name the server lists in /v1/models.")
     api_key_env: str | None = Field(
-        None, description="NAME of the environment variable holding the API key (the key itself never goes in config)."
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the API key (read by the job; null: no key).",
     )
-    request_timeout_s: float = Field(600.0, gt=0, description="Whole-request timeout in seconds.")
+
+
+class ModelSpec(Section):
+    """A named model: a deployment the workflow serves, or an endpoint that already runs."""
+
+    deployment: str | None = Field(
+        None, description="Deployment (serving.run.deployments_dir/NAME.yaml) served when serving.enabled."
+    )
+    endpoint: Endpoint | None = Field(None, description="An already running OpenAI-compatible server.")
+
+
+DEFAULT_MODELS: dict[str, dict] = {
+    "nemotron-parse": {"deployment": "nemotron-parse"},
+    "gpt-oss-120b": {"deployment": "gpt-oss-120b"},
+    "qwen3-vl-30b": {"deployment": "qwen3-vl-30b"},
+    "qwen3-vl-235b-thinking": {"deployment": "qwen3-vl-235b-thinking"},
+    # A frontier model: no deployment is served for it; point its endpoint at one.
+    "judge": {"endpoint": {"base_url": None, "model": None, "api_key_env": "JUDGE_API_KEY"}},
+}
+
+# Fields of a stage's own config that only steer a run: the workflow config puts them under
+# `stages.NAME.run`, the job merges them back.
+STAGE_RUN_FIELDS = ("image_transport",)
 
 
 def _stage_section(stage_name: str):
-    """A stage's config section: the stage's own pydantic config plus how to reach its model."""
+    """A stage's config section: which model, its `settings` (the stage's own pydantic config)
+    and its `run` steering (request limits, retries, error budget, image transport)."""
     from pydantic import create_model
 
     from .engine.config import BreakerConfig, ConcurrencyConfig, RetryConfig
@@ -179,28 +263,24 @@ def _stage_section(stage_name: str):
     from .stages import get_stage
 
     base = get_stage(stage_name).config_model
-    return create_model(
-        f"{base.__name__}Section",
-        __base__=base,
-        enabled=(
-            bool,
-            Field(get_spec(stage_name).enabled_by_default, description="Run this stage when its model is reachable."),
-        ),
-        deployment=(
-            str | None,
-            Field(
-                get_spec(stage_name).deployment,
-                description="Deployment (config/deployments/NAME.yaml) served for this stage when serving.enabled.",
-            ),
-        ),
-        endpoint=(ManualEndpoint, Field(ManualEndpoint(), description="A manual endpoint; bypasses serving.")),
+    settings_fields = {
+        name: (info.annotation, info) for name, info in base.model_fields.items() if name not in STAGE_RUN_FIELDS
+    }
+    settings = create_model(f"{base.__name__}Settings", __base__=Section, **settings_fields)
+    run_fields = {
+        name: (base.model_fields[name].annotation, base.model_fields[name])
+        for name in STAGE_RUN_FIELDS
+        if name in base.model_fields
+    }
+    run = create_model(
+        f"{base.__name__}Run",
+        __base__=Section,
+        request_timeout_s=(float, Field(600.0, gt=0, description="Whole-request timeout in seconds.")),
         concurrency=(
             ConcurrencyConfig,
-            Field(
-                ConcurrencyConfig(), description="Adaptive request concurrency (AIMD) limits; does not change results."
-            ),
+            Field(ConcurrencyConfig(), description="Adaptive request concurrency (AIMD) limits."),
         ),
-        retry=(RetryConfig, Field(RetryConfig(), description="Retries of failed requests; does not change results.")),
+        retry=(RetryConfig, Field(RetryConfig(), description="Retries of failed requests.")),
         error_budget=(
             BreakerConfig,
             Field(
@@ -209,6 +289,21 @@ def _stage_section(stage_name: str):
                 "writing failure rows.",
             ),
         ),
+        **run_fields,
+    )
+    return create_model(
+        f"{base.__name__}Section",
+        __base__=Section,
+        enabled=(
+            bool,
+            Field(get_spec(stage_name).enabled_by_default, description="Run this stage when its model is reachable."),
+        ),
+        model=(
+            str | None,
+            Field(get_spec(stage_name).model, description="Alias (a key of `models:`) of the stage's model."),
+        ),
+        settings=(settings, Field(settings(), description="What the stage produces (rule params).")),
+        run=(run, Field(run(), description="How the stage's jobs run (read at job time, never a rerun trigger).")),
     )
 
 
@@ -228,8 +323,18 @@ def _stages_model():
 def workflow_config_model():
     from pydantic import create_model
 
-    from .seed.config import SeedParams
+    from .seed.config import SeedRun, SeedSettings
+
+    class SeedConfig(Section):
+        settings: SeedSettings = Field(SeedSettings(), description="What the seed makes (rule params).")
+        run: SeedRun = Field(SeedRun(), description="How seed jobs run (read at job time, never a rerun trigger).")
+
     from .seed.decontaminate import DecontaminationConfig
+
+    class DecontaminationSection(Section):
+        settings: DecontaminationConfig = Field(
+            DecontaminationConfig(), description="Benchmarks to keep out and how closely (rule params)."
+        )
 
     stages = _stages_model()
     return create_model(
@@ -238,15 +343,25 @@ def workflow_config_model():
         results_dir=(str, Field("results", description="Folder of all results, logs and manifests of a run.")),
         source=(SourceConfig, Field(SourceConfig(), description="Where the documents come from.")),
         sharding=(ShardingConfig, Field(ShardingConfig(), description="How documents are grouped into shards.")),
-        seed=(SeedParams, Field(SeedParams(), description="Stage 01: fetching and rendering.")),
+        seed=(SeedConfig, Field(SeedConfig(), description="Stage 01: fetching and rendering.")),
         mix=(
             MixConfig,
             Field(MixConfig(), description="Which question-type mix the QA stages aim at (see longdoc_sdg/mix.py)."),
         ),
-        decontamination=(
-            DecontaminationConfig,
+        models=(
+            dict[str, ModelSpec],
             Field(
-                DecontaminationConfig(),
+                {alias: ModelSpec.model_validate(spec) for alias, spec in DEFAULT_MODELS.items()},
+                description="Models by alias: {deployment: NAME} or {endpoint: {base_url, model, api_key_env}}. "
+                f"The built-in aliases ({', '.join(DEFAULT_MODELS)}) are always defined; redefine one to point "
+                "it elsewhere. Only a model's identity (endpoint model name, deployment identity) is a rerun "
+                "trigger, never its host or key.",
+            ),
+        ),
+        decontamination=(
+            DecontaminationSection,
+            Field(
+                DecontaminationSection(),
                 description="Benchmarks kept out of the data: their documents are not seeded (failure reason "
                 "`contaminated`), questions overlapping theirs are dropped at export.",
             ),
@@ -295,6 +410,26 @@ def _inline_refs(node, defs):
     return node
 
 
+def _collapse_nullable(node):
+    """`anyOf: [X, null]` -> X with type [T, null]: validation errors then point at the key inside X
+    (e.g. models.NAME.endpoint.base_url) instead of "not valid under any of the given schemas"."""
+    if isinstance(node, list):
+        return [_collapse_nullable(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _collapse_nullable(v) for k, v in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = next(o for o in options if o != {"type": "null"})
+        if isinstance(other.get("type"), str) and "anyOf" not in other:
+            merged = {**other, **{k: v for k, v in node.items() if k != "anyOf"}}
+            merged["type"] = [other["type"], "null"]
+            if "enum" in merged:
+                merged["enum"] = [*merged["enum"], None]
+            return merged
+    return node
+
+
 def _fill_defaults(schema: dict, defaults) -> None:
     """Give every property its default. A section's default is {}: validation then fills each of
     its keys from their own defaults, so every value is stated once."""
@@ -302,8 +437,10 @@ def _fill_defaults(schema: dict, defaults) -> None:
     for key, prop in schema.get("properties", {}).items():
         prop.pop("title", None)
         if "properties" in prop:
-            prop["default"] = {}
-            _fill_defaults(prop, defaults.get(key, {}) if isinstance(defaults, dict) else {})
+            value = defaults.get(key) if isinstance(defaults, dict) else None
+            _fill_defaults(prop, value or {})
+            # A nullable section (e.g. a model's endpoint) keeps its default (null); others are {}.
+            prop["default"] = {} if prop.get("type") == "object" else value
         elif isinstance(defaults, dict) and key in defaults:
             # The instance's value, not the class's: a stage may default a shared setting
             # differently (e.g. classify samples greedily).
@@ -313,7 +450,7 @@ def _fill_defaults(schema: dict, defaults) -> None:
 def build_schema() -> dict:
     model = workflow_config_model()
     raw = model.model_json_schema(mode="serialization")
-    schema = _inline_refs(raw, raw.get("$defs", {}))
+    schema = _collapse_nullable(_inline_refs(raw, raw.get("$defs", {})))
     _fill_defaults(schema, model().model_dump(mode="json"))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["description"] = (
@@ -330,7 +467,7 @@ def default_config() -> dict:
 # Export, publish and report (longdoc_sdg.export, longdoc_sdg.report).
 
 
-class MixConfig(Section):
+class MixSettings(Section):
     target: Literal["reference", "benchmark", "custom"] = Field(
         "reference",
         description="'reference': the reference recipe's question-type weights (stage weights may not be "
@@ -339,18 +476,22 @@ class MixConfig(Section):
     )
 
 
+class MixConfig(Section):
+    settings: MixSettings = Field(MixSettings(), description="The question-type mix (QA stage params).")
+
+
 class ExportFilters(Section):
     min_judge_score: float | None = Field(
         0.6,
         ge=0,
         le=1,
         description="Keep rows whose judge weighted_quality_score (0-1) is at least this; null: no score "
-        "threshold. Applies to QA stages the judge ran on (stages.judge.judge_stages).",
+        "threshold. Applies to QA stages the judge ran on (stages.judge.settings.judge_stages).",
     )
     require_judge: bool = Field(
         True,
         description="For QA stages the judge ran on, drop rows without a successful judge verdict "
-        "(the judge row failed, or stages.judge.num_records left the row out).",
+        "(the judge row failed, or stages.judge.settings.num_records left the row out).",
     )
     require_format_ok: bool = Field(True, description="Drop rows whose answer failed its question type's format check.")
     min_verify_score: (
@@ -360,7 +501,7 @@ class ExportFilters(Section):
         description="Per MMLongBench-Doc answer format: keep a verified row when its verify_score (the independent "
         "answer scored against the generated one by the benchmark's fixed rules, 0-1) is at least this. 1.0 for "
         "the exactly scored formats; Str and List score by ANLS, whose cut-off is already 0.5. A format left out, "
-        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.verify_stages.",
+        "or null, is not filtered; rows without a verify verdict are kept. Applies to stages.verify.settings.verify_stages.",
     )
     min_quality_score: int | None = Field(
         1,
@@ -428,6 +569,16 @@ class ExportCard(Section):
     )
 
 
+class ExportSettings(Section):
+    filters: ExportFilters = Field(ExportFilters(), description="Which rows make the final datasets.")
+    dedup: ExportDedup = Field(ExportDedup(), description="Near-duplicate question removal within a document.")
+    split: ExportSplit = Field(ExportSplit(), description="Deterministic train/validation split by document.")
+    card: ExportCard = Field(ExportCard(), description="Dataset card (README.md) metadata of the Hub folder.")
+    max_file_mb: int = Field(
+        500, ge=1, description="Start a new parquet file when the current one reaches this size (MB of page images)."
+    )
+
+
 class ExportConfig(Section):
     enabled: bool = Field(True, description="Build the final datasets and their layouts for every active QA stage.")
     stages: list[Literal[qa_stages()]] | None = Field(
@@ -439,25 +590,12 @@ class ExportConfig(Section):
         "a png_images_base64 JSON array), one folder per stage; 'hub': a Hub-ready folder (parquet with images "
         "as image bytes + README dataset card) loadable with datasets.load_dataset.",
     )
-    filters: ExportFilters = Field(ExportFilters(), description="Which rows make the final datasets.")
-    dedup: ExportDedup = Field(ExportDedup(), description="Near-duplicate question removal within a document.")
-    split: ExportSplit = Field(ExportSplit(), description="Deterministic train/validation split by document.")
-    card: ExportCard = Field(ExportCard(), description="Dataset card (README.md) metadata of the Hub folder.")
-    max_file_mb: int = Field(
-        500, ge=1, description="Start a new parquet file when the current one reaches this size (MB of page images)."
-    )
+    settings: ExportSettings = Field(ExportSettings(), description="What the final datasets hold (rule params).")
 
 
-class PublishConfig(Section):
-    enabled: bool = Field(
-        False, description="Upload the Hub folder (export.layouts must include 'hub') at the end of a run."
-    )
+class PublishSettings(Section):
     repo_id: str | None = Field(None, description="Target dataset repository, e.g. my-org/longdoc-qa.")
     private: bool = Field(True, description="Create the repository as private (an existing one keeps its visibility).")
-    token_env: str = Field(
-        "HF_TOKEN",
-        description="NAME of the environment variable holding the Hub token (the token never goes in config).",
-    )
     dry_run: bool = Field(
         False, description="Only record (and log) what would be uploaded, without contacting the Hub."
     )
@@ -466,22 +604,52 @@ class PublishConfig(Section):
     commit_message: str = Field("Upload longdoc-sdg export", description="Commit message of the upload.")
 
 
+class PublishRun(Section):
+    token_env: str = Field(
+        "HF_TOKEN",
+        description="NAME of the environment variable holding the Hub token (the token never goes in config).",
+    )
+
+
+class PublishParams(PublishSettings, PublishRun):
+    """Both halves merged: what the publish job works with."""
+
+
+class PublishConfig(Section):
+    enabled: bool = Field(
+        False, description="Upload the Hub folder (export.layouts must include 'hub') at the end of a run."
+    )
+    settings: PublishSettings = Field(PublishSettings(), description="Where and what to upload (rule params).")
+    run: PublishRun = Field(PublishRun(), description="How the upload authenticates (read at job time).")
+
+
+class ReportSettings(Section):
+    judge_score_bins: int = Field(20, ge=2, le=100, description="Bins of the judge score histograms (0-1).")
+
+
 class ReportConfig(Section):
     enabled: bool = Field(
         True, description="Compute run statistics and the report figures (snakemake --report report.html)."
     )
-    judge_score_bins: int = Field(20, ge=2, le=100, description="Bins of the judge score histograms (0-1).")
+    settings: ReportSettings = Field(ReportSettings(), description="How the figures are drawn (rule params).")
 
 
-class SummaryConfig(Section):
+class SummaryRun(Section):
     min_ok_rows: int = Field(
         1,
         ge=0,
         description="Yield floor: the closing summary warns loudly about every stage (the seed: documents) "
-        "with fewer ok rows than this; 0 turns the check off. A run setting: never reruns anything.",
+        "with fewer ok rows than this; 0 turns the check off.",
     )
     fail_below_floor: bool = Field(
         False, description="Make the run fail (exit status 1, after the summary) when a stage is below min_ok_rows."
+    )
+
+
+class SummaryConfig(Section):
+    run: SummaryRun = Field(
+        SummaryRun(),
+        description="The yield floor of the closing summary (read when the run ends, never a rerun trigger).",
     )
 
 

@@ -55,11 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def demo_port(config_path: Path = DEMO_CONFIG) -> int:
     """The port the demo config's endpoints point at (all stages share one server)."""
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    urls = {(s.get("endpoint") or {}).get("base_url") for s in config["stages"].values()} - {None}
+    urls = {(m.get("endpoint") or {}).get("base_url") for m in config["models"].values()} - {None}
     ports = {urlparse(u).port for u in urls}
     if len(ports) != 1:
         raise ValueError(
-            f"{config_path}: the demo expects every stages.NAME.endpoint.base_url on one port, got {sorted(urls)}"
+            f"{config_path}: the demo expects every models.ALIAS.endpoint.base_url on one port, got {sorted(urls)}"
         )
     return ports.pop()
 
@@ -68,15 +68,15 @@ def overrides(workdir: Path, port: int | None, vllm: bool) -> dict:
     """What the demo changes over config/demo.yaml for this working directory and port."""
     out: dict = {}
     if not (workdir / "resources" / "sample_pdfs").is_dir():
-        out["source"] = {"local": {"path": str(REPO / "resources" / "sample_pdfs")}}
+        out["source"] = {"settings": {"local": {"path": str(REPO / "resources" / "sample_pdfs")}}}
     if vllm and not (workdir / "config" / "deployments").is_dir():
-        out["serving"] = {"deployments_dir": str(REPO / "config" / "deployments")}
+        out["serving"] = {"run": {"deployments_dir": str(REPO / "config" / "deployments")}}
     if port is not None and not vllm:
         config = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
-        out["stages"] = {
-            name: {"endpoint": {"base_url": f"http://127.0.0.1:{port}/v1"}}
-            for name, section in config["stages"].items()
-            if (section.get("endpoint") or {}).get("base_url")
+        out["models"] = {
+            alias: {"endpoint": {"base_url": f"http://127.0.0.1:{port}/v1"}}
+            for alias, model in config["models"].items()
+            if (model.get("endpoint") or {}).get("base_url")
         }
     return out
 

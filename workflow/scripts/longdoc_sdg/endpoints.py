@@ -16,10 +16,10 @@ log = get_logger("endpoints")
 
 
 def deployment_file(config: dict, name: str) -> Path:
-    path = Path(config["serving"]["deployments_dir"]) / f"{name}.yaml"
+    path = Path(config["serving"]["run"]["deployments_dir"]) / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(
-            f"deployment {name!r}: no file {path}; add it or point serving.deployments_dir elsewhere "
+            f"deployment {name!r}: no file {path}; add it or point serving.run.deployments_dir elsewhere "
             f"(available: {sorted(p.stem for p in path.parent.glob('*.yaml'))})"
         )
     return path
@@ -32,13 +32,13 @@ def _deployment(config: dict, name: str):
 
     path = deployment_file(config, name)
     try:
-        return load_deployment(path, config["serving"]["overrides"].get(name))
+        return load_deployment(path, config["serving"]["run"]["overrides"].get(name))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc']) or 'deployment'}: {error['msg']}" for error in exc.errors()
         )
         raise ValueError(
-            f"deployment {name!r} ({path}, with serving.overrides.{name}): {problems}; fix the field in the "
+            f"deployment {name!r} ({path}, with serving.run.overrides.{name}): {problems}; fix the field in the "
             f"deployment file or its override"
         ) from None
 
@@ -48,7 +48,7 @@ def deployment_settings(config: dict, name: str) -> dict[str, Any]:
     _deployment(config, name)  # fail at parse time on a bad deployment, naming it
     return {
         "file": str(deployment_file(config, name)),
-        "overrides": config["serving"]["overrides"].get(name) or {},
+        "overrides": config["serving"]["run"]["overrides"].get(name) or {},
     }
 
 
@@ -70,10 +70,10 @@ def deployment_identity(config: dict, name: str) -> dict[str, str]:
 
 
 def serve_launcher(config: dict, profile_launcher: str | None = None, client: bool = False) -> str:
-    """serving.launcher with 'auto' resolved: what the profile asks for (the serve rule's
+    """serving.run.launcher with 'auto' resolved: what the profile asks for (the serve rule's
     `serve_launcher` resource, set by profiles/slurm), else local; for a client job serving
     for itself (see ensure_served), slurm when that job runs inside Slurm."""
-    launcher = config["serving"]["launcher"]
+    launcher = config["serving"]["run"]["launcher"]
     if launcher != "auto":
         return launcher
     if profile_launcher:
@@ -139,6 +139,30 @@ def stop_deployment(state_dir: str, name: str) -> None:
         print(f"longdoc-sdg: every client of {name} is done; stopped its server")
 
 
+def endpoint_params(config: dict, stage: str, mode: str, runtime_path: str | None) -> dict:
+    """A stage's endpoint params (`mode` from the stage's status): how the job finds its model,
+    and the model's identity. Only the identity changes answers, so nothing else goes in: a
+    manual endpoint's host, port and key variable are read at job time (resolve_endpoint), a
+    served one's from its runtime file."""
+    from .plan import model_spec, stage_deployment
+
+    if mode == "manual":
+        return {"mode": mode, "model": model_spec(config, stage)["endpoint"]["model"]}
+    if mode == "serve":
+        return {"mode": mode, "runtime": runtime_path, **deployment_identity(config, stage_deployment(config, stage))}
+    return {"mode": mode}
+
+
+def read_api_key(env_name: str, what: str) -> str:
+    """The one place an API key is read: from the environment variable the config names,
+    registered with the log redactor so it never reaches a log."""
+    key = os.environ.get(env_name)
+    if not key:
+        raise ValueError(f"{what}: environment variable {env_name} holding its API key is not set; export it")
+    register_secret(key, f"the API key in environment variable {env_name}")
+    return key
+
+
 def ensure_served(params: dict, config: dict) -> None:
     """Serve a client's deployment from the client job when this run never started it: a
     forced target (`--force FILE`) has no serve job in its DAG when the sentinel already
@@ -171,29 +195,27 @@ def ensure_served(params: dict, config: dict) -> None:
         )
 
 
-def resolve_endpoint(params: dict, config: dict | None = None) -> dict | None:
-    """The engine endpoint of a job, from its endpoint params (see common.smk). With the
-    config, a served deployment nobody started yet is served first (ensure_served)."""
+def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
+    """The engine endpoint of a job, from its endpoint params (the identity) and the config
+    read at job time: a manual model's alias (base URL, key variable); a served deployment
+    nobody started yet is served first (ensure_served)."""
     mode = params["mode"]
     if mode == "none":
         return None
     if mode == "manual":
-        endpoint = {"base_url": params["base_url"], "model": params["model"]}
-        if params.get("api_key_env"):
-            key = os.environ.get(params["api_key_env"])
-            if not key:
-                raise RuntimeError(
-                    f"endpoint {params['base_url']} (model {params['model']}): environment variable "
-                    f"{params['api_key_env']} holding its API key is not set; export it before running"
-                )
-            register_secret(key, f"the API key in environment variable {params['api_key_env']}")
-            endpoint["api_key"] = key
-        return endpoint
+        from .plan import model_alias, model_spec
+
+        spec = model_spec(config, stage)["endpoint"]
+        if spec["model"] != params["model"]:
+            raise RuntimeError(
+                f"models.{model_alias(config, stage)}.endpoint.model is {spec['model']!r} but the job was planned "
+                f"for {params['model']!r}; rerun the workflow"
+            )
+        return {"base_url": spec["base_url"], "model": spec["model"], "api_key_env": spec.get("api_key_env")}
     if mode == "serve":
         from .serve import verify_endpoint
 
-        if config is not None:
-            ensure_served(params, config)
+        ensure_served(params, config)
 
         endpoint = verify_endpoint(params["runtime"])
         if endpoint["model"] != params["served_name"]:

@@ -2,11 +2,16 @@
 
 Each shard's manifest file is written once and never changed, so adding documents to a source
 adds new shards and leaves existing shards (and everything computed from them) untouched.
+Only the workflow's `manifest` job writes it (under a file lock, so two runs never shard a
+document twice) and then lists the shards in `index.json`; parsing the workflow only reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import stat
@@ -17,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .ids import SHARD_DIGITS, shard_name, stable_id
-from .io import write_parquet_atomic
+from .io import write_parquet_atomic, write_text_atomic
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -50,11 +55,11 @@ def local_entry_problem(entry: Path, root: Path, symlinks: str = "inside") -> st
         return None  # gone: the fetcher reports it as missing
     if entry.is_symlink():
         if symlinks == "refuse":
-            return "is a symbolic link (source.local.symlinks: refuse)"
+            return "is a symbolic link (source.settings.local.symlinks: refuse)"
         if symlinks == "inside":
             target = Path(os.path.realpath(entry))
             if not target.is_relative_to(os.path.realpath(root)):
-                return "symbolic link to a file outside the source folder (set source.local.symlinks: follow to allow)"
+                return "symbolic link to a file outside the source folder (set source.settings.local.symlinks: follow to allow)"
     if not stat.S_ISREG(status.st_mode):
         return "not a regular file"
     return None
@@ -64,8 +69,8 @@ def _local_documents(cfg: dict) -> Iterator[dict]:
     root = Path(cfg["path"]).expanduser().absolute()
     if not root.is_dir():
         raise SourceError(
-            f"source.local.path: folder {str(root)!r} does not exist; point it at a folder of PDFs "
-            "(searched recursively) or choose another source.kind"
+            f"source.settings.local.path: folder {str(root)!r} does not exist; point it at a folder of PDFs "
+            "(searched recursively) or choose another source.settings.kind"
         )
     suffix = cfg.get("suffix", ".pdf").lower()
     symlinks = cfg.get("symlinks", "inside")
@@ -84,7 +89,7 @@ def _local_documents(cfg: dict) -> Iterator[dict]:
         problem = local_entry_problem(path, root, symlinks)
         if problem:
             # still one manifest row: the seed records it as a failure naming the entry
-            extra["refused"] = f"{rel} in source.local.path: {problem}"
+            extra["refused"] = f"{rel} in source.settings.local.path: {problem}"
         yield {
             "doc_id": stable_id("local", rel),
             "source_kind": "local",
@@ -99,7 +104,7 @@ def _url_documents(cfg: dict) -> Iterator[dict]:
     path = cfg.get("path")
     if not path or not Path(path).is_file():
         raise SourceError(
-            f"source.urls.path: URL list {path!r} not found; give a text file with one http(s) URL "
+            f"source.settings.urls.path: URL list {path!r} not found; give a text file with one http(s) URL "
             "per line ('#' starts a comment)"
         )
     seen = set()
@@ -127,7 +132,7 @@ def _finepdfs_documents(cfg: dict) -> Iterator[dict]:
         from datasets import load_dataset
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SourceError(
-            "source.kind=finepdfs needs the `datasets` package: pip install -e '.[hub]' (from a checkout; 'longdoc-sdg[hub]' from a package index)"
+            "source.settings.kind=finepdfs needs the `datasets` package: pip install -e '.[hub]' (from a checkout; 'longdoc-sdg[hub]' from a package index)"
         ) from exc
     data_files = cfg["data_files"].format(subset=cfg["subset"], split=cfg["split"])
     dataset = load_dataset(cfg["dataset"], data_files={"train": data_files}, split="train", streaming=True)
@@ -154,7 +159,7 @@ def list_source_documents(source: dict) -> Iterator[dict]:
     kind = source["kind"]
     readers = {"local": _local_documents, "urls": _url_documents, "finepdfs": _finepdfs_documents}
     if kind not in readers:
-        raise SourceError(f"source.kind: {kind!r} is not one of {sorted(readers)}")
+        raise SourceError(f"source.settings.kind: {kind!r} is not one of {sorted(readers)}")
     documents = readers[kind](source[kind])
     limit = source.get("max_documents")
     for index, doc in enumerate(documents):
@@ -179,9 +184,30 @@ def _known_ids(manifest_dir: Path, shards: Iterable[str]) -> set[str]:
     return known
 
 
+INDEX_NAME = "index.json"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on the manifest folder: one writer at a time, across processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def sync_manifest(source: dict, manifest_dir: str | os.PathLike, documents_per_shard: int) -> list[str]:
-    """Assign documents not yet in the manifest to new shards; return every shard name."""
+    """Assign documents not yet in the manifest to new shards; return every shard name. Holds
+    the folder's lock from reading the known ids to writing the new shards."""
     directory = Path(manifest_dir)
+    with _locked(directory):
+        return _sync_locked(source, directory, documents_per_shard)
+
+
+def _sync_locked(source: dict, directory: Path, documents_per_shard: int) -> list[str]:
     shards = existing_shards(directory)
     known = _known_ids(directory, shards)
     next_index = int(shards[-1]) + 1 if shards else 0
@@ -205,6 +231,50 @@ def sync_manifest(source: dict, manifest_dir: str | os.PathLike, documents_per_s
     if pending:
         flush()
     return shards
+
+
+def read_index(manifest_dir: str | os.PathLike) -> dict | None:
+    """The manifest job's index ({documents_per_shard, shards}), or None before it ran."""
+    path = Path(manifest_dir) / INDEX_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_sharding(manifest_dir: str | os.PathLike, documents_per_shard: int) -> None:
+    """Refuse a documents_per_shard other than the one the existing manifest was made with
+    (read only: safe while parsing)."""
+    index = read_index(manifest_dir)
+    if index is None or index.get("documents_per_shard") in (None, documents_per_shard):
+        return
+    raise ValueError(
+        f"sharding.settings.documents_per_shard is {documents_per_shard}, but the manifest in {manifest_dir} was "
+        f"made with {index['documents_per_shard']}: shards are never re-cut. Set it back to "
+        f"{index['documents_per_shard']}, or give a new results_dir to shard with {documents_per_shard}."
+    )
+
+
+def write_index(manifest_dir: str | os.PathLike, source: dict, documents_per_shard: int) -> dict:
+    """The manifest job: add new documents as new shards, then write the index listing them."""
+    directory = Path(manifest_dir)
+    with _locked(directory):
+        check_sharding(directory, documents_per_shard)
+        shards = _sync_locked(source, directory, documents_per_shard)
+        index = {"documents_per_shard": documents_per_shard, "shards": shards}
+        write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def source_fingerprint(source: dict) -> str | None:
+    """What the source lists now, hashed (read only), so the manifest job reruns when documents
+    are added: the ids of a local folder or URL list. None for FinePDFs: its settings pick the
+    rows, and streaming them while parsing would cost a download."""
+    if source["kind"] == "finepdfs":
+        return None
+    digest = hashlib.sha256()
+    for doc in list_source_documents(source):
+        digest.update(doc["doc_id"].encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:

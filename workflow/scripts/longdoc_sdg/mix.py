@@ -1,4 +1,4 @@
-"""`mix.target`: which question-type mix the QA stages aim at.
+"""`mix.settings.target`: which question-type mix the QA stages aim at.
 
 - `reference`: the reference recipe's weights (the stages' defaults; changing a stage's
   `question_type_weights` under this target is refused, so the dataset card's claim holds).
@@ -79,12 +79,12 @@ def apply_mix(target: str, stage: str, section: dict) -> dict:
         changed = {k: v for k, v in configured.items() if float(v) != float(defaults.get(k, 0.0))}
         if changed:
             raise ValueError(
-                f"stages.{stage}.question_type_weights changes {sorted(changed)} while mix.target is 'reference' "
-                "(the reference's weights); set mix.target: custom to use your own weights"
+                f"stages.{stage}.settings.question_type_weights changes {sorted(changed)} while mix.settings.target is 'reference' "
+                "(the reference's weights); set mix.settings.target: custom to use your own weights"
             )
     if configured is not None and target == "benchmark" and configured != DEFAULT_WEIGHTS.get(stage):
         raise ValueError(
-            f"stages.{stage}.question_type_weights is set while mix.target is 'benchmark' (weights derived from "
-            f"{benchmark.NAME}); remove it, or set mix.target: custom"
+            f"stages.{stage}.settings.question_type_weights is set while mix.settings.target is 'benchmark' (weights derived from "
+            f"{benchmark.NAME}); remove it, or set mix.settings.target: custom"
         )
     return {**section, "question_type_weights": dict(weights)}

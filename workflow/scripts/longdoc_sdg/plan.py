@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from . import __version__
 from .registry import JUDGED_INPUT, SEED_TABLES, get_spec, judge_stage, model_stages, qa_stages
 
-# Keys of a stage's config section that say how to reach its model, not what it produces.
-ENDPOINT_KEYS = {"enabled", "endpoint", "deployment", "concurrency", "retry", "error_budget"}
-
 
 @dataclass(frozen=True)
 class StageStatus:
@@ -33,15 +30,44 @@ def short_hash(value) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
 
 
+def model_alias(config: dict, stage: str) -> str | None:
+    return config["stages"][stage]["model"]
+
+
+def model_spec(config: dict, stage: str) -> dict:
+    """The stage's model: {deployment: NAME} or {endpoint: {base_url, model, api_key_env}}
+    ({} when the stage names none)."""
+    alias = model_alias(config, stage)
+    return config["models"][alias] if alias is not None else {}
+
+
+def stage_deployment(config: dict, stage: str) -> str | None:
+    """The deployment served for the stage (None when its model is an endpoint)."""
+    return model_spec(config, stage).get("deployment")
+
+
 def endpoint_mode(config: dict, stage: str) -> str:
-    settings = config["stages"][stage]
     if not _uses_model(config, stage):
         return "none"
-    if (settings.get("endpoint") or {}).get("base_url"):
+    spec = model_spec(config, stage)
+    if (spec.get("endpoint") or {}).get("base_url"):
         return "manual"
-    if config["serving"]["enabled"] and settings.get("deployment"):
+    if config["serving"]["enabled"] and spec.get("deployment"):
         return "serve"
     return "unavailable"
+
+
+def _unavailable_reason(config: dict, stage: str) -> str:
+    alias = model_alias(config, stage)
+    if alias is None:
+        return f"names no model: set stages.{stage}.model to an alias of `models:`"
+    deployment = stage_deployment(config, stage)
+    if deployment:
+        return (
+            f"its model {alias!r} is deployment '{deployment}': set serving.enabled=true to serve it, or point "
+            f"models.{alias} at a running endpoint ({{endpoint: {{base_url, model, api_key_env}}}})"
+        )
+    return f"needs a model endpoint: set models.{alias}.endpoint.base_url (+ model, api_key_env)"
 
 
 def _uses_model(config: dict, stage: str) -> bool:
@@ -61,25 +87,15 @@ def stage_statuses(config: dict) -> dict[str, StageStatus]:
         mode = endpoint_mode(config, stage)
         upstream = list(spec.upstream)
         if spec.per_qa_stage:
-            upstream = [s for s in settings.get(spec.qa_stages_key, []) if s in qa_stages()]
+            upstream = [s for s in settings["settings"].get(spec.qa_stages_key, []) if s in qa_stages()]
         blocked = [s for s in upstream if not statuses[s].active]
         if not settings.get("enabled", True):
             statuses[stage] = StageStatus(stage, False, "disabled", "disabled in config")
         elif mode == "unavailable":
-            statuses[stage] = StageStatus(
-                stage,
-                False,
-                mode,
-                f"needs a model endpoint: set stages.{stage}.endpoint.base_url (+ model, api_key_env)"
-                + (
-                    f" or serving.enabled=true to deploy '{settings['deployment']}'"
-                    if settings.get("deployment")
-                    else " (a frontier model; no deployment is served for it by default)"
-                ),
-            )
+            statuses[stage] = StageStatus(stage, False, mode, _unavailable_reason(config, stage))
         elif spec.per_qa_stage and not upstream:
             statuses[stage] = StageStatus(
-                stage, False, "disabled", f"no QA stage listed in stages.{stage}.{spec.qa_stages_key}"
+                stage, False, "disabled", f"no QA stage listed in stages.{stage}.settings.{spec.qa_stages_key}"
             )
         elif spec.per_qa_stage and len(blocked) == len(upstream):
             statuses[stage] = StageStatus(stage, False, mode, f"waits for {', '.join(blocked)}")
@@ -97,7 +113,7 @@ def qa_inputs(config: dict, stage: str, statuses: dict[str, StageStatus] | None 
     spec = get_spec(stage)
     if not (spec.per_qa_stage and statuses[stage].active):
         return []
-    return [s for s in config["stages"][stage][spec.qa_stages_key] if statuses[s].active]
+    return [s for s in config["stages"][stage]["settings"][spec.qa_stages_key] if statuses[s].active]
 
 
 def judged_stages(config: dict, statuses: dict[str, StageStatus] | None = None) -> list[str]:
@@ -147,12 +163,16 @@ def stage_outputs(stage: str, results: str, shard: str, config: dict, statuses: 
 
 
 def stage_config_section(config: dict, stage: str) -> dict:
-    """The stage's own settings (its pydantic config), without how its model is reached, with the
-    question-type weights of `mix.target`."""
+    """The stage's own config as a job works with it: its settings (with the question-type
+    weights of `mix.settings.target`) plus the few of its fields that only steer a run (e.g. image
+    transport), which the config keeps under `run:`."""
+    from .config import STAGE_RUN_FIELDS
     from .mix import apply_mix
 
-    section = {k: v for k, v in config["stages"][stage].items() if k not in ENDPOINT_KEYS}
-    return apply_mix((config.get("mix") or {}).get("target", "reference"), stage, section)
+    section = config["stages"][stage]
+    run = {key: section["run"][key] for key in STAGE_RUN_FIELDS if key in section["run"]}
+    settings = apply_mix(config["mix"]["settings"]["target"], stage, section["settings"])
+    return {**settings, **run}
 
 
 def stage_settings(config: dict, stage: str) -> dict:

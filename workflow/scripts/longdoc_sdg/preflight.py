@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from .plan import StageStatus
+from .plan import StageStatus, model_alias, model_spec, stage_deployment
 
 
 class PreflightError(ValueError):
@@ -29,12 +29,13 @@ def missing_api_keys(config: dict, statuses: dict[str, StageStatus], environ=os.
     for stage, status in statuses.items():
         if not (status.active and status.mode == "manual"):
             continue
-        name = config["stages"][stage]["endpoint"].get("api_key_env")
+        alias = model_alias(config, stage)
+        name = model_spec(config, stage)["endpoint"].get("api_key_env")
         if name and not environ.get(name):
             problems.append(
-                f"stages.{stage}.endpoint.api_key_env names the environment variable {name}, which is not set: "
-                f"`export {name}=...` before running, or set stages.{stage}.endpoint.api_key_env: null for a "
-                "server that needs no key"
+                f"models.{alias}.endpoint.api_key_env (model of stage {stage}) names the environment variable "
+                f"{name}, which is not set: `export {name}=...` before running, or set "
+                f"models.{alias}.endpoint.api_key_env: null for a server that needs no key"
             )
     return problems
 
@@ -44,7 +45,7 @@ def served_stages(config: dict, statuses: dict[str, StageStatus]) -> dict[str, l
     out: dict[str, list[str]] = {}
     for stage, status in statuses.items():
         if status.active and status.mode == "serve":
-            out.setdefault(config["stages"][stage]["deployment"], []).append(stage)
+            out.setdefault(stage_deployment(config, stage), []).append(stage)
     return out
 
 
@@ -84,8 +85,8 @@ def visible_gpus() -> int:
 def local_launch_problems(name: str, deployment, stages: list[str], gpus: int | None = None) -> list[str]:
     """What keeps a deployment from starting as a local process here."""
     fix = (
-        f"install vLLM for it, serve it elsewhere (serving.launcher: slurm), or give "
-        f"{', '.join(f'stages.{s}.endpoint.base_url' for s in stages)} a running server"
+        f"install vLLM for it, serve it elsewhere (serving.run.launcher: slurm), or give "
+        f"{', '.join(f'stages.{s}.model' for s in stages)} a model alias with an endpoint (models.ALIAS.endpoint.base_url) of a running server"
     )
     command = deployment.serve_command
     first = shlex.split(command)[0]
@@ -94,7 +95,7 @@ def local_launch_problems(name: str, deployment, stages: list[str], gpus: int | 
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             return [
                 f"serving.enabled: deployment {name!r} runs python {python!r}, which does not exist: set its "
-                f"`python` (config/deployments/{name}.yaml or serving.overrides.{name}.python), or {fix}"
+                f"`python` (config/deployments/{name}.yaml or serving.run.overrides.{name}.python), or {fix}"
             ]
     elif "{" not in first and shutil.which(first) is None:
         return [f"serving.enabled: deployment {name!r} starts with {first!r}, which is not on PATH: {fix}"]
@@ -114,7 +115,7 @@ def local_launch_problems(name: str, deployment, stages: list[str], gpus: int | 
     if not cpu_build and needed > have:
         return [
             f"serving.enabled: deployment {name!r} needs {needed} GPU(s) (gpus / tensor_parallel_size) and "
-            f"this machine shows {have}: run it under Slurm (serving.launcher: slurm, --profile profiles/slurm) "
+            f"this machine shows {have}: run it under Slurm (serving.run.launcher: slurm, --profile profiles/slurm) "
             f"on a GPU partition, or {fix}"
         ]
     return []
@@ -145,7 +146,7 @@ def slurm_launch_problems(name: str, deployment, gpus_on_partition: int | None) 
         return []
     needed = deployment.gpus_per_node
     where = f"partition {deployment.partition!r}" if deployment.partition else "the default partition"
-    key = f"config/deployments/{name}.yaml (or serving.overrides.{name})"
+    key = f"config/deployments/{name}.yaml (or serving.run.overrides.{name})"
     if gpus_on_partition < 0:
         return [f"deployment {name!r}: sinfo lists no {where}: set `partition` in {key} to one `sinfo` shows"]
     if needed > gpus_on_partition:

@@ -1,5 +1,5 @@
 """Every stage of the workflow, declared once: its name and number, what kind of stage it is,
-what it reads, which deployment serves it by default, the class that does its rows, and what the
+what it reads, which model (an alias of `models:`) it uses by default, the class that does its rows, and what the
 judge, export and report need to know about it. The rules, the config schema, the run plan,
 export, report and requeue all read this table; adding a stage is one entry here, one handler
 module and its prompt.
@@ -29,7 +29,7 @@ class StageSpec:
     summary: str
     inputs: tuple[str, ...] = ()
     handler: str | None = None  # "module:Class", imported only when the stage is used
-    deployment: str | None = None  # served for the stage when serving.enabled and no endpoint
+    model: str | None = None  # the default of stages.NAME.model: an alias of the `models:` map
     # QA stages: what one question is about, its question-type set (taxonomy.TYPE_SETS), and the
     # (upstream stage, column) the exports carry over next to each question.
     unit: Unit | None = None
@@ -71,7 +71,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Page text with element boxes and classes (PDF text layer or Nemotron-Parse)",
         inputs=("pages",),
         handler="longdoc_sdg.stages.ocr:OcrStage",
-        deployment="nemotron-parse",
+        model="nemotron-parse",
     ),
     StageSpec(
         "text_qa",
@@ -80,7 +80,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Question/answer pairs from OCR text, judged for relevance and correctness",
         inputs=("ocr",),
         handler="longdoc_sdg.stages.text_qa:TextQaStage",
-        deployment="gpt-oss-120b",
+        model="gpt-oss-120b",
         unit="page",
         question_types="text",
         carries=("ocr", "transcribed_texts"),
@@ -92,7 +92,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Page classification into 8 categories / 45 subcategories (structured output)",
         inputs=("pages",),
         handler="longdoc_sdg.stages.classify:ClassifyStage",
-        deployment="qwen3-vl-30b",
+        model="qwen3-vl-30b",
     ),
     StageSpec(
         "visual_qa",
@@ -101,7 +101,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Reasoning QA on pages with charts, tables, diagrams (question, answer, two checks)",
         inputs=("classify", "pages"),
         handler="longdoc_sdg.stages.visual_qa:VisualQaStage",
-        deployment="qwen3-vl-235b-thinking",
+        model="qwen3-vl-235b-thinking",
         unit="page",
         question_types="visual",
         carries=("classify", "page_classification"),
@@ -113,7 +113,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Anchored QA on one page (unambiguous among all pages of its document)",
         inputs=("pages",),
         handler="longdoc_sdg.stages.anchored_qa:SinglePageQaStage",
-        deployment="qwen3-vl-235b-thinking",
+        model="qwen3-vl-235b-thinking",
         unit="page",
         question_types="anchored",
     ),
@@ -124,7 +124,7 @@ STAGES: tuple[StageSpec, ...] = (
         "QA needing at least two pages of a window of consecutive pages",
         inputs=("documents", "pages"),
         handler="longdoc_sdg.stages.anchored_qa:WindowedQaStage",
-        deployment="qwen3-vl-235b-thinking",
+        model="qwen3-vl-235b-thinking",
         unit="window",
         question_types="anchored",
     ),
@@ -135,7 +135,7 @@ STAGES: tuple[StageSpec, ...] = (
         "QA over all pages of a document (needs 2+ pages, 4-8 preferred)",
         inputs=("documents", "pages"),
         handler="longdoc_sdg.stages.anchored_qa:WholeDocumentQaStage",
-        deployment="qwen3-vl-235b-thinking",
+        model="qwen3-vl-235b-thinking",
         unit="document",
         question_types="anchored",
     ),
@@ -146,6 +146,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Five-criterion rubric judge (0-5 each) with a weighted quality score",
         inputs=(JUDGED_INPUT, "pages"),
         handler="longdoc_sdg.stages.judge:JudgeStage",
+        model="judge",
     ),
     StageSpec(
         "verify",
@@ -154,6 +155,7 @@ STAGES: tuple[StageSpec, ...] = (
         "Independent re-answer of each QA row from its pages, scored by the benchmark's rules",
         inputs=(JUDGED_INPUT, "pages"),
         handler="longdoc_sdg.stages.verify:VerifyStage",
+        model="judge",
         enabled_by_default=False,
     ),
     StageSpec(

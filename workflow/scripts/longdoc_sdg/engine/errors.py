@@ -16,12 +16,12 @@ CONTENT_REASONS = (
 # When every row of a shard fails with one of these, the shard's job fails instead of writing a
 # shard of failures: the cause is a setting, named here ({stage} filled in).
 SETTING_REASONS = {
-    "length": "raise stages.{stage}.max_tokens (every reply was cut off)",
+    "length": "raise stages.{stage}.settings.max_tokens (every reply was cut off)",
     "bad_request": "the endpoint refuses every request (HTTP 400/413/422, e.g. prompts over its context "
-    "length): check stages.{stage}.endpoint and the model's context limit, or send fewer pages per request",
-    "reasoning_only": "raise stages.{stage}.max_tokens (thinking never ended within it)",
-    "schema_invalid": "check stages.{stage}.endpoint.model: its replies never fit the schema",
-    "invalid_json": "check stages.{stage}.endpoint.model: its replies are never JSON",
+    "length): check the model of stages.{stage} (models.ALIAS.endpoint) and its context limit, or send fewer pages per request",
+    "reasoning_only": "raise stages.{stage}.settings.max_tokens (thinking never ended within it)",
+    "schema_invalid": "check the model of stages.{stage} (stages.{stage}.model): its replies never fit the schema",
+    "invalid_json": "check the model of stages.{stage} (stages.{stage}.model): its replies are never JSON",
 }
 
 # Infrastructure trouble that outlived the retries but stayed under the circuit breaker.

@@ -119,7 +119,7 @@ def write_hub(
 ) -> dict:
     """Write the Hub folder for the given stages' final datasets; returns the card metadata.
 
-    params: `card` (export.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
+    params: `card` (export.settings.card), `max_file_mb`, `source` ({kind, dataset, subset}), `code_version`.
     ledger_path: the serving ledger (report/ledger.json), whose compute section the card shows.
     """
     from ..config import ExportCard

@@ -1,6 +1,6 @@
 """Upload the Hub-ready folder with `huggingface_hub` (`HfApi.create_repo` + `upload_folder`).
 
-The token comes from the environment variable named in `publish.token_env` and is registered
+The token comes from the environment variable named in `publish.run.token_env` and is registered
 with the log redactor; it never enters params, logs or the record. A dry run contacts nobody: it
 lists what would be uploaded (path, size, sha256) in the record and the job log.
 """
@@ -39,14 +39,16 @@ def folder_files(folder: str) -> list[dict]:
 def publish_folder(folder: str, params: dict, record_path: str) -> dict:
     """Upload `folder` as a dataset repo (or record what would be uploaded); returns the record.
 
-    params: the `publish` config section (repo_id, private, token_env, dry_run, endpoint,
-    revision, commit_message).
+    params: `publish.settings` and `publish.run` merged (repo_id, private, token_env, dry_run,
+    endpoint, revision, commit_message).
     """
-    from ..config import PublishConfig
+    from ..config import PublishParams
 
-    settings = PublishConfig.model_validate({k: v for k, v in params.items() if k in PublishConfig.model_fields})
+    settings = PublishParams.model_validate(params)
     if not settings.repo_id:
-        raise PublishError("publish.repo_id is not set: name the target dataset repository (e.g. my-org/longdoc-qa)")
+        raise PublishError(
+            "publish.settings.repo_id is not set: name the target dataset repository (e.g. my-org/longdoc-qa)"
+        )
     if not (Path(folder) / "README.md").is_file():
         raise PublishError(f"{folder} has no README.md: is it the Hub folder of the export?")
     files = folder_files(folder)
@@ -78,8 +80,8 @@ def publish_folder(folder: str, params: dict, record_path: str) -> dict:
     token = os.environ.get(settings.token_env)
     if not token:
         raise PublishError(
-            f"environment variable {settings.token_env} (publish.token_env) holds no Hub token; "
-            "export it, or set publish.dry_run: true to only record what would be uploaded"
+            f"environment variable {settings.token_env} (publish.run.token_env) holds no Hub token; "
+            "export it, or set publish.settings.dry_run: true to only record what would be uploaded"
         )
     register_secret(token)
     from huggingface_hub import HfApi

@@ -56,12 +56,12 @@ def dataset_inputs(config: dict, statuses: dict, results: str, shards: list[str]
 
 def dataset_settings(config: dict) -> dict:
     """The result-changing settings of a final dataset (rule params)."""
-    export = config["export"]
+    export = config["export"]["settings"]
     return {
         "filters": export["filters"],
         "dedup": export["dedup"],
         "split": export["split"],
-        "decontamination": config.get("decontamination") or {},
+        "decontamination": config["decontamination"]["settings"],
         "code_version": __version__,
     }
 
@@ -79,14 +79,14 @@ def hub_inputs(config: dict, statuses: dict, results: str, shards: list[str]) ->
 
 
 def hub_settings(config: dict) -> dict:
-    source = config["source"]
+    source = config["source"]["settings"]
     kind = source["kind"]
     described = {"kind": kind}
     if kind == "finepdfs":
         described.update(dataset=source["finepdfs"]["dataset"], subset=source["finepdfs"]["subset"])
     return {
-        "card": config["export"]["card"],
-        "max_file_mb": config["export"]["max_file_mb"],
+        "card": config["export"]["settings"]["card"],
+        "max_file_mb": config["export"]["settings"]["max_file_mb"],
         "source": described,
         "mix": mix_statement(config),
         "demo": bool(config.get("demo")),
@@ -95,11 +95,11 @@ def hub_settings(config: dict) -> dict:
 
 
 def mix_statement(config: dict) -> dict:
-    """`mix.target` and the question-type weights each exported QA stage ran with (for the card)."""
+    """`mix.settings.target` and the question-type weights each exported QA stage ran with (for the card)."""
     from ..plan import stage_config_section
     from ..stages import stage_config
 
-    target = (config.get("mix") or {}).get("target", "reference")
+    target = config["mix"]["settings"]["target"]
     weights = {}
     for stage in qa_stages():
         validated = stage_config(stage, stage_config_section(config, stage))
@@ -109,7 +109,7 @@ def mix_statement(config: dict) -> dict:
 
 
 def publish_settings(config: dict) -> dict:
-    return {k: v for k, v in config["publish"].items() if k != "enabled"}
+    return config["publish"]["settings"]
 
 
 def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
@@ -132,11 +132,10 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
 
 def report_settings(config: dict) -> dict:
     """Params of the figures: report settings and the judge threshold drawn on the histograms."""
-    report = config["report"]
     return {
-        "judge_score_bins": report["judge_score_bins"],
-        "min_judge_score": config["export"]["filters"]["min_judge_score"],
-        "min_verify_score": config["export"]["filters"]["min_verify_score"],
+        "judge_score_bins": config["report"]["settings"]["judge_score_bins"],
+        "min_judge_score": config["export"]["settings"]["filters"]["min_judge_score"],
+        "min_verify_score": config["export"]["settings"]["filters"]["min_verify_score"],
         "demo": bool(config.get("demo")),
         "code_version": __version__,
     }
@@ -169,8 +168,8 @@ def check_publish(config: dict) -> None:
         problems.append("export.layouts must include 'hub' (the folder that is uploaded)")
     if not config["export"]["enabled"]:
         problems.append("export.enabled must be true")
-    if not publish["repo_id"]:
-        problems.append("publish.repo_id must name the target dataset repository (e.g. my-org/longdoc-qa)")
+    if not publish["settings"]["repo_id"]:
+        problems.append("publish.settings.repo_id must name the target dataset repository (e.g. my-org/longdoc-qa)")
     if problems:
         raise ValueError("publish.enabled is true, but " + "; ".join(problems))
 

@@ -100,7 +100,7 @@ def next_command(summary: dict, low: list[dict], profile: str = "profiles/local"
         )
     if summary["skipped"]:
         return (
-            "give the skipped stages a model: stages.NAME.endpoint (base_url, model, api_key_env) or "
+            "give the skipped stages a model: models.ALIAS.endpoint (base_url, model, api_key_env) with stages.NAME.model: ALIAS, or "
             "serving.enabled: true in a --configfile; or try the whole pipeline on the samples: longdoc-sdg demo"
         )
     return f"snakemake --profile {profile} --report report.html   (then open report.html)"
@@ -164,7 +164,9 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
         lines += [
             "",
             "!" * 78,
-            (f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.min_ok_rows):"),
+            (
+                f"WARNING: {len(low)} stage(s) below the yield floor of {min_ok_rows} ok row(s) (summary.run.min_ok_rows):"
+            ),
         ]
         for s in low:
             lines.append(
@@ -176,9 +178,9 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
                 )
             )
         lines.append(
-            "  the run fails (summary.fail_below_floor: true)"
+            "  the run fails (summary.run.fail_below_floor: true)"
             if fail_below_floor
-            else "  set summary.fail_below_floor: true to make such a run fail"
+            else "  set summary.run.fail_below_floor: true to make such a run fail"
         )
         lines.append("!" * 78)
     if summary["demo"]:

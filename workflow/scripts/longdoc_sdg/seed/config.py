@@ -1,4 +1,7 @@
-"""Parameters of stage 01 (seed): rendering, downloads, worker limits, WARC fallback."""
+"""Parameters of stage 01 (seed). The config splits them in two: `seed.settings` change what
+the seed produces (rule params, a change reruns the seed and everything after it); `seed.run`
+only steers a run (downloads, sandbox limits, safety caps, PNG compression; read at job time, never a rerun
+trigger). A seed job works on both merged: `SeedParams`."""
 
 from __future__ import annotations
 
@@ -108,7 +111,9 @@ class WarcParams(_Strict):
     )
 
 
-class SeedParams(_Strict):
+class SeedSettings(_Strict):
+    """What the seed makes: pages and documents (rule params)."""
+
     dpi: float = Field(144.0, gt=0, le=1200, description="Render resolution in dots per inch (the reference uses 144).")
     max_pixels_per_page: int = Field(
         40_000_000,
@@ -117,13 +122,19 @@ class SeedParams(_Strict):
         description="Pixel budget per page (width x height). Pages larger than that at `dpi` are rendered at the "
         "highest lower DPI (a multiple of 0.25) that fits; the effective DPI is stored.",
     )
-    max_document_pages: int = Field(
-        2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
-    )
     gray_detection: bool = Field(
         True,
         description="Store a page as 8-bit gray PNG when every rendered pixel has R == G == B (lossless; smaller "
         "and faster).",
+    )
+    warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
+
+
+class SeedRun(_Strict):
+    """How a seed job runs: downloads, sandbox limits, safety caps (read at job time)."""
+
+    max_document_pages: int = Field(
+        2000, ge=1, description="Documents with more pages are refused as `too_large` (page-count bombs)."
     )
     png_compression_level: int = Field(
         1,
@@ -136,10 +147,18 @@ class SeedParams(_Strict):
     worker: WorkerParams = Field(
         default_factory=WorkerParams, description="Sandbox limits of the rendering worker processes."
     )
-    warc: WarcParams = Field(default_factory=WarcParams, description="Common Crawl WARC fallback for FinePDFs rows.")
+
+
+class SeedParams(SeedSettings, SeedRun):
+    """Both halves merged: what a seed job works with."""
 
 
 def load_params(params: dict | SeedParams | None) -> SeedParams:
     if isinstance(params, SeedParams):
         return params
     return SeedParams.model_validate(params or {})
+
+
+def seed_params(settings: dict, run: dict) -> SeedParams:
+    """A seed job's parameters from the config's `seed.settings` and `seed.run`."""
+    return SeedParams.model_validate({**settings, **run})

@@ -307,7 +307,7 @@ def _benchmark_files(bench: BenchmarkSource) -> list[tuple[str, Path]]:
     root = Path(bench.documents).expanduser()
     if not root.is_dir():
         raise ValueError(
-            f"decontamination.benchmarks[{bench.name}].documents: folder {str(root)!r} does not exist; "
+            f"decontamination.settings.benchmarks[{bench.name}].documents: folder {str(root)!r} does not exist; "
             "point it at the benchmark's PDFs"
         )
     found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf"]

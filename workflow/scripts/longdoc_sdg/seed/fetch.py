@@ -119,7 +119,7 @@ def _guarded_connect(policy: AddressPolicy, register, address, timeout, source_a
         detail = "; ".join(dict.fromkeys(refused)) or "no address"
         raise _BlockedAddress(
             f"host {host!r} resolves only to blocked addresses ({detail}); add the network to "
-            "seed.download.allowed_networks to fetch from it"
+            "seed.run.download.allowed_networks to fetch from it"
         )
     error: OSError | None = None
     for family, kind, proto, sockaddr in candidates:
@@ -230,7 +230,7 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         if urllib.parse.urlsplit(newurl).scheme.lower() not in _ALLOWED_SCHEMES:
             raise SeedFailure("bad_url", f"redirect to a non-http(s) URL {newurl[:200]!r}")
         if len(getattr(req, "redirect_dict", {})) >= self.limit:
-            raise SeedFailure("http_error", f"more than {self.limit} redirects: raise seed.download.max_redirects")
+            raise SeedFailure("http_error", f"more than {self.limit} redirects: raise seed.run.download.max_redirects")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -277,7 +277,7 @@ def _classify_network_error(error) -> Exception:
     if isinstance(error, _BlockedAddress):
         return SeedFailure("blocked_address", str(error))
     if isinstance(error, (socket.timeout, TimeoutError)):
-        return _Transient("timeout", f"no answer within seed.download.timeout_s ({error})")
+        return _Transient("timeout", f"no answer within seed.run.download.timeout_s ({error})")
     if isinstance(error, socket.gaierror):
         return SeedFailure("http_error", f"host name does not resolve ({error})")
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -294,9 +294,9 @@ def _with_retries(action, params: DownloadParams, what: str):
     for number in range(attempts):
         left = url_deadline - time.monotonic()
         if left <= params.deadline_s:
-            seconds, setting = max(0.001, left), "seed.download.url_deadline_s"
+            seconds, setting = max(0.001, left), "seed.run.download.url_deadline_s"
         else:
-            seconds, setting = params.deadline_s, "seed.download.deadline_s"
+            seconds, setting = params.deadline_s, "seed.run.download.deadline_s"
         try:
             with _Attempt(policy, seconds, setting) as attempt:
                 try:
@@ -319,7 +319,7 @@ def _stream_body(
     params: DownloadParams,
     attempt: _Attempt,
     limit: int | None = None,
-    setting: str = "seed.download.max_bytes",
+    setting: str = "seed.run.download.max_bytes",
 ):
     """Yield the body in chunks as they arrive, enforcing the byte cap, the minimum transfer
     rate and the declared length (a body cut short is worth another try)."""
@@ -334,7 +334,7 @@ def _stream_body(
         try:
             chunk = response.read1(_CHUNK)
         except (socket.timeout, TimeoutError) as error:
-            raise _Transient("timeout", f"read timed out after seed.download.timeout_s ({error})") from None
+            raise _Transient("timeout", f"read timed out after seed.run.download.timeout_s ({error})") from None
         except (OSError, http.client.HTTPException) as error:
             raise _Transient("http_error", f"connection broke mid-body ({type(error).__name__}: {error})") from None
         attempt.check()
@@ -350,7 +350,7 @@ def _stream_body(
             raise _Transient(
                 "timeout",
                 f"transfer too slow ({total / elapsed:.0f} B/s over {elapsed:.0f}s, below "
-                f"seed.download.min_bytes_per_s={params.min_bytes_per_s:g})",
+                f"seed.run.download.min_bytes_per_s={params.min_bytes_per_s:g})",
             )
         yield chunk
 
@@ -419,7 +419,9 @@ def inflate_capped(data: bytes, wbits: int, cap: int, what: str) -> bytes:
     except zlib.error as error:
         raise SeedFailure("corrupt", f"{what} does not decompress: {error}") from None
     if len(out) > cap:
-        raise SeedFailure("too_large", f"{what} inflates past the cap of {cap} bytes: raise seed.download.max_bytes")
+        raise SeedFailure(
+            "too_large", f"{what} inflates past the cap of {cap} bytes: raise seed.run.download.max_bytes"
+        )
     if not inflater.eof:
         raise SeedFailure("corrupt", f"{what} ends before its compressed stream does")
     return out
@@ -458,7 +460,7 @@ def parse_warc_response(record: bytes | bytearray, max_bytes: int = 200 * 1024 *
     if len(body) > max_bytes:
         raise SeedFailure(
             "too_large",
-            f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.download.max_bytes",
+            f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.run.download.max_bytes",
         )
     return body
 
@@ -500,7 +502,9 @@ def fetch_warc_record(extra: dict, dest: str | os.PathLike, params: SeedParams) 
                 except zlib.error as error:
                     raise SeedFailure("corrupt", f"WARC member at offset {offset} is not gzip: {error}") from None
                 if len(record) > limit:
-                    raise SeedFailure("too_large", f"WARC record exceeds {limit} bytes: raise seed.download.max_bytes")
+                    raise SeedFailure(
+                        "too_large", f"WARC record exceeds {limit} bytes: raise seed.run.download.max_bytes"
+                    )
                 if inflater.eof:
                     break
             if not inflater.eof:
@@ -559,7 +563,7 @@ def check_local_row(row: dict) -> Path:
         root = path.parents[len(PurePosixPath(relative).parts) - 1]
         problem = local_entry_problem(path, root, extra.get("symlinks", "inside"))
         if problem:
-            raise SeedFailure("refused_entry", f"{relative} in source.local.path: {problem}")
+            raise SeedFailure("refused_entry", f"{relative} in source.settings.local.path: {problem}")
     return path
 
 

@@ -191,13 +191,13 @@ class WorkerPool:
             answer.update(
                 reason="timeout",
                 message=f"worker exceeded the wall-clock limit ({limit:.0f}s) and was killed: "
-                "raise seed.worker.cpu_seconds_per_page or cpu_seconds_base",
+                "raise seed.run.worker.cpu_seconds_per_page or cpu_seconds_base",
             )
         elif returncode == -signal.SIGXCPU:
             answer.update(
                 reason="timeout",
                 message=f"worker exceeded its CPU limit of {task['cpu_limit_s']:.0f}s: "
-                "raise seed.worker.cpu_seconds_per_page or cpu_seconds_base",
+                "raise seed.run.worker.cpu_seconds_per_page or cpu_seconds_base",
             )
         elif returncode < 0:
             answer.update(reason="crashed", message=f"worker died with {_signal_name(-returncode)}")

@@ -72,7 +72,7 @@ def _mupdf_warnings() -> str:
 # (N x M bytes) failed", "out of memory", ...): under the worker's memory limit that is the
 # document being too large, not broken.
 _MEMORY_TEXT = re.compile(r"\b(?:m|c|re)alloc\b|out of memory|cannot allocate|memory limit|too large", re.IGNORECASE)
-MEMORY_ADVICE = "raise seed.worker.memory_mb or lower seed.max_pixels_per_page"
+MEMORY_ADVICE = "raise seed.run.worker.memory_mb or lower seed.settings.max_pixels_per_page"
 
 
 def _is_memory_error(error: BaseException) -> bool:
@@ -232,7 +232,7 @@ def render_page(page: pymupdf.Page, options: RenderOptions) -> RenderedPage:
         size = f"{bounds.width:.0f}x{bounds.height:.0f} pt"
         raise SeedFailure(
             "too_large",
-            f"page {page.number + 1} ({size}) does not fit the pixel budget even at 1 DPI: raise seed.max_pixels_per_page",
+            f"page {page.number + 1} ({size}) does not fit the pixel budget even at 1 DPI: raise seed.settings.max_pixels_per_page",
         )
     keep_alive, rgb, verdict = rasterise(display_list, dpi / 72.0)
     pixels = rgb

@@ -91,7 +91,10 @@ def run_task(task: dict) -> dict:
         answer.update(ok=False, reason=failure.reason, message=failure.message)
     except MemoryError:
         answer.update(
-            ok=False, reason="too_large", message="worker memory limit reached: raise seed.worker.memory_mb", fatal=True
+            ok=False,
+            reason="too_large",
+            message="worker memory limit reached: raise seed.run.worker.memory_mb",
+            fatal=True,
         )
     answer["cpu_s"] = round(_cpu_used() - started, 3)
     return answer

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..io import get_logger, register_secret
+from ..io import get_logger
 from ..registry import handler_stages, load_handler
 from .base import Plan, RowCalls, RowTask, Stage, StageContext, arrow_schema, config_hash, load_template
 from .ocr import PDF_TEXT_MODEL
@@ -60,17 +60,13 @@ class EndpointSettings(BaseModel):
 
 
 def make_engine(endpoint: dict):
+    from ..endpoints import read_api_key
     from ..engine import BreakerConfig, ChatEngine, ConcurrencyConfig, EndpointConfig, RetryConfig
 
     settings = EndpointSettings.model_validate(endpoint)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if settings.api_key_env:
-        key = os.environ.get(settings.api_key_env)
-        if not key:
-            raise ValueError(
-                f"endpoint {settings.base_url}: environment variable {settings.api_key_env} (the API key) is not set"
-            )
-        register_secret(key, f"the API key in environment variable {settings.api_key_env}")
+        key = read_api_key(settings.api_key_env, f"endpoint {settings.base_url} (model {settings.model})")
     config = EndpointConfig(
         base_url=settings.base_url,
         model=settings.model,

@@ -19,7 +19,7 @@ import pytest
 from longdoc_sdg.serve import Deployment
 from longdoc_sdg.serve.procs import proc_start_time
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("LONGDOC_VLLM_VENV", REPO / ".venv-vllm"))
 
 SHIM = r"""

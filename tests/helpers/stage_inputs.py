@@ -19,7 +19,7 @@ from longdoc_sdg.ids import stable_id
 from longdoc_sdg.seed.shard import PAGES_SCHEMA
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PDF_DIRS = (REPO / "resources" / "sample_pdfs", REPO / "tests" / "data" / "real_pdfs")
 
 PAGE_SCHEMA = PAGES_SCHEMA  # the seed's own pages table layout

@@ -1,0 +1,10 @@
+"""Snakemake entry point of the manifest checkpoint; the work is in longdoc_sdg.manifest."""
+
+import os
+
+from longdoc_sdg.io import get_logger, setup_job_logging
+from longdoc_sdg.manifest import write_index
+
+setup_job_logging(snakemake.log[0])
+index = write_index(os.path.dirname(snakemake.output[0]), snakemake.params.source, snakemake.params.documents_per_shard)
+get_logger("manifest").info("%d shard(s) in the manifest", len(index["shards"]))
