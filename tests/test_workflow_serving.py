@@ -340,6 +340,51 @@ def test_forced_shard_gets_a_server(served_run, tmp_path):
     assert_unpublished(workdir)
 
 
+def test_server_left_by_a_killed_run_is_forgotten_and_its_clients_serve_again(served_run, tmp_path):
+    """A SIGKILLed run leaves its server published though it is gone: this run's DAG plans no
+    serve job (the runtime file exists); onstart forgets the dead server, the client serves the
+    deployment itself, `served` and teardown stop it."""
+    done, _, _, _ = served_run
+    workdir = tmp_path / "work"
+    shutil.copytree(done, workdir, symlinks=True)
+    shard = sorted(shard_pages(workdir))[0]
+    (workdir / "results" / "ocr" / f"{shard}.parquet").unlink()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    instance = "killed-run"
+    runtime_file(workdir).write_text(json.dumps({"instance": instance, "base_url": "http://127.0.0.1:9/v1"}))
+    record = serve_dir(workdir) / "servers" / f"{DEPLOYMENT}.json"
+    record.parent.mkdir(exist_ok=True)
+    replica = {"index": 0, "instance": instance, "pid": gone.pid, "pgid": gone.pid, "start_time": 1}
+    replica["bound_path"] = str(serve_dir(workdir) / "ghost.bound.json")
+    record.write_text(
+        json.dumps(
+            {
+                "launcher": "local",
+                "deployment": DEPLOYMENT,
+                "instance": instance,
+                "stop_grace_s": 0,
+                "runtime_path": str(runtime_file(workdir)),
+                "heartbeat_path": f"{runtime_file(workdir)}.heartbeat",
+                "sentinel_path": str(serve_dir(workdir) / f"{DEPLOYMENT}.sentinel.json"),
+                "record_path": str(record),
+                "replicas": [replica],
+            }
+        )
+    )
+    dry = snakemake(workdir, "-n")
+    assert "serve" not in planned_jobs(dry.stdout) and planned_jobs(dry.stdout).get("ocr") == 1, dry.stdout[-3000:]
+    result = snakemake(workdir)
+    text = output_of(result)
+    assert result.returncode == 0, text[-6000:]
+    assert "servers of an earlier run are gone, will serve again: fake-vllm" in text
+    client_log = (workdir / "results" / "logs" / "ocr" / f"{shard}.log").read_text()
+    assert "no serve job of this run started it; serving it here" in client_log
+    table = pq.read_table(workdir / "results" / "ocr" / f"{shard}.parquet")
+    assert table.num_rows == shard_pages(workdir)[shard] and set(table.column("status").to_pylist()) == {"ok"}
+    assert_unpublished(workdir)
+
+
 def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
     template, pdf_dir = seeded
     workdir = workdir_from(

@@ -92,6 +92,7 @@ def snakemake(workdir: Path, profile: str, timeout: int, *args: str) -> subproce
         "60",
         str(timeout),
         "snakemake",
+        *args,  # first: --configfile takes every word after it
         "--profile",
         str(REPO / "profiles" / profile),
         "--snakefile",
@@ -100,7 +101,6 @@ def snakemake(workdir: Path, profile: str, timeout: int, *args: str) -> subproce
         str(workdir),
         "--configfile",
         str(workdir / "config.yaml"),
-        *args,
     ]
     # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
     return subprocess.run(
