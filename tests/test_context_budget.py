@@ -260,14 +260,12 @@ def test_whole_document_rows_downscaled_or_failed_before_sending(tmp_path):
 
 def test_served_deployment_sets_the_limit_and_pixel_bounds():
     from conftest import REPO
-    from longdoc_sdg.endpoints import deployment_context
+    from longdoc_sdg.engine.budget import deployment_hint
+    from longdoc_sdg.serve import load_deployment
 
-    name = "qwen3-vl-235b-thinking"
     args = ["--limit-mm-per-prompt", '{"video": 0}', "--mm-processor-kwargs", '{"max_pixels": 1003520}']
-    config = {
-        "serving": {"deployments_dir": str(REPO / "config" / "deployments"), "overrides": {name: {"extra_args": args}}}
-    }
-    hint = deployment_context(config, name)
+    path = REPO / "config" / "deployments" / "qwen3-vl-235b-thinking.yaml"
+    hint = deployment_hint(load_deployment(path, {"extra_args": args}))
     assert hint == {
         "max_model_len": 50000,
         "model": "Qwen/Qwen3-VL-235B-A22B-Thinking-FP8",
