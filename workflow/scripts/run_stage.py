@@ -3,7 +3,7 @@
 import time
 
 from longdoc_sdg import progress
-from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
+from longdoc_sdg.endpoints import deployment_context, keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.plan import stage_config_section
 from longdoc_sdg.stages import run_stage
@@ -19,6 +19,9 @@ endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config, stage)
 if endpoint is not None:
     for key in ("concurrency", "retry", "error_budget", "request_timeout_s"):
         endpoint[key] = run[key]
+    if snakemake.params.endpoint["mode"] == "serve":
+        # The deployment's context length and model size each request's context budget.
+        endpoint["context"] = deployment_context(snakemake.config, snakemake.params.endpoint["deployment"])
 # Result-changing settings come from params (validated, hashed); run-only stage fields (e.g.
 # image transport) from the config.
 params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])
