@@ -4,7 +4,7 @@ import contextlib
 import time
 
 from longdoc_sdg import progress
-from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
+from longdoc_sdg.endpoints import deployment_context, keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.plan import stage_config_section
 from longdoc_sdg.stages import run_stage, stage_needs_endpoint
@@ -28,6 +28,9 @@ if endpoint is not None:
     for key in ("concurrency", "retry", "error_budget"):
         endpoint[key] = settings[key]
     endpoint["request_timeout_s"] = settings["endpoint"]["request_timeout_s"]
+    if snakemake.params.endpoint["mode"] == "serve":
+        # The deployment's context length and model size each request's context budget.
+        endpoint["context"] = deployment_context(snakemake.config, snakemake.params.endpoint["deployment"])
 
 with keep_server_alive(snakemake.params.endpoint) if uses_model else contextlib.nullcontext():
     run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
