@@ -47,6 +47,16 @@ def seed_table(table):
 SOURCE_EXCLUSIONS = f"{RESULTS}/seed/exclusions.parquet"
 
 
+def get_fingerprint_settings():
+    """The seed settings a source fingerprint depends on (not the rendering ones: a new DPI
+    reseeds without fingerprinting again)."""
+    return {
+        key: config["seed"][key]
+        for key in ("max_document_pages", "worker")
+        if key in config["seed"]
+    }
+
+
 def get_fingerprint_tables(wildcards):
     """Every shard's source fingerprints, in shard order (the cross-shard screen's input)."""
     return [f"{RESULTS}/seed/{shard}/fingerprints.parquet" for shard in SHARDS]

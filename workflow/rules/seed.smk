@@ -17,7 +17,7 @@ rule fingerprint:
         mem_mb=4000,
         runtime=60,
     params:
-        seed=config["seed"],
+        seed=get_fingerprint_settings(),
         decontamination=config["decontamination"],
         code_version=run_plan.__version__,
     script:

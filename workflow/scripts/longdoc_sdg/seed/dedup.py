@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..io import get_logger, write_parquet_atomic
 from .config import load_params
-from .decontaminate import BenchmarkIndex, file_sha256, load_config, load_index
+from .decontaminate import BenchmarkIndex, file_sha256, hamming, load_config, load_index
 from .errors import SeedFailure
 from .fetch import materialise
 from .pool import WorkerPool
@@ -42,6 +42,7 @@ FINGERPRINTS_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("url", pa.string()),
         ("sha256", pa.string()),  # null: not screened across shards (a download, or unreadable)
+        ("pages", pa.int64()),
         ("words", pa.int64()),
         ("minhash", pa.list_(pa.uint64())),
         ("image_hashes", pa.list_(pa.string())),
@@ -122,7 +123,7 @@ def fingerprint_shard(manifest_path: str, output: str, seed_params: dict, decont
             task, answer = outcome
             row = found[running.pop(task["task_id"])]
             if answer.get("ok"):
-                row.update(answer["fingerprint"])
+                row.update(answer["fingerprint"], pages=answer["page_count"])
             else:  # still screened by its bytes; the seed reports the document's problem
                 row["note"] = f"{answer.get('reason', 'crashed')}: {str(answer.get('message'))[:300]}"
     finally:
@@ -143,12 +144,45 @@ def _fingerprint(row: dict) -> dict:
     return {"words": row["words"] or 0, "minhash": row["minhash"], "image_hashes": row["image_hashes"] or []}
 
 
+class _ImageOnlyIndex:
+    """Kept documents without any text layer, by page count: a scan is a near-duplicate of
+    another when both have as many pages and their first pages hash alike. Documents with a
+    little text are left to sha256: mostly white pages hash alike whatever their few words."""
+
+    def __init__(self, max_distance: int):
+        self.max_distance = max_distance
+        self.by_pages: dict[int, list[tuple[str, list[int]]]] = collections.defaultdict(list)
+
+    @staticmethod
+    def _key(row: dict) -> tuple[int, list[int]] | None:
+        if row["words"] != 0 or not row["image_hashes"] or not row["pages"]:
+            return None
+        return row["pages"], [int(h) for h in row["image_hashes"]]
+
+    def match(self, row: dict) -> tuple[str, str] | None:
+        key = self._key(row)
+        if key is None:
+            return None
+        pages, hashes = key
+        for doc_id, theirs in self.by_pages[pages]:
+            distances = [hamming(a, b) for a, b in zip(hashes, theirs)]
+            if distances and max(distances) <= self.max_distance:
+                return doc_id, f"{pages} pages without text, first {len(distances)} within {max(distances)} bits"
+        return None
+
+    def add(self, row: dict) -> None:
+        key = self._key(row)
+        if key is not None:
+            self.by_pages[key[0]].append((row["doc_id"], key[1]))
+
+
 def screen_sources(fingerprint_tables: list[str], output: str, decontamination: dict, cache_dir: str) -> dict:
     """Write the exclusions of every shard. `fingerprint_tables`: one per shard, in shard order
     (the file's parent folder is the shard name)."""
     cfg = load_config(decontamination)
     benchmarks = load_index(cfg, cache_dir) if cfg.enabled else None
-    kept = BenchmarkIndex(cfg)  # the documents kept so far, indexed like a benchmark
+    kept = BenchmarkIndex(cfg)  # the documents kept so far (bytes and text), indexed like a benchmark
+    kept_scans = _ImageOnlyIndex(cfg.image_max_distance)
     kept_source: dict[str, str] = {}
     exclusions = []
     documents = 0
@@ -168,19 +202,22 @@ def screen_sources(fingerprint_tables: list[str], output: str, decontamination: 
                 if match:
                     exclusions.append((row, shard, "contaminated", match.message(), None))
                     continue
+            text_only = {**fp, "image_hashes": []}
             same = kept.match_sha(row["sha256"])
-            near = None if same else kept.match_fingerprint(fp)
-            if same or near:
-                other = (same or near).file
+            near = None if same else kept.match_fingerprint(text_only)
+            scan = None if same or near else kept_scans.match(row)
+            if same or near or scan:
+                other = (same or near).file if same or near else scan[0]
                 if same:
                     message = f"same content (sha256 {row['sha256'][:16]}) as document {other} ({kept_source[other]})"
-                elif near.how == "text":
+                elif near:
                     message = f"near-duplicate text of document {other} ({kept_source[other]}): {near.detail}"
                 else:
-                    message = f"same first pages as document {other} ({kept_source[other]}): {near.detail}"
+                    message = f"same first pages as document {other} ({kept_source[other]}): {scan[1]}"
                 exclusions.append((row, shard, "duplicate", message + ", which is kept", other))
                 continue
-            kept.add("source", row["doc_id"], row["sha256"], fp)
+            kept.add("source", row["doc_id"], row["sha256"], text_only)
+            kept_scans.add(row)
             kept_source[row["doc_id"]] = row["source"]
     table = pa.Table.from_pylist(
         [
