@@ -6,7 +6,8 @@ Two jobs, so that a decision can look at every shard before any shard renders:
    perceptual hashes of the first pages), computed in the sandboxed seed workers.
 2. `screen_sources` (one job over all shards): walks the shards in order, documents in manifest
    order, and excludes a document that matches a benchmark (`contaminated`) or a document kept
-   before it (`duplicate`: same bytes, or near-duplicate text or first pages), naming the match.
+   before it (`duplicate`: same bytes, near-duplicate text, or for a scan without any text the
+   same page count and first pages), naming the match.
 
 The seed job of a shard reads the exclusions and turns each into a failure row before fetching.
 Decisions depend only on a document and those before it, so adding documents (new shards at
