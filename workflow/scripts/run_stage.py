@@ -3,7 +3,7 @@
 import time
 
 from longdoc_sdg import progress
-from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
+from longdoc_sdg.endpoints import deployment_context, keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.plan import stage_config_section
 from longdoc_sdg.stages import run_stage
@@ -21,6 +21,9 @@ if endpoint is not None:
     for key in ("concurrency", "retry", "error_budget"):
         endpoint[key] = settings[key]
     endpoint["request_timeout_s"] = settings["endpoint"]["request_timeout_s"]
+    if snakemake.params.endpoint["mode"] == "serve":
+        # The deployment's context length and model size each request's context budget.
+        endpoint["context"] = deployment_context(snakemake.config, snakemake.params.endpoint["deployment"])
 # Result-changing settings come from params; steering-only ones (e.g. image transport) from
 # the config, so changing those never reruns finished shards.
 params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])

@@ -12,6 +12,7 @@ CONTENT_REASONS = (
     "invalid_json",  # structured output requested, content is not strict JSON
     "schema_invalid",  # JSON that does not validate against the closed schema
     "bad_request",  # HTTP 400/413/422: this request can never succeed unchanged
+    "context_too_long",  # prompt + images + max_tokens over max_model_len even at the floor resolution; not sent
 )
 # When every row of a shard fails with one of these, the shard's job fails instead of writing a
 # shard of failures: the cause is a setting, named here ({stage} filled in).

@@ -100,7 +100,9 @@ class FakeServerConfig:
     seed: int = 0
     # how long a "timeout" fault stalls before answering (client should give up first)
     hang_s: float = 30.0
-    max_model_len: int = 8192
+    # listed by /v1/models as vLLM does (a Qwen3-VL's native context by default); the fake
+    # never enforces it: clients must keep their requests inside it
+    max_model_len: int = 262144
     healthy: bool = True
     # a misbehaving endpoint or proxy quoting the request's Authorization header in error bodies
     echo_key_in_errors: bool = False
@@ -748,6 +750,7 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request while holding a slot")
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=262144, help="as vLLM: listed by /v1/models")
     parser.add_argument("--reasoning", action="store_true")
     parser.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=SHARE")
@@ -839,6 +842,7 @@ def main(argv: list[str] | None = None) -> None:
         api_key=api_key,
         latency_s=args.latency,
         max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
         reasoning=args.reasoning,
         reasoning_field=args.reasoning_field,
         faults=faults,
