@@ -256,3 +256,48 @@ def test_whole_document_rows_downscaled_or_failed_before_sending(tmp_path):
     }
     page = summary_html(report)
     assert "Image resolution sent per stage" in page and f"{small['image_pixels']:,}" in page
+
+
+def test_served_deployment_sets_the_limit_and_pixel_bounds():
+    from conftest import REPO
+    from longdoc_sdg.engine.budget import deployment_hint
+    from longdoc_sdg.serve import load_deployment
+
+    args = ["--limit-mm-per-prompt", '{"video": 0}', "--mm-processor-kwargs", '{"max_pixels": 1003520}']
+    path = REPO / "config" / "deployments" / "qwen3-vl-235b-thinking.yaml"
+    hint = deployment_hint(load_deployment(path, {"extra_args": args}))
+    assert hint == {
+        "max_model_len": 50000,
+        "model": "Qwen/Qwen3-VL-235B-A22B-Thinking-FP8",
+        "mm_processor_kwargs": {"max_pixels": 1003520},
+    }
+    # The card of a server started without --max-model-len would list the model's own 262,144.
+    card = {"id": hint["model"], "root": hint["model"], "max_model_len": 262144}
+    budget = budget_for_endpoint(card, hint, hint["model"], 500_000)
+    assert budget.max_model_len == 50000 and budget.family.max_pixels == 1003520
+    # 1224 x 1584 px = 1.93 x the cap: beta = 1.38997; 1224/1.39/32 = 27.5 -> 27,
+    # 1584/1.39/32 = 35.6 -> 35: 27*35 + 2 tokens
+    assert budget.family.image_tokens(*LETTER_144DPI) == 947
+
+
+def test_every_row_too_long_fails_the_job_naming_the_settings(tmp_path):
+    from longdoc_sdg.engine.errors import AllRowsFailed
+
+    pdfs = real_pdfs()
+    if not pdfs:
+        pytest.skip("needs a PDF in resources/sample_pdfs")
+    seed = build_seed(tmp_path / "seed", pdfs[:1], max_pages=4)
+    server = TaggedFakeServer(max_model_len=4096)
+    server.start()
+    try:
+        endpoint = {"base_url": server.base_url, "model": "fake-model", "request_timeout_s": 10}
+        journal = tmp_path / "j.jsonl"
+        out = tmp_path / "single_page_qa" / "00000.parquet"
+        # The default max_tokens (16,384) alone is over the 4,096 the endpoint lists.
+        with pytest.raises(AllRowsFailed, match="context_too_long: .*stages.single_page_qa.max_tokens"):
+            run_stage("single_page_qa", {"pages": seed["pages"]}, str(out), {}, endpoint, 1, str(journal))
+        assert server.stats()["requests"] == 0
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert len(lines) == 4 and {r["failure_reason"] for r in lines} == {"context_too_long"}  # kept in the journal

@@ -63,26 +63,10 @@ def deployment_gpus(config: dict, name: str) -> int:
 
 
 def deployment_context(config: dict, name: str) -> dict[str, Any]:
-    """What the client's context budget takes from a deployment (engine/budget.py): its
-    --max-model-len, its model (path or handle: the image-token family) and the pixel bounds of
-    any --mm-processor-kwargs in its extra_args."""
-    import json
+    """What the client's context budget takes from deployment NAME (engine/budget.py)."""
+    from .engine.budget import deployment_hint
 
-    dep = _deployment(config, name)
-    kwargs = None
-    args = list(dep.extra_args)
-    for i, arg in enumerate(args):
-        value = None
-        if arg == "--mm-processor-kwargs" and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--mm-processor-kwargs="):
-            value = arg.partition("=")[2]
-        if value is not None:
-            try:
-                kwargs = json.loads(value)
-            except ValueError:
-                kwargs = None
-    return {"max_model_len": dep.max_model_len, "model": dep.model, "mm_processor_kwargs": kwargs}
+    return deployment_hint(_deployment(config, name))
 
 
 def deployment_identity(config: dict, name: str) -> dict[str, str]:

@@ -297,6 +297,26 @@ class ContextBudget:
         return Fit(chosen, low, text + self._image_tokens(chosen))
 
 
+def deployment_hint(deployment: Any) -> dict[str, Any]:
+    """What a served deployment (longdoc_sdg.serve.Deployment) says about its context: its
+    --max-model-len, its model (path or handle: the image-token family) and the pixel bounds of
+    any --mm-processor-kwargs in its extra_args."""
+    kwargs = None
+    args = list(deployment.extra_args)
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--mm-processor-kwargs" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--mm-processor-kwargs="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            try:
+                kwargs = json.loads(value)
+            except ValueError:
+                kwargs = None
+    return {"max_model_len": deployment.max_model_len, "model": deployment.model, "mm_processor_kwargs": kwargs}
+
+
 def budget_for_endpoint(
     card: dict | None, hint: dict | None, served_name: str | None, min_image_pixels: int
 ) -> ContextBudget:
@@ -465,6 +485,7 @@ __all__ = [
     "ContextBudget",
     "ContextTooLong",
     "budget_for_endpoint",
+    "deployment_hint",
     "Fit",
     "RequestFitter",
     "RowImages",
