@@ -145,3 +145,56 @@ def test_a_later_copy_is_screened_without_reseeding_earlier_shards(deduplicated)
     kept = [r for shard in SHARDS for r in _table(seed / shard / "documents.parquet") if _name(r) == "zoo-design.pdf"]
     assert kept and kept[0]["doc_id"] in failure["message"]
     assert _table(seed / "00004" / "documents.parquet") == []
+
+
+def test_screen_prefers_contaminated_to_duplicate_and_keeps_the_first_listed(tmp_path):
+    """Two copies of a benchmark document in two shards are both `contaminated` (the first is
+    never "kept" for the second to duplicate); of two copies of a plain document the one in the
+    earlier shard is kept."""
+    import pyarrow as pa
+
+    from longdoc_sdg.seed.dedup import fingerprint_shard, screen_sources
+    from test_decontamination import benchmark_pdf
+
+    bench, source = tmp_path / "bench", tmp_path / "source"
+    bench.mkdir()
+    source.mkdir()
+    benchmark_pdf(bench / "report.pdf", seed=7)
+    benchmark_pdf(source / "plain.pdf", seed=8)
+    shutil.copy(bench / "report.pdf", source / "renamed.pdf")
+    with pymupdf.open(bench / "report.pdf") as doc:
+        doc.set_metadata({"title": "other"})
+        doc.save(source / "resaved.pdf", garbage=4, deflate=True, clean=True)
+    shutil.copy(source / "plain.pdf", source / "plain-copy.pdf")
+    shards = {"00000": ["renamed.pdf", "plain.pdf"], "00001": ["resaved.pdf", "plain-copy.pdf"]}
+    decontamination = {"benchmarks": [{"name": "Bench", "documents": str(bench)}]}
+    tables = []
+    for shard, names in shards.items():
+        rows = [
+            {
+                "doc_id": name,
+                "source_kind": "local",
+                "source": str(source / name),
+                "url": None,
+                "date": None,
+                "extra": "{}",
+            }
+            for name in names
+        ]
+        manifest = tmp_path / f"{shard}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), manifest)
+        tables.append(str(tmp_path / "seed" / shard / "fingerprints.parquet"))
+        fingerprint_shard(str(manifest), tables[-1], {}, decontamination, threads=1)
+    out = tmp_path / "seed" / "exclusions.parquet"
+    summary = screen_sources(tables, str(out), decontamination, str(tmp_path / "cache"))
+
+    excluded = {r["doc_id"]: r for r in _table(out)}
+    assert summary == {"documents": 4, "excluded": {"contaminated": 2, "duplicate": 1}}
+    assert {name: r["reason"] for name, r in excluded.items()} == {
+        "renamed.pdf": "contaminated",
+        "resaved.pdf": "contaminated",
+        "plain-copy.pdf": "duplicate",
+    }
+    assert "report.pdf of benchmark Bench by sha256" in excluded["renamed.pdf"]["message"]
+    assert "report.pdf of benchmark Bench by text" in excluded["resaved.pdf"]["message"]
+    assert excluded["plain-copy.pdf"]["kept_doc_id"] == "plain.pdf" and excluded["plain-copy.pdf"]["shard"] == "00001"

@@ -368,3 +368,39 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
         time.sleep(0.5)
     assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == 1
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == small["prompt_tokens"]
+
+    # The image-token estimate is exact for this family: what one image adds to the server's
+    # prompt count, for a page over the processor's pixel cap, one under it, and a downscaled
+    # size on the 28-pixel token grid.
+    for size in ((1224, 1584), (300, 200), (364, 476)):
+        assert _image_prompt_tokens(vllm_endpoint, size) == family.image_tokens(*size), size
+
+
+def _image_prompt_tokens(base_url: str, size: tuple[int, int]) -> int:
+    """Prompt tokens one image of `size` adds to a one-line request on the real server."""
+    import base64
+    import io
+    import json
+    import urllib.request
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 200, 200)).save(buffer, format="PNG")
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()},
+    }
+
+    def prompt_tokens(parts: list[dict]) -> int:
+        body = {"model": SERVED, "messages": [{"role": "user", "content": parts}], "max_tokens": 1, **NO_THINKING}
+        request = urllib.request.Request(
+            base_url + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {VLLM_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())["usage"]["prompt_tokens"]
+
+    text = {"type": "text", "text": "Describe it."}
+    return prompt_tokens([image, text]) - prompt_tokens([text])
