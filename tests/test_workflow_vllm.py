@@ -1,8 +1,9 @@
 """The workflow against a REAL vLLM (CPU build, tiny random-weight VLM built by the test).
 
 Its text is noise: these tests assert shapes, schema validity, usage and row accounting, never
-wording. 1) stages 02-09 end to end with manual endpoints (judge key from an env var);
-2) the local profile serving the deployment itself, then tearing it down."""
+wording. Stages 02-09 end to end with manual endpoints (judge key from an env var), evaluate and
+verify against the same server. The workflow serving the deployment itself: locally in
+test_workflow_vllm_replicas.py (two replicas, one killed), under Slurm in test_workflow_slurm.py."""
 
 from __future__ import annotations
 
@@ -20,11 +21,9 @@ from helpers.vllm_config import (
     GUIDED_JSON,
     NO_THINKING,
     base_config,
-    serving_config,
     shortest_pdfs,
     tiny_model_stage_settings,
 )
-from helpers.workflow import planned_jobs
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 
 QA_STAGES = qa_stages()
@@ -124,46 +123,6 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     assert all(outcomes[stage] > 0 for stage in MODEL_STAGES), str(outcomes)
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and VLLM_KEY.encode() in p.read_bytes()]
     assert leaks == []
-
-
-def vllm_processes() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
-def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
-    _, model_dir, _ = tiny_vlm
-    before = vllm_processes()
-    config = serving_config(tmp_path, shortest_pdfs(real_pdfs, 1), "local", model_dir)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-
-    manifest = run(tmp_path, "--profile", str(REPO / "profiles" / "local"), "results/manifest/index.json")
-    assert manifest.returncode == 0, manifest.stderr
-    dry = run(tmp_path, "--profile", str(REPO / "profiles" / "local"), "-n")
-    assert dry.returncode == 0, dry.stderr
-    jobs = planned_jobs(dry.stdout)
-    assert {rule: jobs.get(rule) for rule in ("ocr", "seed", "serve", "single_page_qa")} == {
-        "ocr": 1,
-        "seed": 1,
-        "serve": 1,
-        "single_page_qa": 1,
-    }
-    assert vllm_processes() == before, "a dry run must not start a server"
-
-    result = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
-    for stage in ("ocr", "single_page_qa"):
-        assert pq.read_table(tmp_path / "results" / stage / "00000.parquet").num_rows > 0
-    assert vllm_processes() == before, "the server outlived the run"
-    # Unpublished: no runtime file; the sentinel (identity only) stays as clients' ancient input.
-    assert not list((tmp_path / "results" / "serve").glob("*.runtime.json"))
-
-    again = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))
-    assert again.returncode == 0
-    assert "Nothing to be done" in again.stdout + again.stderr
-    # A run with everything done starts no server.
-    assert "localrule serve" not in again.stdout + again.stderr
-    assert vllm_processes() == before
 
 
 def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys):

@@ -55,13 +55,12 @@ _servers_checked = []
 
 def forget_dead_servers_once():
     """Unpublish servers a killed earlier run left behind, before the DAG looks at their files.
-    Called from input functions (DAG time), and only when this run executes jobs: a dry run,
-    --lint, --dag, --rulegraph or --report writes nothing."""
+    Called from input functions (DAG time), never by a dry run or --touch (--lint calls no
+    input function)."""
     if _servers_checked or not workflow.is_main_process:
         return
     _servers_checked.append(True)
-    plugin = workflow.executor_plugin
-    if plugin is None or workflow.dryrun or workflow.touch:
+    if workflow.dryrun or workflow.touch:
         return
     endpoints.forget_dead_servers(SERVE_DIR)
 
@@ -92,7 +91,9 @@ def get_fingerprint_settings():
 
 def get_fingerprint_tables(wildcards):
     """Every shard's source fingerprints, in shard order (the cross-shard screen's input)."""
-    return [f"{RESULTS}/seed/{shard}/fingerprints.parquet" for shard in manifest_shards()]
+    return [
+        f"{RESULTS}/seed/{shard}/fingerprints.parquet" for shard in manifest_shards()
+    ]
 
 
 def sentinel_path(deployment):
@@ -403,42 +404,37 @@ def start_run():
 
 
 def record_progress_plan():
-    """The jobs of this run per seed/stage rule, for the progress lines the jobs print."""
-    from collections import Counter
-
-    from longdoc_sdg import progress
-
-    tracked = {"seed", *model_stages()}
-    jobs = list(workflow.dag.needrun_jobs())
-    if any(job.rule.name == "manifest" for job in jobs):
-        # The per-shard jobs are known once the manifest job ran: counted then.
-        RUN_STARTED["plan_after_manifest"] = True
-        return
-    planned = Counter(job.rule.name for job in jobs if job.rule.name in tracked)
-    progress.record_plan(RESULTS, dict(planned))
+    """The seed and stage jobs this run has left, per rule, for the progress lines the jobs
+    print: counted from our own plan (the manifest's shards, the active stages), a job per
+    output still missing. A manifest job of this run lists the shards anew: counted again then.
+    """
+    RUN_STARTED["plan_after_manifest"] = True
+    if os.path.exists(MANIFEST_INDEX):
+        record_missing_jobs(manifest_store.read_index(MANIFEST_DIR)["shards"])
 
 
 def record_plan_after_manifest(shards):
-    """Once the manifest job ran (this run listed the shards), the seed and stage jobs it needs:
-    those whose outputs are missing."""
-    if not RUN_STARTED.pop("plan_after_manifest", False):
-        return
+    """Once the manifest job ran (this run listed the shards), the jobs it left to do."""
+    if RUN_STARTED.pop("plan_after_manifest", False):
+        record_missing_jobs(shards)
+
+
+def record_missing_jobs(shards):
     from longdoc_sdg import progress
 
-    planned = {
-        "seed": sum(
-            not os.path.exists(seed_table("pages").format(shard=s)) for s in shards
-        )
+    jobs = {
+        "seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in shards]
     }
     for stage in model_stages():
         if STATUSES[stage].active:
-            # one job per output file (the judge: per QA stage and shard)
-            planned[stage] = sum(
-                not os.path.exists(path)
-                for s in shards
-                for path in run_plan.stage_outputs(stage, RESULTS, s, config, STATUSES)
-            )
-    progress.record_plan(RESULTS, {rule: n for rule, n in planned.items() if n})
+            jobs[stage] = [
+                [path]
+                for shard in shards
+                for path in run_plan.stage_outputs(
+                    stage, RESULTS, shard, config, STATUSES
+                )
+            ]
+    progress.record_plan(RESULTS, progress.missing_jobs(jobs))
 
 
 def print_summary(failed=False):
