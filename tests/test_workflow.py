@@ -74,7 +74,16 @@ def seeded(tmp_path_factory, real_pdfs):
     pdf_dir = copy_pdfs(real_pdfs[:4], workdir / "pdfs")
     write_config(workdir, pdf_dir)
     dry = run_snakemake(workdir, "-n")
-    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
+    assert planned_jobs(dry.stdout) == {
+        "all": 1,
+        "fingerprint": 2,
+        "screen_sources": 1,
+        "ocr": 2,
+        "seed": 2,
+        "stats": 1,
+        "report_figures": 1,
+        "summary": 1,
+    }
     run_snakemake(workdir)
     return workdir
 

@@ -1,8 +1,9 @@
 """The workflow against a REAL vLLM (CPU build, tiny random-weight VLM built by the test).
 
 Its text is noise: these tests assert shapes, schema validity, usage and row accounting, never
-wording. 1) stages 02-09 end to end with manual endpoints (judge key from an env var);
-2) the local profile serving the deployment itself, then tearing it down."""
+wording. Stages 02-09 end to end with manual endpoints (judge key from an env var), evaluate and
+verify against the same server. The workflow serving the deployment itself: locally in
+test_workflow_vllm_replicas.py (two replicas, one killed), under Slurm in test_workflow_slurm.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import yaml
 
 from conftest import REPO, copy_pdfs
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
-from test_workflow import planned_jobs
 
 QA_STAGES = qa_stages()
 # Stages with one output per shard (judge and verify: one per QA stage and shard).
@@ -158,11 +158,6 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     assert leaks == []
 
 
-def vllm_processes() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
 def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: Path) -> dict:
     config = base_config(tmp_path, pdfs)
     stages = tiny_model_stage_settings()
@@ -192,38 +187,6 @@ def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: P
         },
     }
     return config
-
-
-def test_local_profile_serves_and_tears_down(tiny_vlm, real_pdfs, tmp_path):
-    _, model_dir, _ = tiny_vlm
-    before = vllm_processes()
-    config = serving_config(tmp_path, shortest_pdfs(real_pdfs, 1), "local", model_dir)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-
-    dry = run(tmp_path, "--profile", str(REPO / "profiles" / "local"), "-n")
-    assert dry.returncode == 0, dry.stderr
-    jobs = planned_jobs(dry.stdout)
-    assert {rule: jobs.get(rule) for rule in ("ocr", "seed", "serve", "single_page_qa")} == {
-        "ocr": 1,
-        "seed": 1,
-        "serve": 1,
-        "single_page_qa": 1,
-    }
-    assert vllm_processes() == before, "a dry run must not start a server"
-
-    result = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
-    for stage in ("ocr", "single_page_qa"):
-        assert pq.read_table(tmp_path / "results" / stage / "00000.parquet").num_rows > 0
-    assert vllm_processes() == before, "the server outlived the run"
-    # Unpublished: no runtime file; the sentinel (identity only) stays as clients' ancient input.
-    assert not list((tmp_path / "results" / "serve").glob("*.runtime.json"))
-
-    started = time.monotonic()
-    again = run(tmp_path, "--profile", str(REPO / "profiles" / "local"))
-    assert again.returncode == 0
-    assert "Nothing to be done" in again.stdout + again.stderr
-    assert time.monotonic() - started < 60, "a run with everything done must not start a server"
 
 
 def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys):
@@ -405,3 +368,39 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
         time.sleep(0.5)
     assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == 1
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == small["prompt_tokens"]
+
+    # The image-token estimate is exact for this family: what one image adds to the server's
+    # prompt count, for a page over the processor's pixel cap, one under it, and a downscaled
+    # size on the 28-pixel token grid.
+    for size in ((1224, 1584), (300, 200), (364, 476)):
+        assert _image_prompt_tokens(vllm_endpoint, size) == family.image_tokens(*size), size
+
+
+def _image_prompt_tokens(base_url: str, size: tuple[int, int]) -> int:
+    """Prompt tokens one image of `size` adds to a one-line request on the real server."""
+    import base64
+    import io
+    import json
+    import urllib.request
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 200, 200)).save(buffer, format="PNG")
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()},
+    }
+
+    def prompt_tokens(parts: list[dict]) -> int:
+        body = {"model": SERVED, "messages": [{"role": "user", "content": parts}], "max_tokens": 1, **NO_THINKING}
+        request = urllib.request.Request(
+            base_url + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {VLLM_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())["usage"]["prompt_tokens"]
+
+    text = {"type": "text", "text": "Describe it."}
+    return prompt_tokens([image, text]) - prompt_tokens([text])

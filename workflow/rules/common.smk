@@ -44,6 +44,24 @@ def seed_table(table):
     return f"{RESULTS}/seed/{{shard}}/{table}.parquet"
 
 
+SOURCE_EXCLUSIONS = f"{RESULTS}/seed/exclusions.parquet"
+
+
+def get_fingerprint_settings():
+    """The seed settings a source fingerprint depends on (not the rendering ones: a new DPI
+    reseeds without fingerprinting again)."""
+    return {
+        key: config["seed"][key]
+        for key in ("max_document_pages", "worker")
+        if key in config["seed"]
+    }
+
+
+def get_fingerprint_tables(wildcards):
+    """Every shard's source fingerprints, in shard order (the cross-shard screen's input)."""
+    return [f"{RESULTS}/seed/{shard}/fingerprints.parquet" for shard in SHARDS]
+
+
 def sentinel_path(deployment):
     return f"{SERVE_DIR}/{deployment}.sentinel.json"
 
@@ -61,7 +79,9 @@ def get_stage_inputs(stage):
     to plan over thousands of shards), plus, when its model is served, an input function for
     the deployment's files (see get_serving_inputs)."""
     paths = run_plan.input_paths(stage, RESULTS)
-    if STATUSES[stage].mode == "serve":
+    # A stage serving on demand (OCR 'auto') starts its deployment from the first job whose
+    # pages need it (endpoints.ensure_served): no serve job for a run that needs none.
+    if STATUSES[stage].mode == "serve" and not run_plan.serves_on_demand(config, stage):
         paths["serving"] = get_serving_inputs(stage)
     return paths
 
@@ -194,6 +214,20 @@ def get_deployment_clients(wildcards):
         for shard in SHARDS:
             outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
+
+
+def get_served_runtime(wildcards):
+    """The runtime file that pulls the serve job in, unless every client of the deployment
+    serves on demand (then the deployment runs only if one of them started it)."""
+    for stage, status in STATUSES.items():
+        if (
+            status.active
+            and status.mode == "serve"
+            and config["stages"][stage]["deployment"] == wildcards.deployment
+            and not run_plan.serves_on_demand(config, stage)
+        ):
+            return [runtime_path(wildcards.deployment)]
+    return []
 
 
 def record_served(deployment, clients, path):
@@ -350,16 +384,24 @@ def start_run():
 
 
 def record_progress_plan():
-    """The jobs of this run per seed/stage rule, for the progress lines the jobs print."""
-    from collections import Counter
-
+    """The seed and stage jobs this run has left, per rule, for the progress lines the jobs
+    print: counted from our own plan (the manifest's shards, the active stages), a job per
+    output still missing."""
     from longdoc_sdg import progress
 
-    tracked = {"seed", *model_stages()}
-    planned = Counter(
-        job.rule.name for job in workflow.dag.needrun_jobs() if job.rule.name in tracked
-    )
-    progress.record_plan(RESULTS, dict(planned))
+    jobs = {
+        "seed": [[seed_table(t).format(shard=s) for t in SEED_TABLES] for s in SHARDS]
+    }
+    for stage in model_stages():
+        if STATUSES[stage].active:
+            jobs[stage] = [
+                [path]
+                for shard in SHARDS
+                for path in run_plan.stage_outputs(
+                    stage, RESULTS, shard, config, STATUSES
+                )
+            ]
+    progress.record_plan(RESULTS, progress.missing_jobs(jobs))
 
 
 def print_summary(failed=False):

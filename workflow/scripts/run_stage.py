@@ -1,18 +1,25 @@
 """Snakemake entry point of the model stages (longdoc_sdg.registry); the work is in longdoc_sdg.stages."""
 
+import contextlib
 import time
 
 from longdoc_sdg import progress
 from longdoc_sdg.endpoints import deployment_context, keep_server_alive, resolve_endpoint
 from longdoc_sdg.io import setup_job_logging
 from longdoc_sdg.plan import stage_config_section
-from longdoc_sdg.stages import run_stage
+from longdoc_sdg.stages import run_stage, stage_needs_endpoint
 from longdoc_sdg.stages.base import deep_merge
 
 setup_job_logging(snakemake.log[0])
 started = time.monotonic()
 stage = snakemake.params.stage
-endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config)
+# Result-changing settings come from params; steering-only ones (e.g. image transport) from
+# the config, so changing those never reruns finished shards.
+params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])
+inputs = {key: value for key, value in snakemake.input.items() if key != "serving"}
+# A shard that needs no model (OCR 'auto', every page with a text layer) never starts its server.
+uses_model = stage_needs_endpoint(stage, params, inputs)
+endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config) if uses_model else None
 if endpoint is not None:
     # Concurrency, retry and error-budget limits steer the run without changing its rows, so
     # they are read from the config here on purpose, not through params: changing them must
@@ -24,12 +31,8 @@ if endpoint is not None:
     if snakemake.params.endpoint["mode"] == "serve":
         # The deployment's context length and model size each request's context budget.
         endpoint["context"] = deployment_context(snakemake.config, snakemake.params.endpoint["deployment"])
-# Result-changing settings come from params; steering-only ones (e.g. image transport) from
-# the config, so changing those never reruns finished shards.
-params = deep_merge(stage_config_section(snakemake.config, stage), snakemake.params.settings["settings"])
-inputs = {key: value for key, value in snakemake.input.items() if key != "serving"}
 
-with keep_server_alive(snakemake.params.endpoint):
+with keep_server_alive(snakemake.params.endpoint) if uses_model else contextlib.nullcontext():
     run_stage(stage, inputs, snakemake.output[0], params, endpoint, snakemake.threads, snakemake.params.journal)
 
 progress.report_job(

@@ -2,9 +2,10 @@
 that stage done in this run, its rows per second, and the run's jobs done with an ETA.
 
 The Snakefile's onstart records the plan (jobs per rule, start time) in
-`{results}/logs/progress/plan.json`; each job appends one line to `done.jsonl` there and prints
-the status to the console (the job's original stderr: with the local executor, the terminal;
-under Slurm, the job's own log). Steering only: nothing here is an input or output of a rule.
+`{results}/logs/progress/plan.json`, counted from the workflow's own plan (each job whose
+outputs are not all there yet; Snakemake's DAG is not public API); each job appends one line
+to `done.jsonl` there and prints the status to the console (the job's original stderr: with
+the local executor, the terminal; under Slurm, the job's own log). Steering only: nothing here is an input or output of a rule.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def record_plan(results: str, planned: dict[str, int]) -> None:
     write_text_atomic(folder / "plan.json", json.dumps({"started": time.time(), "planned": planned}) + "\n")
 
 
+def missing_jobs(jobs: dict[str, list[list[str]]]) -> dict[str, int]:
+    """Per rule, how many of its jobs (each given by its output paths) still have an output
+    missing: what a run from here has to do. A run that also redoes finished jobs (changed
+    settings, --forcerun) or only asks for some targets counts as it goes (status_line)."""
+    return {
+        rule: sum(1 for outputs in of_rule if not all(os.path.exists(p) for p in outputs))
+        for rule, of_rule in jobs.items()
+    }
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     if seconds < 60:
@@ -47,13 +58,16 @@ def status_line(plan: dict, done: list[dict], now: float, last: dict) -> str:
     rows = sum(d["rows"] for d in of_rule)
     busy = sum(d["seconds"] for d in of_rule)
     planned = plan["planned"]
-    total = sum(planned.values())
-    elapsed = now - plan["started"]
     finished = len(done)
+    # Jobs redone although their outputs existed were not counted up front: never show more
+    # done than planned.
+    of_rule_planned = max(planned.get(rule, 0), len(of_rule))
+    total = max(sum(planned.values()), finished)
+    elapsed = now - plan["started"]
     eta = elapsed / finished * (total - finished) if finished and total > finished else 0.0
     rate = f", {rows / busy:.1f} {last['unit']}/s per job" if busy > 0 else ""
     return (
-        f"[progress] {rule} {last['shard']} done: {rule} {len(of_rule)}/{planned.get(rule, len(of_rule))} "
+        f"[progress] {rule} {last['shard']} done: {rule} {len(of_rule)}/{of_rule_planned} "
         f"shard(s), {rows:,} {last['unit']}{rate}; run {finished}/{total} tracked jobs, "
         f"elapsed {_duration(elapsed)}, ETA {_duration(eta) if total > finished else '-'}"
     )

@@ -109,6 +109,12 @@ def _check_inputs(stage: Stage, inputs: dict[str, str]) -> None:
             raise FileNotFoundError(f"stage {stage.name}: input {key} = {path} does not exist")
 
 
+def stage_needs_endpoint(stage: str, params: dict | None, inputs: dict[str, str]) -> bool:
+    """Whether one job of the stage (its settings, its shard's inputs) needs the model."""
+    spec = get_stage(stage)
+    return spec.needs_endpoint_for(spec.config_model.model_validate(params or {}), inputs)
+
+
 def run_stage(
     stage: str,
     inputs: dict[str, str],
@@ -130,7 +136,7 @@ def run_stage(
     spec = get_stage(stage)
     config = spec.config_model.model_validate(params or {})
     _check_inputs(spec, inputs)
-    uses_model = spec.needs_endpoint(config)
+    uses_model = spec.needs_endpoint_for(config, inputs)
     if uses_model and not endpoint:
         raise ValueError(f"stage {stage} needs an endpoint (base_url, model) for this config")
     model_name = (endpoint or {}).get("model") if uses_model else PDF_TEXT_MODEL
@@ -240,4 +246,5 @@ __all__ = [
     "run_stage",
     "stage_config",
     "stage_config_hash",
+    "stage_needs_endpoint",
 ]

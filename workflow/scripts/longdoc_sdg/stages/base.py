@@ -515,6 +515,15 @@ class Stage:
     def needs_endpoint(self, config: Any) -> bool:
         return True
 
+    def serves_on_demand(self, config: Any) -> bool:
+        """Whether a shard's own rows decide if it needs the model (needs_endpoint_for): its
+        deployment is then started by the first job that needs it, never for nothing."""
+        return False
+
+    def needs_endpoint_for(self, config: Any, inputs: dict[str, str]) -> bool:
+        """Whether this shard's rows need the model."""
+        return self.needs_endpoint(config)
+
     def plan(self, config: Any, inputs: dict[str, str]) -> Plan:
         raise NotImplementedError
 

@@ -1,0 +1,354 @@
+"""Two replicas of the REAL CPU vLLM (config/deployments/tiny-cpu-vlm.yaml, the tiny random-weight
+VLM) serving one stage through the workflow, one of them killed mid-stage: locally with SIGKILL
+of its server's process group, and on the real local Slurm (profiles/slurm) with `scancel` of its
+job. Both replicas answer requests (counted in each server's own log), the stage finishes with
+every page exactly once and the run succeeds; afterwards no job of the run is queued and no
+server process is alive. Page classification (stage 04, one structured-output request per page)
+is the client; the random model's text is noise, so rows are checked for accounting, never
+wording."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pymupdf
+import pytest
+import yaml
+
+from conftest import REPO
+from longdoc_sdg.engine.errors import INFRA_REASONS
+from longdoc_sdg.registry import model_stages
+from test_workflow import planned_jobs
+from test_workflow_slurm import processes_with, sacct_jobs
+
+pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
+
+DEPLOYMENT = "tiny-cpu-vlm"
+STAGE = "classify"
+# Pages per generated document (one document per shard): 24 requests in three client jobs, so
+# the kill can land while a job is part-way through its shard.
+DOC_PAGES = (4, 6, 14)
+# Constrained JSON without whitespace freedom: the random model's replies close (ok rows).
+GUIDED_JSON = ["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}']
+# vLLM's access log: one line per answered request.
+ANSWERED = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" 200')
+
+
+def write_config(workdir: Path, pdf_dir: Path, model_dir: Path, launcher: str) -> Path:
+    stages = {stage: {"enabled": False} for stage in model_stages() if stage != STAGE}
+    stages[STAGE] = {
+        "deployment": DEPLOYMENT,
+        "max_tokens": 1500,
+        "sampling": {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+    }
+    config = {
+        "results_dir": "results",
+        "source": {"kind": "local", "local": {"path": str(pdf_dir)}},
+        "sharding": {"documents_per_shard": 1},
+        "seed": {"dpi": 30},
+        "stages": stages,
+        "serving": {
+            "enabled": True,
+            "launcher": launcher,
+            "deployments_dir": str(REPO / "config" / "deployments"),
+            "overrides": {
+                DEPLOYMENT: {
+                    "model": str(model_dir),
+                    "replicas": 2,
+                    "min_ready": 2,
+                    # Four requests at a time per replica keep both busy on two cores.
+                    "max_num_seqs": 4,
+                    # The tiny tokenizer spends many tokens on the long classification prompt.
+                    "max_model_len": 16384,
+                    "extra_args": ["--dtype", "bfloat16", "--enforce-eager", *GUIDED_JSON],
+                }
+            },
+        },
+        "export": {"enabled": False},
+        "report": {"enabled": False},
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, profile: str, timeout: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        "timeout",
+        "-s",
+        "INT",
+        "-k",
+        "60",
+        str(timeout),
+        "snakemake",
+        "--profile",
+        str(REPO / "profiles" / profile),
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+    # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 200,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.fixture(scope="module")
+def seeded(tiny_vlm, tmp_path_factory):
+    """Seeded shards of generated PDFs (DOC_PAGES); each test classifies them in a copy."""
+    _, model_dir, _ = tiny_vlm
+    root = tmp_path_factory.mktemp("replicas")
+    pdf_dir = root / "pdfs"
+    pdf_dir.mkdir()
+    for index, pages in enumerate(DOC_PAGES):
+        doc = pymupdf.open()
+        for number in range(1, pages + 1):
+            page = doc.new_page(width=300, height=400)
+            page.insert_text((40, 60), f"Document {index}, page {number} of {pages}", fontsize=12)
+        doc.save(pdf_dir / f"doc{index}.pdf")
+    template = root / "template"
+    template.mkdir()
+    write_config(template, pdf_dir, model_dir, "local")
+    result = snakemake(template, "local", 600, "--until", "seed")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return template, pdf_dir, model_dir
+
+
+def workdir_from(seeded, tmp_path: Path, launcher: str) -> Path:
+    import shutil
+
+    template, pdf_dir, model_dir = seeded
+    workdir = tmp_path / "work"
+    shutil.copytree(template, workdir, symlinks=True)
+    write_config(workdir, pdf_dir, model_dir, launcher)
+    return workdir
+
+
+def shard_pages(workdir: Path) -> dict[str, int]:
+    return {
+        p.parent.name: pq.read_metadata(p).num_rows
+        for p in sorted((workdir / "results" / "seed").glob("*/pages.parquet"))
+    }
+
+
+def part_way(workdir: Path, pages: dict[str, int]) -> dict[str, int]:
+    """Shards whose client job is under way with rows done and rows left: rows journaled so far."""
+    found = {}
+    for shard, count in pages.items():
+        journal = workdir / "results" / ".journal" / STAGE / f"{shard}.jsonl"
+        if (workdir / "results" / STAGE / f"{shard}.parquet").exists():
+            continue
+        try:
+            journaled = len(journal.read_text().splitlines()) - 1  # after the header line
+        except OSError:
+            continue
+        if 0 < journaled < count:
+            found[shard] = journaled
+    return found
+
+
+def replica_dir(workdir: Path, index: int) -> Path:
+    return workdir / "results" / "serve" / "servers" / DEPLOYMENT / f"replica-{index}"
+
+
+def answered(workdir: Path, index: int) -> int:
+    """Requests replica `index` answered, from its server's own log."""
+    try:
+        return len(ANSWERED.findall((replica_dir(workdir, index) / "server.log").read_text(errors="replace")))
+    except OSError:
+        return 0
+
+
+class MidStageKiller:
+    """Watches a run; once replica 1 has answered two requests while a client job is part-way
+    through its shard (rows done, rows left), calls `kill(replicas)` once (replicas: the serve
+    record's entries). Also notes each replica's port, to check afterwards that none is alive."""
+
+    def __init__(self, workdir: Path, kill):
+        self.workdir = workdir
+        self.kill = kill
+        self.pages: dict[str, int] = {}
+        self.replicas: list[dict] = []
+        self.ports: dict[int, int] = {}
+        self.killed_at: dict | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "MidStageKiller":
+        self.pages = shard_pages(self.workdir)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        record_path = self.workdir / "results" / "serve" / "servers" / f"{DEPLOYMENT}.json"
+        while not self._stop.wait(0.1):
+            try:
+                self.replicas = json.loads(record_path.read_text())["replicas"]
+            except (OSError, ValueError, KeyError):
+                pass
+            for index in range(2):
+                try:
+                    self.ports[index] = json.loads((replica_dir(self.workdir, index) / "bound.json").read_text())[
+                        "port"
+                    ]
+                except (OSError, ValueError, KeyError):
+                    pass
+            if self.killed_at is None and len(self.replicas) == 2 and answered(self.workdir, 1) >= 2:
+                under_way = part_way(self.workdir, self.pages)
+                if under_way:
+                    self.kill(self.replicas)
+                    self.killed_at = {"part_way": under_way, "victim_answered": answered(self.workdir, 1)}
+
+
+def check_every_page_once(workdir: Path) -> dict[str, int]:
+    """Every shard has each of its pages exactly once, answered or failed for a reason of the
+    model's reply (an infrastructure failure would mean a lost replica lost rows)."""
+    statuses: dict[str, int] = {}
+    for shard, count in shard_pages(workdir).items():
+        rows = pq.read_table(workdir / "results" / STAGE / f"{shard}.parquet").to_pylist()
+        ids = [r["row_id"] for r in rows]
+        assert len(ids) == count and len(set(ids)) == count, shard
+        for row in rows:
+            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+            assert row["status"] in ("ok", "failed")
+            if row["status"] == "failed":
+                assert row["failure_reason"] and row["failure_reason"] not in INFRA_REASONS, row
+    return statuses
+
+
+def ready_after(workdir: Path) -> str:
+    """The serve job's own account of the start-up (for the printed timing)."""
+    log = workdir / "results" / "logs" / "serve" / f"{DEPLOYMENT}.log"
+    found = (
+        re.findall(r"ready at \S+ after [\d.]+s \(\d+ of \d+ replicas ready\)", log.read_text()) if log.exists() else []
+    )
+    return found[-1] if found else "(not ready)"
+
+
+def check_both_served(counts: dict[int, int], killer: MidStageKiller) -> None:
+    assert counts[0] > 0 and counts[1] >= 2
+    # After the kill the victim finished at most what it was already running (max_num_seqs);
+    # the survivor took every page left.
+    assert counts[1] <= killer.killed_at["victim_answered"] + 4
+    assert counts[0] + counts[1] >= sum(DOC_PAGES)
+
+
+def client_logs(workdir: Path) -> str:
+    return "\n".join(
+        p.read_text(errors="replace") for p in sorted((workdir / "results" / "logs" / STAGE).glob("*.log"))
+    )
+
+
+def check_nothing_left(workdir: Path, ports: dict[int, int]) -> None:
+    assert sorted(ports) == [0, 1], ports
+    for port in ports.values():
+        assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], "a server outlived the run"
+    assert processes_with("longdoc_sdg.serve", str(workdir)) == [], "a serve wrapper outlived the run"
+    assert not (workdir / "results" / "serve" / f"{DEPLOYMENT}.runtime.json").exists()
+
+
+def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
+    """Also the local profile's serving contract: a dry run plans the serve job but starts
+    nothing, teardown leaves only the sentinel, and a finished run starts no server."""
+    workdir = workdir_from(seeded, tmp_path, "local")
+    dry = snakemake(workdir, "local", 300, "-n")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
+    jobs = planned_jobs(dry.stdout)
+    assert {rule: jobs.get(rule) for rule in ("serve", STAGE, "served")} == {"serve": 1, STAGE: 3, "served": 1}
+    assert not (workdir / "results" / "serve" / "servers").exists(), "a dry run must not start a server"
+
+    def sigkill_replica_1(replicas) -> None:
+        # Like a lost node: the server's whole group (vLLM's engine core included), no goodbye.
+        server_pid = json.loads((replica_dir(workdir, 1) / "bound.json").read_text())["server_pid"]
+        os.killpg(server_pid, signal.SIGKILL)
+
+    t0 = time.monotonic()
+    with MidStageKiller(workdir, sigkill_replica_1) as killer:
+        result = snakemake(workdir, "local", 1500, "--cores", "2")
+    print(f"two local real vLLM replicas, one SIGKILLed mid-stage: {time.monotonic() - t0:.0f}s")
+    text = result.stdout + result.stderr
+    assert killer.killed_at, text[-6000:]
+    assert result.returncode == 0, text[-8000:]
+    statuses = check_every_page_once(workdir)
+    counts = {index: answered(workdir, index) for index in (0, 1)}
+    print(f"{ready_after(workdir)}; answered per replica: {counts}; killed at {killer.killed_at}; rows {statuses}")
+    check_both_served(counts, killer)
+    assert "ejected replica 1" in client_logs(workdir)
+    check_nothing_left(workdir, killer.ports)
+    # The sentinel (identity only) stays: the clients' ancient() input.
+    assert (workdir / "results" / "serve" / f"{DEPLOYMENT}.sentinel.json").exists()
+
+    again = snakemake(workdir, "local", 300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert "localrule serve" not in again.stdout + again.stderr
+    assert list((workdir / "results" / "serve" / "servers").glob("*.json")) == []
+
+
+@pytest.mark.slurm
+def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, slurm_cluster, tmp_path):
+    """Our own jobs and processes only: other runs may share the cluster."""
+    workdir = workdir_from(seeded, tmp_path, "auto")  # the slurm profile makes auto mean slurm
+
+    def scancel_replica_1(replicas) -> None:
+        subprocess.run(["scancel", replicas[1]["job_id"]], timeout=30, check=True)
+
+    t0 = time.monotonic()
+    with MidStageKiller(workdir, scancel_replica_1) as killer:
+        result = snakemake(workdir, "slurm", 1500)
+    print(f"two real vLLM replicas as Slurm jobs, one scancelled mid-stage: {time.monotonic() - t0:.0f}s")
+    text = result.stdout + result.stderr
+    job_ids = [r.get("job_id") for r in killer.replicas]
+    try:
+        assert killer.killed_at, text[-6000:]
+        assert result.returncode == 0, text[-8000:]
+        statuses = check_every_page_once(workdir)
+        counts = {index: answered(workdir, index) for index in (0, 1)}
+        print(f"{ready_after(workdir)}; answered per replica: {counts}; killed at {killer.killed_at}; rows {statuses}")
+        check_both_served(counts, killer)
+        assert "ejected replica 1" in client_logs(workdir)
+
+        client_ids = re.findall(r"submitted with SLURM jobid (\d+)", text)
+        assert client_ids, text[-4000:]  # the clients ran as Slurm jobs too
+        jobs: dict[str, dict] = {}
+        for _ in range(30):  # slurmdbd lags a little behind
+            jobs = {j["job_id"]: j for j in sacct_jobs([*job_ids, *client_ids])}
+            if all(j in jobs and jobs[j]["state"] not in ("RUNNING", "PENDING") for j in job_ids):
+                break
+            time.sleep(1)
+        for job_id in job_ids:  # each replica its own job in the gpu partition, holding its GPU
+            job = jobs[job_id]
+            assert job["name"] == f"longdoc-serve-{DEPLOYMENT}", job
+            assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"], job
+            assert job["state"].startswith("CANCELLED"), job  # scancel: by the test, or by teardown
+        assert all(jobs[j]["partition"] == "cpu" and jobs[j]["state"] == "COMPLETED" for j in client_ids), jobs
+
+        queued = subprocess.run(
+            ["squeue", "-h", "-j", ",".join([*job_ids, *client_ids])], capture_output=True, text=True, timeout=30
+        )
+        assert queued.stdout.strip() == "", f"jobs of this run left in the queue:\n{queued.stdout}"
+        check_nothing_left(workdir, killer.ports)
+    finally:
+        for job_id in filter(None, job_ids):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
