@@ -177,3 +177,30 @@ def test_max_images_above_the_deployment_limit_is_refused(tmp_path, capsys):
     code = evaluate_cli(SAMPLES, tmp_path / "o", "--deployment", str(deployment), "--max-images", "3")
     assert code == 2
     assert "--max-images is 3, but the deployment accepts at most 2 image(s)" in capsys.readouterr().err
+
+
+def test_rerun_keeps_the_seed_unless_its_settings_change(tmp_path):
+    """Same PDFs and seed settings: the seeded pages are reused; another dpi: rendered again (and
+    answers left by an interrupted run on the old pages are not resumed)."""
+    samples = json.loads(SAMPLES.read_text())[:2]
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps(samples))
+    pages = tmp_path / "out" / "seed" / "pages.parquet"
+    server = ScriptedModel([s["question"] for s in samples])
+    server.start()
+    try:
+        endpoint = {"base_url": server.base_url, "model": "fake-model", "request_timeout_s": 20}
+
+        def run(dpi):
+            run_evaluation(
+                str(path), str(SAMPLE_PDF_DIR), str(tmp_path / "out"), endpoint, {"max_images": 1}, {"dpi": dpi}
+            )
+            return pages.stat().st_mtime_ns, server.requests
+
+        seeded, asked = run(20)
+        assert asked == 2 * len(samples)  # answer + extraction per question
+        assert run(20)[0] == seeded
+        assert run(25)[0] != seeded
+    finally:
+        server.stop()
+    assert json.loads((tmp_path / "out" / "seed" / "seeded-from.json").read_text())["seed"] == {"dpi": 25}

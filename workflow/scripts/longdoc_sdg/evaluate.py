@@ -99,9 +99,19 @@ def run_evaluation(
     if missing:
         log.warning("evaluate: %d document(s) not in %s: %s", len(missing), documents_dir, ", ".join(missing[:10]))
     seed = {t: str(out / "seed" / f"{t}.parquet") for t in SEED_TABLES}
-    if not all(Path(p).exists() for p in seed.values()):
+    # The seed is kept for a rerun (resume) only when it was made from the same PDFs and settings.
+    seeded_from = json.dumps(
+        {"pdfs": pq.read_table(out / "manifest.parquet").column("source").to_pylist(), "seed": seed_params or {}},
+        sort_keys=True,
+    )
+    record = out / "seed" / "seeded-from.json"
+    answers, journal = out / "answers.parquet", out / ".journal" / "evaluate.jsonl"
+    if not (all(Path(p).exists() for p in seed.values()) and record.is_file() and record.read_text() == seeded_from):
         run_seed_shard(str(out / "manifest.parquet"), seed, seed_params or {}, threads)
-    answers = out / "answers.parquet"
+        write_text_atomic(record, seeded_from)
+        # Answers given on other pages are not resumed.
+        answers.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
     run_stage(
         "evaluate",
         {"samples": samples_path, "documents": seed["documents"], "pages": seed["pages"]},
@@ -109,7 +119,7 @@ def run_evaluation(
         params or {},
         endpoint,
         threads,
-        str(out / ".journal" / "evaluate.jsonl"),
+        str(journal),
     )
     return write_outputs(samples, str(answers), out)
 
