@@ -187,3 +187,51 @@ def test_subprocess_cli_and_stats():
         with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/_stats") as resp:
             assert json.loads(resp.read())["requests"] == 1
     assert proc.poll() is not None
+
+
+QA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "QA",
+        "schema": {
+            "type": "object",
+            "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+            "required": ["question", "answer"],
+        },
+    },
+}
+
+
+def reply_text(url: str, text: str, **extra) -> str:
+    return post(url, chat_body(text, **extra))[1]["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_consistent_answers_agree_for_their_share_of_questions(server, share):
+    """Re-asked about a question it wrote (JSON question/answer, or a free reply quoted back),
+    the double gives the first answer again for `share` of the questions, the same way however
+    the request is worded; other words for the rest."""
+    server.reset(consistent_share=share)
+    url = server.base_url + "/chat/completions"
+    pairs = [json.loads(reply_text(url, f"write a question {i}", response_format=QA_FORMAT)) for i in range(30)]
+    for i in range(10):  # free-text question, then its answer: the pair later answers agree with
+        question = reply_text(url, f"ask something {i}")
+        pairs.append({"question": question, "answer": reply_text(url, f"Answer this: {question}")})
+    agreed = 0
+    for pair in pairs:
+        first = reply_text(url, f"Question:\n{pair['question']}\nEnd with Answer:")
+        again = reply_text(url, f"Someone replied {first!r} to: {pair['question']}")
+        assert first == again
+        agreed += first == pair["answer"].strip()
+    if share in (0.0, 1.0):
+        assert agreed == share * len(pairs)
+    else:
+        assert 8 < agreed < 32
+
+
+def test_consistent_answers_are_off_by_default(server):
+    server.reset()
+    url = server.base_url + "/chat/completions"
+    pair = json.loads(reply_text(url, "write a question", response_format=QA_FORMAT))
+    assert reply_text(url, f"Question: {pair['question']}") != pair["answer"]
+    assert server.asked == {}

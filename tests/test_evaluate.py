@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO, SAMPLE_PDF_DIR
 from longdoc_sdg.cli import main as cli_main
-from longdoc_sdg.evaluate import run_evaluation
+from longdoc_sdg.evaluate import pages_per_question, run_evaluation
+from longdoc_sdg.stages.evaluate import DEFAULT_MAX_IMAGES
 from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer
 
 SAMPLES = REPO / "tests" / "data" / "evaluate" / "samples.json"
@@ -122,24 +123,84 @@ def test_missing_pdf_is_a_failure_row_and_pages_are_capped(evaluated):
     assert "official scoring" in page and "fixed scoring" in page and "1 failed" in page
 
 
-def test_bad_samples_name_the_row_and_field(tmp_path, capsys):
-    bad = json.loads(SAMPLES.read_text())[:2]
-    del bad[1]["answer_format"]
-    (tmp_path / "s.json").write_text(json.dumps(bad))
-    code = cli_main(
+def evaluate_cli(samples, out, *extra) -> int:
+    return cli_main(
         [
             "evaluate",
             "--samples",
-            str(tmp_path / "s.json"),
+            str(samples),
             "--documents",
             str(SAMPLE_PDF_DIR),
             "--out",
-            str(tmp_path / "o"),
+            str(out),
             "--base-url",
             "http://127.0.0.1:9/v1",
             "--model",
             "m",
+            *extra,
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("answer_format", None, "row 2 (doc_id 'MVT_Rnews.pdf'): missing field answer_format"),
+        ("answer_format", "Bool", "row 2 (doc_id 'MVT_Rnews.pdf'): field answer_format is 'Bool'"),
+        ("question", None, "row 2 (doc_id 'MVT_Rnews.pdf'): missing field question"),
+    ],
+)
+def test_bad_samples_name_the_row_and_field(tmp_path, capsys, field, value, message):
+    bad = json.loads(SAMPLES.read_text())[:2]
+    if value is None:
+        del bad[1][field]
+    else:
+        bad[1][field] = value
+    (tmp_path / "s.json").write_text(json.dumps(bad))
+    assert evaluate_cli(tmp_path / "s.json", tmp_path / "o") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()  # nothing asked, nothing written
+
+
+def test_pages_per_question_follow_the_deployment_image_limit():
+    assert pages_per_question(None, 2) == 2  # the deployment's --limit-mm-per-prompt
+    assert pages_per_question(None, None) == DEFAULT_MAX_IMAGES
+    assert pages_per_question(1, 2) == 1 and pages_per_question(7, None) == 7
+    with pytest.raises(ValueError, match="evaluate.max_images is 3, but the deployment accepts at most 2"):
+        pages_per_question(3, 2, "evaluate.max_images")
+    with pytest.raises(ValueError, match="accepts no images"):
+        pages_per_question(None, 0)
+
+
+def test_max_images_above_the_deployment_limit_is_refused(tmp_path, capsys):
+    deployment = REPO / "config" / "deployments" / "tiny-cpu-vlm.yaml"  # {"image": 2}
+    code = evaluate_cli(SAMPLES, tmp_path / "o", "--deployment", str(deployment), "--max-images", "3")
     assert code == 2
-    assert "row 2 (doc_id 'MVT_Rnews.pdf'): missing field answer_format" in capsys.readouterr().err
+    assert "--max-images is 3, but the deployment accepts at most 2 image(s)" in capsys.readouterr().err
+
+
+def test_rerun_keeps_the_seed_unless_its_settings_change(tmp_path):
+    """Same PDFs and seed settings: the seeded pages are reused; another dpi: rendered again (and
+    answers left by an interrupted run on the old pages are not resumed)."""
+    samples = json.loads(SAMPLES.read_text())[:2]
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps(samples))
+    pages = tmp_path / "out" / "seed" / "pages.parquet"
+    server = ScriptedModel([s["question"] for s in samples])
+    server.start()
+    try:
+        endpoint = {"base_url": server.base_url, "model": "fake-model", "request_timeout_s": 20}
+
+        def run(dpi):
+            run_evaluation(
+                str(path), str(SAMPLE_PDF_DIR), str(tmp_path / "out"), endpoint, {"max_images": 1}, {"dpi": dpi}
+            )
+            return pages.stat().st_mtime_ns, server.requests
+
+        seeded, asked = run(20)
+        assert asked == 2 * len(samples)  # answer + extraction per question
+        assert run(20)[0] == seeded
+        assert run(25)[0] != seeded
+    finally:
+        server.stop()
+    assert json.loads((tmp_path / "out" / "seed" / "seeded-from.json").read_text())["seed"] == {"dpi": 25}

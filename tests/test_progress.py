@@ -43,7 +43,9 @@ def test_report_job_appends_and_prints_against_the_plan(tmp_path, capsys):
 
 # Attributes of Snakemake's `workflow` object and DAG that are not documented API: they move
 # between releases (the reason for a version range instead of one exact pin).
-PRIVATE = re.compile(r"\bworkflow\.(dag|dag_settings|executor_plugin|dryrun|touch|persistence|scheduler|_\w+)\b|needrun")
+PRIVATE = re.compile(
+    r"\bworkflow\.(dag|dag_settings|executor_plugin|dryrun|touch|persistence|scheduler|_\w+)\b|needrun"
+)
 
 
 def test_workflow_reads_no_snakemake_internals():

@@ -48,6 +48,10 @@ def row(i: int, reason: str | None = None) -> dict:
         "prompt_tokens": 10 + i,
         "completion_tokens": 3,
         "reasoning_tokens": 0,
+        "image_count": 1,
+        "image_pixels": 1000 + i,
+        "image_scale": 1.0,
+        "est_prompt_tokens": 20 + i,
     }
     if reason:
         return {**base, "status": "failed", "failure_reason": reason, "failure_message": f"{reason} at {i}"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from longdoc_sdg.serve import Deployment, build_command, config_hash, identity, load_deployment
+from longdoc_sdg.serve import Deployment, build_command, config_hash, identity, image_limit, load_deployment
 
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "config" / "deployments"
 
@@ -168,3 +168,35 @@ def test_pre_cmd_runs_in_the_same_shell_then_execs():
     argv = build_command(_dep(pre_cmd="module load cuda"), "h", 1, None)
     assert argv[:2] == ["bash", "-c"] and "module load cuda" in argv[2] and 'exec "$@"' in argv[2]
     assert argv[4:7] == ["vllm", "serve", "org/model"]
+
+
+@pytest.mark.parametrize(
+    "extra_args, limit",
+    [
+        ([], None),
+        (["--dtype", "bfloat16"], None),
+        (["--limit-mm-per-prompt", '{"image": 2}'], 2),
+        (["--limit-mm-per-prompt", '{"video": 0}'], None),  # images not limited by the deployment
+        (["--limit-mm-per-prompt", '{"image": 0, "video": 0}'], 0),  # a text-only deployment
+        (["--limit-mm-per-prompt", "image=3,video=1"], 3),  # vLLM's older key=value form
+        (['--limit-mm-per-prompt={"image": 5}'], 5),
+        (["--limit-mm-per-prompt", '{"image": {"count": 4, "width": 512, "height": 512}}'], 4),
+        (["--limit-mm-per-prompt", '{"image": 1}', "--limit-mm-per-prompt", '{"image": 6}'], 6),  # the last wins
+    ],
+)
+def test_image_limit_comes_from_limit_mm_per_prompt(extra_args, limit):
+    assert image_limit(_dep(extra_args=extra_args)) == limit
+
+
+def test_shipped_deployments_image_limits():
+    folder = Path(__file__).resolve().parents[1] / "config" / "deployments"
+    assert image_limit(load_deployment(folder / "tiny-cpu-vlm.yaml")) == 2
+    assert image_limit(load_deployment(folder / "qwen3-vl-235b-thinking.yaml")) is None
+
+
+@pytest.mark.parametrize("value", ['{"image": "many"}', "image", '{"image": -1}', "{not json"])
+def test_unreadable_image_limit_fails_when_the_deployment_is_read(value):
+    with pytest.raises(ValidationError, match="limit-mm-per-prompt"):
+        _dep(extra_args=["--limit-mm-per-prompt", value])
+    with pytest.raises(ValidationError, match="without its value"):
+        _dep(extra_args=["--limit-mm-per-prompt"])

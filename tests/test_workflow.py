@@ -46,7 +46,16 @@ def seeded(tmp_path_factory, real_pdfs):
     assert not (workdir / "results").exists()
     run_snakemake(workdir, "results/manifest/index.json")
     dry = run_snakemake(workdir, "-n")
-    assert planned_jobs(dry.stdout) == {"all": 1, "ocr": 2, "seed": 2, "stats": 1, "report_figures": 1, "summary": 1}
+    assert planned_jobs(dry.stdout) == {
+        "all": 1,
+        "fingerprint": 2,
+        "screen_sources": 1,
+        "ocr": 2,
+        "seed": 2,
+        "stats": 1,
+        "report_figures": 1,
+        "summary": 1,
+    }
     run_snakemake(workdir)
     return workdir
 

@@ -5,6 +5,7 @@ and shard, reruns after a prompt or model change, and that the API key never lea
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
 QA_STAGES = qa_stages()
+# Verified in the shared run: the QA stages whose rows the test double writes in a form that
+# passes their checks (the anchored stages' tagged replies fail there).
+VERIFIED = ("text_qa", "visual_qa")
 # Stages with one output per shard (judge and verify: one per QA stage and shard).
 MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
@@ -68,6 +72,8 @@ def stage_config() -> dict:
     stages["ocr"] = {"settings": {"engine": "pdf-text"}}
     stages["windowed_qa"]["settings"]["num_records"] = 4
     stages["whole_document_qa"]["settings"]["num_records"] = 2
+    stages["verify"].update(enabled=True)
+    stages["verify"]["settings"]["verify_stages"] = list(VERIFIED)
     return stages
 
 
@@ -76,7 +82,10 @@ def fake_run(tmp_path_factory, real_pdfs):
     workdir = tmp_path_factory.mktemp("wf_fake")
     pdf_dir = copy_pdfs(real_pdfs[:3], workdir / "pdfs")
     env = {**os.environ, "FAKE_LLM_KEY": FAKE_KEY}
-    with spawn_fake_server("--api-key-env", "FAKE_LLM_KEY", "--reasoning", env=env) as (_, base_url):
+    # --consistent-answers: the verify stage's re-answers agree with about half of the generated
+    # answers (which ones is fixed by the questions), so the export's verify filter has work.
+    fake_args = ("--api-key-env", "FAKE_LLM_KEY", "--reasoning", "--consistent-answers", "0.5")
+    with spawn_fake_server(*fake_args, env=env) as (_, base_url):
         config = {
             "results_dir": "results",
             "source": {"settings": {"kind": "local", "local": {"path": str(pdf_dir)}}},
@@ -84,6 +93,9 @@ def fake_run(tmp_path_factory, real_pdfs):
             "seed": {"settings": {"dpi": 50}},
             "models": model_config(base_url),
             "stages": stage_config(),
+            # The double's judge scores are noise: no judge threshold, so verified rows reach the
+            # verify filter (which comes after the judge's in the export's order).
+            "export": {"settings": {"filters": {"min_judge_score": None}}},
         }
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
         assert snakemake(workdir, "results/manifest/index.json", env=env).returncode == 0
@@ -92,8 +104,10 @@ def fake_run(tmp_path_factory, real_pdfs):
         jobs = planned_jobs(dry.stdout)
         assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
         assert jobs["judge"] == 2 * len(QA_STAGES)  # one job per (QA stage, shard)
+        assert jobs["verify"] == 2 * len(VERIFIED)
         result = snakemake(workdir, env=env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        (workdir / "run-output.txt").write_text(result.stdout + result.stderr)
         yield workdir, env, base_url
 
 
@@ -167,7 +181,7 @@ def test_model_change_reruns_that_stage_and_dependents(fake_run, tmp_path):
         config["stages"]["classify"]["model"] = "another"
 
     result = changed_dry_run(fake_run, tmp_path, change)
-    assert stage_jobs(result.stdout) == {"classify": 2, "visual_qa": 2, "judge": 2}
+    assert stage_jobs(result.stdout) == {"classify": 2, "visual_qa": 2, "judge": 2, "verify": 2}
 
 
 def test_window_size_change_reruns_only_windowed_qa_and_what_reads_it(fake_run, tmp_path):
@@ -181,7 +195,7 @@ def test_dpi_change_reruns_from_the_seed(fake_run, tmp_path):
     result = changed_dry_run(fake_run, tmp_path, lambda c: c["seed"]["settings"].update(dpi=60))
     jobs = planned_jobs(result.stdout)
     assert jobs["seed"] == 2 and all(jobs[s] == 2 for s in MODEL_STAGES)
-    assert jobs["judge"] == 2 * len(QA_STAGES)
+    assert jobs["judge"] == 2 * len(QA_STAGES) and jobs["verify"] == 2 * len(VERIFIED)
 
 
 def test_endpoint_host_alias_and_key_variable_rerun_nothing(fake_run, tmp_path):
@@ -266,3 +280,56 @@ def test_judge_redoes_only_the_changed_qa_stage(fake_run, tmp_path):
     # Each windowed row is one generation request (plus retries of injected faults: none here)
     # and each ok windowed row one judge request; nothing for the other stages.
     assert new_requests == windowed_rows + windowed_ok, (new_requests, windowed_rows, windowed_ok)
+
+
+def test_verify_scores_the_rows_and_the_export_drops_disagreements(fake_run):
+    """Every eligible row of a verified stage gets a verdict; the export drops exactly the rows
+    whose verdict falls under their format's threshold (counted here from the shards, through the
+    filters that come first) and says so in its summary, its log and the run's closing summary."""
+    import json
+
+    from longdoc_sdg.config import ExportFilters
+
+    workdir, _, _ = fake_run
+    results = workdir / "results"
+    thresholds = ExportFilters().min_verify_score
+    agreeing, disagreeing = set(), set()
+    expected_drops: dict[str, int] = {}
+    for stage in VERIFIED:
+        expected_drops[stage] = 0
+        for shard in ("00000", "00001"):
+            qa = {r["row_id"]: r for r in pq.read_table(results / stage / f"{shard}.parquet").to_pylist()}
+            judged = {
+                r["qa_row_id"]: r for r in pq.read_table(results / "judge" / stage / f"{shard}.parquet").to_pylist()
+            }
+            verdicts = pq.read_table(results / "verify" / stage / f"{shard}.parquet").to_pylist()
+            eligible = {i for i, r in qa.items() if r["status"] == "ok" and r["format_ok"] is not False}
+            assert {v["qa_row_id"] for v in verdicts} == eligible, f"verify/{stage}/{shard} misses rows"
+            for verdict in verdicts:
+                assert verdict["status"] == "ok", verdict["failure_reason"]
+                assert 0 <= verdict["verify_score"] <= 1 and verdict["verify_answer"]
+                below = verdict["verify_score"] < thresholds[verdict["benchmark_format"]]
+                (disagreeing if below else agreeing).add(verdict["qa_row_id"])
+                row, judge = qa[verdict["qa_row_id"]], judged.get(verdict["qa_row_id"])
+                # earlier filters: failed, judge verdict missing, format (no judge threshold here)
+                if below and row["format_ok"] and judge is not None and judge["status"] == "ok":
+                    expected_drops[stage] += 1
+    assert agreeing and disagreeing, (len(agreeing), len(disagreeing))  # the double's answers are a mix
+    assert sum(expected_drops.values()) > 0
+
+    for stage, drops in expected_drops.items():
+        summary = json.loads((results / "export" / "datasets" / f"{stage}.summary.json").read_text())
+        assert summary["verified"] and summary["dropped"]["verify"] == drops
+        kept = pq.read_table(results / "export" / "datasets" / f"{stage}.parquet").to_pylist()
+        assert not disagreeing & {r["row_id"] for r in kept}
+        if drops:
+            log = (results / "logs" / "export_dataset" / f"{stage}.log").read_text()
+            assert f"'verify': {drops}" in log
+    closing = json.loads((results / "summary.json").read_text())
+    filtered = {s["stage"]: s["filtered"].get("verify", 0) for s in closing["stages"] if s["stage"] in VERIFIED}
+    assert filtered == expected_drops
+    printed = (workdir / "run-output.txt").read_text()
+    line = next(li for li in printed.splitlines() if li.startswith("dropped by the export filters: "))
+    for stage, drops in expected_drops.items():
+        if drops:
+            assert re.search(rf"\b{stage} [^;]*\bverify {drops}\b", line), line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -124,8 +125,6 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     assert leaks == []
 
 
-
-
 def test_evaluate_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch, capsys):
     """The benchmark fixture (3 sample PDFs, 10 questions) answered by the real server: every
     sample is accounted for, and results.json re-scores to the same aggregates."""
@@ -197,3 +196,147 @@ def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
             assert 0.0 <= r["verify_score"] <= 1.0 and r["benchmark_format"] in ("Int", "Float", "Str", "None", "List")
         else:
             assert r["failure_reason"]
+
+
+def _vllm_counters(base_url: str) -> dict[str, float]:
+    """Finished requests and prompt tokens so far, from the server's Prometheus /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    totals = {"vllm:request_success_total": 0.0, "vllm:prompt_tokens_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals and f'model_name="{SERVED}"' in line:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, monkeypatch):
+    """Whole-document QA against the real server, whose /v1/models lists max_model_len 16384:
+    with max_tokens leaving little room, a 4-page document at 144 dpi does not fit at full size
+    and is downscaled and answered; a 24-page one cannot fit even at the floor and becomes a
+    context_too_long row that never reaches the server (its counters move by one request)."""
+    from conftest import SAMPLE_PDF_DIR
+    from helpers.stage_inputs import build_seed
+    from longdoc_sdg.engine.budget import ContextBudget, resolve_family
+    from longdoc_sdg.stages import run_stage
+
+    monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
+    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    _, model_dir, _ = tiny_vlm
+    family = resolve_family(str(model_dir))
+    assert (family.name, family.pixels_per_token_side, family.max_pixels) == ("qwen2-vl", 28, 28 * 28 * 256)
+    small_pdf, big_pdf = SAMPLE_PDF_DIR / "MVT_Rnews.pdf", SAMPLE_PDF_DIR / "zoo.pdf"
+    seed = build_seed(tmp_path / "seed", [(small_pdf, 4), (big_pdf, 24)], dpi=144)
+    inputs = {"documents": seed["documents"], "pages": seed["pages"]}
+    pages = pq.read_table(seed["pages"], columns=["doc_id", "width", "height"]).to_pylist()
+    small_doc, big_doc = pq.read_table(seed["documents"]).column("doc_id").to_pylist()
+    full = {
+        d: sum(family.image_tokens(p["width"], p["height"]) for p in pages if p["doc_id"] == d)
+        for d in (small_doc, big_doc)
+    }
+    params = {
+        "output_format": "json",
+        "num_records": None,
+        "sampling": {"extra_body": NO_THINKING},
+        "min_image_pixels": 28 * 28 * 36,
+    }
+
+    def run(name: str, max_tokens: int) -> dict[str, dict]:
+        out = tmp_path / name / "00000.parquet"
+        run_stage(
+            "whole_document_qa",
+            inputs,
+            str(out),
+            {**params, "max_tokens": max_tokens},
+            endpoint,
+            1,
+            str(tmp_path / f"{name}.jsonl"),
+        )
+        return {r["doc_id"]: r for r in pq.read_table(out).to_pylist()}
+
+    # 1) Roomy: both fit as they are (the big one is then refused for its 24 images, a 400).
+    probe = run("probe", 16)
+    assert all(r["image_scale"] == 1.0 for r in probe.values())
+    text = {d: probe[d]["est_prompt_tokens"] - full[d] for d in probe}  # each prompt's text estimate
+    # The estimate is an upper bound of what the real server counted.
+    assert 0 < probe[small_doc]["prompt_tokens"] <= probe[small_doc]["est_prompt_tokens"]
+
+    # 2) max_tokens leaves the small document's images half their full-size tokens.
+    limit = 16384
+    max_tokens = limit - text[small_doc] - full[small_doc] // 2
+    floor = ContextBudget(limit, family, params["min_image_pixels"])
+    floor_tokens = sum(
+        family.image_tokens(*floor.floor_size((p["width"], p["height"]))) for p in pages if p["doc_id"] == big_doc
+    )
+    assert limit - text[big_doc] - max_tokens < floor_tokens, "the big document must not fit at the floor"
+    before = _vllm_counters(vllm_endpoint)
+    tight = run("tight", max_tokens)
+    small, big = tight[small_doc], tight[big_doc]
+    print(
+        {
+            d: (
+                r["status"],
+                r["failure_reason"],
+                r["image_scale"],
+                r["image_pixels"],
+                r["est_prompt_tokens"],
+                r["prompt_tokens"],
+            )
+            for d, r in tight.items()
+        }
+    )
+    # Downscaled and answered (HTTP 200: the server counted its prompt; a random model's reply
+    # may still fail our checks), within the estimate.
+    assert 0 < small["image_scale"] < 1 and small["image_count"] == 4
+    assert small["failure_reason"] not in ("context_too_long", "bad_request"), small
+    assert 0 < small["prompt_tokens"] <= small["est_prompt_tokens"] <= limit - max_tokens
+    assert small["image_pixels"] < min(p["width"] * p["height"] for p in pages if p["doc_id"] == small_doc)
+    assert big["failure_reason"] == "context_too_long" and "not sent" in big["failure_message"], big
+    assert big["prompt_tokens"] == 0 and big["image_count"] == 0
+    # The server saw exactly one request, the small document's.
+    after = before
+    for _ in range(60):  # a bounded wait for the counters to be published, not a timing check
+        after = _vllm_counters(vllm_endpoint)
+        if after["vllm:request_success_total"] > before["vllm:request_success_total"]:
+            break
+        time.sleep(0.5)
+    assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == 1
+    assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == small["prompt_tokens"]
+
+    # The image-token estimate is exact for this family: what one image adds to the server's
+    # prompt count, for a page over the processor's pixel cap, one under it, and a downscaled
+    # size on the 28-pixel token grid.
+    for size in ((1224, 1584), (300, 200), (364, 476)):
+        assert _image_prompt_tokens(vllm_endpoint, size) == family.image_tokens(*size), size
+
+
+def _image_prompt_tokens(base_url: str, size: tuple[int, int]) -> int:
+    """Prompt tokens one image of `size` adds to a one-line request on the real server."""
+    import base64
+    import io
+    import json
+    import urllib.request
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 200, 200)).save(buffer, format="PNG")
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()},
+    }
+
+    def prompt_tokens(parts: list[dict]) -> int:
+        body = {"model": SERVED, "messages": [{"role": "user", "content": parts}], "max_tokens": 1, **NO_THINKING}
+        request = urllib.request.Request(
+            base_url + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {VLLM_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())["usage"]["prompt_tokens"]
+
+    text = {"type": "text", "text": "Describe it."}
+    return prompt_tokens([image, text]) - prompt_tokens([text])

@@ -266,7 +266,15 @@ class SyntheticRun:
                         d,
                         [p],
                         model="cls-model",
-                        page_classification=json.dumps({"primary_categories": cats}),
+                        page_classification=json.dumps(
+                            {
+                                "contains_reasoning_content": cats != ["NONE"],
+                                "primary_categories": cats,
+                                "subcategories": [],
+                                "reasoning_complexity_score": 3,
+                                "justification": "synthetic",
+                            }
+                        ),
                         contains_reasoning_content=cats != ["NONE"],
                         primary_categories=json.dumps(cats),
                         reasoning_complexity_score=3,

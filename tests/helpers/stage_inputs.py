@@ -55,17 +55,21 @@ def page_row(doc_id: str, page: pymupdf.Page, number: int, dpi: float = 40) -> d
     }
 
 
-def build_seed(out_dir: Path, pdfs: list[Path], max_pages: int = 3) -> dict[str, str]:
-    """pages / documents parquet files for the given PDFs (first `max_pages` pages)."""
+def build_seed(
+    out_dir: Path, pdfs: list[Path | tuple[Path, int]], max_pages: int = 3, dpi: float = 40
+) -> dict[str, str]:
+    """pages / documents parquet files for the given PDFs (first `max_pages` pages, or the
+    count paired with a PDF), rendered at `dpi`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: str(out_dir / f"{k}.parquet") for k in ("pages", "documents")}
     docs = []
     with pq.ParquetWriter(paths["pages"], PAGE_SCHEMA) as writer:
-        for pdf in pdfs:
+        for item in pdfs:
+            pdf, limit = item if isinstance(item, tuple) else (item, max_pages)
             doc_id = stable_id(str(pdf.name))
             with pymupdf.open(pdf) as doc:
-                n = min(doc.page_count, max_pages)
-                rows = [page_row(doc_id, doc[i], i + 1) for i in range(n)]
+                n = min(doc.page_count, limit)
+                rows = [page_row(doc_id, doc[i], i + 1, dpi=dpi) for i in range(n)]
             # one row group per document, as the seed writes it
             writer.write_table(pa.Table.from_pylist(rows, schema=PAGE_SCHEMA))
             docs.append(

@@ -64,6 +64,23 @@ def seed_table(table):
     return f"{RESULTS}/seed/{{shard}}/{table}.parquet"
 
 
+SOURCE_EXCLUSIONS = f"{RESULTS}/seed/exclusions.parquet"
+
+
+def get_fingerprint_settings():
+    """The seed settings a source fingerprint depends on (not the rendering ones: a new DPI
+    reseeds without fingerprinting again); its job reads `seed.run` (downloads, worker limits)
+    from the config."""
+    return {"warc": config["seed"]["settings"]["warc"]}
+
+
+def get_fingerprint_tables(wildcards):
+    """Every shard's source fingerprints, in shard order (the cross-shard screen's input)."""
+    return [
+        f"{RESULTS}/seed/{shard}/fingerprints.parquet" for shard in manifest_shards()
+    ]
+
+
 def sentinel_path(deployment):
     return f"{SERVE_DIR}/{deployment}.sentinel.json"
 
@@ -77,7 +94,9 @@ def get_stage_inputs(stage):
     to plan over thousands of shards), plus, when its model is served, an input function for
     the deployment's files (see get_serving_inputs)."""
     paths = run_plan.input_paths(stage, RESULTS)
-    if STATUSES[stage].mode == "serve":
+    # A stage serving on demand (OCR 'auto') starts its deployment from the first job whose
+    # pages need it (endpoints.ensure_served): no serve job for a run that needs none.
+    if STATUSES[stage].mode == "serve" and not run_plan.serves_on_demand(config, stage):
         paths["serving"] = get_serving_inputs(stage)
     return paths
 
@@ -198,6 +217,20 @@ def get_deployment_clients(wildcards):
         for shard in manifest_shards():
             outputs += run_plan.stage_outputs(stage, RESULTS, shard, config, STATUSES)
     return outputs
+
+
+def get_served_runtime(wildcards):
+    """The runtime file that pulls the serve job in, unless every client of the deployment
+    serves on demand (then the deployment runs only if one of them started it)."""
+    for stage, status in STATUSES.items():
+        if (
+            status.active
+            and status.mode == "serve"
+            and run_plan.stage_deployment(config, stage) == wildcards.deployment
+            and not run_plan.serves_on_demand(config, stage)
+        ):
+            return [runtime_path(wildcards.deployment)]
+    return []
 
 
 def record_served(deployment, clients, path):
@@ -347,9 +380,9 @@ def get_summary_plan():
 
 def forget_dead_servers():
     """Unpublish servers a killed earlier run left behind (their process or job is gone). From
-    onstart, which Snakemake runs only when jobs execute: a dry run, --lint, --dag or --report
-    writes nothing. This run's DAG was planned while their runtime files still existed, so it
-    has no serve job for them: the first client that needs one serves it itself
+    onstart, which Snakemake runs only when jobs execute: a dry run, --touch, --lint, --dag or
+    --report writes nothing. This run's DAG was planned while their runtime files still
+    existed, so it has no serve job for them: the first client that needs one serves it itself
     (endpoints.ensure_served) and end-of-run teardown stops it."""
     endpoints.forget_dead_servers(SERVE_DIR)
 
@@ -366,22 +399,20 @@ def start_run():
 def record_progress_plan():
     """The seed and stage jobs this run has left, per rule, for the progress lines the jobs
     print: counted from our own plan (the manifest's shards, the active stages), a job per
-    output file still missing. When this run's manifest job lists the shards (a new source),
-    counted again then (record_plan_after_manifest), before any seed job can finish."""
+    output still missing. A manifest job of this run lists the shards anew: counted again then.
+    """
     RUN_STARTED["plan_after_manifest"] = True
-    index = manifest_store.read_index(MANIFEST_DIR)
-    record_planned_jobs(index["shards"] if index else [])
+    if os.path.exists(MANIFEST_INDEX):
+        record_missing_jobs(manifest_store.read_index(MANIFEST_DIR)["shards"])
 
 
 def record_plan_after_manifest(shards):
-    """Called by get_run_outputs once the manifest checkpoint listed the shards: at DAG time
-    of a run (also a dry run) it does nothing; after onstart, only when the manifest job ran.
-    """
+    """Once the manifest job ran (this run listed the shards), the jobs it left to do."""
     if RUN_STARTED.pop("plan_after_manifest", False):
-        record_planned_jobs(shards)
+        record_missing_jobs(shards)
 
 
-def record_planned_jobs(shards):
+def record_missing_jobs(shards):
     from longdoc_sdg import progress
 
     jobs = {
@@ -396,8 +427,7 @@ def record_planned_jobs(shards):
                     stage, RESULTS, shard, config, STATUSES
                 )
             ]
-    planned = progress.missing_jobs(jobs)
-    progress.record_plan(RESULTS, {rule: n for rule, n in planned.items() if n})
+    progress.record_plan(RESULTS, progress.missing_jobs(jobs))
 
 
 def print_summary(failed=False):

@@ -12,6 +12,9 @@
 #   some client reruns, and pulls the serve job in. A forced target (--force FILE) has no
 #   `served` in its DAG: its client serves the deployment itself (endpoints.ensure_served),
 #   so no rule needs to know what Snakemake forces.
+# - Clients serving on demand (OCR 'auto': only pages without a text layer need the model)
+#   take neither file: the first job that needs the deployment serves it the same way, and
+#   `served` still stops it after the last client. A run whose pages all have text serves none.
 
 
 rule serve:
@@ -35,7 +38,7 @@ rule serve:
 
 rule served:
     input:
-        runtime=runtime_path("{deployment}"),
+        runtime=get_served_runtime,
         clients=get_deployment_clients,
     output:
         f"{SERVE_DIR}/{{deployment}}.served.json",

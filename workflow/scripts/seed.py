@@ -19,6 +19,7 @@ run_seed_shard(
     threads=snakemake.threads,
     decontamination=snakemake.params.decontamination,
     cache_dir=f"{snakemake.config['results_dir']}/.cache/decontamination",
+    screening={"exclusions": snakemake.input.exclusions, "fingerprints": snakemake.input.fingerprints},
 )
 progress.report_job(
     snakemake.config["results_dir"],

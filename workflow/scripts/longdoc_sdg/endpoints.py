@@ -62,6 +62,13 @@ def deployment_gpus(config: dict, name: str) -> int:
     return _deployment(config, name).gpus_per_node
 
 
+def deployment_context(config: dict, name: str) -> dict[str, Any]:
+    """What the client's context budget takes from deployment NAME (engine/budget.py)."""
+    from .engine.budget import deployment_hint
+
+    return deployment_hint(_deployment(config, name))
+
+
 def deployment_identity(config: dict, name: str) -> dict[str, str]:
     """Who a deployment serves (model, served name, hash of answer-changing settings)."""
     from .serve import identity

@@ -28,7 +28,7 @@ from .ids import stable_id
 from .io import get_logger, write_parquet_atomic, write_text_atomic
 from .registry import SEED_TABLES
 from .score import SAMPLE_FIELDS, aggregate, check_rows, score_rows
-from .stages.evaluate import read_samples
+from .stages.evaluate import DEFAULT_MAX_IMAGES, read_samples
 
 log = get_logger("evaluate")
 
@@ -36,6 +36,22 @@ log = get_logger("evaluate")
 def check_samples(samples: list, source: str) -> None:
     """Every sample needs the samples.json fields and a known answer_format (errors name the row)."""
     check_rows(samples, source, SAMPLE_FIELDS)
+
+
+def pages_per_question(requested: int | None, limit: int | None, key: str = "max_images") -> int:
+    """Pages shown per question: `requested`, else the deployment's image limit
+    (serve.image_limit: its --limit-mm-per-prompt), else DEFAULT_MAX_IMAGES; never more than
+    the deployment accepts (such requests would all be refused)."""
+    if limit == 0:
+        raise ValueError("the deployment accepts no images (--limit-mm-per-prompt image 0): serve a vision model")
+    if requested is None:
+        return limit if limit is not None else DEFAULT_MAX_IMAGES
+    if limit is not None and requested > limit:
+        raise ValueError(
+            f"{key} is {requested}, but the deployment accepts at most {limit} image(s) per request "
+            f"(--limit-mm-per-prompt); set {key} to at most {limit}, or leave it unset to use the limit"
+        )
+    return requested
 
 
 def write_manifest(samples: list[dict], documents_dir: str, path: Path) -> list[str]:
@@ -83,9 +99,19 @@ def run_evaluation(
     if missing:
         log.warning("evaluate: %d document(s) not in %s: %s", len(missing), documents_dir, ", ".join(missing[:10]))
     seed = {t: str(out / "seed" / f"{t}.parquet") for t in SEED_TABLES}
-    if not all(Path(p).exists() for p in seed.values()):
+    # The seed is kept for a rerun (resume) only when it was made from the same PDFs and settings.
+    seeded_from = json.dumps(
+        {"pdfs": pq.read_table(out / "manifest.parquet").column("source").to_pylist(), "seed": seed_params or {}},
+        sort_keys=True,
+    )
+    record = out / "seed" / "seeded-from.json"
+    answers, journal = out / "answers.parquet", out / ".journal" / "evaluate.jsonl"
+    if not (all(Path(p).exists() for p in seed.values()) and record.is_file() and record.read_text() == seeded_from):
         run_seed_shard(str(out / "manifest.parquet"), seed, seed_params or {}, threads)
-    answers = out / "answers.parquet"
+        write_text_atomic(record, seeded_from)
+        # Answers given on other pages are not resumed.
+        answers.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
     run_stage(
         "evaluate",
         {"samples": samples_path, "documents": seed["documents"], "pages": seed["pages"]},
@@ -93,7 +119,7 @@ def run_evaluation(
         params or {},
         endpoint,
         threads,
-        str(out / ".journal" / "evaluate.jsonl"),
+        str(journal),
     )
     return write_outputs(samples, str(answers), out)
 
@@ -183,7 +209,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base-url", required=True, help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     parser.add_argument("--model", required=True, help="served model name")
     parser.add_argument("--api-key-env", help="NAME of the environment variable holding the API key")
-    parser.add_argument("--max-images", type=int, help="pages shown per question (first N; default 50)")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        help="pages shown per question (the first N); default: the --deployment's image limit, else 50",
+    )
+    parser.add_argument(
+        "--deployment",
+        help="the served model's deployment file (config/deployments/NAME.yaml): its --limit-mm-per-prompt "
+        "caps the pages shown",
+    )
     parser.add_argument("--dpi", type=float, help="page rendering resolution (the seed's dpi setting)")
     parser.add_argument("--threads", type=int, default=1, help="seed workers")
 
@@ -194,9 +229,14 @@ def run_command(args) -> int:
     from .score import InputError
 
     endpoint = {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
-    params = {"max_images": args.max_images} if args.max_images else {}
     seed_params = {"dpi": args.dpi} if args.dpi else {}
     try:
+        limit = None
+        if args.deployment:
+            from .serve import image_limit, load_deployment
+
+            limit = image_limit(load_deployment(args.deployment))
+        params = {"max_images": pages_per_question(args.max_images, limit, "--max-images")}
         scores = run_evaluation(args.samples, args.documents, args.out, endpoint, params, seed_params, args.threads)
     except (InputError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -78,6 +78,15 @@ def _uses_model(config: dict, stage: str) -> bool:
     return handler.needs_endpoint(handler.config_model.model_validate(stage_config_section(config, stage)))
 
 
+def serves_on_demand(config: dict, stage: str) -> bool:
+    """Whether the stage's jobs decide from their own rows if they need the model (OCR 'auto':
+    only pages without a text layer do), so no serve job starts its deployment in advance."""
+    from .stages import get_stage
+
+    handler = get_stage(stage)
+    return handler.serves_on_demand(handler.config_model.model_validate(stage_config_section(config, stage)))
+
+
 def stage_statuses(config: dict) -> dict[str, StageStatus]:
     statuses: dict[str, StageStatus] = {}
     # Stages reading QA outputs (the judge) last: they wait on QA stages listed after them too.

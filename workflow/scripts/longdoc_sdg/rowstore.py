@@ -44,6 +44,13 @@ BASE_FIELDS = (
     pa.field("prompt_tokens", pa.int64()),
     pa.field("completion_tokens", pa.int64()),
     pa.field("reasoning_tokens", pa.int64()),
+    # The resolution the row's requests were sent at (engine/budget.py): most images in one
+    # request, mean pixels per image sent, smallest downscale factor (1.0: as stored), and the
+    # largest prompt estimate checked against the model's context.
+    pa.field("image_count", pa.int64()),
+    pa.field("image_pixels", pa.int64()),
+    pa.field("image_scale", pa.float64()),
+    pa.field("est_prompt_tokens", pa.int64()),
 )
 BASE_COLUMNS = tuple(f.name for f in BASE_FIELDS)
 STATUSES = ("ok", "failed")

@@ -12,6 +12,7 @@ CONTENT_REASONS = (
     "invalid_json",  # structured output requested, content is not strict JSON
     "schema_invalid",  # JSON that does not validate against the closed schema
     "bad_request",  # HTTP 400/413/422: this request can never succeed unchanged
+    "context_too_long",  # prompt + images + max_tokens over max_model_len even at the floor resolution; not sent
 )
 # When every row of a shard fails with one of these, the shard's job fails instead of writing a
 # shard of failures: the cause is a setting, named here ({stage} filled in).
@@ -22,6 +23,9 @@ SETTING_REASONS = {
     "reasoning_only": "raise stages.{stage}.settings.max_tokens (thinking never ended within it)",
     "schema_invalid": "check the model of stages.{stage} (stages.{stage}.model): its replies never fit the schema",
     "invalid_json": "check the model of stages.{stage} (stages.{stage}.model): its replies are never JSON",
+    "context_too_long": "no request fits the model's max_model_len even with its images at the floor "
+    "resolution: lower stages.{stage}.settings.max_tokens or stages.{stage}.settings.min_image_pixels, send "
+    "fewer pages per request, or serve the model with a longer max_model_len",
 }
 
 # Infrastructure trouble that outlived the retries but stayed under the circuit breaker.

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from ..io import get_logger, progress
 from ..rowstore import AccountingError, ShardWriter
+from .budget import RowImages, row_images
 from .client import ChatEngine, Usage, row_usage
 from .errors import INFRA_REASONS, RecordError
 
@@ -70,6 +71,8 @@ async def run_rows(
     async def one(row: dict) -> None:
         usage = Usage()
         row_usage.set(usage)  # this task's own context: the engine adds each reply's tokens
+        images = RowImages()
+        row_images.set(images)  # the resolution its requests go out at (stages.base.RowCalls)
         keys = {k: row.get(k) for k in key_columns}
         try:
             result = await process(row, engine)
@@ -87,6 +90,7 @@ async def run_rows(
             summary.failed += 1
             summary.reasons[exc.reason] += 1
         out.update(usage.as_columns())
+        out.update(images.as_columns())
         summary.usage.add(usage)
         writer.write(out)
         summary.processed += 1

@@ -15,7 +15,9 @@ generated columns, the reference's names, label strings and types
   `question_type` (label: "multiple choice", "true or false", "short answer", "numerical
   question"), `question_and_answer` (struct {question, answer}), `question_relevance`
   ("Relevant"/"Irrelevant"), `answer_correctness` ("Correct"/"Incorrect")
-- 05 visual QA: `page_classification` (string, stage 04's JSON), `question_type` (label),
+- 05 visual QA: `page_classification` (struct, stage 04's structured output as the reference
+  stores it: {contains_reasoning_content bool, primary_categories list<string>, subcategories
+  list<string>, reasoning_complexity_score int64, justification string}), `question_type` (label),
   `question`, `answer`, `answer__reasoning_content` (string or null), `question_relevance`,
   `answer_correctness`
 - 06/07/08 anchored QA: `question_type` (label, e.g. "numerical (int)"), `question`, `answer`,
@@ -77,6 +79,15 @@ REFERENCE_LABELS = {
 
 _STR = pa.string()
 _QA_STRUCT = pa.struct([("question", _STR), ("answer", _STR)])
+_CLASSIFICATION_STRUCT = pa.struct(
+    [
+        ("contains_reasoning_content", pa.bool_()),
+        ("primary_categories", pa.list_(_STR)),
+        ("subcategories", pa.list_(_STR)),
+        ("reasoning_complexity_score", pa.int64()),
+        ("justification", _STR),
+    ]
+)
 GENERATED = {
     "text_qa": [
         ("transcribed_texts", _STR),
@@ -86,7 +97,7 @@ GENERATED = {
         ("answer_correctness", _STR),
     ],
     "visual_qa": [
-        ("page_classification", _STR),
+        ("page_classification", _CLASSIFICATION_STRUCT),
         ("question_type", _STR),
         ("question", _STR),
         ("answer", _STR),
@@ -146,6 +157,16 @@ def _question_and_answer(row: dict) -> dict:
     return {"question": value.get("question", row.get("question")), "answer": value.get("answer", row.get("answer"))}
 
 
+def _page_classification(row: dict) -> dict | None:
+    try:
+        value = json.loads(row.get("page_classification") or "null")
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {name: value.get(name) for name in _CLASSIFICATION_STRUCT.names}
+
+
 def reference_row(stage: str, row: dict, pngs: list[bytes]) -> dict:
     """One output row in the reference's columns."""
     pages = [int(p) for p in row.get("pages") or []]
@@ -161,6 +182,8 @@ def reference_row(stage: str, row: dict, pngs: list[bytes]) -> dict:
             out[name] = reference_label(stage, row.get("question_type"))
         elif name == "question_and_answer":
             out[name] = _question_and_answer(row)
+        elif name == "page_classification":
+            out[name] = _page_classification(row)
         elif name == "answer__reasoning_content":
             out[name] = row.get("reasoning")
         elif name == "quality_score":

@@ -566,6 +566,44 @@ def summary_html(stats: dict, demo: bool = False) -> str:
                 [[r["text_layer"], r["ocr_engine"], r["pages"], r["with_text"]] for r in layers],
             ),
         ]
+    resolution = [
+        r
+        for r in sorted(stats["tables"].get("image_resolution") or [], key=lambda r: _stage_key(r["stage"]))
+        if r["rows_with_images"] or r["context_too_long"]
+    ]
+    if resolution:
+        parts += [
+            "<h3>Image resolution sent per stage</h3><p id='image-resolution'>Pages are downscaled on the client "
+            "when a request would not fit the model's max_model_len; rows that cannot fit even at the floor "
+            "resolution fail as <code>context_too_long</code> without being sent.</p>",
+            _table(
+                [
+                    "stage",
+                    "rows with images",
+                    "downscaled",
+                    "context_too_long",
+                    "median px / image",
+                    "min px / image",
+                    "mean scale",
+                    "min scale",
+                    "max est. prompt tokens",
+                ],
+                [
+                    [
+                        r["stage"],
+                        r["rows_with_images"],
+                        r["downscaled_rows"],
+                        r["context_too_long"],
+                        r["median_image_pixels"],
+                        r["min_image_pixels"],
+                        r["mean_image_scale"],
+                        r["min_image_scale"],
+                        r["max_est_prompt_tokens"],
+                    ]
+                    for r in resolution
+                ],
+            ),
+        ]
     exported = totals.get("exported") or {}
     if exported:
         drops = stats["tables"]["filter_drops"]

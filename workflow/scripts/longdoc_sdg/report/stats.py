@@ -43,10 +43,23 @@ STATS_TABLES = (
     "page_sources",
     "text_layers",
     "verify_agreement",
+    "image_resolution",
 )
 RUBRIC = ("answer_correctness", "training_signal_strength", "question_quality", "visual_grounding", "format_compliance")
 
 SCHEMAS = {
+    "image_resolution": [
+        ("stage", pa.string()),
+        ("rows", pa.int64()),
+        ("rows_with_images", pa.int64()),
+        ("downscaled_rows", pa.int64()),
+        ("context_too_long", pa.int64()),
+        ("median_image_pixels", pa.int64()),
+        ("min_image_pixels", pa.int64()),
+        ("mean_image_scale", pa.float64()),
+        ("min_image_scale", pa.float64()),
+        ("max_est_prompt_tokens", pa.int64()),
+    ],
     "verify_agreement": [
         ("stage", pa.string()),
         ("question_type", pa.string()),
@@ -246,6 +259,25 @@ def compute_stats(
                     )
                 ],
             )
+
+            # The resolution the stage's images were sent at (shards of older runs lack the columns).
+            if "image_scale" in columns_of(con, src):
+                t.add(
+                    "image_resolution",
+                    [
+                        dict(r, stage=stage)
+                        for r in _dicts(
+                            con,
+                            f"""SELECT count(*) AS rows,
+                    count(*) FILTER (WHERE image_count > 0) AS rows_with_images,
+                    count(*) FILTER (WHERE image_scale < 1) AS downscaled_rows,
+                    count(*) FILTER (WHERE failure_reason = 'context_too_long') AS context_too_long,
+                    median(image_pixels)::BIGINT AS median_image_pixels, min(image_pixels) AS min_image_pixels,
+                    round(avg(image_scale), 4) AS mean_image_scale, min(image_scale) AS min_image_scale,
+                    max(est_prompt_tokens) AS max_est_prompt_tokens FROM {src}""",
+                        )
+                    ],
+                )
 
         # Pages without a text layer (scans), and which OCR engine read each kind of page.
         if "ocr" in stage_files and "text_layer" in columns_of(con, read_parquet(stage_files["ocr"])):

@@ -30,6 +30,9 @@ def build_summary(stats: dict, plan: dict, ledger: dict | None = None) -> dict:
     reasons: dict[str, list[list]] = defaultdict(list)
     for row in tables["failure_reasons"]:
         reasons[row["stage"]].append([row["reason"], row["rows"]])
+    filtered: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in tables.get("filter_drops") or []:
+        filtered[row["stage"]][row["filter"]] = row["rows"]
     tokens: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in tables["tokens"]:
         for key in ("prompt_tokens", "completion_tokens", "reasoning_tokens"):
@@ -46,6 +49,8 @@ def build_summary(stats: dict, plan: dict, ledger: dict | None = None) -> dict:
                 "failed": row["failed"] or 0,
                 "top_failure_reasons": sorted(reasons.get(stage, []), key=lambda r: (-r[1], r[0]))[:TOP_REASONS],
                 "exported": row["exported"],
+                # ok rows the export's filters left out, by the filter that dropped them
+                "filtered": dict(filtered.get(stage, {})),
                 "train": row["train"],
                 "validation": row["validation"],
                 "tokens": dict(tokens.get(stage, {})),
@@ -151,6 +156,12 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
         )
     if summary["exported"]:
         lines.append("QA pairs exported: " + ", ".join(f"{s} {n:,}" for s, n in summary["exported"].items()))
+    filtered = [s for s in summary["stages"] if s.get("filtered")]
+    if filtered:
+        lines.append(
+            "dropped by the export filters: "
+            + "; ".join(f"{s['stage']} " + ", ".join(f"{f} {n:,}" for f, n in s["filtered"].items()) for s in filtered)
+        )
     if summary["export"]:
         lines.append("export: " + ", ".join(f"{k} {v}" for k, v in summary["export"].items()))
     else:

@@ -1,4 +1,4 @@
-"""Keeping benchmark documents (and exact duplicates) out of the seed.
+"""Keeping benchmark documents (and duplicates, with seed/dedup.py) out of the seed.
 
 Each source document is checked against every configured benchmark folder, cheapest test first:
 1. its normalised file name or URL,
@@ -200,10 +200,11 @@ def _fingerprint_settings(cfg: DecontaminationConfig) -> dict:
 
 
 def fingerprint_pdf(path: Path, cfg: DecontaminationConfig) -> dict:
-    """Words count, MinHash values and first-page hashes of one benchmark PDF."""
+    """Words count, MinHash values and first-page hashes of one PDF (a benchmark file, or a source
+    document inside a seed worker, which vets it first)."""
     import pymupdf
 
-    with pymupdf.open(path) as doc:
+    with pymupdf.open(path, filetype="pdf") as doc:
         tokens = [w for page in doc for w in words(page.get_text())]
         hashes = []
         for page in list(doc)[: cfg.image_pages]:
@@ -280,21 +281,38 @@ class BenchmarkIndex:
     def match_content(self, text: str, first_pages_png: list[bytes]) -> Match | None:
         tokens = words(text)
         if len(tokens) >= self.cfg.min_text_words:
-            minhash = minhash_of(tokens, self.cfg)
-            best = None
-            for key in self.lsh.query(minhash):
-                similarity = minhash.jaccard(self.minhashes[key])
-                if similarity >= self.cfg.minhash_threshold and (best is None or similarity > best[0]):
-                    best = (similarity, key)
-            if best:
-                benchmark, rel = self.where[best[1]]
-                return Match(
-                    benchmark, rel, "text", f"estimated Jaccard {best[0]:.2f} of {self.cfg.shingle_words}-word shingles"
-                )
-            return None
+            return self._match_minhash(minhash_of(tokens, self.cfg))
         if not first_pages_png or not self.images:
             return None
-        hashes = [perceptual_hash(png_gray(png)) for png in first_pages_png[: self.cfg.image_pages]]
+        return self._match_images([perceptual_hash(png_gray(png)) for png in first_pages_png[: self.cfg.image_pages]])
+
+    def match_fingerprint(self, fp: dict) -> Match | None:
+        """The content tests on a stored fingerprint (fingerprint_pdf's dict)."""
+        from datasketch import MinHash
+
+        if fp.get("minhash") is not None and fp["words"] >= self.cfg.min_text_words:
+            values = np.asarray(fp["minhash"], dtype=np.uint64)
+            return self._match_minhash(
+                MinHash(num_perm=self.cfg.num_perm, seed=1, hashvalues=values, scheme=MINHASH_SCHEME)
+            )
+        if fp["words"] < self.cfg.min_text_words and fp.get("image_hashes") and self.images:
+            return self._match_images([int(h) for h in fp["image_hashes"]][: self.cfg.image_pages])
+        return None
+
+    def _match_minhash(self, minhash) -> Match | None:
+        best = None
+        for key in self.lsh.query(minhash):
+            similarity = minhash.jaccard(self.minhashes[key])
+            if similarity >= self.cfg.minhash_threshold and (best is None or similarity > best[0]):
+                best = (similarity, key)
+        if best:
+            benchmark, rel = self.where[best[1]]
+            return Match(
+                benchmark, rel, "text", f"estimated Jaccard {best[0]:.2f} of {self.cfg.shingle_words}-word shingles"
+            )
+        return None
+
+    def _match_images(self, hashes: list[int]) -> Match | None:
         for benchmark, rel, theirs in self.images:
             pairs = list(zip(hashes, theirs))
             if pairs and all(hamming(a, b) <= self.cfg.image_max_distance for a, b in pairs):
@@ -411,16 +429,25 @@ class SeedScreen:
     """What the seed job asks before fetching, after fetching and after rendering a document.
     Each answer is None (go on) or a (reason, message) failure: `contaminated` or `duplicate`.
 
-    Duplicates: the first document of the shard with a given sha256 is kept. Local files are
-    hashed up front in manifest order (so the kept one is always the first listed); downloads
-    are compared as they arrive."""
+    `exclusions` (doc_id -> (reason, message)): the decisions of the cross-shard screen
+    (seed/dedup.py), applied before fetching. Without them (a shard seeded on its own) local
+    files are hashed up front in manifest order, so the kept copy is the first listed. Within a
+    shard, the first document with a given sha256 is kept; downloads are compared as they arrive."""
 
-    def __init__(self, cfg: DecontaminationConfig | dict | None, cache_dir: str | os.PathLike, rows: list[dict]):
+    def __init__(
+        self,
+        cfg: DecontaminationConfig | dict | None,
+        cache_dir: str | os.PathLike,
+        rows: list[dict],
+        exclusions: dict[str, tuple[str, str]] | None = None,
+        known_sha: dict[str, str] | None = None,
+    ):
         self.cfg = load_config(cfg)
         self.index = load_index(self.cfg, cache_dir) if self.cfg.enabled else None
+        self.exclusions = exclusions
         self.owner: dict[str, str] = {}  # sha256 -> doc_id kept
-        self.sha: dict[str, str] = {}  # doc_id -> sha256
-        for row in rows:
+        self.sha: dict[str, str] = dict(known_sha or {})  # doc_id -> sha256 (the screen's, not read again)
+        for row in rows if exclusions is None else []:
             if row.get("source_kind") == "local" and _readable(row):
                 sha = file_sha256(row["source"])
                 self.sha[row["doc_id"]] = sha
@@ -430,6 +457,8 @@ class SeedScreen:
         return None if match is None else ("contaminated", match.message())
 
     def before_fetch(self, row: dict) -> tuple[str, str] | None:
+        if self.exclusions and row["doc_id"] in self.exclusions:
+            return self.exclusions[row["doc_id"]]
         if self.index is None:
             return None
         return self._contaminated(self.index.match_name(row.get("url"), row.get("source")))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from ..io import atomic_path, get_logger, progress, remove_stale_temps, write_parquet_atomic
 from .config import SeedParams, load_params
 from .decontaminate import SeedScreen
+from .dedup import load_exclusions, load_shard_sha
 from .errors import SeedFailure
 from .fetch import materialise
 from .pool import WorkerPool
@@ -234,14 +235,21 @@ def run_seed_shard(
     threads: int,
     decontamination: dict | None = None,
     cache_dir: str | None = None,
+    screening: dict[str, str] | None = None,
 ) -> dict:
     """Seed every document of one manifest shard; returns a small summary dict.
 
     decontamination: the `decontamination` config section (benchmark documents are not seeded);
-    cache_dir: where the benchmark index's fingerprints are cached (default: next to the shard).
+    cache_dir: where the benchmark index's fingerprints are cached (default: next to the shard);
+    screening: the cross-shard screen's files (seed/dedup.py): `exclusions` (its decisions) and
+    `fingerprints` (this shard's table); None: this shard is screened on its own.
     """
     params = load_params(params)
     rows = _read_manifest(manifest_path)
+    exclusions = known_sha = None
+    if screening:
+        exclusions = load_exclusions(screening["exclusions"], [r["doc_id"] for r in rows])
+        known_sha = load_shard_sha(screening["fingerprints"])
     pages_path = Path(outputs["pages"])
     pages_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in pages_path.parent.glob(".seed-work-*"):  # left by a killed run of this shard
@@ -253,7 +261,9 @@ def run_seed_shard(
     log.info("seeding %d documents from %s with %d worker(s)", len(rows), manifest_path, max(1, threads))
     try:
         with atomic_path(pages_path) as pages_tmp:
-            screen = SeedScreen(decontamination, cache_dir or pages_path.parent.parent / ".decontamination", rows)
+            screen = SeedScreen(
+                decontamination, cache_dir or pages_path.parent.parent / ".decontamination", rows, exclusions, known_sha
+            )
             summary = _run(rows, params, max(1, threads), workdir, pages_tmp, outputs, screen)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -299,7 +309,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
         nonlocal next_fetch, in_flight
         while next_fetch < len(docs) and in_flight < in_flight_cap:
             doc = docs[next_fetch]
-            refused = screen.before_fetch(doc.row)  # a benchmark document by name: not even fetched
+            refused = screen.before_fetch(doc.row)  # excluded, or a benchmark's by name: not even fetched
             if refused:
                 next_fetch += 1
                 in_flight += 1

@@ -2,9 +2,10 @@
 
 Reads one JSON task per line on stdin and answers one JSON line per task on its protocol
 stream (the original stdout; stray prints from libraries go to stderr instead). A task
-renders pages [start, stop) of one PDF; PNG bytes are appended to the task's blob file and
-the answer lists their offsets, so no image data crosses the pipe and the parent never
-unpickles anything from a process that parses untrusted input.
+renders pages [start, stop) of one PDF (kind "fingerprint": fingerprints it for source dedup
+instead); PNG bytes are appended to the task's blob file and the answer lists their offsets,
+so no image data crosses the pipe and the parent never unpickles anything from a process
+that parses untrusted input.
 
 Limits: RLIMIT_AS (memory) for the whole process, RLIMIT_CPU re-armed per task (the soft
 limit is raised to "CPU used so far + the task's budget"); over budget the kernel kills the
@@ -74,6 +75,16 @@ def run_task(task: dict) -> dict:
     try:
         options = RenderOptions.from_params(load_params(task["params"]))
         doc = open_pdf(task["path"], options.max_document_pages)
+        if task.get("kind") == "fingerprint":
+            # Source dedup (seed/dedup.py): the text and first-page fingerprint, no rendering.
+            from .decontaminate import fingerprint_pdf, load_config
+
+            page_count = doc.page_count
+            doc.close()
+            fingerprint = fingerprint_pdf(task["path"], load_config(task["decontamination"]))
+            answer.update(ok=True, page_count=page_count, fingerprint=fingerprint)
+            answer["cpu_s"] = round(_cpu_used() - started, 3)
+            return answer
         page_count = doc.page_count
         start = task["start"]
         stop = min(page_count, start + task["count"])

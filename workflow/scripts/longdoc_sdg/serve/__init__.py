@@ -29,6 +29,7 @@ from .deployment import (
     config_hash,
     deployment_from_dict,
     identity,
+    image_limit,
     load_deployment,
 )
 from .launchers import LaunchError
@@ -44,6 +45,7 @@ __all__ = [
     "deployment_from_dict",
     "heartbeat_path",
     "identity",
+    "image_limit",
     "keep_alive",
     "keep_servers_alive",
     "load_deployment",

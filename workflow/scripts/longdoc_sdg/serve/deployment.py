@@ -167,6 +167,11 @@ class Deployment(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _readable_image_limit(self) -> "Deployment":
+        image_limit(self)  # a malformed --limit-mm-per-prompt fails when the file is read
+        return self
+
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.name
@@ -176,6 +181,44 @@ class Deployment(BaseModel):
         if self.gpus is not None:
             return self.gpus
         return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+
+
+LIMIT_MM_FLAG = "--limit-mm-per-prompt"
+
+
+def image_limit(dep: Deployment) -> int | None:
+    """Images one request may carry on this deployment: the `image` entry of vLLM's
+    --limit-mm-per-prompt in extra_args (JSON '{"image": N}', or the older 'image=N,video=M'),
+    the last one given winning; None when the deployment sets none (vLLM's V1 engine then
+    allows many). The one place that reads it: the stages and `evaluate` size requests by it."""
+    args, value = list(dep.extra_args), None
+    for i, arg in enumerate(args):
+        if arg == LIMIT_MM_FLAG:
+            if i + 1 >= len(args):
+                raise ValueError(f"deployment {dep.name!r}: extra_args ends with {LIMIT_MM_FLAG} without its value")
+            value = args[i + 1]
+        elif arg.startswith(LIMIT_MM_FLAG + "="):
+            value = arg.split("=", 1)[1]
+    if value is None:
+        return None
+    try:
+        if value.lstrip().startswith("{"):
+            limits = json.loads(value)
+        else:  # image=N,video=M
+            limits = {k.strip(): v for k, _, v in (item.partition("=") for item in value.split(",") if item.strip())}
+        limit = limits.get("image")
+        if limit is None:
+            return None
+        # newer vLLM also takes {"image": {"count": N, "width": ..., "height": ...}}
+        limit = int(limit["count"] if isinstance(limit, dict) else limit)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ValueError(
+            f"deployment {dep.name!r}: cannot read {LIMIT_MM_FLAG} {value!r} in extra_args; write it as "
+            """'{"image": N}'"""
+        ) from None
+    if limit < 0:
+        raise ValueError(f"deployment {dep.name!r}: {LIMIT_MM_FLAG} allows {limit} images; use 0 or more")
+    return limit
 
 
 def _resolve_relative(value: Any, base: Path) -> Any:

@@ -57,6 +57,11 @@ class EndpointSettings(BaseModel):
         description="Runtime file of a served deployment: its ready replicas are re-read from it and "
         "requests spread over them.",
     )
+    context: dict[str, Any] = Field(
+        {},
+        description="What the deployment says about the model's context: max_model_len, model (path or "
+        "handle, for its image-token family), mm_processor_kwargs (see deployment_context).",
+    )
 
 
 def make_engine(endpoint: dict):
@@ -100,6 +105,12 @@ def _check_inputs(stage: Stage, inputs: dict[str, str]) -> None:
             raise FileNotFoundError(f"stage {stage.name}: input {key} = {path} does not exist")
 
 
+def stage_needs_endpoint(stage: str, params: dict | None, inputs: dict[str, str]) -> bool:
+    """Whether one job of the stage (its settings, its shard's inputs) needs the model."""
+    spec = get_stage(stage)
+    return spec.needs_endpoint_for(spec.config_model.model_validate(params or {}), inputs)
+
+
 def run_stage(
     stage: str,
     inputs: dict[str, str],
@@ -115,12 +126,13 @@ def run_stage(
     A per-row problem is a failed row with its reason; an endpoint problem fails the job.
     """
     from ..engine import INFRA_REASONS, ShardWriter, run_rows
+    from ..engine.budget import budget_for_endpoint
     from ..pages import PageStore
 
     spec = get_stage(stage)
     config = spec.config_model.model_validate(params or {})
     _check_inputs(spec, inputs)
-    uses_model = spec.needs_endpoint(config)
+    uses_model = spec.needs_endpoint_for(config, inputs)
     if uses_model and not endpoint:
         raise ValueError(f"stage {stage} needs an endpoint (base_url, model) for this config")
     model_name = (endpoint or {}).get("model") if uses_model else PDF_TEXT_MODEL
@@ -139,6 +151,7 @@ def run_stage(
     ctx = StageContext(
         config=config, templates=templates, page_store=page_store, output_path=output, model=model_name or ""
     )
+    budget = None  # set once the endpoint's /v1/models card is read
 
     def validated(task: RowTask, columns: dict) -> dict:
         # Our own output must fit the closed schema: a mismatch is a bug and fails the job.
@@ -146,7 +159,7 @@ def run_stage(
 
     async def process_model(row: dict, engine) -> dict:
         task: RowTask = row["task"]
-        columns = await spec.process(task, ctx, RowCalls(engine))
+        columns = await spec.process(task, ctx, RowCalls(engine, budget))
         # A row answered without the model (OCR 'auto' on a page with a text layer) says so.
         model = columns.pop("model", None)
         out = validated(task, columns)
@@ -161,13 +174,20 @@ def run_stage(
             yield {"row_id": task.row_id, "doc_id": task.doc_id, "pages": task.pages, "task": task}
 
     async def main() -> None:
+        nonlocal budget
         engine = None
         try:
             if uses_model and pending:
                 # Only talk to the endpoint when there is work: an empty or finished shard
                 # must not fail because the server is gone.
                 engine = make_engine(endpoint)
-                await engine.verify()
+                card = await engine.verify()
+                budget = budget_for_endpoint(
+                    card,
+                    EndpointSettings.model_validate(endpoint).context,
+                    engine.endpoint.model,
+                    getattr(config, "min_image_pixels", 0),
+                )
             summary = await run_rows(
                 rows(),
                 process_model if uses_model else process_local,
@@ -222,4 +242,5 @@ __all__ = [
     "run_stage",
     "stage_config",
     "stage_config_hash",
+    "stage_needs_endpoint",
 ]

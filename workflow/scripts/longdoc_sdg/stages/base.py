@@ -134,6 +134,14 @@ class ModelStageConfig(StageConfig):
     image_transport: ImageTransportConfig = Field(
         ImageTransportConfig(), description="How images are sent.", **no_hash()
     )
+    min_image_pixels: int = Field(
+        500_000,
+        ge=0,
+        description="Floor of the client-side downscaling that fits a request into the model's max_model_len "
+        "(prompt + image tokens + max_tokens): images are never sent smaller than about this many pixels "
+        "(500,000: a letter page at ~75 dpi, text still legible). A request that does not fit even at the floor "
+        "fails its row as context_too_long without being sent.",
+    )
 
 
 def check_weights(weights: dict[str, float], types: tuple[QuestionType, ...]) -> dict[str, float]:
@@ -331,10 +339,17 @@ def sample_question_type(weights: dict[str, float], row_id: str, seed: int) -> s
 class RowCalls:
     """A row's door to the engine. Token usage needs no bookkeeping here: run_rows gives every
     row its own accumulator (a context variable) that the engine adds each reply to, failed
-    replies and calls made side by side included."""
+    replies and calls made side by side included.
 
-    def __init__(self, engine: Any):
+    With a context budget every request is fitted into the model's max_model_len first: its
+    images downscaled if needed (copies shared by the row's calls), or the row failed as
+    context_too_long before anything is sent (engine/budget.py)."""
+
+    def __init__(self, engine: Any, budget: Any = None):
+        from ..engine.budget import RequestFitter
+
         self.engine = engine
+        self.fitter = RequestFitter(budget) if budget is not None else None
 
     async def chat(
         self,
@@ -345,6 +360,11 @@ class RowCalls:
         response_model: type[BaseModel] | None = None,
         extra_body: dict | None = None,
     ):
+        if self.fitter is not None:
+            parts, targets, fit = self.fitter.plan(messages, max_tokens)
+            if any(t is not None for t in targets):
+                messages = await asyncio.to_thread(self.fitter.apply, messages, parts, targets)
+            self.fitter.record(fit)
         return await self.engine.chat(
             messages,
             response_model=response_model,
@@ -494,6 +514,15 @@ class Stage:
 
     def needs_endpoint(self, config: Any) -> bool:
         return True
+
+    def serves_on_demand(self, config: Any) -> bool:
+        """Whether a shard's own rows decide if it needs the model (needs_endpoint_for): its
+        deployment is then started by the first job that needs it, never for nothing."""
+        return False
+
+    def needs_endpoint_for(self, config: Any, inputs: dict[str, str]) -> bool:
+        """Whether this shard's rows need the model."""
+        return self.needs_endpoint(config)
 
     def plan(self, config: Any, inputs: dict[str, str]) -> Plan:
         raise NotImplementedError

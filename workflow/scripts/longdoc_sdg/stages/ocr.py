@@ -115,6 +115,18 @@ class OcrStage(Stage):
     def needs_endpoint(self, config: OcrConfig) -> bool:
         return config.engine in ("nemotron-parse", "auto")
 
+    def serves_on_demand(self, config: OcrConfig) -> bool:
+        return config.engine == "auto"
+
+    def needs_endpoint_for(self, config: OcrConfig, inputs: dict[str, str]) -> bool:
+        if config.engine != "auto":
+            return self.needs_endpoint(config)
+        # 'auto': only a page without a text layer needs Nemotron-Parse.
+        return any(
+            not has_text_layer(task.data.get("pdf_text"), task.data.get("text_blocks"))
+            for task in self.plan(config, inputs).tasks()
+        )
+
     def plan(self, config: OcrConfig, inputs: dict[str, str]) -> Plan:
         path = inputs["pages"]
 

@@ -18,6 +18,13 @@ Faults, three ways (checked in this order for every chat request):
 Transient kinds: 500 502 503 reset timeout malformed_body. Content kinds: 400 length
 reasoning_only invalid_json schema_invalid.
 
+Self-consistency (`consistent_share` / `--consistent-answers SHARE`, off by default): the double
+remembers the questions it wrote (a `question` field of its JSON replies, or a free reply later
+quoted in a request) and the first answer it gave to each; a later free-text request quoting such
+a question gets that answer again for SHARE of the questions (fixed by a hash of the question) and
+other words for the rest. The verify stage's re-answers then agree with the generated answers for
+a known, deterministic part of the rows.
+
 Run: `python -m longdoc_sdg.testing.fake_openai_server --port 0 --latency 0.2` (prints
 `FAKE_OPENAI_SERVER_LISTENING <url>` when ready), `FakeOpenAIServer(...).start()` for a thread
 in the test process, or `spawn_fake_server(...)` for a separate process. The command line also
@@ -93,15 +100,23 @@ class FakeServerConfig:
     seed: int = 0
     # how long a "timeout" fault stalls before answering (client should give up first)
     hang_s: float = 30.0
-    max_model_len: int = 8192
+    # listed by /v1/models as vLLM does (a Qwen3-VL's native context by default); the fake
+    # never enforces it: clients must keep their requests inside it
+    max_model_len: int = 262144
     healthy: bool = True
     # a misbehaving endpoint or proxy quoting the request's Authorization header in error bodies
     echo_key_in_errors: bool = False
+    # Self-consistency (None: off): asked again about a question it wrote, the double gives the
+    # answer it gave before for this share of its questions (by a hash of the question) and
+    # other words for the rest, like an independent re-answer that agrees that often.
+    consistent_share: float | None = None
 
     def __post_init__(self) -> None:
         for kind in list(self.faults) + [s for s in self.schedule if s != "ok"]:
             if kind not in ALL_FAULTS:
                 raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(ALL_FAULTS)}")
+        if self.consistent_share is not None and not 0 <= self.consistent_share <= 1:
+            raise ValueError(f"consistent_share must be in [0, 1], got {self.consistent_share}")
 
 
 def _uniform(*parts: Any) -> float:
@@ -117,6 +132,16 @@ def _pick(shares: dict[str, float], kinds: tuple[str, ...], u: float) -> str | N
         if u < acc:
             return kind
     return None
+
+
+def _request_texts(req: dict) -> Iterator[str]:
+    """The text parts of a chat request's messages."""
+    for message in req["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            yield from (p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
 def _error_body(status: int, message: str, kind: str, param: str | None = None) -> bytes:
@@ -278,6 +303,8 @@ class FakeOpenAIServer:
         self.completed = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        # consistent_share: the questions it wrote -> the answer it gave (None until answered)
+        self.asked: dict[str, str | None] = {}
 
     def stats(self) -> dict:
         return {
@@ -567,9 +594,14 @@ class FakeOpenAIServer:
         elif fault == "invalid_json":
             content = '{"answer": "unterminated'
         elif schema is not None:
-            content = _dumps(value_from_schema(schema, rng)).decode()
+            value = value_from_schema(schema, rng)
+            content = _dumps(value).decode()
+            if cfg.consistent_share is not None:
+                self._remember_questions(value)
         else:
             content = _words(rng, min(int(max_tokens), 24))
+            if cfg.consistent_share is not None and fault is None:
+                content = self._consistent_reply(req, content)
         finish = "stop"
         if fault == "length":
             # a truncated reply, cut where the token budget ran out
@@ -617,6 +649,37 @@ class FakeOpenAIServer:
             ],
             "usage": usage,
         }
+
+    def _remember_questions(self, value: Any) -> None:
+        """Every {"question": ..., "answer": ...} object of a JSON reply, at any depth."""
+        if isinstance(value, dict):
+            question = value.get("question")
+            if isinstance(question, str) and question.strip():
+                answer = value.get("answer")
+                self.asked[question.strip()] = answer.strip() if isinstance(answer, str) else None
+            for item in value.values():
+                self._remember_questions(item)
+        elif isinstance(value, list):
+            for item in value:
+                self._remember_questions(item)
+
+    def _consistent_reply(self, req: dict, content: str) -> str:
+        """A free reply: to a request quoting a question it wrote, the remembered answer (or, for the
+        disagreeing share, other words fixed by the question); else `content`, remembered as a
+        possible question (a free-text question call's reply)."""
+        text = "\n".join(_request_texts(req))
+        quoted = [q for q in self.asked if q in text]
+        if not quoted:
+            self.asked.setdefault(content.strip(), None)
+            return content
+        question = max(quoted, key=len)  # the most specific one quoted
+        answer = self.asked[question]
+        if answer is None:  # the first answer to this question: the one to agree with later
+            self.asked[question] = content.strip()
+            return content
+        if _uniform(self.config.seed, "agree", question) < self.config.consistent_share:
+            return answer
+        return _words(random.Random(f"{self.config.seed}:disagree:{question}"), 6)
 
 
 # ---------------------------------------------------------------- separate process
@@ -687,6 +750,7 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request while holding a slot")
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=262144, help="as vLLM: listed by /v1/models")
     parser.add_argument("--reasoning", action="store_true")
     parser.add_argument("--reasoning-field", default="reasoning", choices=["reasoning", "reasoning_content"])
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=SHARE")
@@ -694,6 +758,13 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--echo-key-in-errors", action="store_true", help="quote the request's Authorization header in error bodies"
+    )
+    parser.add_argument(
+        "--consistent-answers",
+        type=float,
+        metavar="SHARE",
+        help="asked again about a question it wrote, give the same answer for SHARE of its questions, other "
+        "words for the rest (an independent re-answer that agrees that often; off by default)",
     )
     parser.add_argument("--hang", type=float, default=30.0, help="stall of a timeout fault, seconds")
     # Start-up behaviour, for tests of the serve rule.
@@ -771,12 +842,14 @@ def main(argv: list[str] | None = None) -> None:
         api_key=api_key,
         latency_s=args.latency,
         max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
         reasoning=args.reasoning,
         reasoning_field=args.reasoning_field,
         faults=faults,
         schedule=[s for s in args.schedule.split(",") if s],
         seed=args.seed,
         hang_s=args.hang,
+        consistent_share=args.consistent_answers,
         echo_key_in_errors=args.echo_key_in_errors,
     )
     server = FakeOpenAIServer(config)
