@@ -337,6 +337,7 @@ def workflow_config_model():
         )
 
     stages = _stages_model()
+    evaluate = _stage_section("evaluate")
     return create_model(
         "WorkflowConfig",
         __base__=Section,
@@ -368,6 +369,14 @@ def workflow_config_model():
         ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
         stages=(stages, Field(stages(), description="Model stages (longdoc_sdg.registry), by name.")),
+        evaluate=(
+            evaluate,
+            Field(
+                evaluate(),
+                description="`snakemake evaluate` (not part of a normal run): a model (evaluate.model) answers a "
+                "benchmark in MMLongBench-Doc's layout (evaluate.settings.samples, .documents), scored by its rules.",
+            ),
+        ),
         export=(
             ExportConfig,
             Field(ExportConfig(), description="Final datasets per QA stage and their export layouts."),
