@@ -228,6 +228,12 @@ class Endpoint(Section):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="NAME of the environment variable holding the API key (read by the job; null: no key).",
     )
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Context length of the model behind this endpoint, used only when its /v1/models does not "
+        "list one (vLLM does): each request's prompt + images + max_tokens is fitted into it. null: then unchecked.",
+    )
 
 
 class ModelSpec(Section):
