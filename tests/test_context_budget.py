@@ -97,6 +97,10 @@ def test_budget_limit_from_deployment_and_card():
     assert "deployment" in both.source
     assert budget_for_endpoint(card, {}, "m", 0).max_model_len == 32768
     assert budget_for_endpoint({"id": "m"}, {}, "m", 0).max_model_len is None
+    # A server that lists no context length: the configured one (models.ALIAS.endpoint.max_model_len).
+    configured = {"fallback_max_model_len": 8000}
+    assert budget_for_endpoint({"id": "m"}, configured, "m", 0).max_model_len == 8000
+    assert budget_for_endpoint(card, configured, "m", 0).max_model_len == 32768  # the server's own wins
 
 
 # -- fitting a request
@@ -301,3 +305,16 @@ def test_every_row_too_long_fails_the_job_naming_the_settings(tmp_path):
         server.stop()
     lines = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
     assert len(lines) == 4 and {r["failure_reason"] for r in lines} == {"context_too_long"}  # kept in the journal
+
+
+def test_manual_endpoint_passes_its_configured_context_length():
+    from longdoc_sdg.config import default_config
+    from longdoc_sdg.endpoints import resolve_endpoint
+
+    config = default_config()
+    config["models"]["judge"] = {
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None, "max_model_len": 8000}
+    }
+    endpoint = resolve_endpoint({"mode": "manual", "model": "m"}, config, "judge")
+    assert endpoint["context"] == {"fallback_max_model_len": 8000}
+    assert budget_for_endpoint({"id": "m"}, endpoint["context"], "m", 0).max_model_len == 8000

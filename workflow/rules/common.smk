@@ -494,3 +494,25 @@ def get_ledger_targets(wildcards):
     if not (served_deployments() and manifest_shards()):
         return []
     return [f"{RESULTS}/report/ledger.json", f"{RESULTS}/report/figures/ledger.png"]
+
+
+# `snakemake evaluate` (rules/evaluate.smk)
+from longdoc_sdg import evaluate as evaluation
+
+
+def get_evaluate_inputs(wildcards):
+    return evaluation.workflow_inputs(config)
+
+
+def get_evaluate_settings(wildcards):
+    return evaluation.workflow_settings(config)
+
+
+def get_evaluate_endpoint(wildcards):
+    """evaluate.model's identity (a rerun trigger) and how the job reaches it."""
+    mode = run_plan.endpoint_mode(config, evaluation.SECTION)
+    if mode not in ("manual", "serve"):
+        raise ValueError(evaluation.unavailable_reason(config))
+    deployment = run_plan.stage_deployment(config, evaluation.SECTION)
+    runtime = runtime_path(deployment) if deployment else None
+    return endpoints.endpoint_params(config, evaluation.SECTION, mode, runtime)

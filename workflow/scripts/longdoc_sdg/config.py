@@ -228,6 +228,12 @@ class Endpoint(Section):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="NAME of the environment variable holding the API key (read by the job; null: no key).",
     )
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Context length of the model behind this endpoint, used only when its /v1/models does not "
+        "list one (vLLM does): each request's prompt + images + max_tokens is fitted into it. null: then unchecked.",
+    )
 
 
 class ModelSpec(Section):
@@ -337,6 +343,7 @@ def workflow_config_model():
         )
 
     stages = _stages_model()
+    evaluate = _stage_section("evaluate")
     return create_model(
         "WorkflowConfig",
         __base__=Section,
@@ -368,6 +375,14 @@ def workflow_config_model():
         ),
         serving=(ServingConfig, Field(ServingConfig(), description="Automatic model servers (deployments).")),
         stages=(stages, Field(stages(), description="Model stages (longdoc_sdg.registry), by name.")),
+        evaluate=(
+            evaluate,
+            Field(
+                evaluate(),
+                description="`snakemake evaluate` (not part of a normal run): a model (evaluate.model) answers a "
+                "benchmark in MMLongBench-Doc's layout (evaluate.settings.samples, .documents), scored by its rules.",
+            ),
+        ),
         export=(
             ExportConfig,
             Field(ExportConfig(), description="Final datasets per QA stage and their export layouts."),

@@ -218,7 +218,11 @@ def resolve_endpoint(params: dict, config: dict, stage: str) -> dict | None:
                 f"models.{model_alias(config, stage)}.endpoint.model is {spec['model']!r} but the job was planned "
                 f"for {params['model']!r}; rerun the workflow"
             )
-        return {"base_url": spec["base_url"], "model": spec["model"], "api_key_env": spec.get("api_key_env")}
+        endpoint = {"base_url": spec["base_url"], "model": spec["model"], "api_key_env": spec.get("api_key_env")}
+        if spec.get("max_model_len"):
+            # for servers whose /v1/models lists no context length (engine/budget.py)
+            endpoint["context"] = {"fallback_max_model_len": spec["max_model_len"]}
+        return endpoint
     if mode == "serve":
         from .serve import verify_endpoint
 

@@ -243,3 +243,73 @@ def run_command(args) -> int:
         return 2
     print(json.dumps(scores, indent=2, ensure_ascii=False))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow's `evaluate` target (workflow/rules/evaluate.smk): the same run, its model named
+# by an alias of `models:` (evaluate.model), served or reached like every stage's.
+
+SECTION = "evaluate"
+
+
+def workflow_paths(config: dict) -> tuple[str, str]:
+    """evaluate.settings.samples and .documents, or an error saying what to set."""
+    settings = config[SECTION]["settings"]
+    for key in ("samples", "documents"):
+        if not settings.get(key):
+            raise ValueError(
+                f"`snakemake evaluate` needs evaluate.settings.{key} (the benchmark's samples.json and the folder "
+                "of its PDFs): set both in a --configfile"
+            )
+    if not Path(settings["samples"]).is_file():
+        raise ValueError(f"evaluate.settings.samples: no file {settings['samples']}")
+    if not Path(settings["documents"]).is_dir():
+        raise ValueError(f"evaluate.settings.documents: no folder {settings['documents']}")
+    return settings["samples"], settings["documents"]
+
+
+def workflow_inputs(config: dict) -> dict:
+    """The rule's inputs: samples.json and the PDFs it names that exist (the others become
+    failure rows). Bad samples fail here, before anything runs, naming the row and field."""
+    samples_path, documents = workflow_paths(config)
+    samples = read_samples(samples_path)
+    check_samples(samples, samples_path)
+    names = dict.fromkeys(str(s["doc_id"]) for s in samples)
+    return {
+        "samples": samples_path,
+        "pdfs": [str(Path(documents) / n) for n in names if (Path(documents) / n).is_file()],
+    }
+
+
+def unavailable_reason(config: dict) -> str:
+    alias = config[SECTION]["model"]
+    if alias is None:
+        return "`snakemake evaluate` needs a model: set evaluate.model to an alias of `models:`"
+    if alias not in config["models"]:
+        return f"evaluate.model is {alias!r}, not an alias of `models:` ({', '.join(sorted(config['models']))})"
+    if config["models"][alias].get("deployment"):
+        return (
+            f"evaluate.model {alias!r} is deployment {config['models'][alias]['deployment']!r}: set "
+            f"serving.enabled: true to serve it, or point models.{alias} at a running endpoint"
+        )
+    return f"evaluate.model {alias!r}: set models.{alias}.endpoint.base_url (+ model, api_key_env)"
+
+
+def workflow_image_limit(config: dict) -> int | None:
+    """The image limit of evaluate.model's deployment (None for an endpoint)."""
+    from .endpoints import load_deployment_of
+    from .plan import stage_deployment
+    from .serve import image_limit
+
+    deployment = stage_deployment(config, SECTION)
+    return image_limit(load_deployment_of(config, deployment)) if deployment else None
+
+
+def workflow_settings(config: dict) -> dict:
+    """What changes the evaluation's results (the rule's params): the answering settings, with
+    max_images resolved against the deployment's image limit, and the seed's settings."""
+    settings = {k: v for k, v in config[SECTION]["settings"].items() if k not in ("samples", "documents")}
+    settings["max_images"] = pages_per_question(
+        settings.get("max_images"), workflow_image_limit(config), "evaluate.settings.max_images"
+    )
+    return {"settings": settings, "seed": config["seed"]["settings"]}

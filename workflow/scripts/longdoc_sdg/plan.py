@@ -30,8 +30,14 @@ def short_hash(value) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
 
 
+def stage_section(config: dict, stage: str) -> dict:
+    """A stage's config section: stages.NAME, or the top-level section of a stage the workflow
+    runs as its own target (evaluate)."""
+    return config["stages"][stage] if stage in config["stages"] else config[stage]
+
+
 def model_alias(config: dict, stage: str) -> str | None:
-    return config["stages"][stage]["model"]
+    return stage_section(config, stage)["model"]
 
 
 def model_spec(config: dict, stage: str) -> dict:
@@ -178,7 +184,7 @@ def stage_config_section(config: dict, stage: str) -> dict:
     from .config import STAGE_RUN_FIELDS
     from .mix import apply_mix
 
-    section = config["stages"][stage]
+    section = stage_section(config, stage)
     run = {key: section["run"][key] for key in STAGE_RUN_FIELDS if key in section["run"]}
     settings = apply_mix(config["mix"]["settings"]["target"], stage, section["settings"])
     return {**settings, **run}

@@ -322,7 +322,8 @@ def budget_for_endpoint(
 ) -> ContextBudget:
     """The budget of a stage's endpoint. max_model_len: the deployment's --max-model-len (hint)
     and the endpoint's /v1/models `max_model_len` (vLLM lists it); the smaller when both are
-    known. The family: from the deployment's model, the card's `root` (the model path vLLM
+    known; else the endpoint's configured max_model_len (hint `fallback_max_model_len`). The
+    family: from the deployment's model, the card's `root` (the model path vLLM
     serves) or the served name."""
     card, hint = card or {}, hint or {}
     limits = []
@@ -330,6 +331,8 @@ def budget_for_endpoint(
         limits.append((hint["max_model_len"], "the deployment's --max-model-len"))
     if isinstance(card.get("max_model_len"), int):
         limits.append((card["max_model_len"], "max_model_len listed by /v1/models"))
+    if not limits and isinstance(hint.get("fallback_max_model_len"), int):
+        limits.append((hint["fallback_max_model_len"], "models.ALIAS.endpoint.max_model_len"))
     limit, source = min(limits) if limits else (None, "")
     family = resolve_family(
         hint.get("model"), card.get("root"), served_name, mm_processor_kwargs=hint.get("mm_processor_kwargs")

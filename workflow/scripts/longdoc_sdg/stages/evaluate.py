@@ -26,6 +26,7 @@ from .base import (
     StageFailure,
     StageOutput,
     iter_rows,
+    no_hash,
     user_message,
 )
 
@@ -41,6 +42,18 @@ def _sampling() -> SamplingConfig:
 
 
 class EvaluateConfig(ModelStageConfig):
+    samples: str | None = Field(
+        None,
+        description="The benchmark's samples.json (MMLongBench-Doc layout) `snakemake evaluate` answers (read by "
+        "the workflow: a rule input).",
+        **no_hash(),
+    )
+    documents: str | None = Field(
+        None,
+        description="Folder of the benchmark's PDFs, named by the samples' doc_id (read by the workflow: the PDFs "
+        "the samples name are rule inputs; a missing one is a failure row).",
+        **no_hash(),
+    )
     max_tokens: int = Field(1024, ge=1, description="Completion token budget of the answer (the benchmark's 1024).")
     extract_max_tokens: int = Field(
         256, ge=1, description="Completion token budget of the extractor (the benchmark's 256)."
