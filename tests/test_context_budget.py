@@ -20,6 +20,7 @@ from longdoc_sdg.engine.budget import (
     ContextTooLong,
     RequestFitter,
     RowImages,
+    TooManyImages,
     VisionFamily,
     budget_for_endpoint,
     message_text_tokens,
@@ -139,6 +140,22 @@ def test_too_long_even_at_the_floor():
     assert ocr.fit([LETTER_144DPI], text=20, max_tokens=8000).scale == 1.0
     with pytest.raises(ContextTooLong):
         ocr.fit([LETTER_144DPI], text=20, max_tokens=9000)
+
+
+def test_more_images_than_the_deployment_allows_is_not_sent():
+    from conftest import REPO
+    from longdoc_sdg.engine.budget import deployment_hint
+    from longdoc_sdg.serve import load_deployment
+
+    # The shipped CPU deployment sets --limit-mm-per-prompt '{"image": 2}' (a tiny model's budget).
+    hint = deployment_hint(load_deployment(REPO / "config" / "deployments" / "tiny-cpu-vlm.yaml", {}))
+    assert hint["max_images"] == 2
+    budget = budget_for_endpoint({}, {**hint, "max_model_len": None}, "tiny", 0)
+    assert budget.fit([LETTER_144DPI] * 2, text=10, max_tokens=10).scale == 1.0
+    with pytest.raises(TooManyImages) as caught:
+        budget.fit([LETTER_144DPI] * 3, text=10, max_tokens=10)
+    assert caught.value.reason == "too_many_images"
+    assert "3 images > 2" in caught.value.message and "--limit-mm-per-prompt" in caught.value.message
 
 
 def test_unknown_limit_checks_nothing():
@@ -274,6 +291,7 @@ def test_served_deployment_sets_the_limit_and_pixel_bounds():
         "max_model_len": 50000,
         "model": "Qwen/Qwen3-VL-235B-A22B-Thinking-FP8",
         "mm_processor_kwargs": {"max_pixels": 1003520},
+        "max_images": None,  # {"video": 0} limits videos only
     }
     # The card of a server started without --max-model-len would list the model's own 262,144.
     card = {"id": hint["model"], "root": hint["model"], "max_model_len": 262144}

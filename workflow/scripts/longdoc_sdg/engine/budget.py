@@ -233,6 +233,11 @@ class ContextTooLong(RecordError):
         super().__init__("context_too_long", message)
 
 
+class TooManyImages(RecordError):
+    def __init__(self, message: str):
+        super().__init__("too_many_images", message)
+
+
 @dataclass(frozen=True)
 class Fit:
     """How a request fits: the size each image is sent at, its scale and the token estimate."""
@@ -248,6 +253,7 @@ class ContextBudget:
     family: VisionFamily = DEFAULT_FAMILY
     min_image_pixels: int = 0
     source: str = ""  # where max_model_len came from, for messages
+    max_images: int | None = None  # images per request the server accepts (--limit-mm-per-prompt)
 
     def _scaled(self, size: tuple[int, int], scale: float) -> tuple[int, int]:
         width, height = size
@@ -269,7 +275,13 @@ class ContextBudget:
 
     def fit(self, sizes: list[tuple[int, int]], text: int, max_tokens: int | None) -> Fit:
         """The largest common scale (<= 1) at which `sizes` fit beside `text` prompt tokens and
-        `max_tokens`; ContextTooLong when even the floor resolution does not."""
+        `max_tokens`; ContextTooLong when even the floor resolution does not, TooManyImages
+        when the server would refuse the image count whatever their size."""
+        if self.max_images is not None and len(sizes) > self.max_images:
+            raise TooManyImages(
+                f"{len(sizes)} images > {self.max_images} per request allowed by the deployment's "
+                f"--limit-mm-per-prompt; not sent (lower the stage's page limit or raise the deployment's limit)"
+            )
         full = self._image_tokens(sizes)
         if self.max_model_len is None:
             return Fit(list(sizes), 1.0, text + full)
@@ -314,7 +326,14 @@ def deployment_hint(deployment: Any) -> dict[str, Any]:
                 kwargs = json.loads(value)
             except ValueError:
                 kwargs = None
-    return {"max_model_len": deployment.max_model_len, "model": deployment.model, "mm_processor_kwargs": kwargs}
+    from ..serve.deployment import image_limit
+
+    return {
+        "max_model_len": deployment.max_model_len,
+        "model": deployment.model,
+        "mm_processor_kwargs": kwargs,
+        "max_images": image_limit(deployment),
+    }
 
 
 def budget_for_endpoint(
@@ -337,15 +356,18 @@ def budget_for_endpoint(
     family = resolve_family(
         hint.get("model"), card.get("root"), served_name, mm_processor_kwargs=hint.get("mm_processor_kwargs")
     )
-    budget = ContextBudget(limit, family, min_image_pixels, source)
+    max_images = hint.get("max_images") if isinstance(hint.get("max_images"), int) else None
+    budget = ContextBudget(limit, family, min_image_pixels, source, max_images)
     log.info(
-        "context budget: max_model_len %s (%s), %s images (%d px per token side, max %s px), floor %d px",
+        "context budget: max_model_len %s (%s), %s images (%d px per token side, max %s px), floor %d px, "
+        "at most %s images per request",
         limit,
         source or "unknown: not checked",
         family.name,
         family.pixels_per_token_side,
         family.max_pixels,
         min_image_pixels,
+        max_images if max_images is not None else "any",
     )
     return budget
 
@@ -487,6 +509,7 @@ __all__ = [
     "FAMILIES",
     "ContextBudget",
     "ContextTooLong",
+    "TooManyImages",
     "budget_for_endpoint",
     "deployment_hint",
     "Fit",

@@ -13,6 +13,7 @@ CONTENT_REASONS = (
     "schema_invalid",  # JSON that does not validate against the closed schema
     "bad_request",  # HTTP 400/413/422: this request can never succeed unchanged
     "context_too_long",  # prompt + images + max_tokens over max_model_len even at the floor resolution; not sent
+    "too_many_images",  # more images than the deployment's --limit-mm-per-prompt allows; not sent
 )
 # When every row of a shard fails with one of these, the shard's job fails instead of writing a
 # shard of failures: the cause is a setting, named here ({stage} filled in).
@@ -26,6 +27,8 @@ SETTING_REASONS = {
     "context_too_long": "no request fits the model's max_model_len even with its images at the floor "
     "resolution: lower stages.{stage}.settings.max_tokens or stages.{stage}.settings.min_image_pixels, send "
     "fewer pages per request, or serve the model with a longer max_model_len",
+    "too_many_images": "every request has more images than the deployment's --limit-mm-per-prompt allows: "
+    "send fewer pages per request from stages.{stage} or raise the limit in the deployment's extra_args",
 }
 
 # Infrastructure trouble that outlived the retries but stayed under the circuit breaker.
