@@ -6,6 +6,7 @@ table, so each file is broken only in the way its builder intends.
 
 from __future__ import annotations
 
+import random
 import zlib
 from pathlib import Path
 
@@ -130,3 +131,22 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+# Report-like prose for stand-in benchmark documents (decontamination and dedup tests).
+VOCABULARY = (
+    "revenue margin quarter growth forecast segment capital asset liability equity dividend board "
+    "policy region market customer product service network energy transport health education survey "
+    "sample rate index figure table chart report annual review strategy risk return cost price volume"
+).split()
+
+
+def benchmark_pdf(path: Path, seed: int, pages: int = 8) -> None:
+    rng = random.Random(seed)
+    doc = pymupdf.open()
+    for number in range(pages):
+        page = doc.new_page(width=420, height=595)
+        text = " ".join(rng.choice(VOCABULARY) for _ in range(160))
+        page.insert_textbox(pymupdf.Rect(30, 30, 390, 565), f"Section {number + 1}. {text}", fontsize=9)
+    doc.set_metadata({"title": f"Benchmark document {seed}", "author": "Benchmark authors"})
+    doc.save(path)

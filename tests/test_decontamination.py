@@ -9,7 +9,6 @@ holds the originals. The three are excluded as `contaminated`, the second sample
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import numpy as np
@@ -27,23 +26,7 @@ from longdoc_sdg.seed.decontaminate import (
     name_key,
     perceptual_hash,
 )
-
-VOCABULARY = (
-    "revenue margin quarter growth forecast segment capital asset liability equity dividend board "
-    "policy region market customer product service network energy transport health education survey "
-    "sample rate index figure table chart report annual review strategy risk return cost price volume"
-).split()
-
-
-def benchmark_pdf(path, seed: int, pages: int = 8) -> None:
-    rng = random.Random(seed)
-    doc = pymupdf.open()
-    for number in range(pages):
-        page = doc.new_page(width=420, height=595)
-        text = " ".join(rng.choice(VOCABULARY) for _ in range(160))
-        page.insert_textbox(pymupdf.Rect(30, 30, 390, 565), f"Section {number + 1}. {text}", fontsize=9)
-    doc.set_metadata({"title": f"Benchmark document {seed}", "author": "Benchmark authors"})
-    doc.save(path)
+from pdf_factory import benchmark_pdf
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
+from helpers.serving_workflow import DEPLOYMENT, SERVED, assert_unpublished, output_of, serve_dir, snakemake
 from helpers.workflow import planned_jobs
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
-from test_workflow_serving import DEPLOYMENT, SERVED, assert_unpublished, output_of, serve_dir, snakemake
 
 pytestmark = pytest.mark.workflow
 

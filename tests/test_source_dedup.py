@@ -154,7 +154,7 @@ def test_screen_prefers_contaminated_to_duplicate_and_keeps_the_first_listed(tmp
     import pyarrow as pa
 
     from longdoc_sdg.seed.dedup import fingerprint_shard, screen_sources
-    from test_decontamination import benchmark_pdf
+    from pdf_factory import benchmark_pdf
 
     bench, source = tmp_path / "bench", tmp_path / "source"
     bench.mkdir()

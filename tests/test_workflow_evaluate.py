@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR
+from helpers.evaluate import SAMPLES, ScriptedModel
+from helpers.workflow import planned_jobs
 from longdoc_sdg.cli import main as cli_main
 from longdoc_sdg.registry import model_stages
-from test_evaluate import SAMPLES, ScriptedModel
-from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 

@@ -16,12 +16,12 @@ import pytest
 
 from conftest import REPO
 from helpers.serving import require, slurm_available
-from test_workflow_serving import (  # noqa: F401  (seeded is a fixture)
+from helpers.serving_workflow import (
     DEPLOYMENT,
     assert_every_page_once,
     output_of,
     requests_of,
-    seeded,
+    seed_serving_template,
     serve_dir,
     server_processes,
     shard_pages,
@@ -46,7 +46,12 @@ def sacct(job_id: str) -> list[str]:
     return out.split("|") if out else []
 
 
-def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    return seed_serving_template(tmp_path_factory)
+
+
+def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, tmp_path):
     require(slurm_available(), "no usable Slurm (sinfo missing or failing); run ci/slurm/up.sh")
     template, pdf_dir = seeded
     stats = tmp_path / "stats.json"
