@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE_PDF_DIR, copy_pdfs
+from conftest import SAMPLE_PDF_DIR, copy_pdfs
+from helpers.workflow import snakemake_cmd
 from longdoc_sdg.registry import qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
@@ -135,18 +136,7 @@ def small_run(workdir: Path, base_url: str, **extra) -> Path:
 
 def snakemake(workdir: Path, configfile: Path, *args: str):
     return subprocess.run(
-        [
-            "snakemake",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(configfile),
-            "--cores",
-            "2",
-            *args,
-        ],
+        snakemake_cmd(workdir, *args, configfile=configfile),
         capture_output=True,
         text=True,
         timeout=900,

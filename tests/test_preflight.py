@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR, copy_pdfs
+from helpers.workflow import snakemake_cmd
 from longdoc_sdg import preflight
 from longdoc_sdg.config import default_config
 from longdoc_sdg.plan import stage_statuses
@@ -23,18 +24,7 @@ def dry_run(workdir: Path, config: dict, env=None) -> subprocess.CompletedProces
     config = {"results_dir": "results", "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}}, **config}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return subprocess.run(
-        [
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(REPO / "workflow" / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "1",
-        ],
+        snakemake_cmd(workdir, "-n", cores=1),
         capture_output=True,
         text=True,
         timeout=300,

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR
 from helpers.evaluate import SAMPLES, ScriptedModel
-from helpers.workflow import planned_jobs
+from helpers.workflow import planned_jobs, snakemake_cmd
 from longdoc_sdg.cli import main as cli_main
 from longdoc_sdg.registry import model_stages
 
@@ -28,19 +28,7 @@ pytestmark = pytest.mark.workflow
 def snakemake(workdir: Path, *args: str, config: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(path),
-        "--cores",
-        "2",
-        "evaluate",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, "evaluate", *args, configfile=path)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_pdfs
-from helpers.workflow import planned_jobs
+from helpers.workflow import planned_jobs, snakemake_cmd
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 
@@ -48,18 +48,7 @@ FAKE_KEY = "fake-key-7c1d0f8e2b9a4c36"
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None, env=None, timeout=900):
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile or workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, *args, configfile=configfile)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -24,6 +24,7 @@ from helpers.vllm_config import (
     shortest_pdfs,
     tiny_model_stage_settings,
 )
+from helpers.workflow import snakemake_cmd
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 
 QA_STAGES = qa_stages()
@@ -37,16 +38,7 @@ SERVED = "tiny-vlm"
 
 
 def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.CompletedProcess:
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, *args, cores=None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

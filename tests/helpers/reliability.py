@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from conftest import REPO, SAMPLE_PDF_DIR
+from conftest import SAMPLE_PDF_DIR
+from helpers.workflow import snakemake_cmd
 
 KEY_ENV = "FAKE_LLM_KEY"
 
@@ -69,21 +70,6 @@ def classify_settings(
             "retry": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **(retry or {})},
         },
     }
-
-
-def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:

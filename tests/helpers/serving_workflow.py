@@ -17,6 +17,7 @@ import pymupdf
 import yaml
 
 from conftest import REPO
+from helpers.workflow import snakemake_cmd
 
 DEPLOYMENT = "fake-vllm"
 SERVED = "fake-vllm-model"
@@ -26,20 +27,7 @@ OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_
 
 
 def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml", timeout: float = 300):
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--profile",
-        str(REPO / "profiles" / "local"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / configfile),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, *args, configfile=workdir / configfile, profile="local")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,19 +8,22 @@ from pathlib import Path
 from conftest import REPO
 
 
+def snakemake_cmd(
+    workdir: Path, *args: str, configfile: Path | None = None, profile: str | None = None, cores: int | None = 2
+) -> list[str]:
+    """Our Snakefile on WORKDIR with its config.yaml (or CONFIGFILE), under profiles/PROFILE when
+    given; ARGS last (--directory ends --configfile's list, so targets stay targets)."""
+    cmd = ["snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+    cmd += ["--configfile", str(configfile or workdir / "config.yaml"), "--directory", str(workdir)]
+    if profile:
+        cmd += ["--profile", str(REPO / "profiles" / profile)]
+    if cores:
+        cmd += ["--cores", str(cores)]
+    return cmd + list(args)
+
+
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, *args)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
