@@ -129,6 +129,15 @@ def endpoint_rows() -> list[tuple[str, str, str, str]]:
     rows = [r for r in field_rows(EndpointSettings) if r[0] not in ("concurrency", "retry", "breaker", "error_budget")]
     for key, model in (("concurrency", ConcurrencyConfig), ("retry", RetryConfig), ("error_budget", BreakerConfig)):
         rows += field_rows(model, f"{key}.")
+    # Keys only the workflow config's endpoint shape has (the job turns them into `context`).
+    from .config import Endpoint
+
+    known = {row[0] for row in rows}
+    rows += [
+        (name, kind, default, f"Workflow config only (models.ALIAS.endpoint.{name}). {text}")
+        for name, kind, default, text in field_rows(Endpoint)
+        if name not in known
+    ]
     return rows
 
 
