@@ -116,7 +116,9 @@ def test_every_replica_dead_before_ready_fails_fast_with_each_log_tail(paths):
         _serve(dep, paths)
     elapsed = time.monotonic() - t0
     print(f"both replicas dead, detected in {elapsed:.1f}s")
-    assert elapsed < 60
+    # A hang guard, not a speed check (timing lives in benchmarks/): detection must not wait
+    # out the 600 s ready timeout; the messages below show it came from the exits.
+    assert elapsed < dep.ready_timeout_s / 2
     message = str(caught.value)
     assert "2 of 2 replicas failed" in message
     for index in (0, 1):
