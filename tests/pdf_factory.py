@@ -150,3 +150,13 @@ def benchmark_pdf(path: Path, seed: int, pages: int = 8) -> None:
         page.insert_textbox(pymupdf.Rect(30, 30, 390, 565), f"Section {number + 1}. {text}", fontsize=9)
     doc.set_metadata({"title": f"Benchmark document {seed}", "author": "Benchmark authors"})
     doc.save(path)
+
+
+def numbered_page_pdfs(folder: Path, page_counts: tuple[int, ...]) -> None:
+    """doc0.pdf, doc1.pdf, ... in FOLDER with the given page counts, each page saying which it is."""
+    for index, pages in enumerate(page_counts):
+        doc = pymupdf.open()
+        for number in range(1, pages + 1):
+            page = doc.new_page(width=300, height=400)
+            page.insert_text((40, 60), f"Document {index}, page {number} of {pages}", fontsize=12)
+        doc.save(folder / f"doc{index}.pdf")

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pymupdf
 import pytest
 import yaml
 
@@ -28,6 +27,7 @@ from helpers.slurm import processes_with, sacct_jobs
 from helpers.workflow import planned_jobs
 from longdoc_sdg.engine.errors import INFRA_REASONS
 from longdoc_sdg.registry import model_stages
+from pdf_factory import numbered_page_pdfs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
@@ -120,12 +120,7 @@ def seeded(tiny_vlm, tmp_path_factory):
     root = tmp_path_factory.mktemp("replicas")
     pdf_dir = root / "pdfs"
     pdf_dir.mkdir()
-    for index, pages in enumerate(DOC_PAGES):
-        doc = pymupdf.open()
-        for number in range(1, pages + 1):
-            page = doc.new_page(width=300, height=400)
-            page.insert_text((40, 60), f"Document {index}, page {number} of {pages}", fontsize=12)
-        doc.save(pdf_dir / f"doc{index}.pdf")
+    numbered_page_pdfs(pdf_dir, DOC_PAGES)
     template = root / "template"
     template.mkdir()
     write_config(template, pdf_dir, model_dir, "local")

@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pymupdf
 import yaml
 
 from conftest import REPO
 from helpers.workflow import snakemake_cmd
+from pdf_factory import numbered_page_pdfs
 
 DEPLOYMENT = "fake-vllm"
 SERVED = "fake-vllm-model"
@@ -148,12 +148,7 @@ def seed_serving_template(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("serving")
     pdf_dir = root / "pdfs"
     pdf_dir.mkdir()
-    for index, pages in enumerate(DOC_PAGES):
-        doc = pymupdf.open()
-        for number in range(1, pages + 1):
-            page = doc.new_page(width=300, height=400)
-            page.insert_text((40, 60), f"Document {index}, page {number} of {pages}", fontsize=12)
-        doc.save(pdf_dir / f"doc{index}.pdf")
+    numbered_page_pdfs(pdf_dir, DOC_PAGES)
     template = root / "template"
     template.mkdir()
     write_config(template, pdf_dir)
