@@ -135,21 +135,18 @@ def log_path(stage):
 
 
 def get_final_outputs(wildcards):
-    """Everything a full run makes; the closing summary comes last, after all the rest."""
-    return get_run_outputs(wildcards) + [SUMMARY]
+    """What a full run makes, the closing summary last. Every shard's seed tables and stage
+    outputs are inputs of `stats` (get_stats_inputs), which the summary needs: listing them
+    here too would only give Snakemake the same files to match again (thousands per run).
+    """
+    return get_run_targets(wildcards) + [SUMMARY]
 
 
-def get_run_outputs(wildcards):
+def get_run_targets(wildcards):
+    """The run-wide outputs the summary comes after: served markers, export and report."""
     shards = manifest_shards()
     record_plan_after_manifest(shards)
     outputs = []
-    for shard in shards:
-        outputs += [f"{RESULTS}/seed/{shard}/{table}.parquet" for table in SEED_TABLES]
-        for stage in model_stages():
-            if STATUSES[stage].active:
-                outputs += run_plan.stage_outputs(
-                    stage, RESULTS, shard, config, STATUSES
-                )
     if shards:
         outputs += [
             f"{SERVE_DIR}/{deployment}.served.json"

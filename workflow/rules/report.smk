@@ -72,7 +72,7 @@ rule report_samples:
 rule summary:
     input:
         stats=rules.stats.output.json,
-        run=get_run_outputs,
+        run=get_run_targets,
         ledger=get_ledger_targets,
     output:
         SUMMARY,
