@@ -315,6 +315,10 @@ def get_stats_inputs(wildcards):
     return export_plan.stats_inputs(config, STATUSES, RESULTS, manifest_shards())
 
 
+def get_samples_inputs(wildcards):
+    return export_plan.samples_inputs(config, STATUSES, RESULTS, manifest_shards())
+
+
 def get_report_settings():
     return export_plan.report_settings(config)
 

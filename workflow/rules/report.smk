@@ -47,7 +47,7 @@ rule report_figures:
 
 rule report_samples:
     input:
-        unpack(get_stats_inputs),
+        unpack(get_samples_inputs),
     output:
         report(
             f"{RESULTS}/report/samples.html",

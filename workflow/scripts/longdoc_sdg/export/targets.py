@@ -130,6 +130,14 @@ def stats_inputs(config: dict, statuses: dict, results: str, shards: list[str]) 
     return inputs
 
 
+def samples_inputs(config: dict, statuses: dict, results: str, shards: list[str]) -> dict:
+    """What the sample page reads: the QA stages' shards, their final datasets and the pages."""
+    inputs = {stage: _shards(results, stage, shards) for stage in qa_stages() if statuses[stage].active}
+    inputs["pages"] = _seed(results, "pages", shards)
+    inputs["export_datasets"] = [dataset_path(results, s) for s in export_stages(config, statuses)]
+    return inputs
+
+
 def report_settings(config: dict) -> dict:
     """Params of the figures: report settings and the judge threshold drawn on the histograms."""
     return {
