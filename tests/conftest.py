@@ -98,3 +98,15 @@ def slurm_cluster():
     )
     require(ok, "no Slurm cluster answers: run bash ci/slurm/up.sh")
     return True
+
+
+# ---- The finished fake-server workflow run shared across test modules (tests/helpers/fake_run.py).
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory, real_pdfs):
+    from helpers.fake_run import start_fake_run
+
+    run = start_fake_run(tmp_path_factory.mktemp("fake_run"), real_pdfs)
+    yield run
+    run.server.stop()

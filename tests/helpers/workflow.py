@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from conftest import REPO
 
@@ -45,3 +47,11 @@ def planned_jobs(output: str) -> dict[str, int]:
                 continue
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def two_at_a_time(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Each named call's result, two running at once: a snakemake parse is seconds of one core,
+    and dry runs take no lock and write nothing, so independent ones can overlap."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}
