@@ -31,7 +31,9 @@ from pdf_factory import benchmark_pdf
 
 @pytest.fixture(scope="module")
 def samples(sample_pdfs):
-    return sorted(sample_pdfs, key=lambda p: p.stat().st_size)[:2]
+    # The first two by name (MVT_Rnews, residual-shadings: also the smallest); the first sorts
+    # before its copy, so the copy is the duplicate.
+    return sample_pdfs[:2]
 
 
 @pytest.fixture(scope="module")
