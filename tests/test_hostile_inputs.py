@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import pdf_factory
 from helpers.fetch_server import PDF, SAMPLE
 from helpers.fetch_server import Server as FetchServer
 from helpers.memory import run_measured, seed_job_memory_limit_mb
@@ -425,13 +426,6 @@ def test_results_folder_checks(tmp_path):
     check_paths({"results_dir": str(tmp_path / "results"), "source": source})
 
 
-def test_worker_memory_below_the_measured_floor_is_refused():
-    from longdoc_sdg.seed import SeedParams
-
-    with pytest.raises(ValueError, match="greater than or equal to 768"):
-        SeedParams.model_validate({"worker": {"memory_mb": 256}})
-
-
 def test_mupdf_allocation_failures_are_too_large():
     from longdoc_sdg.seed.render import _is_memory_error
 
@@ -468,10 +462,22 @@ def test_everything_written_is_redacted(tmp_path):
 
 
 def test_very_short_keys_are_refused():
+    from longdoc_sdg import preflight
+    from longdoc_sdg.config import default_config
     from longdoc_sdg.io import register_secret
+    from longdoc_sdg.plan import stage_statuses
 
     with pytest.raises(ValueError, match="FAKE_KEY is only 3 character"):
-        register_secret("abc", "the API key in environment variable FAKE_KEY")
+        register_secret("abc", "the API key in environment variable FAKE_KEY")  # at job start
+    config = default_config()  # at plan time, before any job
+    config["models"]["qa"] = {
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "FAKE_KEY"}
+    }
+    config["stages"]["single_page_qa"]["model"] = "qa"
+    statuses = stage_statuses(config)
+    (problem,) = preflight.api_key_problems(config, statuses, environ={"FAKE_KEY": "abc"})
+    assert problem.startswith("models.qa.endpoint.api_key_env") and "only 3 character(s)" in problem
+    assert preflight.api_key_problems(config, statuses, environ={"FAKE_KEY": "abcd"}) == []
 
 
 # --- A stage failing as a whole -------------------------------------------------------------------
@@ -538,6 +544,30 @@ def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
     assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
 
 
+def test_every_job_removes_what_a_killed_run_left_next_to_its_outputs(tmp_path, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from longdoc_sdg.io import LOGGER_NAME, start_job
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / ".stats.json.k1ll3d.tmp").write_bytes(b"partial")
+    (out / ".other.json.x.tmp").write_bytes(b"not this job's")
+    job = SimpleNamespace(log=[str(tmp_path / "j.log")], output=[str(out / "stats.json"), str(out / "figure.png")])
+    logger = logging.getLogger(LOGGER_NAME)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # start_job points stderr at the job log
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    start_job(job)
+    assert not (out / ".stats.json.k1ll3d.tmp").exists()
+    assert (out / ".other.json.x.tmp").exists()
+    # ... and every workflow script starts that way
+    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+    for script in scripts.glob("*.py"):
+        assert "start_job(snakemake)" in script.read_text(), f"{script.name} does not call start_job(snakemake)"
+
+
 SEED_SHARD = """
 import json, sys
 from longdoc_sdg.seed import run_seed_shard
@@ -598,3 +628,71 @@ def test_hostile_urls_in_a_shard_end_as_one_row_each_within_the_seed_memory_limi
     # Generous: the seed process and its one worker together, each at the largest peak seen.
     assert 2 * peak_mb < seed_job_memory_limit_mb(), peak_mb
     assert peak_mb < bomb_mb, peak_mb  # the bomb was never inflated in memory
+
+
+def test_seed_failure_messages_name_settings_that_exist():
+    """Every `seed.run.…` / `seed.settings.…` a message tells the user to change is a real key,
+    and no message names a seed setting without its section."""
+    import re
+
+    from longdoc_sdg.seed.config import SeedParams, SeedRun, SeedSettings
+
+    code = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "longdoc_sdg"
+    named = set()
+    for source in code.rglob("*.py"):
+        named |= set(re.findall(r"(?<![\w.])seed\.[a-z_]+(?:\.[a-z_]+)*", source.read_text()))
+    assert "seed.run.max_document_pages" in named and "seed.run.download.max_bytes" in named
+    for name in sorted(named):
+        section, *path = name.split(".")[1:]
+        if section not in ("run", "settings"):
+            assert section not in SeedParams.model_fields, f"{name}: say seed.run.{section} or seed.settings.{section}"
+            continue
+        model = SeedRun if section == "run" else SeedSettings
+        for key in path:
+            assert key in model.model_fields, name
+            model = model.model_fields[key].annotation
+
+
+def test_the_worker_memory_floor_is_enough_and_below_it_nothing_works(tmp_path):
+    """The lower bound of seed.run.worker.memory_mb, measured: at the floor a worker renders the
+    sample PDF and a page at the full default pixel budget; at half of it, it cannot even start
+    (every document would be `crashed`)."""
+    import queue
+
+    from longdoc_sdg.seed.config import SeedParams, WorkerParams
+    from longdoc_sdg.seed.pool import WorkerPool
+
+    floor = next(m.ge for m in WorkerParams.model_fields["memory_mb"].metadata if hasattr(m, "ge"))
+    giant = pdf_factory.write(tmp_path / "giant.pdf", pdf_factory.giant_page_pdf(200))
+
+    def render(memory_mb: int, path: Path) -> dict:
+        events = queue.Queue()
+        pool = WorkerPool(1, memory_mb, events)
+        task = {
+            "task_id": 1,
+            "path": str(path),
+            "start": 0,
+            "count": 2,
+            "blob_path": str(tmp_path / f"{memory_mb}-{path.stem}.bin"),
+            "params": SeedParams().model_dump(mode="json"),  # default DPI and pixel budget
+            "cpu_limit_s": 120,
+            "wall_timeout_s": 300,
+        }
+        try:
+            pool.submit(task, task["wall_timeout_s"])
+            while True:
+                outcome = pool.handle(events.get(timeout=300))
+                if outcome is not None:
+                    return outcome[1]
+        finally:
+            pool.close()
+
+    assert render(floor, SAMPLE)["ok"]
+    page = render(floor, giant)
+    assert (
+        page["ok"] and page["pages"][0]["width"] * page["pages"][0]["height"] > 0.9 * SeedParams().max_pixels_per_page
+    )
+    below = render(floor // 2, SAMPLE)
+    assert not below["ok"] and below["reason"] == "crashed"
+    with pytest.raises(ValueError, match=f"greater than or equal to {floor}"):
+        SeedParams.model_validate({"worker": {"memory_mb": floor - 1}})
