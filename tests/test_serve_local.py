@@ -48,6 +48,8 @@ def paths(tmp_path):
 
 
 def _serve(dep, paths, **kwargs):
+    # Readiness polled every 0.2 s (1 s in the workflow): the fake server is up in a second.
+    kwargs.setdefault("poll_s", 0.2)
     return serve(dep, paths["sentinel"], paths["runtime"], launcher="local", state_dir=paths["state"], **kwargs)
 
 
