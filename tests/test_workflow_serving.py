@@ -25,6 +25,7 @@ import yaml
 
 from helpers.serving_workflow import (
     DEPLOYMENT,
+    DOC_PAGES,
     SERVED,
     Watcher,
     assert_every_page_once,
@@ -47,16 +48,19 @@ from helpers.workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 
+# The plan of a run that serves: one server, one OCR client per shard, the `served` stop.
+SERVE_AND_EVERY_CLIENT = {"serve": 1, "ocr": len(DOC_PAGES), "served": 1}
+
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    """A workdir with three seeded shards (2, 3 and 14 pages); tests work on copies."""
+    """A workdir with one seeded shard per document of DOC_PAGES; tests work on copies."""
     return seed_serving_template(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def served_run(seeded, tmp_path_factory):
-    """One complete run: serve -> OCR on three shards -> teardown, with slow clients so the
+    """One complete run: serve -> OCR on every shard -> teardown, with slow clients so the
     runtime file (and its key) can be read while they work."""
     template, pdf_dir = seeded
     workdir = workdir_from(
@@ -70,7 +74,7 @@ def served_run(seeded, tmp_path_factory):
     with Watcher(workdir) as watcher:
         result = snakemake(workdir)
     elapsed = time.monotonic() - t0
-    print(f"serve -> 3 OCR shards -> teardown: {elapsed:.1f}s")
+    print(f"serve -> {len(DOC_PAGES)} OCR shards -> teardown: {elapsed:.1f}s")
     assert result.returncode == 0, output_of(result)[-6000:]
     assert watcher.published and len(watcher.keys) == 1
     return workdir, result, watcher.keys.pop(), template.parent / "served-stats.json"
@@ -82,7 +86,7 @@ def test_dry_run_plans_serving_but_starts_nothing(seeded, tmp_path):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, output_of(result)[-4000:]
     jobs = planned_jobs(result.stdout)
-    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == SERVE_AND_EVERY_CLIENT
     assert "seed" not in jobs
     assert server_processes(workdir) == []
     assert not runtime_file(workdir).exists()
@@ -139,7 +143,7 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not_and_a_finishe
     result = snakemake(workdir, "-n", configfile="renamed.yaml")
     assert result.returncode == 0, output_of(result)[-4000:]
     jobs = planned_jobs(result.stdout)
-    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == SERVE_AND_EVERY_CLIENT
 
     # Moving the server (launcher, walltime, port, latency of the double's environment) does not.
     moved = dict(config)
@@ -280,7 +284,7 @@ def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
 def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(seeded, tmp_path):
     template, pdf_dir = seeded
     stats = [tmp_path / "stats-1.json", tmp_path / "stats-2.json"]
-    # One request at a time, 0.3 s each: the 2-page shard finishes while the 14-page one works.
+    # One request at a time, 0.3 s each: the 2-page shard finishes while the 17-page one works.
     slow = ["--latency", "0.3", "--max-num-seqs", "1"]
     workdir = workdir_from(
         template, tmp_path, pdf_dir, extra_args=slow, env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[0])}

@@ -1,4 +1,4 @@
-"""The serving workflow tests' shared pieces: a seeded template of three shards, the fake
+"""The serving workflow tests' shared pieces: a seeded template of two shards, the fake
 vLLM deployment (tests/deployments/fake-vllm.yaml, a TEST DOUBLE standing in for vLLM),
 snakemake calls under the local profile and checks of what a run leaves behind."""
 
@@ -21,8 +21,9 @@ from pdf_factory import numbered_page_pdfs
 
 DEPLOYMENT = "fake-vllm"
 SERVED = "fake-vllm-model"
-# Pages per generated document: documents_per_shard=1 gives shards of these sizes.
-DOC_PAGES = (2, 3, 14)
+# Pages per generated document: documents_per_shard=1 gives shards of these sizes. Two shards:
+# both clients run at once on two cores; a short one finishes while the long one still works.
+DOC_PAGES = (2, 17)
 OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
 
 
@@ -144,7 +145,7 @@ class Watcher:
 
 
 def seed_serving_template(tmp_path_factory) -> tuple[Path, Path]:
-    """A workdir with three seeded shards (2, 3 and 14 pages); tests work on copies."""
+    """A workdir with the seeded shards of DOC_PAGES; tests work on copies."""
     root = tmp_path_factory.mktemp("serving")
     pdf_dir = root / "pdfs"
     pdf_dir.mkdir()
