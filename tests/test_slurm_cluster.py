@@ -82,12 +82,10 @@ def _reset_sigint() -> None:
 
 
 def _snakemake_cmd(workdir: Path, limit: int, *args: str) -> list[str]:
-    # SIGINT makes Snakemake scancel its jobs; -k is the backstop. Status checks every second
-    # (the default is 10 s): these jobs take a second, the test would mostly wait for the poll.
+    # SIGINT makes Snakemake scancel its jobs; -k is the backstop.
     return [
         "timeout", "-s", "INT", "-k", "30", str(limit),
-        "snakemake", "--profile", str(PROFILE), "--directory", str(workdir),
-        "--seconds-between-status-checks", "1", *args,
+        "snakemake", "--profile", str(PROFILE), "--directory", str(workdir), *args,
     ]  # fmt: skip
 
 

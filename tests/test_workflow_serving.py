@@ -284,7 +284,7 @@ def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
 def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(seeded, tmp_path):
     template, pdf_dir = seeded
     stats = [tmp_path / "stats-1.json", tmp_path / "stats-2.json"]
-    # One request at a time, 0.3 s each: the 2-page shard finishes while the 17-page one works.
+    # One request at a time, 0.3 s each: the 2-page shard finishes while the 14-page one works.
     slow = ["--latency", "0.3", "--max-num-seqs", "1"]
     workdir = workdir_from(
         template, tmp_path, pdf_dir, extra_args=slow, env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[0])}

@@ -1,4 +1,4 @@
-"""The serving workflow tests' shared pieces: a seeded template of two shards, the fake
+"""The serving workflow tests' shared pieces: a seeded template of three shards, the fake
 vLLM deployment (tests/deployments/fake-vllm.yaml, a TEST DOUBLE standing in for vLLM),
 snakemake calls under the local profile and checks of what a run leaves behind."""
 
@@ -21,9 +21,10 @@ from pdf_factory import numbered_page_pdfs
 
 DEPLOYMENT = "fake-vllm"
 SERVED = "fake-vllm-model"
-# Pages per generated document: documents_per_shard=1 gives shards of these sizes. Two shards:
-# both clients run at once on two cores; a short one finishes while the long one still works.
-DOC_PAGES = (2, 17)
+# Pages per generated document: documents_per_shard=1 gives shards of these sizes. Keep three
+# shards on two cores: the third client starts only once another is done, so requests still
+# arrive after a late replica joins (with two shards every request is queued at the start).
+DOC_PAGES = (2, 3, 14)
 OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
 
 
