@@ -132,4 +132,4 @@ def shutil_copy_deployments(workdir: Path) -> None:
 
 def test_no_problem_with_the_default_config():
     config = default_config()
-    assert preflight.missing_api_keys(config, stage_statuses(config), environ={}) == []
+    assert preflight.api_key_problems(config, stage_statuses(config), environ={}) == []
