@@ -102,11 +102,13 @@ def slurm_cluster():
 
 # ---- The session's one real vLLM server (tests/vllm/server.py) with the tiny model ----
 # Shared by test_vllm_real.py and test_workflow_vllm.py: one boot instead of one per module.
-# Its max_model_len is small on purpose: the context-budget test needs whole-document requests
-# that overflow it at full resolution.
+# Its max_model_len is small on purpose (a sixth of a real deployment's): whole-document requests
+# with a realistic max_tokens overflow it at full resolution (the context-budget test), while the
+# stages' prompts (about 3,000 tokens by the budget's one-token-a-byte estimate) and their
+# 1,500-token replies still fit.
 TINY_VLLM_SERVED = "tiny-vlm"
 TINY_VLLM_KEY = "vllm-test-key-3f9a61c2d7e84b05"
-TINY_VLLM_MAX_MODEL_LEN = 4096
+TINY_VLLM_MAX_MODEL_LEN = 8192
 TINY_VLLM_MAX_IMAGES = 8
 
 

@@ -217,7 +217,7 @@ def _vllm_counters(base_url: str) -> dict[str, float]:
 
 def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     """Whole-document QA against the real server served at a small max_model_len (listed by its
-    /v1/models, where the budget reads it): with max_tokens 1024, a 4-page document at 144 dpi
+    /v1/models, where the budget reads it): with max_tokens 4096, an 8-page document at 144 dpi
     would overflow it at full size and is downscaled and answered; a 24-page one cannot fit even
     at the floor and becomes a context_too_long row that never reaches the server (its counters
     move by one request)."""
@@ -231,8 +231,8 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     limit = tiny_vllm.max_model_len
     family = resolve_family(str(tiny_vllm.model_dir))
     assert (family.name, family.pixels_per_token_side, family.max_pixels) == ("qwen2-vl", 28, 28 * 28 * 256)
-    small_pdf, big_pdf = SAMPLE_PDF_DIR / "MVT_Rnews.pdf", SAMPLE_PDF_DIR / "zoo.pdf"
-    seed = build_seed(tmp_path / "seed", [(small_pdf, 4), (big_pdf, 24)], dpi=144)
+    small_pdf, big_pdf = SAMPLE_PDF_DIR / "residual-shadings.pdf", SAMPLE_PDF_DIR / "zoo.pdf"
+    seed = build_seed(tmp_path / "seed", [(small_pdf, 8), (big_pdf, 24)], dpi=144)
     inputs = {"documents": seed["documents"], "pages": seed["pages"]}
     pages = pq.read_table(seed["pages"], columns=["doc_id", "width", "height"]).to_pylist()
     small_doc, big_doc = pq.read_table(seed["documents"]).column("doc_id").to_pylist()
@@ -244,7 +244,7 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
         "output_format": "json",
         "num_records": None,
         "sampling": {"extra_body": NO_THINKING},
-        "min_image_pixels": 28 * 28 * 64,
+        "min_image_pixels": 28 * 28 * 81,
     }
 
     def run(name: str, max_tokens: int) -> dict[str, dict]:
@@ -267,9 +267,9 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     # The estimate is an upper bound of what the real server counted.
     assert 0 < probe[small_doc]["prompt_tokens"] <= probe[small_doc]["est_prompt_tokens"]
 
-    # 2) max_tokens 1024: the small document fits only downscaled, the big one not even at the
+    # 2) max_tokens 4096: the small document fits only downscaled, the big one not even at the
     # floor (its prompt text is no shorter than the small one's).
-    max_tokens = 1024
+    max_tokens = 4096
     floor = ContextBudget(limit, family, params["min_image_pixels"])
 
     def floor_tokens(doc: str) -> int:
@@ -297,7 +297,7 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     )
     # Downscaled and answered (HTTP 200: the server counted its prompt; a random model's reply
     # may still fail our checks), within the estimate.
-    assert 0 < small["image_scale"] < 1 and small["image_count"] == 4
+    assert 0 < small["image_scale"] < 1 and small["image_count"] == 8
     assert small["failure_reason"] not in ("context_too_long", "bad_request"), small
     assert 0 < small["prompt_tokens"] <= small["est_prompt_tokens"] <= limit - max_tokens
     assert small["image_pixels"] < min(p["width"] * p["height"] for p in pages if p["doc_id"] == small_doc)
