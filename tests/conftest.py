@@ -126,6 +126,31 @@ class TinyVllm:
         self.max_images = TINY_VLLM_MAX_IMAGES
 
 
+# The server's process while it runs, so the hook below can stop it after its last user.
+_TINY_VLLM_RUNNING: list = []
+
+
+def _uses_tiny_vllm(item) -> bool:
+    return "tiny_vllm" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The server's users run back to back (from where the first one was), so it lives only
+    that long instead of idling beside the rest of the suite."""
+    users = [item for item in items if _uses_tiny_vllm(item)]
+    if users:
+        start = items.index(users[0])
+        others = [item for item in items if not _uses_tiny_vllm(item)]
+        items[:] = others[:start] + users + others[start:]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _TINY_VLLM_RUNNING and _uses_tiny_vllm(item) and (nextitem is None or not _uses_tiny_vllm(nextitem)):
+        server, proc = _TINY_VLLM_RUNNING.pop()
+        server.stop_server(proc)
+
+
 @pytest.fixture(scope="session")
 def tiny_vllm(tiny_vlm, tmp_path_factory):
     python, model_dir, server = tiny_vlm
@@ -156,7 +181,10 @@ def tiny_vllm(tiny_vlm, tmp_path_factory):
         except BaseException:
             server.stop_server(proc)
             raise
+    _TINY_VLLM_RUNNING.append((server, proc))
     try:
         yield TinyVllm(url, model_dir, log_path)
     finally:
-        server.stop_server(proc)
+        if (server, proc) in _TINY_VLLM_RUNNING:  # not stopped by the hook yet
+            _TINY_VLLM_RUNNING.remove((server, proc))
+            server.stop_server(proc)
