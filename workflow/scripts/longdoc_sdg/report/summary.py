@@ -129,16 +129,16 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
             f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
             f"{summary['pages']:,} pages"
         ),
-        f"{'stage':<26}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons",
+        f"{'stage':<28}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons",
     ]
     for s in summary["stages"]:
         reasons = ", ".join(f"{r} {n:,}" for r, n in s["top_failure_reasons"]) or "-"
         lines.append(
-            f"{s['stage'] + ' (' + s['unit'] + ')':<26}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
+            f"{s['stage'] + ' (' + s['unit'] + ')':<28}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
             f"{_count(s['exported']):>10}  {reasons}"
         )
     for skipped in summary["skipped"]:
-        lines.append(f"{skipped['stage'] + ' (skipped)':<26}{skipped['why']}")
+        lines.append(f"{skipped['stage'] + ' (skipped)':<28}{skipped['why']}")
     tokens = summary["tokens"]
     if any(tokens.values()):
         lines.append(
