@@ -562,6 +562,14 @@ def test_every_job_removes_what_a_killed_run_left_next_to_its_outputs(tmp_path, 
     start_job(job)
     assert not (out / ".stats.json.k1ll3d.tmp").exists()
     assert (out / ".other.json.x.tmp").exists()
+    # the manifest job also removes partial shards of its folder (not outputs of its own)
+    from longdoc_sdg.manifest import write_index
+
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    (manifest / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial shard")
+    index = write_index(manifest, {"kind": "local", "local": {"path": str(SAMPLE.parent)}}, 100)
+    assert index["shards"] == ["00000"] and not list(manifest.glob(".*.tmp"))
     # ... and every workflow script starts that way
     scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
     for script in scripts.glob("*.py"):
