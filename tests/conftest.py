@@ -98,3 +98,105 @@ def slurm_cluster():
     )
     require(ok, "no Slurm cluster answers: run bash ci/slurm/up.sh")
     return True
+
+
+# ---- The session's one real vLLM server (tests/vllm/server.py) with the tiny model ----
+# Shared by test_vllm_real.py and test_workflow_vllm.py: one boot instead of one per module.
+# Its max_model_len is small on purpose (a sixth of a real deployment's): whole-document requests
+# with a realistic max_tokens overflow it at full resolution (the context-budget test), while the
+# stages' prompts (about 3,000 tokens by the budget's one-token-a-byte estimate) and their
+# 1,500-token replies still fit.
+TINY_VLLM_SERVED = "tiny-vlm"
+TINY_VLLM_KEY = "vllm-test-key-3f9a61c2d7e84b05"
+TINY_VLLM_MAX_MODEL_LEN = 8192
+TINY_VLLM_MAX_IMAGES = 8
+
+
+class TinyVllm:
+    """A running server: `url` without /v1, `base_url` with it (what endpoints take)."""
+
+    def __init__(self, url: str, model_dir: Path, log_path: Path):
+        self.url = url
+        self.base_url = url + "/v1"
+        self.model_dir = model_dir
+        self.log_path = log_path
+        self.served = TINY_VLLM_SERVED
+        self.api_key = TINY_VLLM_KEY
+        self.max_model_len = TINY_VLLM_MAX_MODEL_LEN
+        self.max_images = TINY_VLLM_MAX_IMAGES
+
+
+# The server's process while it runs, so the hook below can stop it after its last user.
+_TINY_VLLM_RUNNING: list = []
+
+
+def _uses_tiny_vllm(item) -> bool:
+    return "tiny_vllm" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The server's users run back to back (from where the first one was), so it lives only
+    that long instead of idling beside the rest of the suite."""
+    users = [item for item in items if _uses_tiny_vllm(item)]
+    if users:
+        start = items.index(users[0])
+        others = [item for item in items if not _uses_tiny_vllm(item)]
+        items[:] = others[:start] + users + others[start:]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _TINY_VLLM_RUNNING and _uses_tiny_vllm(item) and (nextitem is None or not _uses_tiny_vllm(nextitem)):
+        server, proc = _TINY_VLLM_RUNNING.pop()
+        server.stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm(tiny_vlm, tmp_path_factory):
+    python, model_dir, server = tiny_vlm
+    log_dir = tmp_path_factory.mktemp("vllm")
+    for attempt in (1, 2):
+        # free_port() can race with another process taking the port: retry once
+        log_path = log_dir / f"server-{attempt}.log"
+        port = server.free_port()
+        proc = server.start_vllm_server(
+            python,
+            model_dir,
+            port,
+            TINY_VLLM_SERVED,
+            api_key=TINY_VLLM_KEY,
+            log_path=log_path,
+            reasoning_parser="qwen3",
+            max_model_len=TINY_VLLM_MAX_MODEL_LEN,
+            max_images=TINY_VLLM_MAX_IMAGES,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            server.wait_ready(url, TINY_VLLM_SERVED, proc, timeout=900, api_key=TINY_VLLM_KEY, log_path=log_path)
+            break
+        except RuntimeError as exc:
+            server.stop_server(proc)
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
+        except BaseException:
+            server.stop_server(proc)
+            raise
+    _TINY_VLLM_RUNNING.append((server, proc))
+    try:
+        yield TinyVllm(url, model_dir, log_path)
+    finally:
+        if (server, proc) in _TINY_VLLM_RUNNING:  # not stopped by the hook yet
+            _TINY_VLLM_RUNNING.remove((server, proc))
+            server.stop_server(proc)
+
+
+# ---- The finished fake-server workflow run shared across test modules (tests/helpers/fake_run.py).
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory, real_pdfs):
+    from helpers.fake_run import start_fake_run
+
+    run = start_fake_run(tmp_path_factory.mktemp("fake_run"), real_pdfs)
+    yield run
+    run.server.stop()

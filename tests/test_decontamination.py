@@ -1,6 +1,6 @@
 """Decontamination and source dedup in the seed stage, driven through Snakemake.
 
-The source folder holds the shipped sample PDFs, one of them twice, and three copies of
+The source folder holds the two smallest shipped sample PDFs (18 pages to seed), one of them twice, and three copies of
 "benchmark" documents made here: one renamed (same bytes), one re-saved with other metadata and
 another object layout (other bytes, same text) and one with a page removed. The benchmark folder
 holds the originals. The three are excluded as `contaminated`, the second sample copy as a
@@ -30,14 +30,21 @@ from pdf_factory import benchmark_pdf
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, sample_pdfs):
+def samples(sample_pdfs):
+    # The first two by name (MVT_Rnews, residual-shadings: also the smallest); the first sorts
+    # before its copy, so the copy is the duplicate.
+    return sample_pdfs[:2]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, samples):
     root = tmp_path_factory.mktemp("decon")
     bench = root / "benchmark"
     bench.mkdir()
     for seed, name in enumerate(("annual_report_2023.pdf", "city_brochure.pdf", "form_10k.pdf")):
         benchmark_pdf(bench / name, seed)
-    source = copy_pdfs(sample_pdfs, root / "source")
-    shutil.copy(sample_pdfs[0], source / "copy-of-first-sample.pdf")
+    source = copy_pdfs(samples, root / "source")
+    shutil.copy(samples[0], source / "copy-of-first-sample.pdf")
     shutil.copy(bench / "annual_report_2023.pdf", source / "q3_update.pdf")  # renamed
     with pymupdf.open(bench / "city_brochure.pdf") as doc:  # re-saved: other metadata, layout
         doc.set_metadata({"title": "Visitor guide", "author": "Tourism office", "producer": "other tool"})
@@ -90,7 +97,7 @@ def test_index_is_built_once_and_cached_by_content(folders, tmp_path):
     assert load_index(moved, tmp_path / "cache").fingerprinted == 0
 
 
-def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, tmp_path):
+def test_seed_excludes_benchmark_documents_and_duplicates(folders, samples, tmp_path):
     benchmarks = [{"name": "MiniBench", "documents": str(folders["bench"]), "samples": str(folders["samples"])}]
     config = {
         "results_dir": "results",
@@ -105,7 +112,7 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
     failures = {r["source"].rsplit("/", 1)[-1]: r for r in pq.read_table(seed / "failures.parquet").to_pylist()}
     seeded = {r["source"].rsplit("/", 1)[-1] for r in pq.read_table(seed / "documents.parquet").to_pylist()}
 
-    assert seeded == {p.name for p in sample_pdfs}
+    assert seeded == {p.name for p in samples}
     assert set(failures) == {"q3_update.pdf", "visitor_guide.pdf", "filing_excerpt.pdf", "copy-of-first-sample.pdf"}
     for name, original, how in (
         ("q3_update.pdf", "annual_report_2023.pdf", "sha256"),
@@ -116,9 +123,7 @@ def test_seed_excludes_benchmark_documents_and_duplicates(folders, sample_pdfs, 
         assert row["reason"] == "contaminated", row
         assert f"matches {original} of benchmark MiniBench by {how}" in row["message"], row
     duplicate = failures["copy-of-first-sample.pdf"]
-    kept = [
-        r for r in pq.read_table(seed / "documents.parquet").to_pylist() if r["source"].endswith(sample_pdfs[0].name)
-    ]
+    kept = [r for r in pq.read_table(seed / "documents.parquet").to_pylist() if r["source"].endswith(samples[0].name)]
     assert duplicate["reason"] == "duplicate" and kept[0]["doc_id"] in duplicate["message"]
     # Pages exist only for the seeded documents.
     pages = pq.read_table(seed / "pages.parquet", columns=["doc_id"]).column("doc_id").to_pylist()

@@ -135,13 +135,20 @@ def test_unreachable_endpoint_fails_fast(transport):
         run(ChatEngine(endpoint, retry=FAST_RETRY, transport=transport).verify())
     assert endpoint.base_url in str(err.value) and "m1" in str(err.value)
 
+    # The default policy's attempts, with its back-off shortened (the default's waits are summed below).
+    retry = RetryConfig(backoff_initial_s=0.01, backoff_max_s=0.05)
+
     async def chat():
-        async with ChatEngine(endpoint, transport=transport) as engine:  # default retry policy
+        async with ChatEngine(endpoint, retry=retry, transport=transport) as engine:
             await engine.chat([{"role": "user", "content": "x"}])
 
     with pytest.raises(EndpointError) as err:
         run(chat())
     assert "unreachable" in str(err.value) and endpoint.base_url in str(err.value)
+    assert f"after {RetryConfig().max_attempts} attempts" in str(err.value)
+    # With the default policy the job gives up after at most 0.5 + 1 + 2 + 4 s of back-off.
+    default = RetryConfig()
+    assert sum(default.delay(attempt, 1.0) for attempt in range(1, default.max_attempts)) == pytest.approx(7.5)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

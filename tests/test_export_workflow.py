@@ -1,5 +1,6 @@
 """Export, publish (dry run) and report end to end: the real stages run by Snakemake against the fake
-OpenAI server (a test double), on the sample PDFs, in two shards.
+OpenAI server (a test double), on the shared finished run of tests/helpers/fake_run.py (two
+shards, verify on two QA stages, the judge threshold at 0.5).
 
 Checked: the Hub folder loads every QA split with images and its row counts equal a
 filtered DuckDB count over the shards; the reference layout round-trips its PNGs; the card states
@@ -24,9 +25,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE_PDF_DIR, require
-from helpers.export_run import ExportFakeServer, load_hub_offline, reference_rows
+from conftest import require
+from helpers.export_run import load_hub_offline, reference_rows
+from helpers.fake_run import MIN_JUDGE_SCORE, VERIFIED
 from helpers.workflow import planned_jobs
+from longdoc_sdg.config import ExportFilters
 from longdoc_sdg.export.reference import decode_images, reference_schema
 from longdoc_sdg.export.split import assign_splits
 from longdoc_sdg.registry import qa_stages
@@ -36,7 +39,6 @@ QA_STAGES = qa_stages()
 
 pytestmark = pytest.mark.workflow
 
-PDFS = ("MVT_Rnews.pdf", "residual-shadings.pdf")
 MODEL_RULES = {
     "seed",
     "ocr",
@@ -47,6 +49,7 @@ MODEL_RULES = {
     "windowed_qa",
     "whole_document_qa",
     "judge",
+    "verify",
     "serve",
 }
 EXPORT_RULES = {
@@ -57,7 +60,7 @@ EXPORT_RULES = {
     "stats",
     "report_figures",
     "report_samples",
-    "export_and_report",
+    "summary",
     "all",
 }
 CHROMIUM_FLAGS = (
@@ -71,90 +74,9 @@ CHROMIUM_FLAGS = (
 )
 
 
-def snakefile(workdir: Path) -> Path:
-    """The workflow plus a target rule for the export and report outputs (includes the two rule
-    files unless the main Snakefile already does)."""
-    main = (REPO / "workflow" / "Snakefile").read_text()
-    lines = [f'include: "{REPO / "workflow" / "Snakefile"}"']
-    for name in ("export", "report"):
-        if f"rules/{name}.smk" not in main:
-            lines.append(f'include: "{REPO / "workflow" / "rules" / f"{name}.smk"}"')
-    lines += [
-        "",
-        "",
-        "rule export_and_report:",
-        "    input:",
-        "        get_export_targets(),",
-        "        get_report_targets(),",
-        "",
-    ]
-    path = workdir / "Snakefile"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def snakemake(workdir: Path, *args: str, config: str = "config.yaml", timeout: int = 900, check: bool = True):
-    cmd = [
-        "snakemake",
-        "--snakefile",
-        str(workdir / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / config),
-        "--cores",
-        "4",
-        *args,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-    return result
-
-
-def make_config(base_url: str, min_judge_score: float = 0.5) -> dict:
-    fast = {"max_attempts": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
-    stages = {
-        s: {"model": "fake", "run": {"retry": fast}}
-        for s in ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
-    }
-    stages["ocr"] = {"settings": {"engine": "pdf-text"}}
-    for stage, n in (("text_qa", 5), ("visual_qa", 4), ("single_page_qa", 6), ("windowed_qa", 4)):
-        stages[stage]["settings"] = {"num_records": n}
-    return {
-        "results_dir": "results",
-        "source": {"settings": {"kind": "local", "local": {"path": "pdfs"}}},
-        "sharding": {"settings": {"documents_per_shard": 1}},
-        "seed": {"settings": {"dpi": 40}},
-        "models": {"fake": {"endpoint": {"base_url": base_url, "model": "fake-model"}}},
-        "stages": stages,
-        "export": {
-            "settings": {"filters": {"min_judge_score": min_judge_score}, "split": {"validation_fraction": 0.5}}
-        },
-        "publish": {"enabled": True, "settings": {"dry_run": True, "repo_id": "org/longdoc-test", "private": True}},
-    }
-
-
 @pytest.fixture(scope="module")
-def server():
-    srv = ExportFakeServer(reasoning=True)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def wf(tmp_path_factory, server):
-    workdir = tmp_path_factory.mktemp("export_wf")
-    (workdir / "pdfs").mkdir()
-    for name in PDFS:
-        shutil.copy(SAMPLE_PDF_DIR / name, workdir / "pdfs" / name)
-    config = make_config(server.base_url)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    snakefile(workdir)
-    snakemake(workdir, "export_and_report")
-    snakemake(workdir, "--report", "report.html", "export_and_report")
-    return {"dir": workdir, "results": workdir / "results", "config": config}
+def wf(fake_run):
+    return {"dir": fake_run.dir, "results": fake_run.results, "config": fake_run.config, "run": fake_run}
 
 
 def shard_files(wf, stage: str) -> list[str]:
@@ -168,20 +90,27 @@ def norm(question: str) -> str:
 
 def expected_counts(wf, stage: str) -> dict[str, int]:
     """The final dataset's rows per split, recomputed here: DuckDB over the QA and judge shards,
-    the configured filters, near-duplicates by normalised question within a document."""
-    f = {"min_judge_score": 0.5, "min_quality_score": 1}
+    the configured filters (verify verdicts included), near-duplicates by normalised question
+    within a document."""
+    f = {"min_judge_score": MIN_JUDGE_SCORE, "min_quality_score": 1}
     qa = shard_files(wf, stage)
     judge = shard_files(wf, f"judge/{stage}")
     con = duckdb.connect()
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({qa})").fetchall()}
     where = ["q.status = 'ok'", "j.status = 'ok'", f"j.weighted_quality_score >= {f['min_judge_score']}", "q.format_ok"]
+    verify_join = ""
+    if stage in VERIFIED:  # a verdict under its format's threshold drops the row
+        thresholds = ExportFilters().min_verify_score
+        cases = " ".join(f"WHEN '{fmt}' THEN {value}" for fmt, value in thresholds.items())
+        verify_join = f" LEFT JOIN read_parquet({shard_files(wf, f'verify/{stage}')}) v ON v.qa_row_id = q.row_id"
+        where.append(f"NOT coalesce(v.status = 'ok' AND v.verify_score < (CASE v.benchmark_format {cases} END), false)")
     if "quality_score" in cols:
         where += [f"q.quality_score >= {f['min_quality_score']}", "q.evidence_ok"]
     if "question_relevance" in cols:
         where += ["q.question_relevance = 'Relevant'", "q.answer_correctness = 'Correct'"]
     order = "j.weighted_quality_score DESC" + (", q.quality_score DESC" if "quality_score" in cols else "")
     rows = con.execute(f"""SELECT q.doc_id, q.question FROM read_parquet({qa}) q
-        JOIN read_parquet({judge}) j ON j.qa_row_id = q.row_id
+        JOIN read_parquet({judge}) j ON j.qa_row_id = q.row_id{verify_join}
         WHERE {" AND ".join(where)} ORDER BY q.doc_id, {order}, q.row_id""").fetchall()
     seen, kept = set(), []
     for doc_id, question in rows:
@@ -194,7 +123,8 @@ def expected_counts(wf, stage: str) -> dict[str, int]:
             f"SELECT doc_id FROM read_parquet({sorted(str(p) for p in wf['results'].glob('seed/*/documents.parquet'))})"
         ).fetchall()
     ]
-    splits = assign_splits(docs, 0.5, "longdoc-sdg", 1)
+    fraction = wf["config"]["export"]["settings"]["split"]["validation_fraction"]
+    splits = assign_splits(docs, fraction, "longdoc-sdg", 1)
     counts = {"train": 0, "validation": 0}
     for doc_id in kept:
         counts[splits[doc_id]] += 1
@@ -301,7 +231,7 @@ def test_report_embeds_every_figure_and_numbers_match_duckdb(wf):
         f"SELECT count(*) FROM read_parquet({shard_files(wf, 'judge/single_page_qa')}) WHERE status = 'ok'"
     ).fetchall()[0][0]
     assert sum(r["rows"] for r in stats["tables"]["judge_scores"] if r["stage"] == "single_page_qa") == judge_ok
-    assert "threshold (0.5)" in by_name["judge_scores.png"]["caption"]  # the threshold, through params
+    assert f"threshold ({MIN_JUDGE_SCORE})" in by_name["judge_scores.png"]["caption"]  # the threshold, through params
 
 
 def chromium(args: list[str], tmp: Path, timeout: int = 90) -> subprocess.CompletedProcess:
@@ -333,9 +263,6 @@ def test_report_renders_in_headless_chromium_with_its_figures(wf, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     for category in ("Yield", "Question mix", "Quality", "Cost", "Pages", "Summary"):
         assert f">{category}<" in dom.stdout, category  # the report's menu, rendered by its scripts
-    shot = tmp_path / "report.png"
-    chromium([f"--screenshot={shot}", report.as_uri()], tmp_path)
-    assert shot.stat().st_size > 10_000
 
     # Open the yield figure the way a click in the report does, then look at the screen.
     html = report.read_text()
@@ -352,20 +279,20 @@ window.addEventListener('load', function () { setTimeout(function () {
     assert 'src="data:image/png;charset=utf8;filename=stage_yield.png;base64,' in dom.stdout
     shot = tmp_path / "yield.png"
     chromium([f"--screenshot={shot}", clicked.as_uri()], tmp_path)
+    assert shot.stat().st_size > 10_000
     # the bars of the yield figure, in their exact colours, are on screen
     assert count_color(shot, (0x3A, 0x9A, 0x5B)) > 500  # ok rows (green)
     assert count_color(shot, (0xB0, 0xB7, 0xC3)) > 500  # processed rows (grey)
 
 
-def test_second_run_has_nothing_to_do(wf):
-    dry = snakemake(wf["dir"], "-n", "export_and_report")
-    assert planned_jobs(dry.stdout) == {}, dry.stdout[-3000:]
-
-
-def test_filter_change_reruns_export_and_report_not_model_stages(wf, server):
-    (wf["dir"] / "config_strict.yaml").write_text(yaml.safe_dump(make_config(server.base_url, min_judge_score=0.8)))
-    dry = snakemake(wf["dir"], "-n", "export_and_report", config="config_strict.yaml")
-    jobs = planned_jobs(dry.stdout)
+def test_filter_change_reruns_export_and_report_not_model_stages(wf, tmp_path):
+    run = wf["run"]
+    strict = run.changed_config(
+        lambda c: c["export"]["settings"]["filters"].update(min_judge_score=0.8), tmp_path / "config_strict.yaml"
+    )
+    dry = run.snakemake("-n", configfile=strict)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = planned_jobs(dry.stdout + dry.stderr)
     assert jobs.get("export_dataset") == len(QA_STAGES) and jobs.get("export_reference") == len(QA_STAGES)
     assert {"export_hub", "publish", "stats", "report_figures"} <= set(jobs)
     assert not set(jobs) & MODEL_RULES, jobs

@@ -5,20 +5,19 @@ refused before any connection, which the tests check by watching every socket co
 import gzip
 import json
 import socket
-import subprocess
 import sys
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+import pdf_factory
+from helpers.fetch_server import PDF, SAMPLE
+from helpers.fetch_server import Server as FetchServer
+from helpers.memory import run_measured, seed_job_memory_limit_mb
 from longdoc_sdg.seed import SeedFailure, fetch_document
 
-SAMPLE = sorted((Path(__file__).resolve().parents[1] / "resources" / "sample_pdfs").glob("*.pdf"))[0]
-PDF = SAMPLE.read_bytes()
 ONLY_SERVER = ["127.0.0.1/32"]
 
 
@@ -27,45 +26,20 @@ def params(**download) -> dict:
     return {"download": {**base, **download}}
 
 
-class Server:
-    """HTTP on 127.0.0.1; `routes` maps a path to a function of the request handler."""
+class Server(FetchServer):
+    """The download tests' server on 127.0.0.1, plus `routes`: a path -> a function of the handler."""
 
     def __init__(self):
         self.routes = {}
-        self.hits: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                try:
-                    server.routes[self.path](self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__()
         self.port = self.httpd.server_address[1]
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def route(self, handler):
+        scripted = self.routes.get(handler.path)
+        scripted(handler) if scripted else super().route(handler)
 
 
-def send(handler, status, body=b"", headers=None):
-    handler.send_response(status)
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
+send = Server.send
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +120,7 @@ def test_redirects_into_the_network_are_refused_without_connecting(server, victi
         f"http://2130706433:{loop_port}/x.pdf",
         f"http://0177.0.0.1:{loop_port}/x.pdf",
         f"http://127.1:{loop_port}/x.pdf",
+        f"http://0x7f.0.0.1:{loop_port}/x.pdf",
         f"http://internal.example:{other_port}/x.pdf",
         f"http://127.0.0.2:{other_port}/x.pdf",
         "http://[::1]/x.pdf",
@@ -164,6 +139,35 @@ def test_redirects_into_the_network_are_refused_without_connecting(server, victi
     # the only connections made were to the allowed server (two hops per URL)
     assert set(connect_log) == {("127.0.0.1", server.port)}
     assert len(connect_log) == 2 * len(targets)
+
+
+def test_dns_rebinding_gains_nothing(server, connect_log, monkeypatch):
+    """DNS rebinding: `rebind.example` first answers the allowed server, then a blocked address
+    on the same port. Each connection goes to the very address its check passed."""
+    victim = socket.socket()
+    victim.bind(("127.0.0.2", server.port))
+    victim.listen(8)
+    victim.setblocking(False)
+    answers = []
+    resolve = socket.getaddrinfo  # connect_log's resolver
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "rebind.example":
+            return resolve(host, port, *args, **kwargs)
+        answers.append("127.0.0.1" if not answers else "127.0.0.2")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    server.routes["/ok.pdf"] = lambda h: send(h, 200, PDF)
+    url = f"http://rebind.example:{server.port}/ok.pdf"
+    try:
+        assert fetch_document(row(url), params()) == PDF
+        assert failure_of(row(url), params()).reason == "blocked_address"
+        assert connections(victim) == 0
+    finally:
+        victim.close()
+    assert answers == ["127.0.0.1", "127.0.0.2"]  # one resolution per connection, the checked one
+    assert connect_log == [("127.0.0.1", server.port)]
 
 
 def test_private_and_loopback_urls_are_refused_unless_allowed(server, connect_log):
@@ -272,53 +276,33 @@ def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
     return gzip.compress(record, 1)
 
 
-FETCH_IN_CHILD = """
-import json, sys
-from longdoc_sdg.seed import SeedFailure, fetch_document
-row, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-try:
-    fetch_document(row, settings)
-    outcome, message = "ok", ""
-except SeedFailure as failure:
-    outcome, message = failure.reason, failure.message
-# VmHWM: the peak RSS of this process image (getrusage's ru_maxrss keeps the parent's peak across exec)
-peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"outcome": outcome, "message": message, "peak_mb": peak_kb / 1024}))
-"""
-
-
-def test_a_warc_bomb_stops_at_the_size_cap(server):
-    # 256 MB of zeros in ~1 MB; the cap is 4 MB. Measured in a child so the peak is its own.
-    member = warc_member(gzip_bomb(256), http_headers=b"Content-Encoding: gzip\r\n")
-    server.routes["/bomb.warc.gz"] = lambda h: send(h, 200, member)
-    server.routes["/dead.pdf"] = lambda h: send(h, 404, b"gone")
-    settings = params(max_bytes=4 * 1024 * 1024)
-    settings["warc"] = {"enabled": True, "base_url": server.url("/")}
-    document = row(server.url("/dead.pdf"), file_path="bomb.warc.gz", offset=0)
-    child = subprocess.run(
-        [sys.executable, "-c", FETCH_IN_CHILD, json.dumps(document), json.dumps(settings)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert child.returncode == 0, child.stderr[-2000:]
-    result = json.loads(child.stdout.strip().splitlines()[-1])
-    # the URL's reason stays the row's reason; the WARC's is in the message
-    assert result["outcome"] == "http_error" and "WARC fallback failed: too_large" in result["message"]
-    assert result["peak_mb"] < 256, result  # far below what the bomb inflates to
-
-
-def test_warc_bomb_reasons_are_too_large():
-    from longdoc_sdg.seed.fetch import inflate_capped, parse_warc_response
+def test_compression_bombs_are_too_large_and_stream_in_pieces():
+    from longdoc_sdg.seed.fetch import WarcResponseDecoder, parse_warc_response
 
     bomb = gzip_bomb(64)
+    deflate_bomb = zlib.compress(b"%PDF-1.7\n" + b"\0" * (64 << 20), 1)
+    cases = [(bomb, b"Content-Encoding: gzip\r\n"), (deflate_bomb, b"Content-Encoding: deflate\r\n")]
+    chunked = b"%x\r\n" % len(bomb) + bomb + b"\r\n0\r\n\r\n"
+    cases.append((chunked, b"Transfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n"))
+    for payload, headers in cases:
+        record = gzip.decompress(warc_member(payload, http_headers=headers))
+        with pytest.raises(SeedFailure) as caught:
+            parse_warc_response(record, max_bytes=1024 * 1024)
+        assert caught.value.reason == "too_large" and "seed.run.download.max_bytes" in caught.value.message
+
+    class Sink:
+        largest = 0
+
+        def write(self, data):
+            Sink.largest = max(Sink.largest, len(data))
+
+    # Under the cap, the 64 MiB reach the sink one piece at a time, never as one buffer.
+    decoder = WarcResponseDecoder(Sink(), max_bytes=128 << 20)
     record = gzip.decompress(warc_member(bomb, http_headers=b"Content-Encoding: gzip\r\n"))
-    with pytest.raises(SeedFailure) as caught:
-        parse_warc_response(record, max_bytes=1024 * 1024)
-    assert caught.value.reason == "too_large" and "seed.run.download.max_bytes" in caught.value.message
-    with pytest.raises(SeedFailure) as caught:
-        inflate_capped(bomb, 31, 1024 * 1024, "the member")
-    assert caught.value.reason == "too_large"
+    decoder.feed(record)
+    decoder.finish()
+    assert decoder.size == (64 << 20) + 9 and decoder.head.startswith(b"%PDF-1.7")
+    assert Sink.largest <= 256 * 1024
 
 
 # --- Local source folders -----------------------------------------------------------------------
@@ -442,13 +426,6 @@ def test_results_folder_checks(tmp_path):
     check_paths({"results_dir": str(tmp_path / "results"), "source": source})
 
 
-def test_worker_memory_below_the_measured_floor_is_refused():
-    from longdoc_sdg.seed import SeedParams
-
-    with pytest.raises(ValueError, match="greater than or equal to 768"):
-        SeedParams.model_validate({"worker": {"memory_mb": 256}})
-
-
 def test_mupdf_allocation_failures_are_too_large():
     from longdoc_sdg.seed.render import _is_memory_error
 
@@ -485,10 +462,22 @@ def test_everything_written_is_redacted(tmp_path):
 
 
 def test_very_short_keys_are_refused():
+    from longdoc_sdg import preflight
+    from longdoc_sdg.config import default_config
     from longdoc_sdg.io import register_secret
+    from longdoc_sdg.plan import stage_statuses
 
     with pytest.raises(ValueError, match="FAKE_KEY is only 3 character"):
-        register_secret("abc", "the API key in environment variable FAKE_KEY")
+        register_secret("abc", "the API key in environment variable FAKE_KEY")  # at job start
+    config = default_config()  # at plan time, before any job
+    config["models"]["qa"] = {
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "FAKE_KEY"}
+    }
+    config["stages"]["single_page_qa"]["model"] = "qa"
+    statuses = stage_statuses(config)
+    (problem,) = preflight.api_key_problems(config, statuses, environ={"FAKE_KEY": "abc"})
+    assert problem.startswith("models.qa.endpoint.api_key_env") and "only 3 character(s)" in problem
+    assert preflight.api_key_problems(config, statuses, environ={"FAKE_KEY": "abcd"}) == []
 
 
 # --- A stage failing as a whole -------------------------------------------------------------------
@@ -555,12 +544,52 @@ def test_a_stage_job_removes_the_partial_parquet_of_a_killed_run(tmp_path):
     assert (tmp_path / ".00001.parquet.other.tmp").exists()  # not this job's output
 
 
-def test_hostile_urls_in_a_shard_end_as_one_row_each(server, tmp_path):
+def test_every_job_removes_what_a_killed_run_left_next_to_its_outputs(tmp_path, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+
+    from longdoc_sdg.io import LOGGER_NAME, start_job
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / ".stats.json.k1ll3d.tmp").write_bytes(b"partial")
+    (out / ".other.json.x.tmp").write_bytes(b"not this job's")
+    job = SimpleNamespace(log=[str(tmp_path / "j.log")], output=[str(out / "stats.json"), str(out / "figure.png")])
+    logger = logging.getLogger(LOGGER_NAME)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # start_job points stderr at the job log
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    start_job(job)
+    assert not (out / ".stats.json.k1ll3d.tmp").exists()
+    assert (out / ".other.json.x.tmp").exists()
+    # the manifest job also removes partial shards of its folder (not outputs of its own)
+    from longdoc_sdg.manifest import write_index
+
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    (manifest / ".00000.parquet.k1ll3d.tmp").write_bytes(b"partial shard")
+    index = write_index(manifest, {"kind": "local", "local": {"path": str(SAMPLE.parent)}}, 100)
+    assert index["shards"] == ["00000"] and not list(manifest.glob(".*.tmp"))
+    # ... and every workflow script starts that way
+    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+    for script in scripts.glob("*.py"):
+        assert "start_job(snakemake)" in script.read_text(), f"{script.name} does not call start_job(snakemake)"
+
+
+SEED_SHARD = """
+import json, sys
+from longdoc_sdg.seed import run_seed_shard
+run_seed_shard(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), threads=1)
+"""
+
+
+def test_hostile_urls_in_a_shard_end_as_one_row_each_within_the_seed_memory_limit(server, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from longdoc_sdg.seed import run_seed_shard
-
+    bomb_mb = 256  # inflated size of a ~1 MB WARC member; the cap below is 4 MB
+    member = warc_member(gzip_bomb(bomb_mb), http_headers=b"Content-Encoding: gzip\r\n")
+    server.routes["/bomb.warc.gz"] = lambda h: send(h, 200, member)
     server.routes["/good.pdf"] = lambda h: send(h, 200, PDF)
     server.routes["/to-metadata"] = lambda h: send(h, 302, b"", {"Location": "http://169.254.169.254/"})
     server.routes["/trickle.pdf"] = drip
@@ -580,17 +609,98 @@ def test_hostile_urls_in_a_shard_end_as_one_row_each(server, tmp_path):
         "trickle": (server.url("/trickle.pdf"), "timeout"),
         "short": (server.url("/short.pdf"), "http_error"),
         "scheme": ("file:///etc/passwd", "bad_url"),
+        "warc-bomb": (server.url("/gone.pdf"), "too_large"),
     }
     rows = [{**row(url), "doc_id": doc_id} for doc_id, (url, _) in cases.items()]
+    rows[-1]["extra"] = json.dumps({"file_path": "bomb.warc.gz", "offset": 0})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
     outputs = {
         name: str(tmp_path / "out" / f"{name}.parquet") for name in ("pages", "documents", "windows", "failures")
     }
-    settings = {**params(deadline_s=1.0, min_bytes_per_s=0), "dpi": 36}
-    run_seed_shard(str(tmp_path / "m.parquet"), outputs, settings, threads=1)
+    settings = {**params(deadline_s=1.0, min_bytes_per_s=0, max_bytes=4 << 20), "dpi": 36}
+    settings["warc"] = {"enabled": True, "base_url": server.url("/")}
+    # In a process of its own, measured by getrusage: the seed process and its worker.
+    child, peak_mb = run_measured(
+        [sys.executable, "-c", SEED_SHARD, str(tmp_path / "m.parquet"), json.dumps(outputs), json.dumps(settings)],
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
     failures = pq.read_table(outputs["failures"]).to_pylist()
     documents = pq.read_table(outputs["documents"]).to_pylist()
     assert [d["doc_id"] for d in documents] == ["good"]
     assert sorted((f["doc_id"], f["reason"]) for f in failures) == sorted(
         (doc_id, reason) for doc_id, (_, reason) in cases.items() if reason
     )
+    bomb = next(f for f in failures if f["doc_id"] == "warc-bomb")
+    assert "WARC fallback failed: too_large" in bomb["message"] and "seed.run.download.max_bytes" in bomb["message"]
+    # Generous: the seed process and its one worker together, each at the largest peak seen.
+    assert 2 * peak_mb < seed_job_memory_limit_mb(), peak_mb
+    assert peak_mb < bomb_mb, peak_mb  # the bomb was never inflated in memory
+
+
+def test_seed_failure_messages_name_settings_that_exist():
+    """Every `seed.run.…` / `seed.settings.…` a message tells the user to change is a real key,
+    and no message names a seed setting without its section."""
+    import re
+
+    from longdoc_sdg.seed.config import SeedParams, SeedRun, SeedSettings
+
+    code = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "longdoc_sdg"
+    named = set()
+    for source in code.rglob("*.py"):
+        named |= set(re.findall(r"(?<![\w.])seed\.[a-z_]+(?:\.[a-z_]+)*", source.read_text()))
+    assert "seed.run.max_document_pages" in named and "seed.run.download.max_bytes" in named
+    for name in sorted(named):
+        section, *path = name.split(".")[1:]
+        if section not in ("run", "settings"):
+            assert section not in SeedParams.model_fields, f"{name}: say seed.run.{section} or seed.settings.{section}"
+            continue
+        model = SeedRun if section == "run" else SeedSettings
+        for key in path:
+            assert key in model.model_fields, name
+            model = model.model_fields[key].annotation
+
+
+def test_the_worker_memory_floor_is_enough_and_below_it_nothing_works(tmp_path):
+    """The lower bound of seed.run.worker.memory_mb, measured: at the floor a worker renders the
+    sample PDF and a page at the full default pixel budget; at half of it, it cannot even start
+    (every document would be `crashed`)."""
+    import queue
+
+    from longdoc_sdg.seed.config import SeedParams, WorkerParams
+    from longdoc_sdg.seed.pool import WorkerPool
+
+    floor = next(m.ge for m in WorkerParams.model_fields["memory_mb"].metadata if hasattr(m, "ge"))
+    giant = pdf_factory.write(tmp_path / "giant.pdf", pdf_factory.giant_page_pdf(200))
+
+    def render(memory_mb: int, path: Path) -> dict:
+        events = queue.Queue()
+        pool = WorkerPool(1, memory_mb, events)
+        task = {
+            "task_id": 1,
+            "path": str(path),
+            "start": 0,
+            "count": 2,
+            "blob_path": str(tmp_path / f"{memory_mb}-{path.stem}.bin"),
+            "params": SeedParams().model_dump(mode="json"),  # default DPI and pixel budget
+            "cpu_limit_s": 120,
+            "wall_timeout_s": 300,
+        }
+        try:
+            pool.submit(task, task["wall_timeout_s"])
+            while True:
+                outcome = pool.handle(events.get(timeout=300))
+                if outcome is not None:
+                    return outcome[1]
+        finally:
+            pool.close()
+
+    assert render(floor, SAMPLE)["ok"]
+    page = render(floor, giant)
+    assert (
+        page["ok"] and page["pages"][0]["width"] * page["pages"][0]["height"] > 0.9 * SeedParams().max_pixels_per_page
+    )
+    below = render(floor // 2, SAMPLE)
+    assert not below["ok"] and below["reason"] == "crashed"
+    with pytest.raises(ValueError, match=f"greater than or equal to {floor}"):
+        SeedParams.model_validate({"worker": {"memory_mb": floor - 1}})

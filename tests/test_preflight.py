@@ -37,40 +37,37 @@ def output(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.workflow
-def test_missing_api_key_variable_stops_the_dry_run(tmp_path):
+def test_a_missing_key_variable_and_local_serving_without_vllm_stop_the_dry_run(tmp_path):
+    """Both checks in one dry run: the run lists every problem it finds before any job."""
     endpoint = {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "LONGDOC_TEST_UNSET_KEY"}
-    result = dry_run(
-        tmp_path, {"models": {"qa": {"endpoint": endpoint}}, "stages": {"single_page_qa": {"model": "qa"}}}
-    )
+    config = {
+        "models": {"qa": {"endpoint": endpoint}},
+        "stages": {
+            **{s: {"enabled": False} for s in ("text_qa", "visual_qa", "windowed_qa", "whole_document_qa")},
+            "classify": {"model": "qa"},
+        },
+    }
+    # A vLLM deployment whose interpreter (this test's python) has no vLLM installed.
+    without_vllm = not preflight.probe_vllm(sys.executable)["found"]
+    if without_vllm:
+        deployments = tmp_path / "deployments"
+        deployments.mkdir()
+        spec = yaml.safe_load((DEPLOYMENTS / "tiny-cpu-vlm.yaml").read_text())
+        spec.update(name="no-vllm", python=sys.executable)
+        (deployments / "no-vllm.yaml").write_text(yaml.safe_dump(spec))
+        config["serving"] = {"enabled": True, "run": {"launcher": "local", "deployments_dir": str(deployments)}}
+        config["models"]["no-vllm"] = {"deployment": "no-vllm"}
+        config["stages"]["single_page_qa"] = {"model": "no-vllm"}
+    result = dry_run(tmp_path, config)
     assert result.returncode != 0
-    assert "models.qa.endpoint.api_key_env (model of stage single_page_qa) names the environment variable " in (
+    assert "models.qa.endpoint.api_key_env (model of stage classify) names the environment variable " in (
         output(result)
     )
     assert "LONGDOC_TEST_UNSET_KEY, which is not set" in output(result)
     assert "`export LONGDOC_TEST_UNSET_KEY=...` before running" in output(result)
     assert not (tmp_path / "results" / "seed").exists()
-
-
-@pytest.mark.workflow
-def test_local_serving_without_vllm_stops_the_dry_run(tmp_path):
-    # A vLLM deployment whose interpreter (this test's python) has no vLLM installed.
-    if preflight.probe_vllm(sys.executable)["found"]:
-        pytest.skip("this interpreter has vLLM; the check needs one without it")
-    deployments = tmp_path / "deployments"
-    deployments.mkdir()
-    spec = yaml.safe_load((DEPLOYMENTS / "tiny-cpu-vlm.yaml").read_text())
-    spec.update(name="no-vllm", python=sys.executable)
-    (deployments / "no-vllm.yaml").write_text(yaml.safe_dump(spec))
-    config = {
-        "serving": {"enabled": True, "run": {"launcher": "local", "deployments_dir": str(deployments)}},
-        "models": {"no-vllm": {"deployment": "no-vllm"}},
-        "stages": {
-            **{s: {"enabled": False} for s in ("text_qa", "classify", "visual_qa", "windowed_qa", "whole_document_qa")},
-            "single_page_qa": {"model": "no-vllm"},
-        },
-    }
-    result = dry_run(tmp_path, config)
-    assert result.returncode != 0
+    if not without_vllm:
+        pytest.skip("this interpreter has vLLM; the local-serving check needs one without it")
     assert f"serving.enabled: deployment 'no-vllm' needs vLLM in {sys.executable}, which cannot import it" in (
         output(result)
     )
@@ -135,4 +132,4 @@ def shutil_copy_deployments(workdir: Path) -> None:
 
 def test_no_problem_with_the_default_config():
     config = default_config()
-    assert preflight.missing_api_keys(config, stage_statuses(config), environ={}) == []
+    assert preflight.api_key_problems(config, stage_statuses(config), environ={}) == []

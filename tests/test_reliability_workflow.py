@@ -41,12 +41,6 @@ from longdoc_sdg.testing.fake_openai_server import spawn_fake_server
 pytestmark = pytest.mark.workflow
 
 
-# ------------------------------------------------------------------------------------ helpers
-
-
-# ------------------------------------------------------------------------------------ tests
-
-
 def test_killed_job_resumes_and_redoes_at_most_the_requests_in_flight(tmp_path):
     """SIGKILL the whole run while classify is half-way through its shard; the rerun requests
     only the rows missing from the journal, and the shard equals a clean run's."""
@@ -123,9 +117,6 @@ def test_endpoint_down_fails_fast_naming_it_then_succeeds_once_it_is_up(tmp_path
     base_url = f"http://127.0.0.1:{port}/v1"
     workdir = make_workdir(tmp_path / "wf", SMALL[:1], {"classify": classify_settings()}, {"fake": base_url})
     output = workdir / "results" / "classify" / "00000.parquet"
-    # seed and OCR first, so the timing below is the classify job's alone
-    ok(snakemake(workdir, "results/ocr/00000.parquet"))
-
     down = snakemake(workdir)
     assert down.returncode != 0
     # the job log says which endpoint is down; Snakemake's own output points at that log

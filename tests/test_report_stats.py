@@ -207,3 +207,39 @@ def test_verify_agreement_per_stage_and_question_type(tmp_path):
     assert got["string"]["mean_verify_score"] == pytest.approx((0.75 + 0.0 + 1.0) / 3)
     page = summary_html(stats)
     assert "Verify: independent answers" in page and "<td>67%</td>" in page and "<td>50%</td>" in page
+
+
+def test_next_command_suggests_models_only_for_stages_that_lack_one():
+    from longdoc_sdg.report.summary import next_command
+
+    base = {"results": "results", "logs": "results/logs/", "demo": False}
+    disabled = {**base, "skipped": [{"stage": "verify", "why": "disabled in config", "mode": "disabled"}]}
+    assert next_command(disabled, []).startswith("snakemake --profile profiles/local --report")
+    no_model = {**disabled, "skipped": [*disabled["skipped"], {"stage": "judge", "why": "-", "mode": "unavailable"}]}
+    assert next_command(no_model, []).startswith("give the skipped stages a model")
+    demo = {**disabled, "results": "results-demo", "demo": True}
+    assert next_command(demo, []).startswith("open results-demo/report.html")
+
+
+def test_summary_stage_column_fits_the_longest_label():
+    from longdoc_sdg.report.summary import build_summary, render_text
+
+    row = {"unit": "rows", "rows": 3, "ok": 3, "failed": 0, "exported": None, "train": None, "validation": None}
+    stats = {
+        "generated": "2026-01-01T00:00:00+00:00",
+        "totals": {"documents_listed": 1, "documents_seeded": 1, "documents_failed": 0, "pages": 3, "exported": {}},
+        "tables": {
+            "stage_yield": [{**row, "stage": "judge/whole_document_qa"}, {**row, "stage": "ocr"}],
+            "failure_reasons": [],
+            "tokens": [],
+        },
+    }
+    skipped = [{"stage": "whole_document_qa", "why": "its model is missing", "mode": "unavailable"}]
+    plan = {"results": "results", "skipped": skipped, "served": {}, "report": True, "export": {}}
+    lines = render_text(build_summary(stats, plan, {})).splitlines()
+    judge = next(line for line in lines if line.startswith("judge/whole_document_qa"))
+    ocr = next(line for line in lines if line.startswith("ocr (rows)"))
+    skipped_line = next(line for line in lines if line.startswith("whole_document_qa (skipped)"))
+    # The counts line up under the header, and a label never runs into the next column.
+    assert judge.index(" 3 ") == ocr.index(" 3 ")
+    assert skipped_line.split("(skipped)")[1].startswith(" ")

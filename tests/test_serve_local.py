@@ -48,6 +48,8 @@ def paths(tmp_path):
 
 
 def _serve(dep, paths, **kwargs):
+    # Readiness polled every 0.2 s (1 s in the workflow): the fake server is up in a second.
+    kwargs.setdefault("poll_s", 0.2)
     return serve(dep, paths["sentinel"], paths["runtime"], launcher="local", state_dir=paths["state"], **kwargs)
 
 
@@ -144,7 +146,7 @@ def test_impostor_listing_another_model_is_never_published(tmp_path, paths):
     dep = fake_deployment(tmp_path, shim_args="--pretend somebody-elses-model")
     t0 = time.monotonic()
     with pytest.raises(ServeError) as caught:
-        _serve(dep, paths, mismatch_grace_s=3)
+        _serve(dep, paths, mismatch_grace_s=1.5)
     print(f"impostor refused in {time.monotonic() - t0:.2f}s")
     assert "refusing to publish" in str(caught.value)
     assert "somebody-elses-model" in str(caught.value)
@@ -198,21 +200,21 @@ def test_teardown_kills_the_whole_group_even_if_sigterm_is_ignored(tmp_path, pat
 
 
 def test_idle_timeout_stops_server_and_unpublishes(tmp_path, paths):
-    dep = fake_deployment(tmp_path, idle_timeout_s=2)
+    dep = fake_deployment(tmp_path, idle_timeout_s=1.5)
     _serve(dep, paths)
     runtime = json.loads(paths["runtime"].read_text())
-    # A client keeping it alive: past several idle periods it still runs.
-    with keep_alive(paths["runtime"], interval_s=0.5):
-        time.sleep(5)
+    # A client keeping it alive: past two idle periods it still runs.
+    with keep_alive(paths["runtime"], interval_s=0.3):
+        time.sleep(3.5)
         verify_endpoint(paths["runtime"])
     # So does the run-wide heartbeat of the Snakemake main process.
-    stop = keep_servers_alive(paths["state"], interval_s=0.5)
-    time.sleep(5)
+    stop = keep_servers_alive(paths["state"], interval_s=0.3)
+    time.sleep(3.5)
     stop()
     verify_endpoint(paths["runtime"])
     t0 = time.monotonic()
     assert wait_until(lambda: not alive(runtime["pid"]), 20)
-    print(f"idle stop after {time.monotonic() - t0:.2f}s (idle_timeout_s=2)")
+    print(f"idle stop after {time.monotonic() - t0:.2f}s (idle_timeout_s=1.5)")
     assert not paths["runtime"].exists() and paths["sentinel"].exists()
     with pytest.raises(EndpointGoneError, match="rerun — the serve rule will start it again"):
         verify_endpoint(paths["runtime"])

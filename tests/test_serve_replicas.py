@@ -30,6 +30,8 @@ def paths(tmp_path):
 
 
 def _serve(dep, paths, **kwargs):
+    # Readiness polled every 0.2 s (1 s in the workflow): the fake replicas are up in a second.
+    kwargs.setdefault("poll_s", 0.2)
     return serve(dep, paths["sentinel"], paths["runtime"], launcher="local", state_dir=paths["state"], **kwargs)
 
 
@@ -88,7 +90,7 @@ def test_teardown_stops_a_replica_still_starting_and_its_admitter(paths):
 
 def test_impostor_replica_is_never_admitted(paths):
     dep = fake_replicas(min_ready=1, extra_args=["--replica-pretend", "1=someone-elses-model"])
-    _serve(dep, paths, mismatch_grace_s=2)
+    _serve(dep, paths, mismatch_grace_s=1)
     # The admitter gives up on it after the grace; it never enters the runtime file.
     assert wait_until(lambda: _record(paths)["replicas"][1]["state"] == "failed", 30)
     record = _record(paths)
@@ -101,7 +103,7 @@ def test_impostor_replica_is_never_admitted(paths):
 def test_impostor_counts_against_min_ready(paths):
     dep = fake_replicas(min_ready=2, extra_args=["--replica-pretend", "0=someone-elses-model"])
     with pytest.raises(ServeError) as caught:
-        _serve(dep, paths, mismatch_grace_s=2)
+        _serve(dep, paths, mismatch_grace_s=1)
     message = str(caught.value)
     assert "1 of 2 replicas failed" in message and "fewer than min_ready=2" in message
     assert "replica 0: refusing to publish" in message

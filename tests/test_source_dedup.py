@@ -4,8 +4,8 @@ The source folder holds three real PDFs plus, sorting after them (so in later sh
 copy of one and a re-saved excerpt of another (other metadata and object layout, one page
 removed: other bytes, nearly the same text); two image-only "scans" made here and a re-saved
 copy of one of them; two distinct documents of a dozen words each (nearly white pages, which
-must not pass for copies of each other). Three documents per shard: each copy lands in another
-shard than its original. Each copy becomes a `duplicate` failure row naming the kept document;
+must not pass for copies of each other). Five documents per shard (two shards, the fewest
+jobs): the originals fill the first, so each copy lands in another shard than its original. Each copy becomes a `duplicate` failure row naming the kept document;
 a document added later (a new shard) is screened against the earlier ones without reseeding
 them."""
 
@@ -22,9 +22,11 @@ import yaml
 from helpers.workflow import run_snakemake
 
 ORIGINALS = ("xts-faq.pdf", "zoo-design.pdf", "zoo-faq.pdf")
-KEPT = (*ORIGINALS, "scan-a.pdf", "scan-b.pdf", "note-1.pdf", "note-2.pdf")
+# The notes sort after the originals and scans, so they share the second shard with the copies.
+KEPT = (*ORIGINALS, "scan-a.pdf", "scan-b.pdf", "zy-note-1.pdf", "zy-note-2.pdf")
 COPIES = ("zz-copy-of-xts-faq.pdf", "zz-zoo-faq-excerpt.pdf", "zz-scan-a-resaved.pdf")
-SHARDS = ("00000", "00001", "00002", "00003")  # ten documents, three per shard
+SHARDS = ("00000", "00001")  # ten documents, five per shard
+LATER_SHARD = "00002"
 
 
 def _table(path) -> list[dict]:
@@ -78,12 +80,12 @@ def deduplicated(tmp_path_factory, real_pdfs):
     with pymupdf.open(source / "scan-a.pdf") as doc:
         doc.set_metadata({"title": "Scanned again"})
         doc.save(source / "zz-scan-a-resaved.pdf", garbage=4, deflate=True, clean=True)
-    note_pdf(source / "note-1.pdf", 1)
-    note_pdf(source / "note-2.pdf", 2)
+    note_pdf(source / "zy-note-1.pdf", 1)
+    note_pdf(source / "zy-note-2.pdf", 2)
     config = {
         "results_dir": "results",
         "source": {"settings": {"kind": "local", "local": {"path": str(source)}}},
-        "sharding": {"settings": {"documents_per_shard": 3}},
+        "sharding": {"settings": {"documents_per_shard": 5}},
         "seed": {"settings": {"dpi": 24}},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -135,16 +137,16 @@ def test_a_later_copy_is_screened_without_reseeding_earlier_shards(deduplicated)
     seed = workdir / "results" / "seed"
     before = {p: p.stat().st_mtime_ns for shard in SHARDS for p in (seed / shard).glob("*.parquet")}
     shutil.copy(source / "zoo-design.pdf", source / "zzz-zoo-design-again.pdf")
-    run_snakemake(workdir, *_seed_targets((*SHARDS, "00004")), timeout=900)
+    run_snakemake(workdir, *_seed_targets((*SHARDS, LATER_SHARD)), timeout=900)
 
     assert {p: p.stat().st_mtime_ns for shard in SHARDS for p in (seed / shard).glob("*.parquet")} == before
-    (added,) = _table(workdir / "results/manifest/00004.parquet")
+    (added,) = _table(workdir / f"results/manifest/{LATER_SHARD}.parquet")
     assert _name(added) == "zzz-zoo-design-again.pdf"
-    (failure,) = _table(seed / "00004" / "failures.parquet")
+    (failure,) = _table(seed / LATER_SHARD / "failures.parquet")
     assert failure["doc_id"] == added["doc_id"] and failure["reason"] == "duplicate"
     kept = [r for shard in SHARDS for r in _table(seed / shard / "documents.parquet") if _name(r) == "zoo-design.pdf"]
     assert kept and kept[0]["doc_id"] in failure["message"]
-    assert _table(seed / "00004" / "documents.parquet") == []
+    assert _table(seed / LATER_SHARD / "documents.parquet") == []
 
 
 def test_screen_prefers_contaminated_to_duplicate_and_keeps_the_first_listed(tmp_path):

@@ -1,7 +1,8 @@
 """Integration tests against a REAL vLLM server (CPU build, tiny random model).
 
 Needs the separate venv made by `bash tests/vllm/install.sh`. Without it the
-module is skipped locally, but fails under CI=true (CI must install it).
+module is skipped locally, but fails under CI=true (CI must install it). The server is the
+session's one (conftest.tiny_vllm), shared with test_workflow_vllm.py.
 The model's text is noise: only shapes, fields, status codes and schema
 validity are asserted, never wording.
 """
@@ -9,12 +10,8 @@ validity are asserted, never wording.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import os
 import struct
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,24 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_VLLM_KEY, TINY_VLLM_MAX_IMAGES, TINY_VLLM_MAX_MODEL_LEN, TINY_VLLM_SERVED
+
 pytestmark = pytest.mark.vllm
 
-HERE = Path(__file__).resolve().parent
-SERVED = "tiny-vlm"
-API_KEY = "longdoc-test-key"
-MAX_IMAGES = 2
-
-
-def _load_server_module():
-    # by path: works whether or not tests/ is a package
-    spec = importlib.util.spec_from_file_location("longdoc_vllm_server", HERE / "vllm" / "server.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-srv = _load_server_module()
+SERVED = TINY_VLLM_SERVED
+API_KEY = TINY_VLLM_KEY
 
 
 def _png(width: int, height: int, shade: int) -> bytes:
@@ -122,60 +107,13 @@ def _report(config, line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm(request, tmp_path_factory):
-    python = srv.vllm_python()
-    if python is None:
-        why = f"vLLM venv not found at {srv.vllm_venv()}: run `bash tests/vllm/install.sh` (or set LONGDOC_VLLM_VENV)"
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but " + why, pytrace=False)
-        pytest.skip(why)
-
-    model_dir = Path(os.environ.get("LONGDOC_TINY_VLM_DIR", srv.vllm_venv() / "tiny-vlm"))
-    t0 = time.monotonic()
-    built = subprocess.run(
-        [python, str(HERE / "vllm" / "build_tiny_vlm.py"), str(model_dir)], capture_output=True, text=True, timeout=600
-    )
-    if built.returncode != 0:
-        pytest.fail(f"building the tiny model failed:\n{built.stdout[-2000:]}\n{built.stderr[-4000:]}", pytrace=False)
-    t_build = time.monotonic() - t0
-
-    log_dir = tmp_path_factory.mktemp("vllm")
-    for attempt in (1, 2):
-        # free_port() can race with another process taking it: retry once
-        log_path = log_dir / f"server-{attempt}.log"
-        port = srv.free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = srv.start_vllm_server(
-            python,
-            model_dir,
-            port,
-            SERVED,
-            api_key=API_KEY,
-            log_path=log_path,
-            reasoning_parser="qwen3",
-            max_images=MAX_IMAGES,
-        )
-        try:
-            ready = srv.wait_ready(base, SERVED, proc, timeout=600, api_key=API_KEY, log_path=log_path)
-            break
-        except RuntimeError as e:
-            srv.stop_server(proc)
-            if attempt == 2 or "address already in use" not in str(e).lower():
-                raise
-        except BaseException:
-            srv.stop_server(proc)
-            raise
-    try:
-        _report(
-            request.config, f"\n[vllm] model build/check {t_build:.1f}s, server ready in {ready:.1f}s (log {log_path})"
-        )
-        server = Server(base, log_path)
-        yield server
-        if server.latencies:
-            lat = sorted(t for _, t in server.latencies)
-            _report(request.config, f"[vllm] {len(lat)} requests: median {lat[len(lat) // 2]:.3f}s, max {lat[-1]:.3f}s")
-    finally:
-        srv.stop_server(proc)
+def vllm(request, tiny_vllm):
+    """The session's tiny server (conftest.tiny_vllm); request latencies reported at the end."""
+    server = Server(tiny_vllm.url, tiny_vllm.log_path)
+    yield server
+    if server.latencies:
+        lat = sorted(t for _, t in server.latencies)
+        _report(request.config, f"[vllm] {len(lat)} requests: median {lat[len(lat) // 2]:.3f}s, max {lat[-1]:.3f}s")
 
 
 def _error(body: dict) -> dict:
@@ -195,7 +133,7 @@ def test_models_lists_served_name(vllm):
     assert status == 200
     models = {m["id"]: m for m in body["data"]}
     assert SERVED in models
-    assert models[SERVED]["max_model_len"] == srv.DEFAULT_MAX_MODEL_LEN
+    assert models[SERVED]["max_model_len"] == TINY_VLLM_MAX_MODEL_LEN
 
 
 def test_api_key_is_enforced(vllm):
@@ -229,12 +167,14 @@ def test_chat_with_one_image(vllm):
 
 
 def test_chat_with_max_images_and_text(vllm):
-    # the budget documented in tests/vllm/server.py: 2 images + a few hundred tokens
-    text = "Compare the two pages and list every table and figure. " * 25
-    status, body = vllm.chat(label="chat 2 images", messages=_user(text, MAX_IMAGES), max_tokens=32, **NO_THINK)
+    # as many images as the server allows, beside a few hundred words
+    text = "Compare the pages and list every table and figure. " * 25
+    status, body = vllm.chat(
+        label="chat max images", messages=_user(text, TINY_VLLM_MAX_IMAGES), max_tokens=32, **NO_THINK
+    )
     assert status == 200, body
     assert body["choices"][0]["finish_reason"] in {"stop", "length"}
-    assert body["usage"]["prompt_tokens"] > 2 * 81
+    assert body["usage"]["prompt_tokens"] > TINY_VLLM_MAX_IMAGES * 81
 
 
 ANSWER_SCHEMA = {
@@ -288,7 +228,7 @@ def test_unknown_model_is_404(vllm):
 
 
 def test_too_many_images_is_400(vllm):
-    status, body = vllm.chat(label="too many images", messages=_user("hi", MAX_IMAGES + 1), max_tokens=4)
+    status, body = vllm.chat(label="too many images", messages=_user("hi", TINY_VLLM_MAX_IMAGES + 1), max_tokens=4)
     assert status == 400
     _error(body)
 
@@ -303,7 +243,7 @@ def test_bad_base64_image_is_400(vllm):
 
 
 def test_prompt_over_context_is_400(vllm):
-    text = "table figure page " * srv.DEFAULT_MAX_MODEL_LEN
+    text = "table figure page " * TINY_VLLM_MAX_MODEL_LEN
     status, body = vllm.chat(label="too long", messages=_user(text), max_tokens=4)
     assert status == 400
     _error(body)

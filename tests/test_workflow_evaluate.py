@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO, SAMPLE_PDF_DIR
 from helpers.evaluate import SAMPLES, ScriptedModel
-from helpers.workflow import planned_jobs, snakemake_cmd
+from helpers.workflow import planned_jobs, snakemake_cmd, two_at_a_time
 from longdoc_sdg.cli import main as cli_main
 from longdoc_sdg.registry import model_stages
 
@@ -79,22 +79,31 @@ def test_results_rescore_identically_and_the_missing_pdf_is_a_failure_row(evalua
     assert {r["shown_pages"] for r in shown if r["status"] == "ok"} == {2}
 
 
-def test_run_settings_rerun_nothing_and_result_settings_rerun_it(evaluated):
+def test_run_settings_rerun_nothing_and_result_settings_rerun_it(evaluated, tmp_path):
     workdir, config, _ = evaluated
-    steering = json.loads(json.dumps(config))
-    steering["evaluate"]["run"] = {"concurrency": {"max": 3}, "request_timeout_s": 99}
-    result = snakemake(workdir, "-n", config=steering)
-    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
-    for change in (
-        lambda c: c["evaluate"]["settings"].update(max_images=1),
-        lambda c: c["seed"]["settings"].update(dpi=40),
-        lambda c: c["models"]["bench-model"]["endpoint"].update(model="another-model"),
-    ):
+
+    def dry_run(name, change):
         changed = json.loads(json.dumps(config))
         change(changed)
-        result = snakemake(workdir, "-n", config=changed)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert planned_jobs(result.stdout) == {"evaluate": 1}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(changed))
+        return lambda: subprocess.run(
+            snakemake_cmd(workdir, "evaluate", "-n", configfile=path), capture_output=True, text=True, timeout=600
+        )
+
+    changes = {
+        "steering": lambda c: c["evaluate"].update(run={"concurrency": {"max": 3}, "request_timeout_s": 99}),
+        "max_images": lambda c: c["evaluate"]["settings"].update(max_images=1),
+        "dpi": lambda c: c["seed"]["settings"].update(dpi=40),
+        "model": lambda c: c["models"]["bench-model"]["endpoint"].update(model="another-model"),
+    }
+    results = two_at_a_time({name: dry_run(name, change) for name, change in changes.items()})
+    for name, result in results.items():
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    steering = results.pop("steering")
+    assert "Nothing to be done" in steering.stdout + steering.stderr
+    for name, result in results.items():
+        assert planned_jobs(result.stdout) == {"evaluate": 1}, name
 
 
 @pytest.mark.parametrize(

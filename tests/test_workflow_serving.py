@@ -25,6 +25,7 @@ import yaml
 
 from helpers.serving_workflow import (
     DEPLOYMENT,
+    DOC_PAGES,
     SERVED,
     Watcher,
     assert_every_page_once,
@@ -47,16 +48,19 @@ from helpers.workflow import planned_jobs
 
 pytestmark = pytest.mark.workflow
 
+# The plan of a run that serves: one server, one OCR client per shard, the `served` stop.
+SERVE_AND_EVERY_CLIENT = {"serve": 1, "ocr": len(DOC_PAGES), "served": 1}
+
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    """A workdir with three seeded shards (2, 3 and 14 pages); tests work on copies."""
+    """A workdir with one seeded shard per document of DOC_PAGES; tests work on copies."""
     return seed_serving_template(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def served_run(seeded, tmp_path_factory):
-    """One complete run: serve -> OCR on three shards -> teardown, with slow clients so the
+    """One complete run: serve -> OCR on every shard -> teardown, with slow clients so the
     runtime file (and its key) can be read while they work."""
     template, pdf_dir = seeded
     workdir = workdir_from(
@@ -70,7 +74,7 @@ def served_run(seeded, tmp_path_factory):
     with Watcher(workdir) as watcher:
         result = snakemake(workdir)
     elapsed = time.monotonic() - t0
-    print(f"serve -> 3 OCR shards -> teardown: {elapsed:.1f}s")
+    print(f"serve -> {len(DOC_PAGES)} OCR shards -> teardown: {elapsed:.1f}s")
     assert result.returncode == 0, output_of(result)[-6000:]
     assert watcher.published and len(watcher.keys) == 1
     return workdir, result, watcher.keys.pop(), template.parent / "served-stats.json"
@@ -82,7 +86,7 @@ def test_dry_run_plans_serving_but_starts_nothing(seeded, tmp_path):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, output_of(result)[-4000:]
     jobs = planned_jobs(result.stdout)
-    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == SERVE_AND_EVERY_CLIENT
     assert "seed" not in jobs
     assert server_processes(workdir) == []
     assert not runtime_file(workdir).exists()
@@ -118,20 +122,9 @@ def test_api_key_never_leaks(served_run):
     assert any((workdir / ".snakemake" / "metadata").iterdir()), "no Snakemake metadata was searched"
 
 
-def test_finished_run_starts_no_server(served_run):
-    workdir, _, _, _ = served_run
-    before = ocr_outputs(workdir)
-    t0 = time.monotonic()
-    result = snakemake(workdir)
-    assert result.returncode == 0, output_of(result)[-4000:]
-    assert "Nothing to be done" in output_of(result)
-    assert "localrule serve" not in output_of(result)
-    assert ocr_outputs(workdir) == before
-    assert_unpublished(workdir)
-    print(f"second run, nothing to do: {time.monotonic() - t0:.1f}s")
-
-
-def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, tmp_path):
+def test_model_change_reruns_clients_but_a_server_restart_does_not_and_a_finished_run_starts_no_server(
+    served_run, tmp_path
+):
     done, _, _, _ = served_run
     workdir = tmp_path / "work"
     shutil.copytree(done, workdir, symlinks=True)
@@ -150,7 +143,7 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     result = snakemake(workdir, "-n", configfile="renamed.yaml")
     assert result.returncode == 0, output_of(result)[-4000:]
     jobs = planned_jobs(result.stdout)
-    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == {"serve": 1, "ocr": 3, "served": 1}
+    assert {rule: jobs.get(rule) for rule in ("serve", "ocr", "served")} == SERVE_AND_EVERY_CLIENT
 
     # Moving the server (launcher, walltime, port, latency of the double's environment) does not.
     moved = dict(config)
@@ -166,17 +159,23 @@ def test_model_change_reruns_clients_but_a_server_restart_does_not(served_run, t
     result = snakemake(workdir, "-n", configfile="moved.yaml")
     assert "Nothing to be done" in output_of(result), output_of(result)[-4000:]
 
-    dry = snakemake(workdir, "-n", "--forcerun", "serve")
-    assert dry.returncode == 0, output_of(dry)[-4000:]
-    assert "ocr" not in planned_jobs(dry.stdout) and planned_jobs(dry.stdout).get("serve") == 1
-
     before = ocr_outputs(workdir)
     restart = snakemake(workdir, "--forcerun", "serve")
     assert restart.returncode == 0, output_of(restart)[-4000:]
+    # The plan the run printed before it started: the server, no client.
+    restart_jobs = planned_jobs(output_of(restart))
+    assert "ocr" not in restart_jobs and restart_jobs.get("serve") == 1, restart_jobs
     assert "localrule serve:" in output_of(restart)
     assert ocr_outputs(workdir) == before
     assert_unpublished(workdir)
-    assert "Nothing to be done" in output_of(snakemake(workdir, "-n"))
+
+    # The run finished: running it again starts no server and redoes nothing.
+    again = snakemake(workdir)
+    assert again.returncode == 0, output_of(again)[-4000:]
+    assert "Nothing to be done" in output_of(again)
+    assert "localrule serve" not in output_of(again)
+    assert ocr_outputs(workdir) == before
+    assert_unpublished(workdir)
 
 
 def test_forced_shard_gets_a_server(served_run, tmp_path):
@@ -230,11 +229,12 @@ def test_server_left_by_a_killed_run_is_forgotten_and_its_clients_serve_again(se
             }
         )
     )
-    dry = snakemake(workdir, "-n")
-    assert "serve" not in planned_jobs(dry.stdout) and planned_jobs(dry.stdout).get("ocr") == 1, dry.stdout[-3000:]
     result = snakemake(workdir)
     text = output_of(result)
     assert result.returncode == 0, text[-6000:]
+    # The plan the run printed before onstart forgot the dead server: no serve job, one client.
+    jobs = planned_jobs(text)
+    assert "serve" not in jobs and jobs.get("ocr") == 1, text[-3000:]
     assert "servers of an earlier run are gone, will serve again: fake-vllm" in text
     client_log = (workdir / "results" / "logs" / "ocr" / f"{shard}.log").read_text()
     assert "no serve job of this run started it; serving it here" in client_log
@@ -262,9 +262,10 @@ def test_crash_before_ready_fails_fast_with_log_tail(seeded, tmp_path):
 
 def test_impostor_listing_another_model_is_never_published(seeded, tmp_path):
     template, pdf_dir = seeded
-    # The double answers /health but lists another model; the ready timeout ends the wait.
+    # The double answers /health but lists another model; the ready timeout ends the wait
+    # (the double answers within a second or two, so the refusal names what it lists).
     workdir = workdir_from(
-        template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"], ready_timeout_s=15
+        template, tmp_path, pdf_dir, extra_args=["--pretend", "someone-elses-model"], ready_timeout_s=8
     )
     t0 = time.monotonic()
     with Watcher(workdir) as watcher:
@@ -327,16 +328,14 @@ def test_server_killed_mid_run_then_next_run_finishes_without_redoing_shards(see
 
     # The double's stats file is an env var (not identity): no rerun from it.
     write_config(workdir, pdf_dir, extra_args=slow, env_vars={"FAKE_OPENAI_SERVER_STATS": str(stats[1])})
-    dry = snakemake(workdir, "-n")
-    assert dry.returncode == 0, output_of(dry)[-4000:]
-    unfinished = sorted(set(pages) - set(finished))
-    planned = {"serve": 1, "ocr": len(unfinished), "served": 1, "ledger": 1, "stats": 1, "summary": 1, "all": 1}
-    assert planned_jobs(dry.stdout) == planned  # the closing summary reads the run statistics
-
     t0 = time.monotonic()
     second = snakemake(workdir)
     print(f"next run re-served and finished in {time.monotonic() - t0:.1f}s")
     assert second.returncode == 0, output_of(second)[-6000:]
+    # The plan it printed before starting: the unfinished shards only, and their server.
+    unfinished = sorted(set(pages) - set(finished))
+    planned = {"serve": 1, "ocr": len(unfinished), "served": 1, "ledger": 1, "stats": 1, "summary": 1, "all": 1}
+    assert planned_jobs(output_of(second)) == planned  # the closing summary reads the run statistics
     assert "localrule serve:" in output_of(second)
     after = ocr_outputs(workdir)
     assert sorted(after) == sorted(pages)

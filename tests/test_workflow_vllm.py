@@ -1,9 +1,11 @@
-"""The workflow against a REAL vLLM (CPU build, tiny random-weight VLM built by the test).
+"""The workflow against a REAL vLLM (CPU build, tiny random-weight VLM built by the test): the
+session's one server (conftest.tiny_vllm), served at a small max_model_len.
 
 Its text is noise: these tests assert shapes, schema validity, usage and row accounting, never
-wording. Stages 02-09 end to end with manual endpoints (judge key from an env var), evaluate and
-verify against the same server. The workflow serving the deployment itself: locally in
-test_workflow_vllm_replicas.py (two replicas, one killed), under Slurm in test_workflow_slurm.py."""
+wording. Stages 02-09 end to end with manual endpoints (judge key from an env var), evaluate,
+verify, Nemotron-Parse OCR requests and the context budget against the same server. The
+workflow serving the deployment itself, locally and under Slurm: test_workflow_vllm_replicas.py
+(two replicas, one killed)."""
 
 from __future__ import annotations
 
@@ -16,15 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TINY_VLLM_KEY, TINY_VLLM_SERVED
 from helpers.vllm_config import (
-    GUIDED_JSON,
     NO_THINKING,
     base_config,
     shortest_pdfs,
     tiny_model_stage_settings,
 )
 from helpers.workflow import snakemake_cmd
+from longdoc_sdg.engine.errors import INFRA_REASONS
 from longdoc_sdg.registry import get_spec, model_stages, qa_stages
 
 QA_STAGES = qa_stages()
@@ -33,8 +35,8 @@ MODEL_STAGES = tuple(s for s in model_stages() if not get_spec(s).per_qa_stage)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
 
-VLLM_KEY = "vllm-test-key-3f9a61c2d7e84b05"
-SERVED = "tiny-vlm"
+VLLM_KEY = TINY_VLLM_KEY
+SERVED = TINY_VLLM_SERVED
 
 
 def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.CompletedProcess:
@@ -43,31 +45,14 @@ def run(workdir: Path, *args: str, env=None, timeout=1800) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def vllm_endpoint(tiny_vlm, tmp_path_factory):
-    python, model_dir, server = tiny_vlm
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    port = server.free_port()
-    proc = server.start_vllm_server(
-        python,
-        model_dir,
-        port,
-        SERVED,
-        api_key=VLLM_KEY,
-        log_path=log,
-        reasoning_parser="qwen3",
-        max_model_len=16384,
-        max_images=8,
-        extra_args=GUIDED_JSON,
-    )
-    try:
-        server.wait_ready(f"http://127.0.0.1:{port}", SERVED, proc, timeout=900, api_key=VLLM_KEY, log_path=log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.stop_server(proc)
+def vllm_endpoint(tiny_vllm) -> str:
+    return tiny_vllm.base_url
 
 
 def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
-    config = base_config(tmp_path, shortest_pdfs(real_pdfs, 2))
+    """One real document (the shortest, two pages): one shard, every stage's rows answered or
+    failed for a reason, each model stage with answered rows and the judge over each QA stage."""
+    config = base_config(tmp_path, shortest_pdfs(real_pdfs, 1))
     config["models"] = {
         "tiny": {"endpoint": {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}}
     }
@@ -83,7 +68,10 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
     results = tmp_path / "results"
     outcomes: dict[str, int] = {}
     reasons: dict = {}
-    for shard in ("00000", "00001"):
+    tokens: dict[str, list] = {}
+    shards = sorted(p.name for p in (results / "seed").iterdir() if p.is_dir())
+    assert shards == ["00000"], shards
+    for shard in shards:
         pages = pq.read_table(results / "seed" / shard / "pages.parquet", columns=["doc_id"]).num_rows
         for stage in MODEL_STAGES:
             table = pq.read_table(results / stage / f"{shard}.parquet")
@@ -100,6 +88,7 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
                 assert all(r["model"] == SERVED for r in answered)
                 assert all(r["prompt_tokens"] > 0 for r in answered)
             outcomes[stage] = outcomes.get(stage, 0) + len(answered)
+            tokens[stage] = [(r["prompt_tokens"], r["completion_tokens"]) for r in answered]
             for r in rows:
                 if r["status"] == "failed":
                     reasons[(stage, r["failure_reason"])] = r["failure_message"][:300]
@@ -111,7 +100,7 @@ def test_stages_02_to_09_against_real_vllm(vllm_endpoint, real_pdfs, tmp_path):
                 if row["status"] == "ok":
                     assert 0 <= row["weighted_quality_score"] <= 1
     # Constrained replies of a grammar-enforcing server parse: every model stage has ok rows.
-    print("ok rows per stage:", outcomes, "failure reasons:", reasons)
+    print("ok rows per stage:", outcomes, "failure reasons:", reasons, "(prompt, completion) tokens:", tokens)
     assert all(outcomes[stage] > 0 for stage in MODEL_STAGES), str(outcomes)
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and VLLM_KEY.encode() in p.read_bytes()]
     assert leaks == []
@@ -190,6 +179,29 @@ def test_verify_stage_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
             assert r["failure_reason"]
 
 
+def test_nemotron_parse_ocr_requests_against_real_vllm(vllm_endpoint, tmp_path, monkeypatch):
+    """OCR with the nemotron-parse engine sends its request format (one page image, its prompt)
+    to the real server: every page is one row, each request was accepted (the random model's
+    markup may still fail our parsing, never as a bad or refused request)."""
+    from conftest import SAMPLE_PDF_DIR
+    from helpers.stage_inputs import build_seed
+    from longdoc_sdg.stages import run_stage
+
+    monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
+    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    seed = build_seed(tmp_path / "seed", sorted(SAMPLE_PDF_DIR.glob("*.pdf"))[:1], max_pages=2)
+    out = tmp_path / "ocr" / "00000.parquet"
+    params = {"engine": "nemotron-parse", "max_tokens": 64}
+    run_stage("ocr", {"pages": seed["pages"]}, str(out), params, endpoint, 1, str(tmp_path / "ocr.jsonl"))
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == pq.read_metadata(seed["pages"]).num_rows == 2
+    # The server counted each page's prompt and answered it.
+    assert all(r["model"] == SERVED and r["prompt_tokens"] > 0 and r["image_count"] == 1 for r in rows), rows
+    assert all(r["ocr_engine"] == "nemotron-parse" for r in rows if r["status"] == "ok"), rows
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all(r["failure_reason"] not in ("bad_request", *INFRA_REASONS) for r in failed), failed
+
+
 def _vllm_counters(base_url: str) -> dict[str, float]:
     """Finished requests and prompt tokens so far, from the server's Prometheus /metrics."""
     import urllib.request
@@ -204,23 +216,24 @@ def _vllm_counters(base_url: str) -> dict[str, float]:
     return totals
 
 
-def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, monkeypatch):
-    """Whole-document QA against the real server, whose /v1/models lists max_model_len 16384:
-    with max_tokens leaving little room, a 4-page document at 144 dpi does not fit at full size
-    and is downscaled and answered; a 24-page one cannot fit even at the floor and becomes a
-    context_too_long row that never reaches the server (its counters move by one request)."""
+def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
+    """Whole-document QA against the real server served at a small max_model_len (listed by its
+    /v1/models, where the budget reads it): with max_tokens 4096, an 8-page document at 144 dpi
+    would overflow it at full size and is downscaled and answered; a 24-page one cannot fit even
+    at the floor and becomes a context_too_long row that never reaches the server (its counters
+    move by one request)."""
     from conftest import SAMPLE_PDF_DIR
     from helpers.stage_inputs import build_seed
     from longdoc_sdg.engine.budget import ContextBudget, resolve_family
     from longdoc_sdg.stages import run_stage
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
-    endpoint = {"base_url": vllm_endpoint, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
-    _, model_dir, _ = tiny_vlm
-    family = resolve_family(str(model_dir))
+    endpoint = {"base_url": tiny_vllm.base_url, "model": SERVED, "api_key_env": "LONGDOC_TEST_LLM_KEY"}
+    limit = tiny_vllm.max_model_len
+    family = resolve_family(str(tiny_vllm.model_dir))
     assert (family.name, family.pixels_per_token_side, family.max_pixels) == ("qwen2-vl", 28, 28 * 28 * 256)
-    small_pdf, big_pdf = SAMPLE_PDF_DIR / "MVT_Rnews.pdf", SAMPLE_PDF_DIR / "zoo.pdf"
-    seed = build_seed(tmp_path / "seed", [(small_pdf, 4), (big_pdf, 24)], dpi=144)
+    small_pdf, big_pdf = SAMPLE_PDF_DIR / "residual-shadings.pdf", SAMPLE_PDF_DIR / "zoo.pdf"
+    seed = build_seed(tmp_path / "seed", [(small_pdf, 8), (big_pdf, 24)], dpi=144)
     inputs = {"documents": seed["documents"], "pages": seed["pages"]}
     pages = pq.read_table(seed["pages"], columns=["doc_id", "width", "height"]).to_pylist()
     small_doc, big_doc = pq.read_table(seed["documents"]).column("doc_id").to_pylist()
@@ -232,7 +245,7 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
         "output_format": "json",
         "num_records": None,
         "sampling": {"extra_body": NO_THINKING},
-        "min_image_pixels": 28 * 28 * 36,
+        "min_image_pixels": 28 * 28 * 81,
     }
 
     def run(name: str, max_tokens: int) -> dict[str, dict]:
@@ -248,22 +261,26 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
         )
         return {r["doc_id"]: r for r in pq.read_table(out).to_pylist()}
 
-    # 1) Roomy: both fit as they are (the big one is then refused for its 24 images, a 400).
+    # 1) A short reply leaves room: the small document goes at full size.
     probe = run("probe", 16)
-    assert all(r["image_scale"] == 1.0 for r in probe.values())
-    text = {d: probe[d]["est_prompt_tokens"] - full[d] for d in probe}  # each prompt's text estimate
+    assert probe[small_doc]["image_scale"] == 1.0, probe[small_doc]
+    text = probe[small_doc]["est_prompt_tokens"] - full[small_doc]  # the prompt's text estimate
     # The estimate is an upper bound of what the real server counted.
     assert 0 < probe[small_doc]["prompt_tokens"] <= probe[small_doc]["est_prompt_tokens"]
 
-    # 2) max_tokens leaves the small document's images half their full-size tokens.
-    limit = 16384
-    max_tokens = limit - text[small_doc] - full[small_doc] // 2
+    # 2) max_tokens 4096: the small document fits only downscaled, the big one not even at the
+    # floor (its prompt text is no shorter than the small one's).
+    max_tokens = 4096
     floor = ContextBudget(limit, family, params["min_image_pixels"])
-    floor_tokens = sum(
-        family.image_tokens(*floor.floor_size((p["width"], p["height"]))) for p in pages if p["doc_id"] == big_doc
-    )
-    assert limit - text[big_doc] - max_tokens < floor_tokens, "the big document must not fit at the floor"
-    before = _vllm_counters(vllm_endpoint)
+
+    def floor_tokens(doc: str) -> int:
+        return sum(
+            family.image_tokens(*floor.floor_size((p["width"], p["height"]))) for p in pages if p["doc_id"] == doc
+        )
+
+    assert text + full[small_doc] + max_tokens > limit >= text + floor_tokens(small_doc) + max_tokens
+    assert text + floor_tokens(big_doc) + max_tokens > limit, "the big document must not fit at the floor"
+    before = _vllm_counters(tiny_vllm.base_url)
     tight = run("tight", max_tokens)
     small, big = tight[small_doc], tight[big_doc]
     print(
@@ -281,16 +298,18 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
     )
     # Downscaled and answered (HTTP 200: the server counted its prompt; a random model's reply
     # may still fail our checks), within the estimate.
-    assert 0 < small["image_scale"] < 1 and small["image_count"] == 4
+    assert 0 < small["image_scale"] < 1 and small["image_count"] == 8
     assert small["failure_reason"] not in ("context_too_long", "bad_request"), small
     assert 0 < small["prompt_tokens"] <= small["est_prompt_tokens"] <= limit - max_tokens
     assert small["image_pixels"] < min(p["width"] * p["height"] for p in pages if p["doc_id"] == small_doc)
     assert big["failure_reason"] == "context_too_long" and "not sent" in big["failure_message"], big
+    # The limit is the one the server lists, not a setting of the test.
+    assert f"max_model_len {limit:,} (max_model_len listed by /v1/models" in big["failure_message"], big
     assert big["prompt_tokens"] == 0 and big["image_count"] == 0
     # The server saw exactly one request, the small document's.
     after = before
     for _ in range(60):  # a bounded wait for the counters to be published, not a timing check
-        after = _vllm_counters(vllm_endpoint)
+        after = _vllm_counters(tiny_vllm.base_url)
         if after["vllm:request_success_total"] > before["vllm:request_success_total"]:
             break
         time.sleep(0.5)
@@ -301,7 +320,7 @@ def test_context_budget_against_real_vllm(vllm_endpoint, tiny_vlm, tmp_path, mon
     # prompt count, for a page over the processor's pixel cap, one under it, and a downscaled
     # size on the 28-pixel token grid.
     for size in ((1224, 1584), (300, 200), (364, 476)):
-        assert _image_prompt_tokens(vllm_endpoint, size) == family.image_tokens(*size), size
+        assert _image_prompt_tokens(tiny_vllm.base_url, size) == family.image_tokens(*size), size
 
 
 def _image_prompt_tokens(base_url: str, size: tuple[int, int]) -> int:

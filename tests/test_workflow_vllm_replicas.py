@@ -23,10 +23,12 @@ import pytest
 import yaml
 
 from conftest import REPO
+from helpers.serving import cmdlines_containing, files_containing
 from helpers.slurm import processes_with, sacct_jobs
-from helpers.workflow import planned_jobs
+from helpers.workflow import planned_jobs, run_until, snakemake_cmd
 from longdoc_sdg.engine.errors import INFRA_REASONS
 from longdoc_sdg.registry import model_stages
+from longdoc_sdg.serve.procs import group_alive, http_get
 from pdf_factory import numbered_page_pdfs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.workflow]
@@ -84,33 +86,8 @@ def write_config(workdir: Path, pdf_dir: Path, model_dir: Path, launcher: str) -
 
 
 def snakemake(workdir: Path, profile: str, timeout: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        "timeout",
-        "-s",
-        "INT",
-        "-k",
-        "60",
-        str(timeout),
-        "snakemake",
-        *args,  # first: --configfile takes every word after it
-        "--profile",
-        str(REPO / "profiles" / profile),
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-    ]
-    # SIGINT must reach snakemake so a timeout cancels its jobs (a background parent may ignore it).
-    return subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout + 200,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    cores = 2 if profile == "local" else None
+    return run_until(snakemake_cmd(workdir, *args, profile=profile, cores=cores), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +153,29 @@ def answered(workdir: Path, index: int) -> int:
         return 0
 
 
+def probe_serving(workdir: Path, runtime: dict) -> dict:
+    """While the replicas serve: each one's /v1/models with the run's key, without one and with a
+    wrong one, whether the key shows on any process's command line, and each server's process
+    group (vLLM's engine core included) alive."""
+    key = runtime["api_key"]
+    probe = {"key": key, "models": [], "no_key": [], "wrong_key": [], "groups_alive": []}
+    for replica in runtime["replicas"]:
+        status, body = http_get(f"{replica['base_url']}/models", key, timeout=30)
+        probe["models"].append((status, [m["id"] for m in json.loads(body)["data"]] if status == 200 else []))
+        probe["no_key"].append(http_get(f"{replica['base_url']}/models", timeout=30)[0])
+        probe["wrong_key"].append(http_get(f"{replica['base_url']}/models", "wrong-key", timeout=30)[0])
+    probe["key_on_cmdlines"] = cmdlines_containing(key)
+    for index in range(2):
+        server_pid = json.loads((replica_dir(workdir, index) / "bound.json").read_text())["server_pid"]
+        probe["groups_alive"].append(group_alive(server_pid))
+    return probe
+
+
 class MidStageKiller:
     """Watches a run; once replica 1 has answered two requests while a client job is part-way
-    through its shard (rows done, rows left), calls `kill(replicas)` once (replicas: the serve
-    record's entries). Also notes each replica's port, to check afterwards that none is alive."""
+    through its shard (rows done, rows left), probes the serving (probe_serving) and calls
+    `kill(replicas)` once (replicas: the serve record's entries). Also notes each replica's port
+    and server pid, to check afterwards that none is alive."""
 
     def __init__(self, workdir: Path, kill):
         self.workdir = workdir
@@ -187,6 +183,8 @@ class MidStageKiller:
         self.pages: dict[str, int] = {}
         self.replicas: list[dict] = []
         self.ports: dict[int, int] = {}
+        self.server_pids: dict[int, int] = {}
+        self.probe: dict | None = None
         self.killed_at: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -202,6 +200,7 @@ class MidStageKiller:
 
     def _run(self) -> None:
         record_path = self.workdir / "results" / "serve" / "servers" / f"{DEPLOYMENT}.json"
+        runtime_path = self.workdir / "results" / "serve" / f"{DEPLOYMENT}.runtime.json"
         while not self._stop.wait(0.1):
             try:
                 self.replicas = json.loads(record_path.read_text())["replicas"]
@@ -209,16 +208,33 @@ class MidStageKiller:
                 pass
             for index in range(2):
                 try:
-                    self.ports[index] = json.loads((replica_dir(self.workdir, index) / "bound.json").read_text())[
-                        "port"
-                    ]
+                    bound = json.loads((replica_dir(self.workdir, index) / "bound.json").read_text())
+                    self.ports[index], self.server_pids[index] = bound["port"], bound["server_pid"]
                 except (OSError, ValueError, KeyError):
                     pass
             if self.killed_at is None and len(self.replicas) == 2 and answered(self.workdir, 1) >= 2:
                 under_way = part_way(self.workdir, self.pages)
                 if under_way:
+                    try:
+                        self.probe = probe_serving(self.workdir, json.loads(runtime_path.read_text()))
+                    except Exception as exc:  # reported by check_served_securely
+                        self.probe = {"error": repr(exc)}
                     self.kill(self.replicas)
                     self.killed_at = {"part_way": under_way, "victim_answered": answered(self.workdir, 1)}
+
+
+def check_served_securely(workdir: Path, probe: dict | None) -> str:
+    """What probe_serving saw while both replicas served: each lists the model to the run's key
+    only (401 without it or with a wrong one), the key is on no command line, both server groups
+    live. After the run the key is in no file the run left (server logs, serve log, sentinel).
+    Returns the key."""
+    assert probe and "error" not in probe, probe
+    assert probe["models"] == [(200, ["tiny-vlm"])] * 2, probe
+    assert probe["no_key"] == [401, 401] and probe["wrong_key"] == [401, 401], probe
+    assert probe["key_on_cmdlines"] == [], probe
+    assert probe["groups_alive"] == [True, True], probe
+    assert files_containing(workdir, probe["key"]) == []
+    return probe["key"]
 
 
 def check_every_page_once(workdir: Path) -> dict[str, int]:
@@ -260,17 +276,22 @@ def client_logs(workdir: Path) -> str:
     )
 
 
-def check_nothing_left(workdir: Path, ports: dict[int, int]) -> None:
-    assert sorted(ports) == [0, 1], ports
-    for port in ports.values():
+def check_nothing_left(workdir: Path, killer: MidStageKiller) -> None:
+    """No server of the run answers or lives on (vLLM's engine core shares its server's process
+    group), no serve wrapper is left and the runtime file is gone."""
+    assert sorted(killer.ports) == [0, 1] and sorted(killer.server_pids) == [0, 1], killer.ports
+    for index, port in killer.ports.items():
         assert processes_with("vllm.entrypoints.openai.api_server", f"--port {port}") == [], "a server outlived the run"
+        assert http_get(f"http://127.0.0.1:{port}/health", timeout=2)[0] == 0, f"replica {index} still answers"
+        assert not group_alive(killer.server_pids[index]), f"a process of replica {index}'s server outlived the run"
     assert processes_with("longdoc_sdg.serve", str(workdir)) == [], "a serve wrapper outlived the run"
     assert not (workdir / "results" / "serve" / f"{DEPLOYMENT}.runtime.json").exists()
 
 
 def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
     """Also the local profile's serving contract: a dry run plans the serve job but starts
-    nothing, teardown leaves only the sentinel, and a finished run starts no server."""
+    nothing, the key guards each replica and leaks nowhere, teardown leaves only the sentinel,
+    and a finished run starts no server."""
     workdir = workdir_from(seeded, tmp_path, "local")
     dry = snakemake(workdir, "local", 300, "-n")
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-4000:]
@@ -285,7 +306,7 @@ def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
 
     t0 = time.monotonic()
     with MidStageKiller(workdir, sigkill_replica_1) as killer:
-        result = snakemake(workdir, "local", 1500, "--cores", "2")
+        result = snakemake(workdir, "local", 1500)
     print(f"two local real vLLM replicas, one SIGKILLed mid-stage: {time.monotonic() - t0:.0f}s")
     text = result.stdout + result.stderr
     assert killer.killed_at, text[-6000:]
@@ -295,7 +316,8 @@ def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
     print(f"{ready_after(workdir)}; answered per replica: {counts}; killed at {killer.killed_at}; rows {statuses}")
     check_both_served(counts, killer)
     assert "ejected replica 1" in client_logs(workdir)
-    check_nothing_left(workdir, killer.ports)
+    check_nothing_left(workdir, killer)
+    check_served_securely(workdir, killer.probe)
     # The sentinel (identity only) stays: the clients' ancient() input.
     assert (workdir / "results" / "serve" / f"{DEPLOYMENT}.sentinel.json").exists()
 
@@ -308,7 +330,10 @@ def test_two_local_replicas_one_sigkilled_mid_stage(seeded, tmp_path):
 
 @pytest.mark.slurm
 def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, slurm_cluster, tmp_path):
-    """Our own jobs and processes only: other runs may share the cluster."""
+    """Also the Slurm profile's serving contract: each replica a job in the gpu partition holding
+    its GPU, submitted without the key on its command line; the clients cpu jobs; the servers
+    stopped once their last client is done; a second run plans nothing. Our own jobs and
+    processes only: other runs may share the cluster."""
     workdir = workdir_from(seeded, tmp_path, "auto")  # the slurm profile makes auto mean slurm
 
     def scancel_replica_1(replicas) -> None:
@@ -328,6 +353,7 @@ def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, slurm_clust
         print(f"{ready_after(workdir)}; answered per replica: {counts}; killed at {killer.killed_at}; rows {statuses}")
         check_both_served(counts, killer)
         assert "ejected replica 1" in client_logs(workdir)
+        key = check_served_securely(workdir, killer.probe)
 
         client_ids = re.findall(r"submitted with SLURM jobid (\d+)", text)
         assert client_ids, text[-4000:]  # the clients ran as Slurm jobs too
@@ -342,13 +368,20 @@ def test_two_replicas_as_slurm_jobs_one_scancelled_mid_stage(seeded, slurm_clust
             assert job["name"] == f"longdoc-serve-{DEPLOYMENT}", job
             assert job["partition"] == "gpu" and "gres/gpu=1" in job["tres"], job
             assert job["state"].startswith("CANCELLED"), job  # scancel: by the test, or by teardown
+            assert job["submit_line"] and key not in job["submit_line"], job
         assert all(jobs[j]["partition"] == "cpu" and jobs[j]["state"] == "COMPLETED" for j in client_ids), jobs
 
         queued = subprocess.run(
             ["squeue", "-h", "-j", ",".join([*job_ids, *client_ids])], capture_output=True, text=True, timeout=30
         )
         assert queued.stdout.strip() == "", f"jobs of this run left in the queue:\n{queued.stdout}"
-        check_nothing_left(workdir, killer.ports)
+        assert f"every client of {DEPLOYMENT} is done; stopped its server" in text
+        check_nothing_left(workdir, killer)
+
+        # Everything done: a second run plans nothing, so it submits no serve job.
+        again = snakemake(workdir, "slurm", 300, "-n")
+        assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+        assert "Nothing to be done" in again.stdout + again.stderr
     finally:
         for job_id in filter(None, job_ids):
             subprocess.run(["scancel", job_id], capture_output=True, timeout=30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
@@ -11,6 +13,8 @@ from longdoc_sdg.engine import (
     ConcurrencyConfig,
     EndpointConfig,
     RetryConfig,
+    ShardWriter,
+    run_rows,
 )
 
 STAGE = pa.schema([("question", pa.string()), ("answer", pa.string()), ("score", pa.int64())])
@@ -41,3 +45,20 @@ def make_engine(base_url, timeout=5.0, retry=FAST_RETRY, breaker=None, concurren
 async def process(row, engine):
     result = await engine.chat([{"role": "user", "content": row["text"]}], response_model=QA, max_tokens=64)
     return {"question": result.parsed.question, "answer": result.parsed.answer, "score": result.parsed.score}
+
+
+KILL_ROWS = 120
+
+
+def run_kill_shard(out, journal, base_url) -> None:
+    """The shard of the kill-and-resume test: 120 rows, 8 in flight (run in a child process to
+    be SIGKILLed, then again to resume, and in the test's own process for a clean reference)."""
+    rows = rows_with([f"kill row {i}" for i in range(KILL_ROWS)])
+    writer = ShardWriter(out, journal, "cfg", STAGE)
+
+    async def go():
+        async with make_engine(base_url, concurrency=ConcurrencyConfig(max=8)) as engine:
+            return await run_rows(rows, process, writer, engine)
+
+    summary = asyncio.run(go())
+    writer.finalize(summary.expected_ids)

@@ -53,6 +53,10 @@ def make_workdir(
             for alias, url in base_urls.items()
         },
         "stages": {"ocr": {"settings": {"engine": "pdf-text"}}, **stages},
+        # what these tests check ends with the stage shards and the closing summary: no export
+        # or report jobs (the fake-server workflow test runs those)
+        "export": {"enabled": False},
+        "report": {"enabled": False},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root

@@ -21,7 +21,9 @@ from pdf_factory import numbered_page_pdfs
 
 DEPLOYMENT = "fake-vllm"
 SERVED = "fake-vllm-model"
-# Pages per generated document: documents_per_shard=1 gives shards of these sizes.
+# Pages per generated document: documents_per_shard=1 gives shards of these sizes. Keep three
+# shards on two cores: the third client starts only once another is done, so requests still
+# arrive after a late replica joins (with two shards every request is queued at the start).
 DOC_PAGES = (2, 3, 14)
 OTHER_STAGES = ("text_qa", "classify", "visual_qa", "single_page_qa", "windowed_qa", "whole_document_qa", "judge")
 
@@ -144,7 +146,7 @@ class Watcher:
 
 
 def seed_serving_template(tmp_path_factory) -> tuple[Path, Path]:
-    """A workdir with three seeded shards (2, 3 and 14 pages); tests work on copies."""
+    """A workdir with the seeded shards of DOC_PAGES; tests work on copies."""
     root = tmp_path_factory.mktemp("serving")
     pdf_dir = root / "pdfs"
     pdf_dir.mkdir()

@@ -8,14 +8,29 @@ from pathlib import Path
 
 def sacct_jobs(job_ids: list[str]) -> list[dict]:
     out = subprocess.run(
-        ["sacct", "-X", "-n", "--parsable2", "-j", ",".join(job_ids), "-o", "JobID,JobName,Partition,AllocTRES,State"],
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "--parsable2",
+            "-j",
+            ",".join(job_ids),
+            "-o",
+            "JobID,JobName,Partition,AllocTRES,State,SubmitLine",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
     fields = ("job_id", "name", "partition", "tres", "state")
-    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+    jobs = []
+    for line in out.splitlines():
+        if line.strip():
+            values = line.split("|")
+            # The submit line (sbatch's command line) comes last: it may hold the delimiter.
+            jobs.append({**dict(zip(fields, values)), "submit_line": "|".join(values[len(fields) :])})
+    return jobs
 
 
 def processes_with(*needles: str) -> list[str]:

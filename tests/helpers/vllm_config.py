@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pymupdf
 
-from conftest import REPO, copy_pdfs
+from conftest import copy_pdfs
 from longdoc_sdg.registry import model_stages
 
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
-
-
-# Without whitespace freedom a random model's constrained JSON always closes.
-GUIDED_JSON = ["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}']
 
 
 def shortest_pdfs(pdfs: list[Path], count: int) -> list[Path]:
@@ -31,8 +27,8 @@ def tiny_model_stage_settings() -> dict:
     common = {"max_tokens": 1500, "num_records": 3, "sampling": {"extra_body": NO_THINKING}}
     stages = {stage: dict(common) for stage in model_stages()}
     # OCR from the PDF text layer here: Nemotron-Parse markup from a random model never closes
-    # (every row a 'length' failure), which would leave text_qa nothing to read. The serving
-    # tests below send the Nemotron-Parse request format to the real server.
+    # (every row a 'length' failure), which would leave text_qa nothing to read.
+    # test_workflow_vllm.py sends the Nemotron-Parse request format to the real server alone.
     stages["ocr"] = {"engine": "pdf-text"}
     for stage in ("single_page_qa", "windowed_qa"):
         stages[stage].update(constrain_output=True)
@@ -53,37 +49,3 @@ def base_config(workdir: Path, pdfs: list[Path]) -> dict:
         # Small pages keep every image near 200 tokens for the tiny model's context.
         "seed": {"settings": {"dpi": 40}},
     }
-
-
-def serving_config(tmp_path: Path, pdfs: list[Path], launcher: str, model_dir: Path) -> dict:
-    config = base_config(tmp_path, pdfs)
-    stages = {
-        stage: {"model": "tiny", "enabled": stage in ("ocr", "single_page_qa"), "settings": settings}
-        for stage, settings in tiny_model_stage_settings().items()
-    }
-    stages["ocr"]["settings"] = {"engine": "nemotron-parse", "max_tokens": 64}
-    config["models"] = {"tiny": {"deployment": "tiny-cpu-vlm"}}
-    config["stages"] = stages
-    config["serving"] = {
-        "enabled": True,
-        "run": {
-            "launcher": launcher,
-            "deployments_dir": str(REPO / "config" / "deployments"),
-            "overrides": {
-                "tiny-cpu-vlm": {
-                    "model": str(model_dir),
-                    "max_model_len": 16384,
-                    "reasoning_parser": "qwen3",
-                    "extra_args": [
-                        "--dtype",
-                        "bfloat16",
-                        "--enforce-eager",
-                        "--limit-mm-per-prompt",
-                        '{"image": 8}',
-                        *GUIDED_JSON,
-                    ],
-                }
-            },
-        },
-    }
-    return config

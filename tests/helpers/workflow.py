@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from conftest import REPO
 
@@ -20,6 +23,21 @@ def snakemake_cmd(
     if cores:
         cmd += ["--cores", str(cores)]
     return cmd + list(args)
+
+
+def run_until(cmd: list[str], deadline: int, **kwargs) -> subprocess.CompletedProcess:
+    """CMD (a snakemake command), sent SIGINT after DEADLINE seconds as on Ctrl-C, so snakemake
+    cancels its Slurm jobs and stops its servers instead of leaving them behind (a hang guard,
+    not a timing check)."""
+    return subprocess.run(
+        ["timeout", "-s", "INT", "-k", "60", str(deadline), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=deadline + 200,
+        # A background parent may ignore SIGINT, and its children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -45,3 +63,11 @@ def planned_jobs(output: str) -> dict[str, int]:
                 continue
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def two_at_a_time(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Each named call's result, two running at once: a snakemake parse is seconds of one core,
+    and dry runs take no lock and write nothing, so independent ones can overlap."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}

@@ -90,9 +90,10 @@ def start_vllm_server(
         "--enforce-eager",  # no graph capture/compile: much faster start on CPU
         "--limit-mm-per-prompt",
         json.dumps({"image": max_images}),
-        # guidance gave strictly valid JSON; xgrammar may emit raw control chars
+        # guidance gave strictly valid JSON (xgrammar may emit raw control chars); without
+        # whitespace freedom a random model's constrained JSON closes instead of running on
         "--structured-outputs-config",
-        json.dumps({"backend": "guidance"}),
+        json.dumps({"backend": "guidance", "disable_any_whitespace": True}),
     ]
     if reasoning_parser:
         cmd += ["--reasoning-parser", reasoning_parser]

@@ -178,7 +178,7 @@ def check_before_running(launcher):
     """
     from longdoc_sdg import preflight
 
-    problems = preflight.missing_api_keys(config, STATUSES)
+    problems = preflight.api_key_problems(config, STATUSES)
     if config["serving"]["enabled"] and launcher is not None:
         problems += preflight.check_serving(
             config,

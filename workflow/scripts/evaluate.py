@@ -5,10 +5,10 @@ from pathlib import Path
 
 from longdoc_sdg.endpoints import keep_server_alive, resolve_endpoint
 from longdoc_sdg.evaluate import SECTION, run_evaluation
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 from longdoc_sdg.seed.config import seed_params
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 # `evaluate.run` steers the job (request limits, retries): read at job time, never a rerun trigger.
 run = snakemake.config[SECTION]["run"]
 endpoint = resolve_endpoint(snakemake.params.endpoint, snakemake.config, SECTION)

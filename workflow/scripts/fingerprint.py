@@ -1,10 +1,10 @@
 """Snakemake entry point of the per-shard source fingerprints; the work is in longdoc_sdg.seed.dedup."""
 
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 from longdoc_sdg.seed.config import seed_params
 from longdoc_sdg.seed.dedup import fingerprint_shard
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 fingerprint_shard(
     manifest_path=snakemake.input.manifest,
     output=snakemake.output[0],

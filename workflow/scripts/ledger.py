@@ -2,10 +2,10 @@
 
 import json
 
-from longdoc_sdg.io import as_list, setup_job_logging, write_text_atomic
+from longdoc_sdg.io import as_list, start_job, write_text_atomic
 from longdoc_sdg.report.ledger import build_ledger, ledger_figure
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 deployments = snakemake.params.stage_deployments
 stage_files = {stage: as_list(snakemake.input[f"stage_{stage}"]) for stage in deployments}
 ledger = build_ledger(snakemake.params.ledger_file, stage_files, deployments)

@@ -5,12 +5,12 @@ import time
 
 from longdoc_sdg import progress
 from longdoc_sdg.endpoints import deployment_context, keep_server_alive, resolve_endpoint
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 from longdoc_sdg.plan import stage_config_section
 from longdoc_sdg.stages import run_stage, stage_needs_endpoint
 from longdoc_sdg.stages.base import deep_merge
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 started = time.monotonic()
 stage = snakemake.params.stage
 # Run settings (`stages.NAME.run`) steer the job without changing its rows: read here from the

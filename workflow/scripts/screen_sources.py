@@ -1,9 +1,9 @@
 """Snakemake entry point of the cross-shard source screen; the work is in longdoc_sdg.seed.dedup."""
 
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 from longdoc_sdg.seed.dedup import screen_sources
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 screen_sources(
     fingerprint_tables=list(snakemake.input.fingerprints),
     output=snakemake.output[0],

@@ -3,12 +3,12 @@
 import time
 
 from longdoc_sdg import progress
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 from longdoc_sdg.registry import SEED_TABLES
 from longdoc_sdg.seed import run_seed_shard
 from longdoc_sdg.seed.config import seed_params
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 started = time.monotonic()
 run_seed_shard(
     manifest_path=snakemake.input.manifest,

@@ -1,9 +1,9 @@
 """Snakemake entry point of the serve rule; the work is in longdoc_sdg.serve."""
 
 from longdoc_sdg.endpoints import serve_deployment
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 serve_deployment(
     settings=snakemake.params.deployment,
     sentinel_path=snakemake.output.sentinel,

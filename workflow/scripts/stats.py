@@ -3,9 +3,9 @@
 import json
 
 from longdoc_sdg.io import as_list as files
-from longdoc_sdg.io import setup_job_logging
+from longdoc_sdg.io import start_job
 
-setup_job_logging(snakemake.log[0])
+start_job(snakemake)
 
 
 rule = snakemake.rule

@@ -177,6 +177,16 @@ def setup_job_logging(log_path: str | os.PathLike | None, level: int = logging.I
     return logger
 
 
+def start_job(job) -> logging.Logger:
+    """What a workflow script does first with its `snakemake` object: log to the job's log
+    file, and remove the temporaries a killed run of the job left next to its outputs (one job
+    owns an output, so none of them is being written)."""
+    logger = setup_job_logging(job.log[0] if job.log else None)
+    for output in job.output:
+        remove_stale_temps(output)
+    return logger
+
+
 def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 

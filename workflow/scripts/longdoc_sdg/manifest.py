@@ -258,6 +258,9 @@ def write_index(manifest_dir: str | os.PathLike, source: dict, documents_per_sha
     """The manifest job: add new documents as new shards, then write the index listing them."""
     directory = Path(manifest_dir)
     with _locked(directory):
+        # A killed manifest job's partial shard or index files (every writer here holds the lock).
+        for stale in directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         check_sharding(directory, documents_per_shard)
         shards = _sync_locked(source, directory, documents_per_shard)
         index = {"documents_per_shard": documents_per_shard, "shards": shards}

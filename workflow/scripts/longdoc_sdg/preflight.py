@@ -1,7 +1,8 @@
 """Plan-time checks: problems a run would otherwise meet only when a job starts (after the seed,
 after retries), reported before any job runs, each naming the config key and the fix.
 
-- a manual endpoint's `api_key_env` names an environment variable that is not set;
+- a manual endpoint's `api_key_env` names an environment variable that is not set, or holds a
+  key too short to keep out of logs (redacting it would mangle them);
 - `serving.enabled` with a local launch where the deployment's vLLM is missing, or needs GPUs
   the machine does not have;
 - a Slurm launch of a deployment that needs more GPUs per node than its partition offers
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 
+from .io import MIN_SECRET_CHARS
 from .plan import StageStatus, model_alias, model_spec, stage_deployment
 
 
@@ -24,7 +26,7 @@ class PreflightError(ValueError):
     """A run that cannot work as configured; the message names the key and the fix."""
 
 
-def missing_api_keys(config: dict, statuses: dict[str, StageStatus], environ=os.environ) -> list[str]:
+def api_key_problems(config: dict, statuses: dict[str, StageStatus], environ=os.environ) -> list[str]:
     problems = []
     for stage, status in statuses.items():
         if not (status.active and status.mode == "manual"):
@@ -36,6 +38,12 @@ def missing_api_keys(config: dict, statuses: dict[str, StageStatus], environ=os.
                 f"models.{alias}.endpoint.api_key_env (model of stage {stage}) names the environment variable "
                 f"{name}, which is not set: `export {name}=...` before running, or set "
                 f"models.{alias}.endpoint.api_key_env: null for a server that needs no key"
+            )
+        elif name and len(environ[name]) < MIN_SECRET_CHARS:
+            problems.append(
+                f"models.{alias}.endpoint.api_key_env (model of stage {stage}): the key in {name} is only "
+                f"{len(environ[name])} character(s) long, too short to keep out of logs and outputs without "
+                f"mangling them: use a key of at least {MIN_SECRET_CHARS} characters"
             )
     return problems
 

@@ -234,7 +234,7 @@ def summary_plan(config: dict, statuses: dict, results: str, served: list[str]) 
     return {
         "results": results,
         "demo": bool(config.get("demo")),
-        "skipped": [{"stage": s.stage, "why": s.why} for s in statuses.values() if not s.active],
+        "skipped": [{"stage": s.stage, "why": s.why, "mode": s.mode} for s in statuses.values() if not s.active],
         "served": {name: deployment_gpus(config, name) for name in served},
         "export": export,
         "report": bool(config["report"]["enabled"]),

@@ -103,10 +103,16 @@ def next_command(summary: dict, low: list[dict], profile: str = "profiles/local"
             f"read {summary['logs']}{'judge' if stage.startswith('judge/') else name}/*.log, fix the cause, "
             f"then: longdoc-sdg requeue {stage} --results-dir {summary['results']}"
         )
-    if summary["skipped"]:
+    # Stages turned off in the config need nothing; stages without a model need one.
+    if any(s.get("mode") == "unavailable" for s in summary["skipped"]):
         return (
             "give the skipped stages a model: models.ALIAS.endpoint (base_url, model, api_key_env) with stages.NAME.model: ALIAS, or "
             "serving.enabled: true in a --configfile; or try the whole pipeline on the samples: longdoc-sdg demo"
+        )
+    if summary["demo"]:
+        return (
+            f"open {summary['results']}/report.html; for real data, point models: at your endpoints "
+            f"(config/README.md) and run: snakemake --profile {profile}"
         )
     return f"snakemake --profile {profile} --report report.html   (then open report.html)"
 
@@ -121,6 +127,9 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     bar = "=" * 78
     title = "longdoc-sdg run summary" + ("  [DEMO DATA: made by a test-double model server]" if summary["demo"] else "")
     docs = summary["documents"]
+    labels = [f"{s['stage']} ({s['unit']})" for s in summary["stages"]]
+    labels += [f"{s['stage']} (skipped)" for s in summary["skipped"]]
+    width = max([24, *map(len, labels)]) + 2
     lines = [
         bar,
         title,
@@ -129,16 +138,16 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
             f"documents: {docs['listed']:,} listed, {docs['seeded']:,} seeded, {docs['failed']:,} failed; "
             f"{summary['pages']:,} pages"
         ),
-        f"{'stage':<26}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons",
+        f"{'stage':<{width}}{'in':>8}{'ok':>8}{'failed':>8}{'exported':>10}  top failure reasons",
     ]
     for s in summary["stages"]:
         reasons = ", ".join(f"{r} {n:,}" for r, n in s["top_failure_reasons"]) or "-"
         lines.append(
-            f"{s['stage'] + ' (' + s['unit'] + ')':<26}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
+            f"{s['stage'] + ' (' + s['unit'] + ')':<{width}}{s['rows']:>8,}{s['ok']:>8,}{s['failed']:>8,}"
             f"{_count(s['exported']):>10}  {reasons}"
         )
     for skipped in summary["skipped"]:
-        lines.append(f"{skipped['stage'] + ' (skipped)':<26}{skipped['why']}")
+        lines.append(f"{skipped['stage'] + ' (skipped)':<{width}}{skipped['why']}")
     tokens = summary["tokens"]
     if any(tokens.values()):
         lines.append(

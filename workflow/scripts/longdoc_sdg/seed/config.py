@@ -46,8 +46,8 @@ class DownloadParams(_Strict):
     max_bytes: int = Field(
         200 * 1024 * 1024,
         gt=0,
-        description="Largest PDF accepted from a URL; larger ones become `too_large` failures without being read "
-        "to the end.",
+        description="Largest PDF accepted from a URL or decoded from a WARC record; larger ones become `too_large` "
+        "failures without being read (or inflated) to the end.",
     )
     retries: int = Field(
         3, ge=0, description="Extra attempts after a 5xx, 429, timeout or connection error (4xx fail at once)."

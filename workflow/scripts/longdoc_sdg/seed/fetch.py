@@ -8,6 +8,7 @@ Only the standard library is used (urllib), so the fetcher has no extra dependen
 from __future__ import annotations
 
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -378,91 +379,201 @@ def download_to_file(url: str, dest: str | os.PathLike, params: DownloadParams) 
 
 
 # --- Common Crawl WARC fallback -------------------------------------------------------
+# A record is decoded as it streams in and its payload goes straight to disk: whatever a few
+# KB of gzip inflate to, the fetcher holds one chunk of it in memory, never the record.
+
+_HEADER_CAP = 64 * 1024  # a WARC or HTTP header block; real ones are a few hundred bytes
 
 
-def _split_headers(block, what: str, start: int = 0, stop: int | None = None) -> tuple[bytes, dict[str, str], int]:
-    """First line, headers and where the body starts, of the header block at block[start:stop]
-    (offsets, not slices: a record near the size cap is not copied once per layer)."""
-    stop = len(block) if stop is None else stop
-    end = block.find(b"\r\n\r\n", start, stop)
-    if end < 0:
-        raise SeedFailure("corrupt", f"{what}: no end of headers")
-    lines = bytes(block[start:end]).decode("latin-1").split("\r\n")
+class _Inflater:
+    """A zlib stream decoded piece by piece (no call returns more than one chunk)."""
+
+    def __init__(self, wbits: int, what: str):
+        self._zlib = zlib.decompressobj(wbits)
+        self.what = what
+
+    @property
+    def eof(self) -> bool:
+        return self._zlib.eof
+
+    def feed(self, data: bytes):
+        while data and not self._zlib.eof:
+            try:
+                out = self._zlib.decompress(data, _CHUNK)
+            except zlib.error as error:
+                raise SeedFailure("corrupt", f"{self.what} does not decompress: {error}") from None
+            data = self._zlib.unconsumed_tail
+            if out:
+                yield out
+
+    def finish(self) -> None:
+        if not self._zlib.eof:
+            raise SeedFailure("corrupt", f"{self.what} ends before its compressed stream does")
+
+
+class _Dechunker:
+    """HTTP chunked transfer coding, undone as it streams."""
+
+    def __init__(self):
+        self._buffer = b""
+        self._left = 0  # data bytes of the current chunk still to come
+        self._crlf = 0  # bytes of the CRLF after a chunk still to skip
+        self.done = False
+
+    def feed(self, data: bytes):
+        data = self._buffer + data
+        self._buffer = b""
+        while data and not self.done:
+            if self._left:
+                piece, data = data[: self._left], data[self._left :]
+                self._left -= len(piece)
+                if not self._left:
+                    self._crlf = 2
+                yield piece
+            elif self._crlf:
+                skip = min(self._crlf, len(data))
+                data, self._crlf = data[skip:], self._crlf - skip
+            else:
+                line_end = data.find(b"\r\n")
+                if line_end < 0:
+                    if len(data) > 1024:
+                        raise SeedFailure("corrupt", "WARC payload: broken chunked encoding")
+                    self._buffer = data
+                    return
+                try:
+                    size = int(data[:line_end].split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    raise SeedFailure("corrupt", "WARC payload: broken chunked encoding") from None
+                data = data[line_end + 2 :]
+                self._left = size
+                self.done = size == 0
+
+    def finish(self) -> None:
+        if not self.done:
+            raise SeedFailure("corrupt", "WARC payload: chunked encoding ends without its last chunk")
+
+
+def _parse_headers(block: bytes) -> tuple[bytes, dict[str, str]]:
+    lines = block.decode("latin-1").split("\r\n")
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return lines[0].encode("latin-1"), headers, end + 4
+    return lines[0].encode("latin-1"), headers
 
 
-def _dechunk(body: bytes) -> bytes:
-    out = bytearray()
-    position = 0
-    while True:
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            raise SeedFailure("corrupt", "WARC payload: broken chunked encoding")
-        size = int(body[position:line_end].split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            return bytes(out)
-        start = line_end + 2
-        out += body[start : start + size]
-        position = start + size + 2
+class WarcResponseDecoder:
+    """Decodes one decompressed WARC response record fed in pieces, writing the archived HTTP
+    body (de-chunked, content-decoded) to `out`; a body decoding to more than `max_bytes` is
+    `too_large`. `finish()` checks the record was complete."""
+
+    def __init__(self, out, max_bytes: int):
+        self.out = out
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.head = b""  # the body's first SNIFF_BYTES, for the %PDF check
+        self._buffer = b""
+        self._state = "warc"  # -> "http" -> "body"
+        self._block_left = 0  # bytes of the archived HTTP response (WARC Content-Length) to come
+        self._decoders: list = []
+
+    def feed(self, data: bytes) -> None:
+        if self._state != "body":
+            data = self._read_headers(data)
+        if self._state == "body" and data:
+            piece = data[: self._block_left]
+            self._block_left -= len(piece)
+            self._decode(piece, 0)
+
+    def _read_headers(self, data: bytes) -> bytes:
+        data = self._buffer + data
+        while self._state != "body":
+            what = "WARC record" if self._state == "warc" else "archived HTTP response"
+            end = data.find(b"\r\n\r\n", 0, _HEADER_CAP + 4)
+            if end < 0:
+                if len(data) > _HEADER_CAP:
+                    raise SeedFailure("corrupt", f"{what}: no end of headers within {_HEADER_CAP} bytes")
+                self._buffer = data
+                return b""
+            first, headers = _parse_headers(data[:end])
+            data = data[end + 4 :]
+            if self._state == "warc":
+                self._start_record(first, headers)
+                self._state = "http"
+            else:
+                self._block_left -= end + 4
+                if self._block_left < 0:
+                    raise SeedFailure("corrupt", "WARC record is shorter than its Content-Length")
+                self._start_body(first, headers)
+                self._state = "body"
+        self._buffer = b""
+        return data
+
+    def _start_record(self, version: bytes, headers: dict[str, str]) -> None:
+        if not version.startswith(b"WARC/"):
+            raise SeedFailure("corrupt", "not a WARC record")
+        if headers.get("warc-type", "").lower() != "response":
+            raise SeedFailure("corrupt", f"WARC record is of type {headers.get('warc-type')!r}, not 'response'")
+        if "warc-truncated" in headers:
+            # Common Crawl cuts large payloads; a cut PDF is a broken PDF.
+            raise SeedFailure("corrupt", f"WARC record holds a truncated copy ({headers['warc-truncated']})")
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            raise SeedFailure("corrupt", f"WARC record has no valid Content-Length ({length[:40]!r})")
+        self._block_left = int(length)
+
+    def _start_body(self, status_line: bytes, headers: dict[str, str]) -> None:
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise SeedFailure("corrupt", f"archived HTTP status line {status_line[:60]!r} is malformed")
+        if not 200 <= int(parts[1]) < 300:
+            raise SeedFailure("http_error", f"archived response was HTTP {int(parts[1])}")
+        # Common Crawl stores decoded payloads and renames these headers (X-Crawler-...); older
+        # or foreign WARCs may still carry the raw encodings.
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._decoders.append(_Dechunker())
+        encoding = headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decoders.append(_Inflater(31, "the archived gzip payload"))
+        elif encoding == "deflate":
+            self._decoders.append(_Inflater(15, "the archived deflate payload"))
+
+    def _decode(self, data: bytes, level: int) -> None:
+        if level == len(self._decoders):
+            self._write(data)
+            return
+        for piece in self._decoders[level].feed(data):
+            self._decode(piece, level + 1)
+
+    def _write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise SeedFailure(
+                "too_large",
+                f"the archived payload exceeds the cap of {self.max_bytes} bytes: raise seed.run.download.max_bytes",
+            )
+        if len(self.head) < SNIFF_BYTES:
+            self.head += data[: SNIFF_BYTES - len(self.head)]
+        self.out.write(data)
+
+    def finish(self) -> None:
+        if self._state != "body":
+            what = "WARC record" if self._state == "warc" else "archived HTTP response"
+            raise SeedFailure("corrupt", f"{what}: no end of headers")
+        if self._block_left:
+            raise SeedFailure("corrupt", "WARC record is shorter than its Content-Length")
+        for decoder in self._decoders:
+            decoder.finish()
 
 
-def inflate_capped(data: bytes, wbits: int, cap: int, what: str) -> bytes:
-    """Decompress `data` (zlib `wbits` format) to at most `cap` bytes: a few KB of zeros can
-    inflate to gigabytes, so the output is bounded while it is produced, never after."""
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(data, cap + 1)
-    except zlib.error as error:
-        raise SeedFailure("corrupt", f"{what} does not decompress: {error}") from None
-    if len(out) > cap:
-        raise SeedFailure(
-            "too_large", f"{what} inflates past the cap of {cap} bytes: raise seed.run.download.max_bytes"
-        )
-    if not inflater.eof:
-        raise SeedFailure("corrupt", f"{what} ends before its compressed stream does")
-    return out
-
-
-def parse_warc_response(record: bytes | bytearray, max_bytes: int = 200 * 1024 * 1024) -> bytes:
-    """The HTTP response body stored in one (decompressed) WARC response record; a body
-    decoding to more than `max_bytes` is `too_large`."""
-    version, headers, rest = _split_headers(record, "WARC record")
-    if not version.startswith(b"WARC/"):
-        raise SeedFailure("corrupt", "not a WARC record")
-    if headers.get("warc-type", "").lower() != "response":
-        raise SeedFailure("corrupt", f"WARC record is of type {headers.get('warc-type')!r}, not 'response'")
-    if "warc-truncated" in headers:
-        # Common Crawl cuts large payloads; a cut PDF is a broken PDF.
-        raise SeedFailure("corrupt", f"WARC record holds a truncated copy ({headers['warc-truncated']})")
-    length = int(headers.get("content-length", "-1"))
-    if length < 0 or len(record) - rest < length:
-        raise SeedFailure("corrupt", "WARC record is shorter than its Content-Length")
-    status_line, http_headers, body_start = _split_headers(record, "archived HTTP response", rest, rest + length)
-    body = record[body_start : rest + length]
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise SeedFailure("corrupt", f"archived HTTP status line {status_line[:60]!r} is malformed")
-    if not 200 <= int(parts[1]) < 300:
-        raise SeedFailure("http_error", f"archived response was HTTP {int(parts[1])}")
-    # Common Crawl stores decoded payloads and renames these headers (X-Crawler-...); older
-    # or foreign WARCs may still carry the raw encodings.
-    if "chunked" in http_headers.get("transfer-encoding", "").lower():
-        body = _dechunk(body)
-    encoding = http_headers.get("content-encoding", "").lower()
-    if encoding in ("gzip", "x-gzip"):
-        body = inflate_capped(body, 31, max_bytes, "the archived gzip payload")
-    elif encoding == "deflate":
-        body = inflate_capped(body, 15, max_bytes, "the archived deflate payload")
-    if len(body) > max_bytes:
-        raise SeedFailure(
-            "too_large",
-            f"WARC payload of {len(body)} bytes exceeds the cap of {max_bytes}: raise seed.run.download.max_bytes",
-        )
-    return body
+def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> bytes:
+    """The HTTP response body stored in one (decompressed) WARC response record."""
+    out = io.BytesIO()
+    decoder = WarcResponseDecoder(out, max_bytes)
+    for start in range(0, len(record), _CHUNK):
+        decoder.feed(record[start : start + _CHUNK])
+    decoder.finish()
+    return out.getvalue()
 
 
 def _warc_location(extra: dict) -> tuple[str, int]:
@@ -486,34 +597,26 @@ def fetch_warc_record(extra: dict, dest: str | os.PathLike, params: SeedParams) 
     file_path, offset = _warc_location(extra)
     url = check_url(params.warc.base_url.rstrip("/") + "/" + urllib.parse.quote(file_path))
     download = params.download
-    # Headers of a WARC record and its HTTP response stay far below 64 KiB.
-    limit = download.max_bytes + 64 * 1024
+    # The compressed member is at most the payload cap plus its header blocks.
+    limit = download.max_bytes + 2 * _HEADER_CAP
 
     def attempt(guard: _Attempt) -> int:
         headers = {"Range": f"bytes={offset}-{offset + limit - 1}"}
-        with _open(url, download, headers, guard) as response:
+        with _open(url, download, headers, guard) as response, open(dest, "wb") as out:
             if response.status != 206 and offset != 0:
                 raise SeedFailure("http_error", f"WARC server ignored the Range request (HTTP {response.status})")
-            inflater = zlib.decompressobj(31)
-            record = bytearray()
+            member = _Inflater(31, f"WARC member at offset {offset}")
+            decoder = WarcResponseDecoder(out, download.max_bytes)
             for chunk in _stream_body(_RangeResponse(response, limit), download, guard, limit):
-                try:
-                    record += inflater.decompress(chunk, limit + 1 - len(record))
-                except zlib.error as error:
-                    raise SeedFailure("corrupt", f"WARC member at offset {offset} is not gzip: {error}") from None
-                if len(record) > limit:
-                    raise SeedFailure(
-                        "too_large", f"WARC record exceeds {limit} bytes: raise seed.run.download.max_bytes"
-                    )
-                if inflater.eof:
+                for piece in member.feed(chunk):
+                    decoder.feed(piece)
+                if member.eof:
                     break
-            if not inflater.eof:
+            if not member.eof:
                 raise _Transient("http_error", "WARC gzip member ended early")
-        body = parse_warc_response(record, download.max_bytes)
-        del record
-        check_pdf_head(body[:SNIFF_BYTES], "the WARC payload")
-        Path(dest).write_bytes(body)
-        return len(body)
+            decoder.finish()
+        check_pdf_head(decoder.head, "the WARC payload")
+        return decoder.size
 
     return _with_retries(attempt, download, f"WARC {file_path[:120]}@{offset}")
 
@@ -590,9 +693,10 @@ def materialise(row: dict, params: SeedParams, workdir: str | os.PathLike) -> tu
             try:
                 fetch_warc_record(_extra(row), dest, params)
             except SeedFailure as second:
-                # Keep the URL's reason (e.g. a dead link may come back); say what WARC gave.
+                # Keep the URL's reason (a dead link may come back) unless the record was found
+                # and is over the size cap: then the setting to raise is the cause.
                 message = f"{first.message}; WARC fallback failed: {second.reason}: {second.message}"
-                raise SeedFailure(first.reason, message) from None
+                raise SeedFailure("too_large" if second.reason == "too_large" else first.reason, message) from None
             log.info("fetched %s from its WARC record after: %s", row.get("doc_id"), first.message)
         return dest, True
     except BaseException:

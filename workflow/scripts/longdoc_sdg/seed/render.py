@@ -112,7 +112,7 @@ def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
         raise SeedFailure("empty", "the PDF has no pages")
     if page_count > max_pages:
         raise SeedFailure(
-            "too_large", f"{page_count} pages exceed the cap of {max_pages}: raise seed.max_document_pages"
+            "too_large", f"{page_count} pages exceed the cap of {max_pages}: raise seed.run.max_document_pages"
         )
     return doc
 
