@@ -118,9 +118,8 @@ def test_every_replica_dead_before_ready_fails_fast_with_each_log_tail(paths):
         _serve(dep, paths)
     elapsed = time.monotonic() - t0
     print(f"both replicas dead, detected in {elapsed:.1f}s")
-    # A hang guard, not a speed check (timing lives in benchmarks/): detection must not wait
-    # out the 600 s ready timeout; the messages below show it came from the exits.
-    assert elapsed < dep.ready_timeout_s / 2
+    # Detection came from the exits, not from waiting out the 600 s ready timeout: each replica's
+    # failure names its exit, and a timeout would name the timeout instead.
     message = str(caught.value)
     assert "2 of 2 replicas failed" in message
     for index in (0, 1):
