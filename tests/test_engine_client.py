@@ -203,6 +203,7 @@ def test_unknown_model_404_fails_job_at_once(fake, transport):
 
     error = run(go())
     assert "ghost" in str(error) and fake.base_url in str(error)
+    assert "models.ALIAS.endpoint.model" in str(error)  # the setting to change
     assert fake.stats()["requests"] == 1
 
 

@@ -372,7 +372,11 @@ class ChatEngine:
         if status in (401, 403):
             self._fail(f"{self.endpoint.describe()} rejected the API key (HTTP {status})")
         if status == 404:
-            self._fail(f"{self.endpoint.describe()} answered 404 (unknown model or wrong base_url): {message}")
+            self._fail(
+                f"{self.endpoint.describe()} answered 404 (unknown model or wrong base_url): {message}; "
+                "set the stage model's models.ALIAS.endpoint.model to a name /v1/models lists, and its "
+                "base_url to the server's /v1"
+            )
         if status in (408, 429) or status >= 500:
             raise _Retryable("server_error", f"HTTP {status}: {message}", _retry_after(retry_after))
         # anything else (e.g. 405, 409) is a misconfiguration, not a record problem
