@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pdf_factory
-from helpers.fetch_server import PDF, SAMPLE
+from helpers.fetch_server import PDF, SAMPLE, parse_warc_response
 from helpers.fetch_server import Server as FetchServer
 from helpers.memory import run_measured, seed_job_memory_limit_mb
 from longdoc_sdg.seed import SeedFailure, fetch_document
@@ -277,7 +277,7 @@ def warc_member(payload: bytes, http_headers: bytes = b"") -> bytes:
 
 
 def test_compression_bombs_are_too_large_and_stream_in_pieces():
-    from longdoc_sdg.seed.fetch import WarcResponseDecoder, parse_warc_response
+    from longdoc_sdg.seed.fetch import WarcResponseDecoder
 
     bomb = gzip_bomb(64)
     deflate_bomb = zlib.compress(b"%PDF-1.7\n" + b"\0" * (64 << 20), 1)

@@ -8,9 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.fetch_server import PDF, SAMPLE, Server, warc_record
+from helpers.fetch_server import PDF, SAMPLE, Server, parse_warc_response, warc_record
 from longdoc_sdg.seed import SeedFailure, fetch_document, run_seed_shard
-from longdoc_sdg.seed.fetch import parse_warc_response
 
 LOOPBACK = ["127.0.0.1/32"]
 FAST = {"download": {"backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5, "allowed_networks": LOOPBACK}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import time
@@ -127,3 +128,16 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> bytes:
+    """The HTTP body stored in one whole (decompressed) WARC response record, fed to the
+    fetcher's streaming decoder in the fetcher's chunk size."""
+    from longdoc_sdg.seed.fetch import _CHUNK, WarcResponseDecoder
+
+    out = io.BytesIO()
+    decoder = WarcResponseDecoder(out, max_bytes)
+    for start in range(0, len(record), _CHUNK):
+        decoder.feed(record[start : start + _CHUNK])
+    decoder.finish()
+    return out.getvalue()

@@ -8,7 +8,6 @@ Only the standard library is used (urllib), so the fetcher has no extra dependen
 from __future__ import annotations
 
 import http.client
-import io
 import ipaddress
 import json
 import os
@@ -564,16 +563,6 @@ class WarcResponseDecoder:
             raise SeedFailure("corrupt", "WARC record is shorter than its Content-Length")
         for decoder in self._decoders:
             decoder.finish()
-
-
-def parse_warc_response(record: bytes, max_bytes: int = 200 * 1024 * 1024) -> bytes:
-    """The HTTP response body stored in one (decompressed) WARC response record."""
-    out = io.BytesIO()
-    decoder = WarcResponseDecoder(out, max_bytes)
-    for start in range(0, len(record), _CHUNK):
-        decoder.feed(record[start : start + _CHUNK])
-    decoder.finish()
-    return out.getvalue()
 
 
 def _warc_location(extra: dict) -> tuple[str, int]:
