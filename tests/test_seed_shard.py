@@ -166,11 +166,10 @@ def test_default_dpi_and_giant_page_budget(seeded):
 def test_text_layer_and_normalised_blocks(seeded):
     pages = [p for p in seeded["tables"]["pages"].to_pylist() if p["pdf_text"]]
     assert len(pages) > 100
-    sample = pages[::7]
-    for page in sample:
+    for page in pages:
         blocks = json.loads(page["text_blocks"])
         assert blocks, page["page_number"]
-        image = decode_png(page["png"])[..., 0]
+        image = decode_png(page["png"])
         for block in blocks:
             x0, y0, x1, y1 = block["bbox"]
             assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
@@ -179,7 +178,9 @@ def test_text_layer_and_normalised_blocks(seeded):
                 int(y0 * page["height"]) : int(np.ceil(y1 * page["height"])),
                 int(x0 * page["width"]) : int(np.ceil(x1 * page["width"])),
             ]
-            assert box.size and box.min() < 200, block["text"][:40]  # ink where the text is
+            # Ink where the text is: the darkest channel, as coloured text (red: 203, 0, 0) is
+            # light in some channel.
+            assert box.size and box.min() < 200, block["text"][:40]
 
 
 def test_documents_table(seeded):
