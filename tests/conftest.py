@@ -134,14 +134,35 @@ def _uses_tiny_vllm(item) -> bool:
     return "tiny_vllm" in getattr(item, "fixturenames", ())
 
 
+# Under pytest-xdist (`-n 2 --dist loadgroup`, the README's test command) the real-service tests
+# run one after another on one worker (they load both cores, share the one served tiny vLLM and
+# the one Slurm cluster) while the other worker takes the rest; the tests of the shared
+# fake-server run form a group of their own so that run is made once.
+REAL_SERVICE_FIXTURES = {"tiny_vlm", "tiny_vllm", "slurm_cluster"}
+
+
+def _uses_real_services(item) -> bool:
+    return bool(
+        REAL_SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or item.get_closest_marker("vllm")
+        or item.get_closest_marker("slurm")
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """The server's users run back to back (from where the first one was), so it lives only
-    that long instead of idling beside the rest of the suite."""
-    users = [item for item in items if _uses_tiny_vllm(item)]
-    if users:
-        start = items.index(users[0])
-        others = [item for item in items if not _uses_tiny_vllm(item)]
-        items[:] = others[:start] + users + others[start:]
+    """The real-service tests go first (the longest chain starts at once), and among them the
+    served tiny vLLM's users back to back, so that server lives only that long."""
+    real = [item for item in items if _uses_real_services(item)]
+    real.sort(key=_uses_tiny_vllm, reverse=True)  # stable: users first, in collection order
+    chosen = set(real)
+    rest = [item for item in items if item not in chosen]
+    for item in real:
+        item.add_marker(pytest.mark.xdist_group("real_services"))
+    for item in rest:
+        if "fake_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("fake_run"))
+    items[:] = real + rest
 
 
 @pytest.hookimpl(trylast=True)
