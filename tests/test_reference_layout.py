@@ -1,8 +1,11 @@
 """The reference export layout against a schema written from the reference's documented output
 (shared/docs/reference-pipeline.md, "Output layout a drop-in replacement must match", and the
-stage table): column names and order, label strings and types."""
+stage table): column names and order, label strings and types, and the path shape."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -111,7 +114,7 @@ def folders(tmp_path_factory):
 
 @pytest.mark.parametrize("stage", QA_STAGES)
 def test_columns_types_and_labels_follow_the_reference(folders, stage):
-    files = sorted(folders[stage].glob("*.parquet"))
+    files = sorted(folders[stage].glob("parquet-files/*.parquet"))
     assert files
     for f in files:
         schema = pq.read_schema(f)
@@ -138,5 +141,24 @@ def test_columns_types_and_labels_follow_the_reference(folders, stage):
 def test_no_column_a_reference_stage_would_add_again(folders):
     # The reference's judge (09) adds these; its engine adds `<column>__reasoning_content`.
     for stage, folder in folders.items():
-        names = set(pq.read_schema(sorted(folder.glob("*.parquet"))[0]).names)
+        names = set(pq.read_schema(sorted(folder.glob("parquet-files/*.parquet"))[0]).names)
         assert not names & {"qa_quality_judge", "weighted_quality_score", "reasoning", "row_id", "doc_id", "split"}
+
+
+def test_files_are_where_the_reference_puts_a_stage_s_output(folders):
+    """`<artifact_path>/<stage>/parquet-files/batch_NNNNN.parquet`, numbered from 0 across the
+    splits (train's first, no file holding two), and nothing else beside them but the
+    traceability tables and export.json."""
+    for stage, folder in folders.items():
+        manifest = json.loads((folder / "export.json").read_text())
+        listed = [
+            name for split in ("train", "validation") for name in manifest["splits"].get(split, {}).get("files", [])
+        ]
+        assert listed == [f"parquet-files/batch_{k:05d}.parquet" for k in range(len(listed))], listed
+        on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        traced = sorted(f"traceability/{split}.parquet" for split in manifest["splits"])
+        assert on_disk == sorted(listed + traced + ["export.json"]), on_disk
+        assert all(re.fullmatch(r"parquet-files/batch_\d{5}\.parquet", name) for name in listed)
+        assert {s: f["rows"] for s, f in manifest["splits"].items()} == {
+            s: pq.read_metadata(folder / t).num_rows for s, t in manifest["traceability"].items()
+        }

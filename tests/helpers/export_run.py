@@ -616,8 +616,9 @@ def load_hub_offline(folder: Path, configs: list[str], cache: Path) -> dict:
 def reference_rows(folder: Path) -> list[dict]:
     """A reference-layout folder's rows, each joined with its traceability row (same order)."""
     out = []
+    splits = json.loads((folder / "export.json").read_text())["splits"]
     for split in ("train", "validation"):
-        files = sorted(folder.glob(f"{split}-*.parquet"))
+        files = sorted(folder / name for name in splits.get(split, {}).get("files", []))
         if not files:
             continue
         data = [r for f in files for r in pq.read_table(f).to_pylist()]

@@ -2,8 +2,8 @@
 
 Memory stays bounded: the dataset (no images) is read in batches, page images come from the
 seed shard's pages.parquet one document at a time (`PageStore`), and output rows are flushed as
-a row group every `row_group_bytes` of images. Files rotate at `max_file_bytes` and are named
-`{split}-{i:05d}-of-{n:05d}.parquet` once the split is complete.
+a row group every `row_group_bytes` of images. Files rotate at `max_file_bytes` and get their
+final names once their split is complete: `hub_file_name` by default, the layout's own otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from .common import SPLITS, shard_of
 
 ROW_GROUP_BYTES = 64 * 1024 * 1024
 ROW_GROUP_ROWS = 1000
+
+
+# A file's name in its layout folder: (split, index in the split, files in the split, files of
+# the splits written before it) -> relative path.
+FileName = Callable[[str, int, int, int], str]
+
+
+def hub_file_name(split: str, index: int, count: int, earlier: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
 @dataclass
@@ -42,8 +51,11 @@ class RotatingWriter:
         max_file_bytes: int,
         row_group_bytes: int = ROW_GROUP_BYTES,
         row_group_rows: int = ROW_GROUP_ROWS,
+        file_name: FileName = hub_file_name,
+        earlier_files: int = 0,
     ):
         self.folder, self.split, self.schema = folder, split, schema
+        self.file_name, self.earlier_files = file_name, earlier_files
         self.max_file_bytes, self.row_group_bytes, self.row_group_rows = max_file_bytes, row_group_bytes, row_group_rows
         self._writer: pq.ParquetWriter | None = None
         self._paths: list[Path] = []
@@ -82,9 +94,11 @@ class RotatingWriter:
         out = SplitFiles(self.split, rows=self.rows)
         n = len(self._paths)
         for i, path in enumerate(self._paths):
-            final = self.folder / f"{self.split}-{i:05d}-of-{n:05d}.parquet"
+            name = self.file_name(self.split, i, n, self.earlier_files)
+            final = self.folder / name
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, final)
-            out.files.append(final.name)
+            out.files.append(name)
             out.num_bytes += final.stat().st_size
         return out
 
@@ -123,8 +137,10 @@ def write_layout(
     max_file_bytes: int,
     row_group_bytes: int = ROW_GROUP_BYTES,
     row_group_rows: int = ROW_GROUP_ROWS,
+    file_name: FileName = hub_file_name,
 ) -> dict[str, SplitFiles]:
-    """Write one folder of `{split}-*.parquet` files from a final dataset; returns files per split."""
+    """Write one folder of parquet files (named by `file_name`) from a final dataset; returns
+    files per split."""
     folder.mkdir(parents=True, exist_ok=True)
     source = PageSource(pages_files)
     writers: dict[str, RotatingWriter] = {}
@@ -134,7 +150,10 @@ def write_layout(
         if split not in writers:
             for other in list(writers):  # rows come split by split: finish the previous one
                 done[other] = writers.pop(other).close()
-            writers[split] = RotatingWriter(folder, split, schema, max_file_bytes, row_group_bytes, row_group_rows)
+            earlier = sum(len(f.files) for f in done.values())
+            writers[split] = RotatingWriter(
+                folder, split, schema, max_file_bytes, row_group_bytes, row_group_rows, file_name, earlier
+            )
         records = source.get(row["shard"], row["doc_id"], row["pages"] or [])
         writers[split].add(make_row(row, records), sum(len(r.png) for r in records))
     for split, writer in writers.items():

@@ -24,6 +24,11 @@ generated columns, the reference's names, label strings and types
   `answer__reasoning_content` (the reasoning trace; the reference engine's
   `<column>__reasoning_content` naming), `quality_score` (string "0", "1" or "2")
 
+Where they go, the reference's own path shape: `export/reference/{qa_stage}/parquet-files/
+batch_{k:05d}.parquet`, so `export/reference` is an `artifact_path` and the QA stage a stage for
+the reference's scripts. The train split's files come first, then validation's (no file holds
+two splits); `export.json` lists each split's files and rows.
+
 Nothing else is in these files: the judge's columns would collide with what the reference's own
 judge (09) adds. What ties a row back to our data sits beside them, row for row in the same order
 (the split's files in name order): `traceability/{split}.parquet` with `row_id`, `doc_id`,
@@ -206,6 +211,11 @@ def _write_traceability(dataset: str, folder) -> dict[str, int]:
     return {split: len(rows) for split, rows in by_split.items()}
 
 
+def reference_file_name(split: str, index: int, count: int, earlier: int) -> str:
+    """The reference's `<stage>/parquet-files/batch_NNNNN.parquet`, numbered across the splits."""
+    return f"parquet-files/batch_{earlier + index:05d}.parquet"
+
+
 def write_reference(stage: str, dataset: str, pages_files: list[str], output_dir: str, max_file_mb: int) -> dict:
     schema = reference_schema(stage)
 
@@ -214,7 +224,9 @@ def write_reference(stage: str, dataset: str, pages_files: list[str], output_dir
 
     tmp = fresh_tmp_dir(output_dir)
     try:
-        splits = write_layout(dataset, pages_files, tmp, schema, make_row, max_file_mb * 1024 * 1024)
+        splits = write_layout(
+            dataset, pages_files, tmp, schema, make_row, max_file_mb * 1024 * 1024, file_name=reference_file_name
+        )
         traced = _write_traceability(dataset, tmp / "traceability")
         manifest = {
             "stage": stage,
