@@ -8,10 +8,13 @@ rotation at the size cap.
 
 from __future__ import annotations
 
+import collections
 import json
 from hashlib import sha256
+from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -127,6 +130,52 @@ def test_disabling_a_filter_or_dedup_keeps_more(run, tmp_path):
     )
     assert s["dropped"]["judge_score"] == s["dropped"]["format"] == s["dropped"]["duplicate"] == 0
     assert s["kept"] == 10 + 3
+
+
+def _documents_with_sha(run, tmp_path, sha: dict[str, str]) -> list[str]:
+    """The synthetic run's seed documents tables, each document given the sha256 `sha` names."""
+    files = []
+    for source in run.seed_files("documents"):
+        table = pq.read_table(source)
+        table = table.append_column("sha256", pa.array([sha[d] for d in table.column("doc_id").to_pylist()]))
+        path = tmp_path / "seed" / Path(source).parent.name / "documents.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(table, path)
+        files.append(str(path))
+    return files
+
+
+@pytest.mark.parametrize("documents_dedup", [True, False])
+def test_a_document_seeded_again_in_a_later_shard_is_dropped_whole(run, tmp_path, documents_dedup):
+    # d3 (shard 00001) holds the bytes of d1 (shard 00000): one PDF under two URLs, which the seed
+    # of a download cannot compare across shards.
+    inputs = {
+        **run.dataset_inputs("single_page_qa"),
+        "documents": _documents_with_sha(run, tmp_path, {"d0": "a0", "d1": "b1", "d2": "c2", "d3": "b1"}),
+    }
+    settings = {**SETTINGS, "dedup": {"documents": documents_dedup}}
+    s = build_dataset("single_page_qa", inputs, str(tmp_path / "d.parquet"), str(tmp_path / "s.json"), settings)
+    baseline = build_dataset(
+        "single_page_qa",
+        run.dataset_inputs("single_page_qa"),
+        str(tmp_path / "b.parquet"),
+        str(tmp_path / "b.json"),
+        SETTINGS,
+    )
+    kept = collections.Counter(r["doc_id"] for r in rows(tmp_path / "d.parquet"))
+    before = collections.Counter(r["doc_id"] for r in rows(tmp_path / "b.parquet"))
+    assert s["rows"] == s["kept"] + sum(s["dropped"].values())
+    if not documents_dedup:
+        assert kept == before and s["dropped"]["duplicate_document"] == 0 and "duplicate_documents" not in s
+        return
+    d3_ok = duckdb.execute(
+        f"SELECT count(*) FROM read_parquet({run.files('single_page_qa')}) WHERE doc_id = 'd3' AND status = 'ok'"
+    ).fetchone()[0]
+    assert d3_ok > 0 and s["dropped"]["duplicate_document"] == d3_ok
+    assert "d3" not in kept and kept == {d: n for d, n in before.items() if d != "d3"}
+    assert s["duplicate_documents"] == [{"doc_id": "d3", "same_bytes_as": "d1", "sha256": "b1"}]
+    assert "duplicate_document" in {f["name"] for f in s["filters"]}
+    assert baseline["dropped"]["duplicate_document"] == 0  # seeds without sha256: nothing is a copy
 
 
 def test_unjudged_stage_skips_judge_filters(run, tmp_path):

@@ -2,13 +2,17 @@
 redirect schemes, the Common Crawl WARC fallback, and concurrent fetching inside a shard."""
 
 import gzip
+import hashlib
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.export_run import make_row, write_rows
 from helpers.fetch_server import PDF, SAMPLE, Server, parse_warc_response, warc_record
+from longdoc_sdg.export.dataset import build_dataset
 from longdoc_sdg.seed import SeedFailure, fetch_document, run_seed_shard
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -190,3 +194,60 @@ def test_shard_downloads_concurrently_and_records_failures(server, warc, tmp_pat
     assert [(f["doc_id"], f["reason"]) for f in failures] == [("dead", "http_error")]
     assert server.max_active >= 3  # downloads overlapped rather than running one by one
     assert not list((tmp_path / "out").glob(".seed-work-*"))  # downloaded temporaries removed
+
+
+def test_one_pdf_under_two_urls_in_two_shards_is_exported_once(server, tmp_path):
+    # A shard's seed drops a copy as it arrives; across shards it cannot compare downloads without
+    # downloading each twice, so every seeded document records its sha256 and the export drops
+    # the later copy (all its rows) before the split.
+    shards = {"00000": {"first": "/ok.pdf"}, "00001": {"again": "/second.pdf", "other": "/delay/7.pdf"}}
+    documents, qa = [], []
+    for shard, docs in shards.items():
+        manifest = tmp_path / "manifest" / f"{shard}.parquet"
+        manifest.parent.mkdir(exist_ok=True)
+        pq.write_table(
+            pa.Table.from_pylist(
+                [{**url_row(server.url(path)), "doc_id": doc_id, "extra": "{}"} for doc_id, path in docs.items()]
+            ),
+            manifest,
+        )
+        outputs = {
+            name: str(tmp_path / "seed" / shard / f"{name}.parquet") for name in ("pages", "documents", "failures")
+        }
+        run_seed_shard(str(manifest), outputs, {**FAST, "dpi": 36}, threads=1)
+        documents.append(outputs["documents"])
+        qa.append(str(tmp_path / "single_page_qa" / f"{shard}.parquet"))
+        write_rows(
+            Path(qa[-1]),
+            "single_page_qa",
+            [
+                make_row(
+                    "single_page_qa",
+                    f"single_page_qa:{d}:p0001:q0",
+                    d,
+                    [1],
+                    question=f"Q about {d}?",
+                    evidence_pages="[1]",
+                )
+                for d in docs
+            ],
+        )
+    seeded = {d["doc_id"]: d for path in documents for d in pq.read_table(path).to_pylist()}
+    assert set(seeded) == {"first", "again", "other"}  # neither shard alone holds a copy
+    assert seeded["first"]["sha256"] == seeded["again"]["sha256"] == hashlib.sha256(PDF).hexdigest()
+    assert seeded["other"]["sha256"] != seeded["first"]["sha256"]
+
+    loose = {"require_format_ok": False, "min_quality_score": None, "require_evidence_ok": False}
+    summary = build_dataset(
+        "single_page_qa",
+        {"qa": qa, "documents": documents},
+        str(tmp_path / "export" / "single_page_qa.parquet"),
+        str(tmp_path / "export" / "single_page_qa.summary.json"),
+        {"filters": loose, "split": {"validation_fraction": 0}},
+    )
+    exported = pq.read_table(tmp_path / "export" / "single_page_qa.parquet").to_pylist()
+    assert sorted(r["doc_id"] for r in exported) == ["first", "other"]
+    assert summary["dropped"]["duplicate_document"] == 1 and summary["rows"] == 3
+    assert summary["duplicate_documents"] == [
+        {"doc_id": "again", "same_bytes_as": "first", "sha256": seeded["first"]["sha256"]}
+    ]

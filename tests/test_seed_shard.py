@@ -1,5 +1,6 @@
 """run_seed_shard end to end on the shipped real PDFs mixed with a folder of bad PDFs."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -193,11 +194,14 @@ def test_documents_table(seeded):
         "date",
         "total_pages",
         "extra",
+        "sha256",
     ]
     rows = {r["doc_id"]: r for r in seeded["rows"]}
     for document in documents.to_pylist():
         assert document["extra"] == rows[document["doc_id"]]["extra"]
         assert document["date"] == rows[document["doc_id"]]["date"]
+        # the bytes seeded, which the export compares across shards
+        assert document["sha256"] == hashlib.sha256(Path(document["source"]).read_bytes()).hexdigest()
 
 
 def test_schemas_follow_the_contract(seeded):

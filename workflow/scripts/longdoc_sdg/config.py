@@ -546,6 +546,13 @@ class ExportDedup(Section):
         description="Which duplicate stays: 'best' = highest judge score, then quality score, then row id; "
         "'first' = lowest row id.",
     )
+    documents: bool = Field(
+        True,
+        description="Drop every row of a document whose bytes (sha256) equal those of a document seeded in an "
+        "earlier shard (or, within a shard, listed before it): the same PDF under two URLs is asked twice when "
+        "the copies land in different shards, and would otherwise be trained on twice and could straddle the "
+        "split. Local sources are already screened across shards before seeding.",
+    )
 
 
 class ExportSplit(Section):

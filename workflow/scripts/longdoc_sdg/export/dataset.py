@@ -33,6 +33,7 @@ log = get_logger("export.dataset")
 DROP_ORDER = (
     "failed",
     "contaminated",
+    "duplicate_document",
     "judge_missing",
     "judge_score",
     "format",
@@ -191,15 +192,24 @@ def build_dataset(
             verify_cols = ", v.verify_status, v.verify_model, v.verify_format, v.verify_answer, v.verify_score"
             verify_join = " LEFT JOIN verify v ON v.qa_row_id = q.row_id"
         if doc_files:
+            con.execute(f"CREATE VIEW docs_seeded AS SELECT * FROM {read_parquet(doc_files, True)}")
+            # Seeds written before documents carried their sha256 have none: never a duplicate.
+            sha = "sha256" if "sha256" in columns_of(con, "docs_seeded") else "NULL::VARCHAR"
             con.execute(
                 "CREATE VIEW docs AS SELECT doc_id, url, date, total_pages::INTEGER AS total_pages, "
-                "coalesce(CASE WHEN json_valid(extra) THEN json_extract_string(extra, '$.id') END, doc_id) AS source_id "
-                f"FROM {read_parquet(doc_files)}"
+                "coalesce(CASE WHEN json_valid(extra) THEN json_extract_string(extra, '$.id') END, doc_id) AS source_id, "
+                f"{sha} AS sha256, "
+                # The first copy (earliest shard, then doc_id) is kept: later shards never change it.
+                f"CASE WHEN {sha} IS NOT NULL THEN first_value(doc_id) OVER (PARTITION BY {sha} ORDER BY "
+                "coalesce(try_cast(regexp_extract(filename, '([0-9]+)/documents\\.parquet$', 1) AS BIGINT), 0), "
+                "filename, doc_id) END AS first_copy "
+                "FROM docs_seeded"
             )
         else:
             con.execute(
                 "CREATE VIEW docs AS SELECT NULL::VARCHAR AS doc_id, NULL::VARCHAR AS url, NULL::VARCHAR AS date, "
-                "NULL::INTEGER AS total_pages, NULL::VARCHAR AS source_id WHERE false"
+                "NULL::INTEGER AS total_pages, NULL::VARCHAR AS source_id, NULL::VARCHAR AS sha256, "
+                "NULL::VARCHAR AS first_copy WHERE false"
             )
         up_join = up_cols = ""
         if carried and up_files:
@@ -223,7 +233,8 @@ def build_dataset(
         question_norm = normalised_question_sql("q.question") if "question" in colset else "q.row_id"
         con.execute(
             f"""CREATE TEMP TABLE joined AS
-            SELECT q.*, d.url, d.date, d.total_pages, coalesce(d.source_id, q.doc_id) AS source_id{judge_cols}{verify_cols}{up_cols},
+            SELECT q.*, d.url, d.date, d.total_pages, coalesce(d.source_id, q.doc_id) AS source_id,
+                   nullif(d.first_copy, q.doc_id) AS _first_copy{judge_cols}{verify_cols}{up_cols},
                    {answer_format} AS answer_format, {evidence} AS num_evidence_pages,
                    {question_norm} AS _qnorm
             FROM qa q LEFT JOIN docs d ON d.doc_id = q.doc_id{" LEFT JOIN judge j ON j.qa_row_id = q.row_id" if judged else ""}{verify_join}{up_join}"""
@@ -233,6 +244,8 @@ def build_dataset(
         contaminated = _contaminated_questions(con, params.get("decontamination"), colset)
         if contaminated is not None:
             conds.insert(1, ("contaminated", "row_id IN (SELECT row_id FROM contaminated_questions)"))
+        if dedup.documents:
+            conds.insert(1 + (contaminated is not None), ("duplicate_document", "_first_copy IS NOT NULL"))
         case = "CASE " + " ".join(f"WHEN {cond} THEN {sql_str(name)}" for name, cond in conds) + " END"
         if dedup.keep == "best":
             order = []
@@ -273,7 +286,7 @@ def build_dataset(
             c
             for c in columns_of(con, "decided")
             if c not in INTERNAL_COLUMNS
-            and c not in ("_qnorm", "drop_reason", "judge_status", "verify_status", "verify_format")
+            and c not in ("_qnorm", "_first_copy", "drop_reason", "judge_status", "verify_status", "verify_format")
         ]
         select = ", ".join(f"k.{c}" for c in keep_cols if c != "shard")
         con.execute(
@@ -301,6 +314,10 @@ def build_dataset(
                 con, f"SELECT DISTINCT model FROM {read_parquet(up_files)} WHERE status = 'ok'"
             )
         kept = sum(split_rows.values())
+        copies = con.execute(
+            "SELECT doc_id, first_copy, sha256 FROM docs WHERE first_copy IS DISTINCT FROM doc_id "
+            "AND first_copy IS NOT NULL ORDER BY doc_id LIMIT 1000"
+        ).fetchall()
 
     summary = {
         "stage": stage,
@@ -321,6 +338,11 @@ def build_dataset(
         ),
         "settings": {"filters": filters.model_dump(), "dedup": dedup.model_dump(), "split": split.model_dump()},
     }
+    if dedup.documents:
+        # Which seeded documents are copies of another (their rows, if any, are not in the dataset).
+        summary["duplicate_documents"] = [
+            {"doc_id": doc_id, "same_bytes_as": first, "sha256": sha} for doc_id, first, sha in copies
+        ]
     if contaminated is not None:
         # Which benchmark question each dropped row overlaps (the rows are not in the dataset).
         summary["contaminated_questions"] = contaminated[:1000]

@@ -302,6 +302,8 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
             "(anchored QA; a cited page outside the pages shown already failed the row as `bad_evidence`)",
             f"- near-duplicate questions within a document: "
             f"{'removed, keeping the ' + settings['dedup']['keep'] if settings['dedup']['enabled'] else 'kept'}",
+            "- a document with the bytes (sha256) of one seeded before it, in any shard: "
+            f"{'all its rows removed' if settings['dedup']['documents'] else 'kept'}",
         ]
         sp = settings["split"]
         lines += [

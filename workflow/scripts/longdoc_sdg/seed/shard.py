@@ -59,6 +59,9 @@ DOCUMENTS_SCHEMA = pa.schema(
         ("date", pa.string()),
         ("total_pages", pa.int32()),
         ("extra", pa.string()),
+        # Of the bytes seeded: the export drops a document seeded again in a later shard (downloads
+        # are compared across shards only there, without downloading anything twice).
+        ("sha256", pa.string()),
     ]
 )
 FAILURES_SCHEMA = pa.schema(
@@ -411,6 +414,7 @@ def _run(rows, params: SeedParams, threads: int, workdir: Path, pages_tmp: Path,
                         "date": row.get("date"),
                         "total_pages": doc.page_count,
                         "extra": _extra_text(row.get("extra")),
+                        "sha256": screen.sha.get(row["doc_id"]),
                     },
                 )
             )
