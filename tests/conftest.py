@@ -104,7 +104,7 @@ def slurm_cluster():
 # Shared by test_vllm_real.py and test_workflow_vllm.py: one boot instead of one per module.
 # Its max_model_len is small on purpose (a sixth of a real deployment's): whole-document requests
 # with a realistic max_tokens overflow it at full resolution (the context-budget test), while the
-# stages' prompts (about 3,000 tokens by the budget's one-token-a-byte estimate) and their
+# stages' prompts (about 3,000 tokens by the budget's byte bound, fewer by its count) and their
 # 1,500-token replies still fit.
 TINY_VLLM_SERVED = "tiny-vlm"
 TINY_VLLM_KEY = "vllm-test-key-3f9a61c2d7e84b05"

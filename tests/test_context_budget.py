@@ -208,6 +208,92 @@ def test_request_fitter_downscales_the_images_it_sends_and_records_them(tmp_path
     assert again[0]["content"][0]["image_url"]["url"] is lazy
 
 
+# -- the server's own token count where the byte bound would refuse or shrink a request
+
+
+class Counter:
+    """A stand-in for the engine's count_prompt_tokens: answers `tokens`, counts its calls."""
+
+    def __init__(self, tokens: int | None):
+        self.tokens, self.calls = tokens, []
+
+    async def __call__(self, text_only: list[dict]) -> int | None:
+        self.calls.append(text_only)
+        return self.tokens
+
+
+def plan_counted(fitter: RequestFitter, messages: list[dict], max_tokens: int, count: Counter):
+    import asyncio
+
+    return asyncio.run(fitter.plan_counted(messages, max_tokens, count))
+
+
+def test_counted_text_lets_a_request_through_that_the_byte_bound_refuses():
+    from longdoc_sdg.engine.budget import COUNTED_TEXT_MARGIN_TOKENS
+
+    fitter = RequestFitter(ContextBudget(2000, TINY))
+    messages = [{"role": "user", "content": "word " * 600}]  # 3,000 bytes: bound 3,024 > 2,000 - 300
+    with pytest.raises(ContextTooLong):
+        fitter.plan(messages, max_tokens=300)
+    count = Counter(700)
+    _, _, fit = plan_counted(fitter, messages, 300, count)
+    assert fit.prompt_tokens == 700 + COUNTED_TEXT_MARGIN_TOKENS and fit.scale == 1.0
+    assert count.calls == [messages]
+    # The row's next call with the same text asks nothing more.
+    plan_counted(fitter, messages, 300, count)
+    assert len(count.calls) == 1
+    # An endpoint without a count: the bound stands.
+    with pytest.raises(ContextTooLong):
+        plan_counted(RequestFitter(ContextBudget(2000, TINY)), messages, 300, Counter(None))
+    # A count that does not fit either is still refused, with the counted estimate.
+    with pytest.raises(ContextTooLong, match="estimated 2,016 tokens"):
+        plan_counted(RequestFitter(ContextBudget(2000, TINY)), messages, 300, Counter(1700))
+
+
+def test_counted_text_is_asked_only_when_the_bound_would_change_the_request():
+    page = png(*LETTER_144DPI)
+    image = {"type": "image_url", "image_url": {"url": LazyImage.of(page)}}
+    full = TINY.image_tokens(*LETTER_144DPI)  # over the pixel cap: 14 x 18 = 252 tokens + 2 markers
+    text = "x" * 1000
+    messages = [{"role": "user", "content": [image, image, {"type": "text", "text": text}]}]
+    bound = message_text_tokens(messages)  # 1,024
+    # Room for both images at full size beside the bound: nothing is asked.
+    count = Counter(100)
+    _, targets, fit = plan_counted(RequestFitter(ContextBudget(bound + 2 * full + 300, TINY)), messages, 300, count)
+    assert fit.scale == 1.0 and targets == [None, None] and count.calls == []
+    # The bound would shrink the images; the count (text only, images taken out) leaves room.
+    tight = RequestFitter(ContextBudget(bound + 2 * full + 300 - 200, TINY, 12544))
+    assert tight.plan(messages, 300)[2].scale < 1
+    _, targets, fit = plan_counted(tight, messages, 300, count)
+    assert fit.scale == 1.0 and targets == [None, None]
+    assert count.calls == [[{"role": "user", "content": [{"type": "text", "text": text}]}]]
+
+
+def test_engine_counts_tokens_with_the_servers_tokenizer_or_keeps_the_bound():
+    """Against the fake server (a TEST DOUBLE): its made-up tokenizer behind vLLM's /tokenize,
+    and the same server without the route."""
+    import asyncio
+
+    from longdoc_sdg.engine import ChatEngine
+    from longdoc_sdg.engine.config import EndpointConfig
+    from longdoc_sdg.testing.fake_openai_server import FakeOpenAIServer, FakeServerConfig
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": "abcdefghij"}]}]
+
+    async def count_twice(server) -> list:
+        endpoint = EndpointConfig(base_url=server.base_url, model="fake-model", api_key="sk-count-test")
+        async with ChatEngine(endpoint) as engine:
+            return [await engine.count_prompt_tokens(messages, {"enable_thinking": False}) for _ in range(2)]
+
+    with FakeOpenAIServer(FakeServerConfig(tokenize_bytes_per_token=4, api_key="sk-count-test")) as server:
+        assert asyncio.run(count_twice(server)) == [3 + 4 + 3] * 2  # ceil(10 / 4) + a message + the prompt
+        assert server.stats()["tokenize_requests"] == 2
+    with FakeOpenAIServer(FakeServerConfig(api_key="sk-count-test")) as server:
+        assert asyncio.run(count_twice(server)) == [None, None]
+        # a 404 is taken as no route: asked once, not for every row
+        assert server.stats()["other_requests"] == 1
+
+
 # -- a stage run against the fake server (a TEST DOUBLE): too long rows are never sent
 
 

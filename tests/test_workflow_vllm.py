@@ -218,13 +218,13 @@ def _vllm_counters(base_url: str) -> dict[str, float]:
 
 def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     """Whole-document QA against the real server served at a small max_model_len (listed by its
-    /v1/models, where the budget reads it): with max_tokens 4096, an 8-page document at 144 dpi
+    /v1/models, where the budget reads it): with a realistic max_tokens, an 8-page document at 144 dpi
     would overflow it at full size and is downscaled and answered; a 24-page one cannot fit even
     at the floor and becomes a context_too_long row that never reaches the server (its counters
     move by one request)."""
     from conftest import SAMPLE_PDF_DIR
     from helpers.stage_inputs import build_seed
-    from longdoc_sdg.engine.budget import ContextBudget, resolve_family
+    from longdoc_sdg.engine.budget import COUNTED_TEXT_MARGIN_TOKENS, ContextBudget, resolve_family
     from longdoc_sdg.stages import run_stage
 
     monkeypatch.setenv("LONGDOC_TEST_LLM_KEY", VLLM_KEY)
@@ -264,13 +264,14 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     # 1) A short reply leaves room: the small document goes at full size.
     probe = run("probe", 16)
     assert probe[small_doc]["image_scale"] == 1.0, probe[small_doc]
-    text = probe[small_doc]["est_prompt_tokens"] - full[small_doc]  # the prompt's text estimate
     # The estimate is an upper bound of what the real server counted.
     assert 0 < probe[small_doc]["prompt_tokens"] <= probe[small_doc]["est_prompt_tokens"]
+    # Once images must shrink, the budget has the server count the text (its /tokenize): the
+    # server's prompt less the images (their estimate is exact, below), plus the margin.
+    text = probe[small_doc]["prompt_tokens"] - full[small_doc] + COUNTED_TEXT_MARGIN_TOKENS
 
-    # 2) max_tokens 4096: the small document fits only downscaled, the big one not even at the
-    # floor (its prompt text is no shorter than the small one's).
-    max_tokens = 4096
+    # 2) A max_tokens where the small document fits only downscaled and the big one not even at
+    # the floor (its prompt text is no shorter than the small one's).
     floor = ContextBudget(limit, family, params["min_image_pixels"])
 
     def floor_tokens(doc: str) -> int:
@@ -278,6 +279,8 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
             family.image_tokens(*floor.floor_size((p["width"], p["height"]))) for p in pages if p["doc_id"] == doc
         )
 
+    max_tokens = limit - text - (full[small_doc] + floor_tokens(small_doc)) // 2
+    assert max_tokens > 1000, max_tokens  # a realistic reply budget, not a sliver
     assert text + full[small_doc] + max_tokens > limit >= text + floor_tokens(small_doc) + max_tokens
     assert text + floor_tokens(big_doc) + max_tokens > limit, "the big document must not fit at the floor"
     before = _vllm_counters(tiny_vllm.base_url)
@@ -321,6 +324,65 @@ def test_context_budget_against_real_vllm(tiny_vllm, tmp_path, monkeypatch):
     # size on the 28-pixel token grid.
     for size in ((1224, 1584), (300, 200), (364, 476)):
         assert _image_prompt_tokens(tiny_vllm.base_url, size) == family.image_tokens(*size), size
+
+
+def test_text_counted_by_the_real_servers_tokenizer(tiny_vllm, real_pdfs):
+    """A text request the budget's byte bound says cannot fit: the real server's /tokenize counts
+    it, and it is sent and answered, its estimate within the margin above what the server counted
+    for the prompt. Without the count the same request is refused unsent."""
+    import asyncio
+
+    import pymupdf
+
+    from longdoc_sdg.engine import ChatEngine
+    from longdoc_sdg.engine.budget import (
+        COUNTED_TEXT_MARGIN_TOKENS,
+        ContextTooLong,
+        RequestFitter,
+        RowImages,
+        budget_for_endpoint,
+        message_text_tokens,
+        row_images,
+    )
+    from longdoc_sdg.engine.config import EndpointConfig
+    from longdoc_sdg.stages.base import RowCalls
+
+    # Prose from real documents: the tiny model's byte-level BPE merges it below a token a byte.
+    text = ""
+    for pdf in real_pdfs:
+        with pymupdf.open(pdf) as doc:
+            text += "".join(page.get_text() for page in doc)
+        if len(text) > 5000:
+            break
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Summarise:\n" + text[:5000]}]}]
+    bound = message_text_tokens(messages)
+    limit = tiny_vllm.max_model_len
+    # Stop strings end the random model's reply early; only the prompt is under test.
+    sampling = {**NO_THINKING, "temperature": 0.0, "stop": ["e", "t", " ", "\n"]}
+
+    async def main():
+        endpoint = EndpointConfig(base_url=tiny_vllm.base_url, model=SERVED, api_key=VLLM_KEY)
+        async with ChatEngine(endpoint) as engine:
+            budget = budget_for_endpoint(await engine.verify(), None, SERVED, 0)
+            counted = await engine.count_prompt_tokens(messages, NO_THINKING["chat_template_kwargs"])
+            assert counted is not None and bound - counted > 4 * COUNTED_TEXT_MARGIN_TOKENS, (bound, counted)
+            # max_tokens so large that the bound overflows the context by half of what it overstates
+            max_tokens = limit - bound + (bound - counted) // 2
+            with pytest.raises(ContextTooLong):
+                RequestFitter(budget).plan(messages, max_tokens)
+            record = RowImages()
+            token = row_images.set(record)
+            try:
+                result = await RowCalls(engine, budget).chat(messages, sampling=sampling, max_tokens=max_tokens)
+            finally:
+                row_images.reset(token)
+            return counted, max_tokens, record, result
+
+    counted, max_tokens, record, result = asyncio.run(main())
+    print({"bound": bound, "counted": counted, "max_tokens": max_tokens, "usage": result.usage})
+    prompt = result.usage.prompt_tokens
+    assert prompt == counted  # text only: the count is the server's prompt, chat template and all
+    assert record.prompt_tokens == counted + COUNTED_TEXT_MARGIN_TOKENS <= limit - max_tokens
 
 
 def _image_prompt_tokens(base_url: str, size: tuple[int, int]) -> int:

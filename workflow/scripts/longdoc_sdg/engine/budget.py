@@ -2,9 +2,11 @@
 model's max_model_len, or vLLM refuses the request with a 400 after it has queued.
 
 Before a request goes out its tokens are estimated from the model family (how the server turns
-an image into tokens) and the prompt's bytes. If it does not fit, the images are downscaled on
-the client, never below a floor of pixels per image; a request that cannot fit even at the
-floor fails its row as `context_too_long` and is never sent.
+an image into tokens) and the prompt's bytes. Bytes bound the text's tokens from above; where
+that bound would shrink the images or refuse the request, the server's own tokenizer counts the
+text (vLLM's /tokenize) and the request is fitted again. If it still does not fit, the images are
+downscaled on the client, never below a floor of pixels per image; a request that cannot fit
+even at the floor fails its row as `context_too_long` and is never sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ..io import atomic_path, get_logger
 from .errors import RecordError
@@ -27,11 +29,15 @@ from .images import LazyImage
 log = get_logger("engine.budget")
 
 # Text: at most one token per UTF-8 byte. Byte-level BPE and byte-fallback tokenizers never do
-# worse, so this bound holds for any of them (real ones average 3-4 bytes a token on English).
+# worse, so this bound holds for any of them (real ones average 3-4 bytes a token on English;
+# RequestFitter.plan_counted asks the server for the real count where the bound is too tight).
 TEXT_BYTES_PER_TOKEN = 1.0
 # Chat template tokens around each message (role markers) and after the last (generation prompt).
 MESSAGE_OVERHEAD_TOKENS = 8
 PROMPT_OVERHEAD_TOKENS = 16
+# Added to a count by the server's tokenizer: the text-only messages it counts may render a marker
+# or two differently from the same messages with their images.
+COUNTED_TEXT_MARGIN_TOKENS = 16
 # An image whose size cannot be read is counted as this many pixels (a large page).
 UNKNOWN_IMAGE_SIZE = (2048, 2048)
 
@@ -386,6 +392,17 @@ def message_text_tokens(messages: list[dict]) -> int:
     return total
 
 
+def text_messages(messages: list[dict]) -> list[dict]:
+    """`messages` without their image parts (what a tokenizer endpoint counts as text)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [p for p in content if not (isinstance(p, dict) and p.get("type") == "image_url")]
+        out.append({**message, "content": content})
+    return out
+
+
 def _image_parts(messages: list[dict]) -> list[dict]:
     parts = []
     for message in messages:
@@ -431,6 +448,7 @@ class RequestFitter:
     def __init__(self, budget: ContextBudget):
         self.budget = budget
         self._copies: dict[tuple[int, tuple[int, int]], tuple[Any, Any]] = {}
+        self._counts: dict[str, int | None] = {}
 
     def sizes(self, parts: list[dict]) -> list[tuple[int, int] | None]:
         out = []
@@ -439,23 +457,55 @@ class RequestFitter:
             out.append(png_size(data) if data is not None else None)
         return out
 
-    def plan(self, messages: list[dict], max_tokens: int | None) -> tuple[list[dict], list, Fit]:
-        """The image parts, their sizes to send (None: as they are) and the fit; raises
-        ContextTooLong, recording the estimate on the row."""
+    def plan(
+        self, messages: list[dict], max_tokens: int | None, text: int | None = None, record: bool = True
+    ) -> tuple[list[dict], list, Fit]:
+        """The image parts, their sizes to send (None: as they are) and the fit, with `text`
+        prompt tokens (None: the byte bound); raises ContextTooLong, recording the estimate on
+        the row (unless `record` is False: a first try that a count may overturn)."""
         parts = _image_parts(messages)
         known = self.sizes(parts)
         sizes = [s or UNKNOWN_IMAGE_SIZE for s in known]
+        text = message_text_tokens(messages) if text is None else text
         try:
-            fit = self.budget.fit(sizes, message_text_tokens(messages), max_tokens)
+            fit = self.budget.fit(sizes, text, max_tokens)
         except ContextTooLong:
-            record = row_images.get()
-            if record is not None:
-                at_floor = [self.budget.floor_size(s) for s in sizes]
-                estimate = message_text_tokens(messages) + self.budget._image_tokens(at_floor)
-                record.prompt_tokens = max(record.prompt_tokens or 0, estimate)
+            if record:
+                self._record_refusal(sizes, text)
             raise
         targets = [None if k is None or t == k else t for k, t in zip(known, fit.sizes)]
         return parts, targets, fit
+
+    async def plan_counted(
+        self,
+        messages: list[dict],
+        max_tokens: int | None,
+        count: Callable[[list[dict]], Awaitable[int | None]],
+    ) -> tuple[list[dict], list, Fit]:
+        """`plan`, and where the byte bound would refuse the request or shrink its images, again
+        with the text as `count` (the server's tokenizer) finds it; the bound stands when
+        `count` gives None. Counts are kept for the row's later calls with the same text."""
+        try:
+            planned = self.plan(messages, max_tokens, record=False)
+        except ContextTooLong:
+            planned = None
+        if planned is not None and planned[2].scale >= 1.0:
+            return planned
+        text_only = text_messages(messages)
+        key = json.dumps(text_only, sort_keys=True)
+        if key not in self._counts:
+            counted = await count(text_only)
+            self._counts[key] = None if counted is None else counted + COUNTED_TEXT_MARGIN_TOKENS
+        counted = self._counts[key]
+        if counted is None or counted >= message_text_tokens(messages):
+            return planned or self.plan(messages, max_tokens)
+        return self.plan(messages, max_tokens, text=counted)
+
+    def _record_refusal(self, sizes: list[tuple[int, int]], text: int) -> None:
+        record = row_images.get()
+        if record is not None:
+            estimate = text + self.budget._image_tokens([self.budget.floor_size(s) for s in sizes])
+            record.prompt_tokens = max(record.prompt_tokens or 0, estimate)
 
     def apply(self, messages: list[dict], parts: list[dict], targets: list) -> list[dict]:
         """`messages` with the image parts that need it replaced by downscaled copies (CPU work:
@@ -523,5 +573,6 @@ __all__ = [
     "resize_png",
     "resolve_family",
     "row_images",
+    "text_messages",
     "text_tokens",
 ]

@@ -165,6 +165,7 @@ class ChatEngine:
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._failed: EndpointError | None = None
         self._rng = random.Random()
+        self._tokenize: bool | None = None  # has the server a /tokenize? (None: not asked yet)
 
     # -- lifecycle
 
@@ -227,6 +228,43 @@ class ChatEngine:
             if attempt < self.retry.max_attempts:
                 await asyncio.sleep(self.retry.delay(attempt, self._rng.random()))
         raise EndpointError(f"{where}: /models kept failing ({last})")
+
+    # -- token counts
+
+    async def count_prompt_tokens(self, messages: list[dict], chat_template_kwargs: dict | None = None) -> int | None:
+        """Prompt tokens of `messages` (text only, chat template applied) as the server's own
+        tokenizer counts them: vLLM's POST /tokenize, at the server's root beside /v1. None when
+        the endpoint has no such route or does not answer it; the caller keeps its upper bound."""
+        replicas = self.pool.admitted()
+        if self._tokenize is False or not replicas:
+            return None
+        replica = replicas[0]
+        body: dict[str, Any] = {"model": self.endpoint.model, "messages": messages, "add_generation_prompt": True}
+        if chat_template_kwargs:
+            body["chat_template_kwargs"] = chat_template_kwargs
+        root = replica.root_url
+        try:
+            status, data, _ = await replica.transport.request("POST", root + "/tokenize", encode_body(body))
+        except TransportError as exc:
+            log.info("token count: %s/tokenize failed (%s); the prompt's text is counted at a token a byte", root, exc)
+            return None
+        if status == 200:
+            try:
+                count = int(loads(data)["count"])
+            except Exception:
+                count = None
+            if count is not None and count >= 0:
+                self._tokenize = True
+                return count
+        if self._tokenize is None or status in (404, 405, 501):
+            # asked once: an endpoint without the route keeps the bound for the rest of the job
+            log.info(
+                "token count: %s/tokenize answered HTTP %s; the prompt's text is counted at a token a byte",
+                root,
+                status,
+            )
+            self._tokenize = False
+        return None
 
     # -- chat
 

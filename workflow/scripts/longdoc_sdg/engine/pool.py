@@ -51,6 +51,11 @@ class Replica:
     def describe(self) -> str:
         return f"{self.name} at {self.base_url}"
 
+    @property
+    def root_url(self) -> str:
+        """The server's root, where vLLM keeps /metrics, /health and /tokenize beside /v1."""
+        return self.base_url.removesuffix("/v1")
+
     def count_tokens(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self.tokens["prompt"] += int(usage.get("prompt_tokens") or 0)
@@ -292,8 +297,7 @@ class ReplicaPool:
 
     async def _sample(self, replica: Replica) -> None:
         if replica.admitted:
-            root = replica.base_url[: -len("/v1")] if replica.base_url.endswith("/v1") else replica.base_url
-            status, data = await self._get(f"{root}/metrics")
+            status, data = await self._get(f"{replica.root_url}/metrics")
             if status != 200:
                 replica.waiting = replica.running = None
                 return

@@ -214,7 +214,8 @@ class AiohttpTransport:
     ) -> Response:
         """`sent` is called once the body is written (the engine then frees its payload budget)."""
         session = self._get_session()
-        url = self.endpoint.base_url + path
+        # a path under base_url, or a whole URL (the server's root routes, e.g. /tokenize)
+        url = path if "://" in path else self.endpoint.base_url + path
         data: Any = None
         if body is not None:
             # small plain bodies as they are (the common text request: no extra work per request)

@@ -361,7 +361,12 @@ class RowCalls:
         extra_body: dict | None = None,
     ):
         if self.fitter is not None:
-            parts, targets, fit = self.fitter.plan(messages, max_tokens)
+            template_kwargs = {**sampling, **(extra_body or {})}.get("chat_template_kwargs")
+
+            def count(text_only: list[dict]):
+                return self.engine.count_prompt_tokens(text_only, template_kwargs)
+
+            parts, targets, fit = await self.fitter.plan_counted(messages, max_tokens, count)
             if any(t is not None for t in targets):
                 messages = await asyncio.to_thread(self.fitter.apply, messages, parts, targets)
             self.fitter.record(fit)

@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import random
 import socket
@@ -103,6 +104,10 @@ class FakeServerConfig:
     # listed by /v1/models as vLLM does (a Qwen3-VL's native context by default); the fake
     # never enforces it: clients must keep their requests inside it
     max_model_len: int = 262144
+    # A made-up tokenizer behind vLLM's POST /tokenize: a message's text costs one token per this
+    # many UTF-8 bytes, plus 4 per message and 3 for the generation prompt. None: no such route
+    # (404), like an OpenAI-compatible server other than vLLM.
+    tokenize_bytes_per_token: float | None = None
     healthy: bool = True
     # a misbehaving endpoint or proxy quoting the request's Authorization header in error bodies
     echo_key_in_errors: bool = False
@@ -300,6 +305,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self.waiting = 0  # admitted chat requests queued for a free slot
         self.other_requests = 0
+        self.tokenize_requests = 0
         self.completed = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -316,6 +322,7 @@ class FakeOpenAIServer:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "other_requests": self.other_requests,
+            "tokenize_requests": self.tokenize_requests,
         }
 
     @property
@@ -333,6 +340,7 @@ class FakeOpenAIServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/_config", self._config)
@@ -427,6 +435,23 @@ class FakeOpenAIServer:
             for m in self.config.models
         ]
         return _json_response(_dumps({"object": "list", "data": data}))
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        self.other_requests += 1
+        per_token = self.config.tokenize_bytes_per_token
+        if per_token is None:
+            return _json_response(_error_body(404, "Not Found", "NotFoundError"), 404)
+        try:
+            req = await request.json()
+            messages = req["messages"]
+        except Exception:
+            return _json_response(_error_body(400, "expected a JSON body with messages", "BadRequestError"), 400)
+        self.tokenize_requests += 1
+        texts = list(_request_texts(req))
+        count = sum(math.ceil(len(t.encode("utf-8")) / per_token) for t in texts) + 4 * len(messages) + 3
+        return _json_response(
+            _dumps({"count": count, "max_model_len": self.config.max_model_len, "tokens": list(range(count))})
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text like vLLM's /metrics (no key needed there either)."""
