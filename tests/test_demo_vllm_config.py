@@ -40,3 +40,40 @@ def test_demo_vllm_stages_fit_the_served_context_and_image_limit():
     limit = image_limit(deployment)
     assert config.stages.whole_document_qa.settings.max_pages <= limit
     assert config.stages.windowed_qa.settings.window_size <= limit
+
+
+def test_demo_labels_name_what_made_the_answers():
+    """The summary, the report's pages and the dataset card say where a demo's answers came from:
+    the test double for `longdoc-sdg demo`, the tiny real model for `--vllm`."""
+    from longdoc_sdg.config import TEST_DOUBLE_DEMO, ExportCard, demo_source
+    from longdoc_sdg.export.hub import render_card
+    from longdoc_sdg.report.figures import summary_html
+    from longdoc_sdg.report.samples import samples_html
+    from longdoc_sdg.report.summary import build_summary, render_text
+
+    fake = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["demo"]
+    real = demo_vllm_config()["demo"]
+    assert demo_source(fake) == TEST_DOUBLE_DEMO and demo_source(False) is None
+    assert "vLLM" in demo_source(real) and "test-double" not in demo_source(real)
+
+    stats = {
+        "generated": "2026-01-01T00:00:00+00:00",
+        "totals": {"documents_listed": 1, "documents_seeded": 1, "documents_failed": 0, "pages": 3, "exported": {}},
+        "tables": {"stage_yield": [], "failure_reasons": [], "tokens": []},
+    }
+
+    card = ExportCard()
+    for demo in (fake, real):
+        plan = {"results": "results-demo", "skipped": [], "served": {}, "report": True, "export": {}, "demo": demo}
+        summary = build_summary(stats, plan, {})
+        assert summary["demo"] is True and summary["demo_source"] == demo_source(demo)
+        pages = [
+            render_text(summary),
+            summary_html(stats, demo),
+            samples_html([], {}, demo),
+            render_card({"tags": ["demo-data"], "configs": []}, {}, {}, card, {"demo": demo}),
+        ]
+        for page in pages:
+            assert "DEMO DATA" in page and demo_source(demo) in page, page[:400]
+        other = demo_source(real if demo is fake else fake)
+        assert not any(other in page for page in pages)

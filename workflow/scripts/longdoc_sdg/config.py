@@ -106,6 +106,17 @@ class ServingConfig(Section):
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# What made the answers of `demo: true` (config/demo.yaml).
+TEST_DOUBLE_DEMO = "a test-double model server (made-up answers, no model)"
+
+
+def demo_source(demo: bool | str | None) -> str | None:
+    """What made a demo run's answers (the config's `demo`), for its labels; None: not a demo."""
+    if demo is True:
+        return TEST_DOUBLE_DEMO
+    return str(demo) if demo else None
+
+
 def load_yaml(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return yaml.load(handle, Loader=_YAML_LOADER)
@@ -403,11 +414,12 @@ def workflow_config_model():
             ),
         ),
         demo=(
-            bool,
+            bool | str,
             Field(
                 False,
-                description="Label every output (summary, report, dataset card) as demo data: set by "
-                "config/demo.yaml, whose answers come from a test-double model server.",
+                description="Label every output (summary, report, dataset card) as demo data: true (set by "
+                "config/demo.yaml) when the answers come from the test-double model server, or a text naming "
+                "what made them (config/demo-vllm.yaml: a tiny random-weight model).",
             ),
         ),
     )

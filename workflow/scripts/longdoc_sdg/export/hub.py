@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
+from ..config import demo_source
 from ..io import get_logger, write_text_atomic
 from ..registry import get_spec, qa_stages
 from .common import fresh_tmp_dir, replace_dir
@@ -223,9 +224,8 @@ def render_card(meta: dict, configs: dict[str, dict], summaries: dict[str, dict]
     lines = [f"---\n{header}---", "", f"# {card.pretty_name}", ""]
     if params.get("demo"):
         lines += [
-            "> **DEMO DATA.** Made by `longdoc-sdg demo`: the questions, answers and judge scores come "
-            "from a test-double server (or a tiny random-weight model), not from a real model. Do not "
-            "train on it or publish it as a dataset.",
+            f"> **DEMO DATA.** Made by `longdoc-sdg demo`: the questions, answers and judge scores come "
+            f"from {demo_source(params['demo'])}. Do not train on it or publish it as a dataset.",
             "",
         ]
     lines += [card.description, ""]

@@ -89,7 +89,7 @@ def hub_settings(config: dict) -> dict:
         "max_file_mb": config["export"]["settings"]["max_file_mb"],
         "source": described,
         "mix": mix_statement(config),
-        "demo": bool(config.get("demo")),
+        "demo": config.get("demo") or False,
         "code_version": __version__,
     }
 
@@ -144,7 +144,7 @@ def report_settings(config: dict) -> dict:
         "judge_score_bins": config["report"]["settings"]["judge_score_bins"],
         "min_judge_score": config["export"]["settings"]["filters"]["min_judge_score"],
         "min_verify_score": config["export"]["settings"]["filters"]["min_verify_score"],
-        "demo": bool(config.get("demo")),
+        "demo": config.get("demo") or False,
         "code_version": __version__,
     }
 
@@ -233,7 +233,7 @@ def summary_plan(config: dict, statuses: dict, results: str, served: list[str]) 
             export["hub"] = f"{results}/export/hub/"
     return {
         "results": results,
-        "demo": bool(config.get("demo")),
+        "demo": config.get("demo") or False,
         "skipped": [{"stage": s.stage, "why": s.why, "mode": s.mode} for s in statuses.values() if not s.active],
         "served": {name: deployment_gpus(config, name) for name in served},
         "export": export,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from collections import defaultdict
 
+from ..config import demo_source
 from ..io import atomic_path, get_logger, write_text_atomic
 from ..registry import stage_order
 from . import benchmark
@@ -512,7 +513,7 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_html(stats: dict, demo: bool = False) -> str:
+def summary_html(stats: dict, demo: bool | str = False) -> str:
     """A one-page summary: yield per stage (the numbers behind the yield figure), totals, and
     where the export is (only when one ran)."""
     totals = stats["totals"]
@@ -529,7 +530,8 @@ def summary_html(stats: dict, demo: bool = False) -> str:
         *(
             [
                 "<p style='background:#fff3cd;border:2px solid #d39e00;padding:.6em'><b>DEMO DATA</b>: made by "
-                "<code>longdoc-sdg demo</code> against a test-double model server; not training data.</p>"
+                f"<code>longdoc-sdg demo</code>, the answers from {html.escape(demo_source(demo))}; not training "
+                "data.</p>"
             ]
             if demo
             else []
@@ -646,7 +648,7 @@ def summary_html(stats: dict, demo: bool = False) -> str:
     return "\n".join(parts)
 
 
-def write_summary(stats: dict, path: str, demo: bool = False) -> None:
+def write_summary(stats: dict, path: str, demo: bool | str = False) -> None:
     write_text_atomic(path, summary_html(stats, demo))
 
 

@@ -11,6 +11,7 @@ import base64
 import html
 from pathlib import Path
 
+from ..config import demo_source
 from ..export.common import (
     columns_of,
     duckdb_connection,
@@ -64,7 +65,7 @@ def page_images(con, pages_files: list[str], wanted: set[tuple[str, int]]) -> di
     return {(d, p): _thumbnail(png) for d, p, png in rows}
 
 
-def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
+def samples_html(sections: list[dict], images: dict, demo: bool | str) -> str:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>longdoc-sdg sample rows</title>",
         (
@@ -76,8 +77,8 @@ def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
     ]
     if demo:
         parts.append(
-            "<p class='demo'>DEMO DATA: these questions and answers come from a test-double model "
-            "server, not from a real model.</p>"
+            f"<p class='demo'>DEMO DATA: these questions and answers come from {html.escape(demo_source(demo))}, "
+            "not for training.</p>"
         )
     for section in sections:
         parts.append(
@@ -111,7 +112,7 @@ def samples_html(sections: list[dict], images: dict, demo: bool) -> str:
 def write_samples(
     inputs: dict[str, list[str]],
     output: str,
-    demo: bool = False,
+    demo: bool | str = False,
     mem_mb: int | None = None,
     rows_per_stage: int = ROWS_PER_STAGE,
 ) -> None:

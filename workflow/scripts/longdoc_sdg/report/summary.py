@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ..config import TEST_DOUBLE_DEMO, demo_source
 from ..io import get_logger
 
 log = get_logger("report.summary")
@@ -65,6 +66,7 @@ def build_summary(stats: dict, plan: dict, ledger: dict | None = None) -> dict:
     return {
         "results": results,
         "demo": bool(plan.get("demo")),
+        "demo_source": demo_source(plan.get("demo")),
         "generated": stats.get("generated"),
         "documents": {key: totals.get(f"documents_{key}", 0) for key in ("listed", "seeded", "failed")},
         "pages": totals.get("pages", 0),
@@ -125,7 +127,8 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     """The console form of the summary, with a loud warning for stages under the yield floor."""
     low = below_floor(summary, min_ok_rows)
     bar = "=" * 78
-    title = "longdoc-sdg run summary" + ("  [DEMO DATA: made by a test-double model server]" if summary["demo"] else "")
+    source = summary.get("demo_source") or (TEST_DOUBLE_DEMO if summary["demo"] else None)
+    title = "longdoc-sdg run summary" + ("  [DEMO DATA: not for training]" if source else "")
     docs = summary["documents"]
     labels = [f"{s['stage']} ({s['unit']})" for s in summary["stages"]]
     labels += [f"{s['stage']} (skipped)" for s in summary["skipped"]]
@@ -203,8 +206,8 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
             else "  set summary.run.fail_below_floor: true to make such a run fail"
         )
         lines.append("!" * 78)
-    if summary["demo"]:
-        lines.append("DEMO DATA: the answers come from the fake OpenAI-compatible server (a test double), not a model.")
+    if source:
+        lines.append(f"DEMO DATA: the answers come from {source}.")
     lines += [f"next: {next_command(summary, low)}", bar]
     return "\n".join(lines)
 
