@@ -457,24 +457,11 @@ class RequestFitter:
             out.append(png_size(data) if data is not None else None)
         return out
 
-    def plan(
-        self, messages: list[dict], max_tokens: int | None, text: int | None = None, record: bool = True
-    ) -> tuple[list[dict], list, Fit]:
-        """The image parts, their sizes to send (None: as they are) and the fit, with `text`
-        prompt tokens (None: the byte bound); raises ContextTooLong, recording the estimate on
-        the row (unless `record` is False: a first try that a count may overturn)."""
-        parts = _image_parts(messages)
-        known = self.sizes(parts)
-        sizes = [s or UNKNOWN_IMAGE_SIZE for s in known]
-        text = message_text_tokens(messages) if text is None else text
-        try:
-            fit = self.budget.fit(sizes, text, max_tokens)
-        except ContextTooLong:
-            if record:
-                self._record_refusal(sizes, text)
-            raise
-        targets = [None if k is None or t == k else t for k, t in zip(known, fit.sizes)]
-        return parts, targets, fit
+    def plan(self, messages: list[dict], max_tokens: int | None) -> tuple[list[dict], list, Fit]:
+        """The image parts, their sizes to send (None: as they are) and the fit, the text at its
+        byte bound; raises ContextTooLong, recording the estimate on the row."""
+        images = self._images(messages)
+        return self._fit(images, message_text_tokens(messages), max_tokens)
 
     async def plan_counted(
         self,
@@ -485,8 +472,10 @@ class RequestFitter:
         """`plan`, and where the byte bound would refuse the request or shrink its images, again
         with the text as `count` (the server's tokenizer) finds it; the bound stands when
         `count` gives None. Counts are kept for the row's later calls with the same text."""
+        images = self._images(messages)
+        bound = message_text_tokens(messages)
         try:
-            planned = self.plan(messages, max_tokens, record=False)
+            planned = self._fit(images, bound, max_tokens, record=False)
         except ContextTooLong:
             planned = None
         if planned is not None and planned[2].scale >= 1.0:
@@ -497,15 +486,31 @@ class RequestFitter:
             counted = await count(text_only)
             self._counts[key] = None if counted is None else counted + COUNTED_TEXT_MARGIN_TOKENS
         counted = self._counts[key]
-        if counted is None or counted >= message_text_tokens(messages):
-            return planned or self.plan(messages, max_tokens)
-        return self.plan(messages, max_tokens, text=counted)
+        if counted is None or counted >= bound:
+            return planned or self._fit(images, bound, max_tokens)
+        return self._fit(images, counted, max_tokens)
 
-    def _record_refusal(self, sizes: list[tuple[int, int]], text: int) -> None:
-        record = row_images.get()
-        if record is not None:
-            estimate = text + self.budget._image_tokens([self.budget.floor_size(s) for s in sizes])
-            record.prompt_tokens = max(record.prompt_tokens or 0, estimate)
+    def _images(self, messages: list[dict]) -> tuple[list[dict], list, list[tuple[int, int]]]:
+        """The image parts, their stored sizes (None: unreadable) and the sizes to budget for."""
+        parts = _image_parts(messages)
+        known = self.sizes(parts)
+        return parts, known, [s or UNKNOWN_IMAGE_SIZE for s in known]
+
+    def _fit(self, images: tuple, text: int, max_tokens: int | None, record: bool = True):
+        """`images` (from `_images`) fitted beside `text` prompt tokens; a refusal is recorded on
+        the row unless `record` is False (a first try that a count may overturn)."""
+        parts, known, sizes = images
+        try:
+            fit = self.budget.fit(sizes, text, max_tokens)
+        except ContextTooLong:
+            if record:
+                row = row_images.get()
+                if row is not None:
+                    estimate = text + self.budget._image_tokens([self.budget.floor_size(s) for s in sizes])
+                    row.prompt_tokens = max(row.prompt_tokens or 0, estimate)
+            raise
+        targets = [None if k is None or t == k else t for k, t in zip(known, fit.sizes)]
+        return parts, targets, fit
 
     def apply(self, messages: list[dict], parts: list[dict], targets: list) -> list[dict]:
         """`messages` with the image parts that need it replaced by downscaled copies (CPU work:

@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..config import TEST_DOUBLE_DEMO, demo_source
+from ..config import demo_source
 from ..io import get_logger
 
 log = get_logger("report.summary")
@@ -127,7 +127,8 @@ def render_text(summary: dict, min_ok_rows: int = 1, fail_below_floor: bool = Fa
     """The console form of the summary, with a loud warning for stages under the yield floor."""
     low = below_floor(summary, min_ok_rows)
     bar = "=" * 78
-    source = summary.get("demo_source") or (TEST_DOUBLE_DEMO if summary["demo"] else None)
+    # a summary.json written before demo_source existed still says `demo`
+    source = demo_source(summary.get("demo_source") or summary["demo"])
     title = "longdoc-sdg run summary" + ("  [DEMO DATA: not for training]" if source else "")
     docs = summary["documents"]
     labels = [f"{s['stage']} ({s['unit']})" for s in summary["stages"]]
